@@ -1,0 +1,35 @@
+# Two commands: `make run` (the app) and `make test` (the suite). Both create .venv if missing and
+# install what is needed; a second call installs nothing and prints nothing extra.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+RUN_OK := $(VENV)/.setup-run
+DEV_OK := $(VENV)/.setup-dev
+
+.PHONY: run test setup setup-dev bench-official clean-venv
+
+run: setup
+	$(VENV)/bin/streamlit run app/main.py
+
+test: setup-dev
+	$(PY) -m pytest -q tests
+
+setup: $(RUN_OK)
+setup-dev: $(DEV_OK)
+
+$(RUN_OK): requirements.txt requirements-embedded.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	@$(PIP) install -r requirements.txt
+	@$(PIP) install --no-deps -r requirements-embedded.txt
+	@touch $@
+
+$(DEV_OK): $(RUN_OK) requirements-dev.txt
+	@$(PIP) install -r requirements-dev.txt
+	@touch $@
+
+bench-official: setup
+	$(PY) bench/official_table.py
+
+clean-venv:
+	rm -rf $(VENV)

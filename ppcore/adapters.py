@@ -1,0 +1,253 @@
+"""Architecture adapters: where each family keeps its norms, projections, biases and positions.
+
+The walker reads weights through these views and never through module attributes that differ per
+family. Head counts come from `config`, never from module attributes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UnsupportedModelError
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+SUPPORTED = LLAMA_FAMILY + ("opt",)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """References (never copies) to one decoder layer's tensors."""
+
+    attn_norm: nn.Module
+    mlp_norm: nn.Module
+    q_w: Tensor
+    k_w: Tensor
+    v_w: Tensor
+    o_w: Tensor
+    q_b: Optional[Tensor]
+    k_b: Optional[Tensor]
+    v_b: Optional[Tensor]
+    o_b: Optional[Tensor]
+    up_w: Tensor  # fc1 on OPT
+    up_b: Optional[Tensor]
+    down_w: Tensor  # fc2 on OPT
+    down_b: Optional[Tensor]
+    gate_w: Optional[Tensor]  # None for OPT (no gated MLP)
+    gate_b: Optional[Tensor]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    num_layers: int
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+
+    @property
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def gqa(self) -> bool:
+        return self.num_kv_heads < self.num_heads
+
+
+class Adapter:
+    """Base: the family-independent surface the walker uses."""
+
+    family: str = ""
+    uses_rotary: bool = False
+    gated_mlp: bool = False
+    sliding_window: Optional[int] = None  # sequences longer than this are refused, not approximated
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.dims = self._dims()
+        self.act: Callable[[Tensor], Tensor] = _activation(self._act_name())
+
+    # --- to override -------------------------------------------------------------------------
+    def _dims(self) -> ModelDims:
+        raise NotImplementedError
+
+    def _act_name(self) -> str:
+        raise NotImplementedError
+
+    def layer(self, i: int) -> LayerWeights:
+        raise NotImplementedError
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def final(self, h: Tensor) -> Tensor:
+        """Final norm (and projection out, where the family has one) before the LM head."""
+        raise NotImplementedError
+
+    def rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        return None
+
+    # --- shared ------------------------------------------------------------------------------
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def position_ids(self, attention_mask: Tensor) -> Tensor:
+        """Positions of the real tokens counted from each row's first real token (pads get 0)."""
+        pos = torch.cumsum(attention_mask, dim=1) * attention_mask - 1
+        return pos.clamp_min(0).long()
+
+
+class LlamaAdapter(Adapter):
+    family = "llama"
+    uses_rotary = True
+    gated_mlp = True
+
+    def _dims(self) -> ModelDims:
+        c = self.config
+        heads = c.num_attention_heads
+        kv = getattr(c, "num_key_value_heads", None) or heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        return ModelDims(
+            num_layers=c.num_hidden_layers,
+            hidden=c.hidden_size,
+            num_heads=heads,
+            num_kv_heads=kv,
+            head_dim=head_dim,
+            intermediate=c.intermediate_size,
+            vocab=c.vocab_size,
+            max_positions=getattr(c, "max_position_embeddings", 0) or 0,
+        )
+
+    def _act_name(self) -> str:
+        return self.config.hidden_act
+
+    def layer(self, i: int) -> LayerWeights:
+        lay = self.model.model.layers[i]
+        a, m = lay.self_attn, lay.mlp
+        return LayerWeights(
+            attn_norm=lay.input_layernorm,
+            mlp_norm=lay.post_attention_layernorm,
+            q_w=a.q_proj.weight, k_w=a.k_proj.weight, v_w=a.v_proj.weight, o_w=a.o_proj.weight,
+            q_b=a.q_proj.bias, k_b=a.k_proj.bias, v_b=a.v_proj.bias, o_b=a.o_proj.bias,
+            up_w=m.up_proj.weight, up_b=m.up_proj.bias,
+            down_w=m.down_proj.weight, down_b=m.down_proj.bias,
+            gate_w=m.gate_proj.weight, gate_b=m.gate_proj.bias,
+        )
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.model.model.embed_tokens(input_ids)
+
+    def final(self, h: Tensor) -> Tensor:
+        return self.model.model.norm(h)
+
+    def rotary(self, h: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.model.rotary_emb(h, position_ids)
+
+
+class OPTAdapter(Adapter):
+    family = "opt"
+
+    def _dims(self) -> ModelDims:
+        c = self.config
+        return ModelDims(
+            num_layers=c.num_hidden_layers,
+            hidden=c.hidden_size,
+            num_heads=c.num_attention_heads,
+            num_kv_heads=c.num_attention_heads,
+            head_dim=c.hidden_size // c.num_attention_heads,
+            intermediate=c.ffn_dim,
+            vocab=c.vocab_size,
+            max_positions=c.max_position_embeddings,
+        )
+
+    def _act_name(self) -> str:
+        return self.config.activation_function
+
+    def layer(self, i: int) -> LayerWeights:
+        lay = self.model.model.decoder.layers[i]
+        a = lay.self_attn
+        return LayerWeights(
+            attn_norm=lay.self_attn_layer_norm,
+            mlp_norm=lay.final_layer_norm,
+            q_w=a.q_proj.weight, k_w=a.k_proj.weight, v_w=a.v_proj.weight, o_w=a.out_proj.weight,
+            q_b=a.q_proj.bias, k_b=a.k_proj.bias, v_b=a.v_proj.bias, o_b=a.out_proj.bias,
+            up_w=lay.fc1.weight, up_b=lay.fc1.bias,
+            down_w=lay.fc2.weight, down_b=lay.fc2.bias,
+            gate_w=None, gate_b=None,
+        )
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        dec = self.model.model.decoder
+        h = dec.embed_tokens(input_ids)
+        if dec.project_in is not None:
+            h = dec.project_in(h)
+        # OPT's learned positions carry a fixed offset of 2 (HF's OPTLearnedPositionalEmbedding).
+        pos_w = dec.embed_positions.weight
+        return h + F.embedding(position_ids + dec.embed_positions.offset, pos_w)
+
+    def final(self, h: Tensor) -> Tensor:
+        dec = self.model.model.decoder
+        if dec.final_layer_norm is not None:
+            h = dec.final_layer_norm(h)
+        if dec.project_out is not None:
+            h = dec.project_out(h)
+        return h
+
+
+def _activation(name: str) -> Callable[[Tensor], Tensor]:
+    table: dict[str, Callable[[Tensor], Tensor]] = {
+        "silu": F.silu,
+        "swish": F.silu,
+        "relu": F.relu,
+        "gelu": F.gelu,
+        "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    }
+    if name not in table:
+        raise UnsupportedModelError(f"activation {name!r} is not supported; supported: {', '.join(table)}")
+    return table[name]
+
+
+def make_adapter(model: nn.Module) -> Adapter:
+    """The adapter for a loaded HF causal LM, or UnsupportedModelError saying what is supported."""
+    cfg = model.config
+    mt = getattr(cfg, "model_type", None)
+    if mt in LLAMA_FAMILY:
+        for attr in ("q_norm", "k_norm"):
+            if hasattr(model.model.layers[0].self_attn, attr):
+                raise UnsupportedModelError(f"{mt} with per-head {attr} is not supported")
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", "llama3", "linear", "dynamic", "yarn"):
+            raise UnsupportedModelError(f"rope type {rope.get('rope_type')!r} is not supported")
+        adapter = LlamaAdapter(model)
+        window = getattr(cfg, "sliding_window", None)
+        if window and (mt == "mistral" or getattr(cfg, "use_sliding_window", False)):
+            adapter.sliding_window = int(window)
+        return adapter
+    if mt == "opt":
+        if not cfg.do_layer_norm_before:
+            raise UnsupportedModelError(
+                "this OPT checkpoint is post-LN (do_layer_norm_before=False, e.g. opt-350m); "
+                "Probe Pruning needs pre-LN OPT (opt-125m, opt-1.3b and larger)"
+            )
+        return OPTAdapter(model)
+    raise UnsupportedModelError(
+        f"architecture {mt!r} is not supported; supported model types: {', '.join(SUPPORTED)} "
+        "(Llama-family incl. SmolLM and grouped-query attention, pre-LN OPT)"
+    )

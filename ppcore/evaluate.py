@@ -1,0 +1,120 @@
+"""Perplexity evaluation of one method on token windows, with the official warm-up protocol."""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import PruneConfig
+from .errors import DataError
+from .loading import LoadedModel
+from .methods import Pruner
+from .record import BatchRecord
+from .stats import CalibStats
+from .walk import token_nll, walk
+
+PPCORE_VERSION = "0.1.0"
+
+
+@dataclass
+class EvalResult:
+    method: str
+    ratio: float
+    ppl: float
+    tokens: int
+    seconds: float  # wall time of the scored batches (walk + LM head + loss)
+    flops_ratio: float  # pruned over dense, whole model incl. LM head, scored batches
+    probe_flops_ratio: float  # probe over dense
+    batch_loss: list[float]
+    protocol: dict[str, Any]
+    batch_seconds: list[float] = field(default_factory=list)
+    records: list[BatchRecord] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("records")
+        return d
+
+    def line(self) -> str:
+        return (f"{self.method} ratio={self.ratio:g} ppl={self.ppl:.3f} tokens={self.tokens} "
+                f"seconds={self.seconds:.2f} flops_ratio={self.flops_ratio:.4f} "
+                f"probe_flops_ratio={self.probe_flops_ratio:.4f}")
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    return {
+        "ppcore": PPCORE_VERSION, "python": sys.version.split()[0], "torch": torch.__version__,
+        "transformers": transformers.__version__, "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def evaluate(
+    lm: LoadedModel,
+    cfg: PruneConfig,
+    windows: Tensor,
+    batch_size: int,
+    calib: Optional[CalibStats] = None,
+    *,
+    warmup: bool = True,
+    level: str = "none",
+    protocol: Optional[dict[str, Any]] = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Score `windows` in batches of `batch_size`; perplexity = exp(mean of batch mean losses).
+
+    With `warmup`, the first batch runs once before scoring: unscored, untimed, no history update
+    (then it is scored again, as the official code does).
+    """
+    if windows.dim() != 2 or windows.shape[0] < batch_size or batch_size < 1:
+        raise DataError(f"need at least one full batch of {batch_size} windows, got {tuple(windows.shape)}")
+    n_batches = windows.shape[0] // batch_size
+    pruner = Pruner(lm.adapter, cfg, calib)
+    records: list[BatchRecord] = []
+    cuda = lm.device.type == "cuda"
+    if warmup:
+        res = walk(lm.adapter, pruner, windows[:batch_size], update_history=False, level=level,
+                   timing=level != "none", phase="warmup", index=0)
+        token_nll(lm.adapter, res.hidden, windows[:batch_size], res.valid)
+        if res.record is not None:
+            records.append(res.record)
+    losses: list[float] = []
+    secs: list[float] = []
+    tokens = 0
+    flops = {"dense": 0, "pruned": 0, "probe": 0}
+    for b in tqdm(range(n_batches), desc=f"{cfg.method} {cfg.ratio:g}", unit="batch", disable=not progress):
+        ids = windows[b * batch_size:(b + 1) * batch_size]
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = walk(lm.adapter, pruner, ids, update_history=True, level=level, timing=level != "none",
+                   phase="scored", index=b)
+        nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
+        loss = float(nll.double().sum() / mask.double().sum())
+        if cuda:
+            torch.cuda.synchronize()
+        secs.append(time.perf_counter() - t0)
+        losses.append(loss)
+        tokens += int(mask.sum())
+        for k in flops:
+            flops[k] += res.flops[k]
+        if res.record is not None:
+            res.record.loss, res.record.tokens = loss, int(mask.sum())
+            records.append(res.record)
+    ppl = math.exp(sum(losses) / len(losses))
+    return EvalResult(
+        method=cfg.method, ratio=cfg.ratio, ppl=ppl, tokens=tokens, seconds=sum(secs),
+        flops_ratio=flops["pruned"] / flops["dense"], probe_flops_ratio=flops["probe"] / flops["dense"],
+        batch_loss=losses, protocol=dict(protocol or {}), batch_seconds=secs, records=records,
+    )
+

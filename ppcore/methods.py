@@ -1,0 +1,227 @@
+"""Methods decide, per layer and block, which heads or channels the full inference keeps.
+
+One `Pruner` per run holds the method's state (PP's history, the static methods' precomputed
+slices); the loaded model is only read. `dense` keeps everything; `pp` probes every batch;
+`fullbatch` probes with the whole batch (an oracle); `wanda-sp`, `flap` and `ppsp-calib` decide
+once from calibration statistics and reuse their slices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import scores as S
+from .adapters import Adapter, LayerWeights
+from .blocks import (AttnSlice, MlpSlice, attention_mask_4d, attn_front, head_channels, mlp_front,
+                     slice_attn, slice_mlp)
+from .config import PruneConfig, adjusted_ratio, heads_pruned, mlp_kept, mlp_kept_for_ratio
+from .errors import ConfigError
+from .flops import attn_flops, mlp_flops
+from .stats import CalibStats, History
+from .walk_context import WalkCtx
+
+Slice = Union[AttnSlice, MlpSlice]
+
+
+@dataclass
+class Decision:
+    slice: Slice
+    kept: Optional[Tensor]  # kept heads (attn) or channels (mlp) on the model's device; None = all
+    bias: Optional[Tensor] = None  # FLAP's compensation, added to the block output
+    pruned: bool = False
+    probe_tokens: Optional[Tensor] = None
+    probe_samples: Optional[Tensor] = None
+    scores: Optional[Tensor] = None
+    energies: Optional[tuple[Tensor, Optional[Tensor], Tensor]] = None  # probe, history, fused
+    probe_flops: int = 0
+
+
+class Pruner:
+    """Stateful per-run decision maker used by the walk."""
+
+    def __init__(self, adapter: Adapter, cfg: PruneConfig, calib: Optional[CalibStats] = None) -> None:
+        dims = adapter.dims
+        cfg.check_layers(dims.num_layers)
+        needs_calib = cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
+        if needs_calib and calib is None:
+            raise ConfigError(
+                f"method {cfg.method!r} needs calibration statistics: pass calib=calibrate(...)"
+                + (" or set use_history=False" if cfg.method == "pp" else "")
+            )
+        self.adapter, self.cfg, self.dims = adapter, cfg, dims
+        self.calib = calib.to(adapter.device) if calib is not None and needs_calib else None
+        self.r_eff = adjusted_ratio(cfg.ratio, dims.num_layers, len(cfg.skip_layers))
+        self.n_heads_pruned = heads_pruned(self.r_eff, dims.num_heads)
+        self.n_mlp_kept = mlp_kept_for_ratio(self.r_eff, dims.intermediate, cfg.mlp_multiple)
+        self.history = (
+            History(self.calib, adapter.device) if cfg.method == "pp" and cfg.use_history and cfg.prunes else None
+        )
+        self._full: dict[tuple[int, str], Slice] = {}
+        self._pow4: dict[tuple[int, str], Tensor] = {}
+        self._static: dict[tuple[int, str], Decision] = {}
+
+    # --- which blocks are pruned -----------------------------------------------------------------
+    def prunes_block(self, layer: int, block: str) -> bool:
+        if not self.cfg.prunes or layer in self.cfg.skip_layers:
+            return False
+        return self.cfg.prune_attn if block == "attn" else self.cfg.prune_mlp
+
+    def full_slice(self, layer: int, block: str, w: LayerWeights) -> Slice:
+        key = (layer, block)
+        if key not in self._full:
+            self._full[key] = slice_attn(w, self.dims, None) if block == "attn" else slice_mlp(w, None)
+        return self._full[key]
+
+    # --- the decision ------------------------------------------------------------------------------
+    def decide(self, ctx: WalkCtx, layer: int, block: str, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
+        if not self.prunes_block(layer, block):
+            return Decision(self.full_slice(layer, block, w), None)
+        if self.cfg.is_static:
+            key = (layer, block)
+            if key not in self._static:
+                self._static.update(self._static_decisions(layer, block, w))
+            return self._static[key]
+        return self._probe_decision(ctx, layer, block, w, resid, x)
+
+    def observe(self, ctx: WalkCtx, layer: int, block: str, z: Tensor, d: Decision) -> None:
+        """After full inference: PP's EMA on the kept channels (never on the warm-up batch)."""
+        if self.history is None or not ctx.update_history or not d.pruned:
+            return
+        kept = None if d.kept is None else (
+            head_channels(d.kept, self.dims.head_dim) if block == "attn" else d.kept)
+        self.history.ema(layer, block, z, kept, ctx.valid, self.cfg.ema)
+
+    # --- PP and full-batch probing -----------------------------------------------------------------
+    def _pow4_of(self, layer: int, block: str, w: LayerWeights) -> Tensor:
+        key = (layer, block)
+        if key not in self._pow4:
+            self._pow4[key] = S.column_pow4(w.o_w if block == "attn" else w.down_w)
+        return self._pow4[key]
+
+    def _probe_decision(self, ctx: WalkCtx, layer: int, block: str, w: LayerWeights, resid: Tensor,
+                        x: Tensor) -> Decision:
+        cfg, dims, ad = self.cfg, self.dims, self.adapter
+        full = self.full_slice(layer, block, w)
+        t0 = ctx.now()
+        if cfg.method == "fullbatch":
+            B, L = x.shape[:2]
+            samples = torch.arange(B, device=x.device)
+            tokens = torch.arange(L, device=x.device)
+            xp, pvalid, rot, mask = x, ctx.valid, ctx.rot, ctx.mask4d
+        else:
+            N = S.residual_importance(resid, ctx.valid)
+            tokens = S.select_tokens(N, cfg.token_frac)
+            samples = S.select_samples(N, tokens, cfg.sample_frac)
+            xp = x.index_select(0, samples).index_select(1, tokens)
+            pvalid = None if ctx.valid is None else ctx.valid.index_select(0, samples).index_select(1, tokens)
+            rot = mask = None
+            if block == "attn":
+                if ad.uses_rotary:
+                    pos = ctx.position_ids.index_select(0, samples).index_select(1, tokens)
+                    rot = ad.rotary(xp, pos)
+                mask = attention_mask_4d(pvalid, xp.shape[1], xp.device)
+        if block == "attn":
+            zp = attn_front(full, xp, dims.head_dim, rot, mask)
+            pf = attn_flops(xp.shape[0], xp.shape[1], dims, dims.num_heads, dims.num_kv_heads, with_out=False)
+        else:
+            zp = mlp_front(full, xp, ad.act)
+            pf = mlp_flops(xp.shape[0], xp.shape[1], dims, dims.intermediate, ad.gated_mlp, with_out=False)
+        P = S.probe_energy(zp, pvalid)
+        t1 = ctx.now()
+        e_probe = P.sum(0)
+        e_hist = None
+        if self.history is not None and self.history.has(layer, block):
+            G = self.history.rows(layer, block, tokens)
+            e_hist = G.sum(0)
+            s = S.fuse(P, G).sum(0)
+        else:
+            s = e_probe
+        pow4 = self._pow4_of(layer, block, w)
+        if block == "attn":
+            sc = S.ppsp_heads(s, pow4, dims.head_dim)
+            kept = S.keep_top_heads(sc, self.n_heads_pruned)
+            sl = full if kept.numel() == dims.num_heads else slice_attn(w, dims, kept)
+        else:
+            sc = S.ppsp_channels(s, pow4)
+            kept = S.keep_top_channels(sc, self.n_mlp_kept)
+            sl = full if kept.numel() == dims.intermediate else slice_mlp(w, kept)
+        ctx.add_time(layer, block, probe_s=t1 - t0, decide_s=ctx.now() - t1)
+        return Decision(sl, None if sl is full else kept, None, True, tokens, samples, sc,
+                        (e_probe, e_hist, s), pf)
+
+    # --- static baselines --------------------------------------------------------------------------
+    def _static_decisions(self, layer: int, block: str, w: LayerWeights) -> dict[tuple[int, str], Decision]:
+        if self.cfg.method == "flap":
+            return self._flap_decisions()
+        st = self.calib.get(layer, block)
+        energy = st.sq.sum(0)
+        w_fin = w.o_w if block == "attn" else w.down_w
+        if self.cfg.method == "wanda-sp":
+            ch = S.wanda_sp_channels(w_fin, energy)
+            sc = S.head_sums(ch, self.dims.head_dim) if block == "attn" else ch
+        else:  # ppsp-calib
+            pow4 = S.column_pow4(w_fin)
+            sc = S.ppsp_heads(energy, pow4, self.dims.head_dim) if block == "attn" else S.ppsp_channels(energy, pow4)
+        if block == "attn":
+            kept = S.keep_top_heads(sc, self.n_heads_pruned)
+        else:
+            kept = S.keep_top_channels(sc, self.n_mlp_kept)
+        return {(layer, block): self._static_decision(layer, block, w, kept, sc, None)}
+
+    def _static_decision(self, layer: int, block: str, w: LayerWeights, kept: Tensor, sc: Tensor,
+                         bias: Optional[Tensor]) -> Decision:
+        total = self.dims.num_heads if block == "attn" else self.dims.intermediate
+        if kept.numel() == total:
+            return Decision(self.full_slice(layer, block, w), None, None, True, scores=sc)
+        sl = slice_attn(w, self.dims, kept) if block == "attn" else slice_mlp(w, kept)
+        return Decision(sl, kept, bias, True, scores=sc)
+
+    def _flap_decisions(self) -> dict[tuple[int, str], Decision]:
+        """FLAP: standardised global allocation over all pruned blocks, masks from the raw metric."""
+        dims, ad, cfg = self.dims, self.adapter, self.cfg
+        layers = [i for i in range(dims.num_layers) if i not in cfg.skip_layers]
+        weights = {i: ad.layer(i) for i in layers}
+        metric: dict[tuple[int, str], Tensor] = {}
+        for i in layers:
+            for block in ("attn", "mlp"):
+                if self.prunes_block(i, block):
+                    w_fin = weights[i].o_w if block == "attn" else weights[i].down_w
+                    metric[(i, block)] = S.flap_channels(w_fin, self.calib.get(i, block).fluc)
+        attn_keys = [k for k in metric if k[1] == "attn"]
+        mlp_keys = [k for k in metric if k[1] == "mlp"]
+        calib_len = self.calib.seq_len
+        hw = S.flap_head_weight(calib_len, dims.hidden, dims.num_heads, dims.gqa)
+        a_r, m_r = S.flap_ratios([metric[k] for k in attn_keys], [metric[k] for k in mlp_keys],
+                                 dims.head_dim, hw, self.r_eff)
+        out: dict[tuple[int, str], Decision] = {}
+        for keys, ratios in ((attn_keys, a_r), (mlp_keys, m_r)):
+            for key, r in zip(keys, ratios):
+                layer, block = key
+                w = weights[layer]
+                m = metric[key]
+                if block == "attn":
+                    sc = S.head_sums(m, dims.head_dim)
+                    kept = S.keep_top_heads(sc, int(r * dims.num_heads))
+                    kept_ch = head_channels(kept, dims.head_dim)
+                    w_fin, total_ch = w.o_w, dims.num_heads * dims.head_dim
+                else:
+                    sc = m
+                    kept = S.keep_top_channels(sc, mlp_kept(int(r * dims.intermediate), dims.intermediate,
+                                                            cfg.mlp_multiple))
+                    kept_ch, w_fin, total_ch = kept, w.down_w, dims.intermediate
+                out[key] = self._static_decision(layer, block, w, kept, sc,
+                                                 self._flap_bias(layer, block, w_fin, kept_ch, total_ch))
+        return out
+
+    def _flap_bias(self, layer: int, block: str, w_fin: Tensor, kept_ch: Tensor, total: int) -> Optional[Tensor]:
+        mode = self.cfg.flap_bias
+        if mode == "none" or kept_ch.numel() == total:
+            return None
+        st = self.calib.get(layer, block)
+        calib = (st.baseline if mode == "official" else st.mean).clone()
+        calib[kept_ch] = 0
+        return (w_fin.float() @ calib).to(w_fin.dtype)
+

@@ -1,0 +1,162 @@
+"""Activation statistics at the inputs of o_proj and down_proj (spec 3.1-3.4, 8.1a).
+
+`CalibStats` is filled by one dense pass over calibration windows and never changes afterwards;
+it is what the static baselines score and what PP's history starts from. `History` is PP's
+per-run, per-position state, updated by EMA on kept channels after each full inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+BLOCKS = ("attn", "mlp")
+
+
+@dataclass
+class BlockStats:
+    """Calibration statistics of one final projection's input x (B x L x C), all fp32.
+
+    sq:       (L, C) running mean over samples of x^2, per position (PP history init, Wanda-sp).
+    mean:     (C,) true mean of x over samples and positions (FLAP's corrected compensation).
+    baseline: (C,) the official `baseline_inp` averaged over positions, i.e. mean / batch size.
+    fluc:     (C,) FLAP's fluctuation summed over positions, updated exactly as the official code.
+    """
+
+    sq: Tensor
+    mean: Tensor
+    baseline: Tensor
+    fluc: Tensor
+    n: int = 0
+
+
+class StatsAccumulator:
+    """Running calibration statistics, one `BlockStats` per (layer, block)."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[tuple[int, str], BlockStats] = {}
+
+    @torch.no_grad()
+    def update(self, layer: int, block: str, x: Tensor) -> None:
+        x = x.float()
+        B, L, C = x.shape
+        st = self.blocks.get((layer, block))
+        if st is None:
+            z = torch.zeros(C, device=x.device)
+            st = BlockStats(torch.zeros(L, C, device=x.device), z.clone(), z.clone(), z.clone(), 0)
+            self.blocks[(layer, block)] = st
+        if L != st.sq.shape[0]:
+            raise ValueError("calibration windows must all have the same length")
+        n = st.n
+        keep, add = n / (n + B), 1.0 / (n + B)
+        st.sq.mul_(keep).add_(x.square().sum(0), alpha=add)
+        st.mean.mul_(keep).add_(x.mean((0, 1)), alpha=B * add)
+        # Official baseline_inp: the batch *mean* divided by (n + B), so it ends as mean / B.
+        base_old = st.baseline.clone()
+        st.baseline.mul_(keep).add_(x.mean((0, 1)), alpha=add)
+        if n > 0:
+            dev = ((x - st.baseline) * (x - base_old)).sum((0, 1))
+            st.fluc.mul_((n - 1) / (n + B - 1)).add_(dev, alpha=add)
+        st.n = n + B
+
+    def finish(self, meta: dict) -> "CalibStats":
+        return CalibStats(blocks=self.blocks, meta=meta)
+
+
+@dataclass
+class CalibStats:
+    blocks: dict[tuple[int, str], BlockStats]
+    meta: dict = field(default_factory=dict)
+
+    def get(self, layer: int, block: str) -> BlockStats:
+        return self.blocks[(layer, block)]
+
+    @property
+    def seq_len(self) -> int:
+        return next(iter(self.blocks.values())).sq.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.meta["batch_size"])
+
+    def to(self, device: torch.device) -> "CalibStats":
+        moved = {
+            k: BlockStats(v.sq.to(device), v.mean.to(device), v.baseline.to(device), v.fluc.to(device), v.n)
+            for k, v in self.blocks.items()
+        }
+        return CalibStats(moved, dict(self.meta))
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for (layer, block), st in self.blocks.items():
+            for name in ("sq", "mean", "baseline", "fluc"):
+                out[f"{layer}.{block}.{name}"] = getattr(st, name).detach().cpu().contiguous()
+            out[f"{layer}.{block}.n"] = torch.tensor([st.n])
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict) -> "CalibStats":
+        blocks: dict[tuple[int, str], BlockStats] = {}
+        keys = {tuple(k.split(".")[:2]) for k in tensors}
+        for layer_s, block in keys:
+            p = f"{layer_s}.{block}."
+            blocks[(int(layer_s), block)] = BlockStats(
+                tensors[p + "sq"], tensors[p + "mean"], tensors[p + "baseline"], tensors[p + "fluc"],
+                int(tensors[p + "n"][0]),
+            )
+        return cls(blocks, meta)
+
+
+class History:
+    """PP's historical states: per (layer, block) a (positions x channels) fp32 mean of x^2."""
+
+    def __init__(self, calib: Optional[CalibStats], device: torch.device) -> None:
+        self.states: dict[tuple[int, str], Tensor] = {}
+        if calib is not None:
+            for key, st in calib.blocks.items():
+                self.states[key] = st.sq.to(device=device, dtype=torch.float32, copy=True)
+
+    def has(self, layer: int, block: str) -> bool:
+        return (layer, block) in self.states
+
+    def rows(self, layer: int, block: str, tokens: Tensor) -> Tensor:
+        """History at the probe's original positions; positions never seen read as 0."""
+        H = self.states[(layer, block)]
+        inside = tokens < H.shape[0]
+        G = H.index_select(0, tokens.clamp_max(H.shape[0] - 1))
+        return G * inside[:, None].to(G.dtype)
+
+    def channel_energy(self, layer: int, block: str, tokens: Tensor) -> Tensor:
+        return self.rows(layer, block, tokens).sum(0)
+
+    @torch.no_grad()
+    def ema(self, layer: int, block: str, z: Tensor, kept: Optional[Tensor], valid: Optional[Tensor],
+            momentum: float) -> None:
+        """H[:L, kept] <- m * H[:L, kept] + (1 - m) * mean_b z^2 (non-pad samples per position).
+
+        Pruned channels are neither updated nor decayed; positions with no real token are left alone.
+        """
+        key = (layer, block)
+        H = self.states[key]
+        B, L, _ = z.shape
+        if L > H.shape[0]:
+            H = torch.cat([H, H.new_zeros(L - H.shape[0], H.shape[1])])
+            self.states[key] = H
+        z2 = z.float().square()
+        if valid is None:
+            batch = z2.sum(0) / B
+        else:
+            v = valid.to(z2.dtype)
+            count = v.sum(0)
+            batch = (z2 * v[..., None]).sum(0) / count.clamp_min(1.0)[:, None]
+        rows = H[:L]
+        old = rows if kept is None else rows.index_select(1, kept)
+        new = old * momentum + batch * (1 - momentum)
+        if valid is not None:
+            new = torch.where((count > 0)[:, None], new, old)
+        if kept is None:
+            rows.copy_(new)
+        else:
+            rows.index_copy_(1, kept, new)

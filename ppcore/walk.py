@@ -1,0 +1,188 @@
+"""The functional decoder walk: embeddings, every layer's attention and MLP blocks, final norm.
+
+It reads the loaded model's weights through an adapter and never writes to the model: no hooks,
+no module swaps, no in-place ops on parameters. A `Pruner` decides each block's keep-set; the walk
+runs the block on that slice and hands the intermediate activations back for PP's history.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .adapters import Adapter
+from .blocks import attention_mask_4d, attn_front, attn_out, mlp_front, mlp_out
+from .errors import DataError
+from .flops import attn_flops, head_flops, mlp_flops
+from .methods import Decision, Pruner
+from .record import BatchRecord, BlockRecord, LayerRecord, round_floats
+from .scores import residual_importance
+from .walk_context import WalkCtx
+
+
+@dataclass
+class WalkResult:
+    hidden: Tensor  # (B, L, D) after the final norm: the LM head's input
+    valid: Optional[Tensor]  # (B, L) or None when nothing was padded
+    flops: dict[str, int]  # whole model, this batch: dense, pruned, probe
+    record: Optional[BatchRecord]
+
+
+def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """Move a batch to the model's device and validate it; returns (ids, valid-or-None)."""
+    if not isinstance(input_ids, Tensor):
+        input_ids = torch.as_tensor(input_ids)
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise DataError(f"input_ids must be a non-empty (samples x tokens) array, got shape {tuple(input_ids.shape)}")
+    dims = adapter.dims
+    B, L = input_ids.shape
+    if dims.max_positions and L > dims.max_positions:
+        raise DataError(f"sequence length {L} exceeds the model's context of {dims.max_positions} tokens; "
+                        "use a shorter --seq-len or truncate the inputs")
+    if adapter.sliding_window and L > adapter.sliding_window:
+        raise DataError(f"sequence length {L} exceeds the model's sliding window of {adapter.sliding_window}")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= dims.vocab:
+        raise DataError(f"token ids must lie in [0, {dims.vocab}) for this model")
+    ids = input_ids.to(adapter.device, torch.long)
+    valid = None
+    if attention_mask is not None:
+        am = torch.as_tensor(attention_mask).to(adapter.device)
+        if am.shape != input_ids.shape:
+            raise DataError(f"attention_mask shape {tuple(am.shape)} differs from input_ids {tuple(input_ids.shape)}")
+        if not bool((am.sum(1) > 0).all()):
+            raise DataError("every sample needs at least one real token (attention_mask row of zeros)")
+        if not bool(am.bool().all()):
+            valid = am.to(torch.float32)
+    return ids, valid
+
+
+@torch.inference_mode()
+def walk(
+    adapter: Adapter,
+    pruner: Pruner,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    update_history: bool = True,
+    level: str = "summary",
+    timing: bool = True,
+    phase: str = "single",
+    index: int = 0,
+) -> WalkResult:
+    """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full."""
+    ids, valid = prepare_batch(adapter, input_ids, attention_mask)
+    B, L = ids.shape
+    dims = adapter.dims
+    dev = ids.device
+    mask_for_pos = valid if valid is not None else torch.ones(B, L, device=dev)
+    pos = adapter.position_ids(mask_for_pos)
+    ctx = WalkCtx(position_ids=pos, valid=valid, mask4d=attention_mask_4d(valid, L, dev), rot=None,
+                  update_history=update_history, timing=timing or level != "none", cuda=dev.type == "cuda")
+    t_start = ctx.now()
+    h = adapter.embed(ids, pos)
+    if adapter.uses_rotary:
+        ctx.rot = adapter.rotary(h, pos)
+    t_embed = ctx.now()
+    layers: list[LayerRecord] = []
+    head = head_flops(B, L, dims)
+    flops = {"dense": head, "pruned": head, "probe": 0}
+    for i in range(dims.num_layers):
+        w = adapter.layer(i)
+        blocks: dict[str, BlockRecord] = {}
+        for block in ("attn", "mlp"):
+            resid = h
+            x = (w.attn_norm if block == "attn" else w.mlp_norm)(h)
+            d = pruner.decide(ctx, i, block, w, resid, x)
+            t0 = ctx.now()
+            if block == "attn":
+                z = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
+                h = resid + attn_out(d.slice, z, d.bias)
+            else:
+                z = mlp_front(d.slice, x, adapter.act)
+                h = resid + mlp_out(d.slice, z, d.bias)
+            ctx.add_time(i, block, full_s=ctx.now() - t0)
+            pruner.observe(ctx, i, block, z, d)
+            bf = block_flops(adapter, block, d, B, L)
+            for k in flops:
+                flops[k] += bf[k]
+            if level != "none":
+                blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
+        if level != "none":
+            layers.append(LayerRecord(blocks["attn"], blocks["mlp"]))
+    t_layers = ctx.now()
+    hidden = adapter.final(h)
+    record = None
+    if level != "none":
+        record = BatchRecord(
+            method=pruner.cfg.method, ratio=pruner.cfg.ratio, phase=phase, index=index,
+            input_ids=ids.tolist(), attention_mask=None if valid is None else valid.long().tolist(),
+            layers=layers, times={"embed_s": t_embed - t_start, "layers_s": t_layers - t_embed},
+        )
+        record.flops = dict(flops)
+    return WalkResult(hidden, valid, flops, record)
+
+
+def block_flops(adapter: Adapter, block: str, d: Decision, B: int, L: int) -> dict[str, int]:
+    """Dense, pruned and probe FLOPs of one block, from the slice's shapes (no device sync)."""
+    dims = adapter.dims
+    if block == "attn":
+        dense = attn_flops(B, L, dims, dims.num_heads, dims.num_kv_heads)
+        pruned = attn_flops(B, L, dims, d.slice.n_heads, d.slice.n_kv)
+    else:
+        dense = mlp_flops(B, L, dims, dims.intermediate, adapter.gated_mlp)
+        pruned = mlp_flops(B, L, dims, d.slice.up_w.shape[0], adapter.gated_mlp)
+    return {"dense": dense, "pruned": pruned, "probe": d.probe_flops}
+
+
+def _block_record(adapter: Adapter, ctx: WalkCtx, layer: int, block: str, d: Decision, resid: Tensor,
+                  flops: dict[str, int], level: str) -> BlockRecord:
+    dims = adapter.dims
+    total = dims.num_heads if block == "attn" else dims.intermediate
+    kept = list(range(total)) if d.kept is None else d.kept.tolist()
+    rec = BlockRecord(
+        pruned=d.pruned, total=total, kept=kept,
+        probe_tokens=[] if d.probe_tokens is None else d.probe_tokens.tolist(),
+        probe_samples=[] if d.probe_samples is None else d.probe_samples.tolist(),
+        scores=None if d.scores is None else round_floats(d.scores.float().cpu()),
+        flops=dict(flops),
+        times={k: round(v, 6) for k, v in ctx.times.get((layer, block), {}).items()},
+    )
+    if level == "full":
+        rec.importance = round_floats(residual_importance(resid, ctx.valid).cpu(), 5)
+        if d.energies is not None:
+            e_probe, e_hist, e_fused = d.energies
+            rec.energy_probe = round_floats(e_probe.cpu())
+            rec.energy_history = None if e_hist is None else round_floats(e_hist.cpu())
+            rec.energy_fused = round_floats(e_fused.cpu())
+    return rec
+
+
+def logits(adapter: Adapter, hidden: Tensor) -> Tensor:
+    with torch.inference_mode():
+        return adapter.lm_head(hidden)
+
+
+@torch.inference_mode()
+def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Optional[Tensor],
+              chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """Per-token NLL of predicting token t+1 from position t, (B, L-1) fp32, and its 0/1 mask.
+
+    The LM head runs a few samples at a time so that full-vocabulary logits never exist for the
+    whole batch at once. Pad targets (and predictions from pads) are masked out.
+    """
+    ids = input_ids.to(hidden.device)
+    B, L = ids.shape
+    nll = torch.empty(B, max(L - 1, 0), device=hidden.device, dtype=torch.float32)
+    for s in range(0, B, chunk):
+        lg = adapter.lm_head(hidden[s:s + chunk, :-1]).float()
+        # Flat (tokens x vocab) layout: the (N, C, L) layout's kernel loses ~1e-4 of accuracy here.
+        flat = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[s:s + chunk, 1:].reshape(-1), reduction="none")
+        nll[s:s + chunk] = flat.view(lg.shape[0], -1)
+    if valid is None:
+        mask = torch.ones_like(nll)
+    else:
+        mask = (valid[:, 1:] * valid[:, :-1]).float()
+    return nll * mask, mask

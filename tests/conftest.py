@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random models built from configs (no downloads) and the real default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppcore.adapters import make_adapter
+from ppcore.loading import LoadedModel
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_cpu_run"
+
+
+def _finish(model: torch.nn.Module, name: str) -> LoadedModel:
+    model.eval()
+    return LoadedModel(model, None, make_adapter(model), name, name, name, torch.device("cpu"), torch.float32)
+
+
+def tiny_llama(seed: int = 0, bias: bool = False, kv_heads: int = 2, layers: int = 4) -> LoadedModel:
+    """Llama with grouped-query attention (6 query heads over 2 kv heads); `bias` gives Qwen2-style q/k/v biases."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_layers=layers,
+                  num_attention_heads=6, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False)
+    if bias:
+        cfg = Qwen2Config(**common, use_sliding_window=False)
+        model = Qwen2ForCausalLM(cfg)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    # Larger-than-init weights so that activations (and pruning decisions) are not all alike.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+            elif name.endswith(".bias"):
+                p.normal_(0, 0.05)
+    return _finish(model, "tiny-qwen2" if bias else "tiny-llama")
+
+
+def tiny_opt(seed: int = 0, pre_ln: bool = True, layers: int = 4) -> LoadedModel:
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=192, num_hidden_layers=layers, num_attention_heads=4,
+                    max_position_embeddings=256, word_embed_proj_dim=64, do_layer_norm_before=pre_ln,
+                    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, enable_bias=True)
+    model = OPTForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    return _finish(model, "tiny-opt")
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """The real embedded default model (converted once into the ppcore cache)."""
+    from ppcore import load_model
+
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ref_dir() -> Path:
+    if not REF.is_dir():
+        pytest.skip(f"official reference run not found at {REF}")
+    return REF

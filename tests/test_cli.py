@@ -1,0 +1,62 @@
+"""The CLI: a real small eval with --json/--record, and one-line exit-2 errors for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ppcore.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_eval_writes_json_and_record(tmp_path):
+    out, rec = tmp_path / "out.json", tmp_path / "rec.json"
+    cmd = [sys.executable, "-m", "ppcore", "eval", "--model", "default", "--method", "pp", "--ratio", "0.4",
+           "--seq-len", "64", "--batch-size", "4", "--batches", "2", "--calib-seqs", "8", "--seed", "0",
+           "--device", "cpu", "--json", str(out), "--record", str(rec), "--quiet"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().startswith("pp ratio=0.4 ppl=")
+    res = json.loads(out.read_text())
+    for key in ("method", "ratio", "ppl", "tokens", "seconds", "flops_ratio", "probe_flops_ratio", "protocol"):
+        assert key in res
+    assert res["tokens"] == 2 * 4 * 63
+    assert 0.5 < res["flops_ratio"] < 1.0 and 0.0 < res["probe_flops_ratio"] < 0.1
+    proto = res["protocol"]
+    assert proto["seed"] == 0 and proto["data"]["dataset"] == "wiki-vital" and proto["config"]["method"] == "pp"
+    assert proto["model"]["fingerprint"] and proto["calibration"]["windows"] == 8
+    record = json.loads(rec.read_text())
+    assert [b["phase"] for b in record["batches"]] == ["warmup", "scored", "scored"]
+    b = record["batches"][1]
+    assert np.asarray(b["input_ids"]).shape == (4, 64)
+    assert len(b["layers"]) == 30
+    assert b["layers"][0]["attn"]["probe_tokens"] == [] and len(b["layers"][0]["mlp"]["kept"]) == 1536
+    assert len(b["layers"][5]["attn"]["kept"]) == 6 and len(b["layers"][5]["mlp"]["kept"]) == 896
+    assert len(b["layers"][5]["attn"]["probe_tokens"]) == 32 and b["layers"][5]["attn"]["probe_samples"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--ratio", "1.5"],
+    ["eval", "--ratio", "abc"],
+    ["eval", "--method", "magic"],
+    ["eval", "--token-frac", "0"],
+    ["eval", "--skip-layers", "x-y"],
+    ["eval", "--model", "/nonexistent/model"],
+    ["eval", "--model", "not a model!"],
+    ["eval", "--windows", "/nonexistent/windows.npy"],
+    ["eval", "--dataset", "nosuchcorpus"],
+    ["eval", "--skip-layers", "99", "--windows", "/nonexistent.npy"],
+    ["eval", "--json", "/nonexistent/dir/out.json"],
+    ["info", "--device", "tpu"],
+])
+def test_bad_arguments_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err
