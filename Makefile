@@ -29,7 +29,7 @@ $(DEV_OK): $(RUN_OK) requirements-dev.txt
 	@touch $@
 
 bench-official: setup
-	$(PY) bench/official_table.py
+	$(PY) bench/compare.py --official ../shared/reference/official_cpu_run --out bench/results/official.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -140,6 +140,11 @@ def _check_config(cfg: Any, spec: str) -> None:
             f"{spec}: architecture {getattr(cfg, 'model_type', None)!r} is not supported; "
             f"supported model types: {', '.join(SUPPORTED)}"
         )
+    if cfg.model_type == "opt" and not getattr(cfg, "do_layer_norm_before", True):
+        raise UnsupportedModelError(
+            f"{spec} is a post-LN OPT (do_layer_norm_before=False, e.g. opt-350m); Probe Pruning needs "
+            "pre-LN OPT (opt-125m, opt-1.3b and larger) or a Llama-family model"
+        )
 
 
 def _load_hf(folder: str, spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
