@@ -103,15 +103,22 @@ def attn_front(
     return out.transpose(1, 2).reshape(B, L, s.n_heads * head_dim)
 
 
-def attn_out(s: AttnSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
-    """o_proj on the kept columns; `extra_bias` is FLAP's compensation for the pruned ones."""
+def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
+    """The block's final projection on the kept input columns (o_proj / down_proj / fc2).
+
+    With nothing kept the output is just the biases; `extra_bias` is FLAP's compensation.
+    """
     if z.shape[-1] == 0:
-        out = z.new_zeros(*z.shape[:-1], s.o_w.shape[0])
-        if s.o_b is not None:
-            out = out + s.o_b
+        out = z.new_zeros(*z.shape[:-1], w.shape[0])
+        if b is not None:
+            out = out + b
     else:
-        out = F.linear(z, s.o_w, s.o_b)
+        out = F.linear(z, w, b)
     return out if extra_bias is None else out + extra_bias
+
+
+def attn_out(s: AttnSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
+    return project_out(s.o_w, s.o_b, z, extra_bias)
 
 
 @dataclass(frozen=True)
@@ -146,13 +153,7 @@ def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor
 
 
 def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
-    if z.shape[-1] == 0:
-        out = z.new_zeros(*z.shape[:-1], s.down_w.shape[0])
-        if s.down_b is not None:
-            out = out + s.down_b
-    else:
-        out = F.linear(z, s.down_w, s.down_b)
-    return out if extra_bias is None else out + extra_bias
+    return project_out(s.down_w, s.down_b, z, extra_bias)
 
 
 def attention_mask_4d(key_valid: Optional[Tensor], L: int, device: torch.device) -> Optional[Tensor]:

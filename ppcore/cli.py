@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -122,6 +123,11 @@ def _quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ppcore: %(message)s"))
+    log = logging.getLogger("ppcore")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,7 +1,7 @@
 """The one typed configuration of a pruning run, validated up front."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -114,15 +114,3 @@ def mlp_kept(num_pruned: int, channels: int, multiple: int) -> int:
 
 def mlp_kept_for_ratio(r_eff: float, channels: int, multiple: int) -> int:
     return mlp_kept(int(r_eff * channels), channels, multiple)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How an evaluation is sized; recorded in every result's protocol."""
-
-    seq_len: int = 512
-    batch_size: int = 20
-    batches: int = 10
-    calib_seqs: int = 100
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)

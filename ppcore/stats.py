@@ -128,9 +128,6 @@ class History:
         G = H.index_select(0, tokens.clamp_max(H.shape[0] - 1))
         return G * inside[:, None].to(G.dtype)
 
-    def channel_energy(self, layer: int, block: str, tokens: Tensor) -> Tensor:
-        return self.rows(layer, block, tokens).sum(0)
-
     @torch.no_grad()
     def ema(self, layer: int, block: str, z: Tensor, kept: Optional[Tensor], valid: Optional[Tensor],
             momentum: float) -> None:

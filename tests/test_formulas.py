@@ -541,7 +541,7 @@ def test_history_rows_at_original_positions():
     h = _history(H0, (0, "attn"))
     G = h.rows(0, "attn", torch.tensor([0, 2, 7]))
     assert G.tolist() == [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0], [0.0, 0.0, 0.0]]  # position 7 never seen
-    assert h.channel_energy(0, "attn", torch.tensor([1, 3])).tolist() == [12.0, 14.0, 16.0]
+    assert h.rows(0, "attn", torch.tensor([1, 3])).sum(0).tolist() == [12.0, 14.0, 16.0]
 
 
 # --- calibration statistics (spec 3.2, 8.1a) ---------------------------------------------------------
