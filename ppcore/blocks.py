@@ -78,14 +78,18 @@ def attn_front(
     head_dim: int,
     rot: Optional[tuple[Tensor, Tensor]],
     mask: Optional[Tensor],
-) -> Tensor:
-    """Input of o_proj for the kept heads: (B, L, n_heads * d).
+    past: Optional[tuple[Tensor, Tensor]] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Input of o_proj for the kept heads, (B, L, n_heads * d), and this call's keys and values.
 
-    `mask` is a boolean (B, 1, L, L) mask (True = attend) or None for plain causal attention.
+    `mask` is a boolean (B, 1, L, L_keys) mask (True = attend) or None: plain causal attention, or,
+    with `past` (cached keys and values, (B, n_kv, L_past, d)), attention to every cached key.
+    The returned keys and values (B, n_kv, L_past + L, d) are rotated, before any GQA expansion.
     """
     B, L, _ = x.shape
     if s.n_heads == 0:
-        return x.new_zeros(B, L, 0)
+        empty = x.new_zeros(B, 0, L if past is None else past[0].shape[2] + L, head_dim)
+        return x.new_zeros(B, L, 0), empty, empty
     q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
     k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
@@ -93,14 +97,16 @@ def attn_front(
         cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-    gqa = s.n_kv != s.n_heads
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    kk, vv, gqa = k, v, s.n_kv != s.n_heads
     if s.kv_expand is not None:
-        k, v = k.index_select(1, s.kv_expand), v.index_select(1, s.kv_expand)
+        kk, vv = k.index_select(1, s.kv_expand), v.index_select(1, s.kv_expand)
         gqa = False
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
+        q, kk, vv, attn_mask=mask, is_causal=mask is None and past is None, enable_gqa=gqa
     )
-    return out.transpose(1, 2).reshape(B, L, s.n_heads * head_dim)
+    return out.transpose(1, 2).reshape(B, L, s.n_heads * head_dim), k, v
 
 
 def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:

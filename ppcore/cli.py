@@ -78,6 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--record-level", default="full", choices=[lv for lv in LEVELS if lv != "none"])
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    b = sub.add_parser("bench", help="methods x ratios x seeds, interleaved; JSON, Markdown and HTML chart")
+    _add_model_args(b)
+    b.add_argument("--methods", default="pp,wanda-sp,flap", help="comma-separated; dense is always added")
+    b.add_argument("--ratios", default="0.4")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--seq-len", type=int, default=512)
+    b.add_argument("--batch-size", type=int, default=20)
+    b.add_argument("--batches", type=int, default=10)
+    b.add_argument("--calib-seqs", type=int, default=100)
+    b.add_argument("--repeats", type=int, default=1, help="timed runs per batch (median kept)")
+    b.add_argument("--flap-bias", default="official", choices=FLAP_BIAS_MODES)
+    b.add_argument("--official", default="auto", help="folder of the official run's windows and results "
+                   "('auto': ../shared/reference/official_cpu_run when present; 'none' to skip)")
+    b.add_argument("--out-dir", default="bench/results")
+    b.add_argument("--quiet", action="store_true")
+
+    g = sub.add_parser("generate", help="greedy continuation, pruning decided on the prompt; dense beside it")
+    _add_model_args(g)
+    g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
+    g.add_argument("--method", default="pp", choices=METHODS)
+    g.add_argument("--ratio", type=float, default=0.4)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--calib-seqs", type=int, default=100)
+    g.add_argument("--calib-seq-len", type=int, default=512)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", default=None)
+    g.add_argument("--quiet", action="store_true")
+
     i = sub.add_parser("info", help="load a model and print its configuration")
     _add_model_args(i)
     return p
@@ -109,6 +137,86 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PPCoreError(f"--{name} expects comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import run_bench
+    from .bench_report import chart_html, markdown, official_markdown
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PPCoreError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    ratios = _floats(a.ratios, "ratios")
+    seeds = [int(x) for x in _floats(a.seeds, "seeds")]
+    for r in ratios:
+        PruneConfig(method="pp", ratio=r)  # validates the ratio before anything loads
+    official = a.official
+    if official == "auto":
+        guess = Path("../shared/reference/official_cpu_run")
+        official = str(guess) if (guess / "results.json").is_file() else None
+    elif official == "none":
+        official = None
+    elif not (Path(official) / "results.json").is_file():
+        raise PPCoreError(f"--official {official}: no results.json there")
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_bench(methods, ratios, seeds, model=a.model, device=a.device, dtype=a.dtype, seq_len=a.seq_len,
+                    batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, repeats=a.repeats,
+                    flap_bias=a.flap_bias, official_dir=official, cache_dir=a.cache_dir, progress=not a.quiet)
+    (out / "bench.json").write_text(json.dumps(res, indent=1))
+    text = markdown(res["seeded"])
+    if res["official"]:
+        text += "\n\nOfficial windows (`shared/reference/official_cpu_run`):\n\n" + official_markdown(res["official"])
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.html").write_text(chart_html(res["seeded"], "Perplexity vs runtime"))
+    print(text)
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .generate import generate
+    from .loading import load_model
+    from .methods import Pruner
+    from .setup import calibration_windows
+
+    cfg = PruneConfig(method=a.method, ratio=a.ratio)
+    if a.max_new_tokens < 1:
+        raise PPCoreError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir)
+    tok = lm.tokenizer
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in a.prompt]
+    if any(not p for p in prompts):
+        raise PPCoreError("every --prompt needs some text")
+    calib = None
+    if cfg.prunes and (cfg.is_static or cfg.method == "pp"):
+        windows, _ = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.calib_seq_len, a.seed, a.cache_dir)
+        calib = calibrate(lm, windows, 20, cache_dir=a.cache_dir, progress=not a.quiet)
+    runs = [PruneConfig(method="dense")] + ([cfg] if cfg.method != "dense" else [])
+    report = []
+    for c in runs:
+        gen = generate(lm.adapter, Pruner(lm.adapter, c, calib if c.prunes else None), prompts,
+                       a.max_new_tokens, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
+        texts = [tok.decode(t, skip_special_tokens=True) for t in gen.tokens]
+        label = c.method if c.method == "dense" else f"{c.method} {c.ratio:g}"
+        print(f"== {label}: prefill {gen.prefill_tokens_per_s:.1f} tok/s, decode {gen.decode_tokens_per_s:.1f} tok/s")
+        for prompt, text in zip(a.prompt, texts):
+            print(f"{prompt}|{text}")
+        report.append({"method": c.method, "ratio": c.ratio, "texts": texts, "tokens": gen.tokens,
+                       "prefill_tokens_per_s": gen.prefill_tokens_per_s,
+                       "decode_tokens_per_s": gen.decode_tokens_per_s, "prefill_s": gen.prefill_s,
+                       "decode_s": gen.decode_s})
+    if a.json:
+        Path(a.json).write_text(json.dumps({"prompts": a.prompt, "runs": report}, indent=1))
+    return 0
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     from .loading import load_model
 
@@ -134,7 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        return {"eval": _cmd_eval, "info": _cmd_info}[args.command](args)
+        commands = {"eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "info": _cmd_info}
+        return commands[args.command](args)
     except PPCoreError as e:
         print(f"python -m ppcore {args.command}: error: {e}", file=sys.stderr)
         return 2

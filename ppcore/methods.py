@@ -124,7 +124,7 @@ class Pruner:
                     rot = ad.rotary(xp, pos)
                 mask = attention_mask_4d(pvalid, xp.shape[1], xp.device)
         if block == "attn":
-            zp = attn_front(full, xp, dims.head_dim, rot, mask)
+            zp = attn_front(full, xp, dims.head_dim, rot, mask)[0]
             pf = attn_flops(xp.shape[0], xp.shape[1], dims, dims.num_heads, dims.num_kv_heads, with_out=False)
         else:
             zp = mlp_front(full, xp, ad.act)

@@ -41,6 +41,14 @@ class EvalSetup:
                         level=level, protocol=proto, progress=self.progress)
 
 
+def calibration_windows(lm: LoadedModel, dataset: str, count: int, seq_len: int, seed: int,
+                        cache_dir: Optional[str] = None) -> tuple[Tensor, dict[str, Any]]:
+    """Seeded windows from a corpus's calibration split, and their description for the protocol."""
+    ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "calibration", cache_dir), cache_dir)
+    return sample_windows(ids, count, seq_len, seed), {"dataset": dataset, "split": "calibration",
+                                                       "corpus_tokens": int(ids.numel())}
+
+
 def prepare(
     model: str = "default",
     device: str = "auto",
@@ -86,9 +94,8 @@ def prepare(
         calib_windows = load_windows(calib_windows_file, vocab)
         calib = {"windows_file": Path(calib_windows_file).name}
     else:
-        cids = tokenize_text(lm.tokenizer, corpus_text(calib_dataset, "calibration", cache_dir), cache_dir)
-        calib_windows = sample_windows(cids, calib_seqs, windows.shape[1], seed)
-        calib = {"dataset": calib_dataset, "split": "calibration", "corpus_tokens": int(cids.numel())}
+        calib_windows, calib = calibration_windows(lm, calib_dataset, calib_seqs, int(windows.shape[1]), seed,
+                                                   cache_dir)
     data.update(windows=int(windows.shape[0]), seq_len=int(windows.shape[1]), batch_size=batch_size,
                 batches=int(windows.shape[0] // batch_size), windows_sha256_16=windows_hash(windows))
     calib.update(windows=int(calib_windows.shape[0]), seq_len=int(calib_windows.shape[1]), batch_size=batch_size,

@@ -6,7 +6,7 @@ runs the block on that slice and hands the intermediate activations back for PP'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -29,6 +29,14 @@ class WalkResult:
     valid: Optional[Tensor]  # (B, L) or None when nothing was padded
     flops: dict[str, int]  # whole model, this batch: dense, pruned, probe
     record: Optional[BatchRecord]
+
+
+@dataclass
+class Capture:
+    """What generation reuses after the prompt: each layer's decisions and its keys and values."""
+
+    decisions: list[dict[str, Decision]] = field(default_factory=list)
+    kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
@@ -71,6 +79,7 @@ def walk(
     timing: bool = True,
     phase: str = "single",
     index: int = 0,
+    capture: Optional[Capture] = None,
 ) -> WalkResult:
     """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full."""
     ids, valid = prepare_batch(adapter, input_ids, attention_mask)
@@ -92,14 +101,17 @@ def walk(
     for i in range(dims.num_layers):
         w = adapter.layer(i)
         blocks: dict[str, BlockRecord] = {}
+        decided: dict[str, Decision] = {}
         for block in ("attn", "mlp"):
             resid = h
             x = (w.attn_norm if block == "attn" else w.mlp_norm)(h)
-            d = pruner.decide(ctx, i, block, w, resid, x)
+            d = decided[block] = pruner.decide(ctx, i, block, w, resid, x)
             t0 = ctx.now()
             if block == "attn":
-                z = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
+                z, k, v = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
                 h = resid + attn_out(d.slice, z, d.bias)
+                if capture is not None:
+                    capture.kv.append((k, v))
             else:
                 z = mlp_front(d.slice, x, adapter.act)
                 h = resid + mlp_out(d.slice, z, d.bias)
@@ -110,6 +122,8 @@ def walk(
                 flops[k] += bf[k]
             if level != "none":
                 blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
+        if capture is not None:
+            capture.decisions.append(decided)
         if level != "none":
             layers.append(LayerRecord(blocks["attn"], blocks["mlp"]))
     t_layers = ctx.now()

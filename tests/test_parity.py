@@ -76,12 +76,12 @@ def test_sliced_attention_equals_masked_dense(name):
         kept = torch.tensor(heads)
         with torch.inference_mode():
             full = slice_attn(w, dims, None)
-            z = attn_front(full, x, dims.head_dim, rot, None)
+            z = attn_front(full, x, dims.head_dim, rot, None)[0]
             mask = torch.zeros(z.shape[-1])
             mask[head_channels(kept, dims.head_dim)] = 1
             ref = attn_out(full, z * mask)
             sl = slice_attn(w, dims, kept)
-            got = attn_out(sl, attn_front(sl, x, dims.head_dim, rot, None))
+            got = attn_out(sl, attn_front(sl, x, dims.head_dim, rot, None)[0])
         assert sl.q_w.shape[0] == len(heads) * dims.head_dim
         assert (got - ref).abs().max().item() <= 1e-5
 

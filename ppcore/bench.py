@@ -1,0 +1,120 @@
+"""`python -m ppcore bench`: methods x ratios x seeds on one loaded model, interleaved batch by batch.
+
+Every run of a seed advances one batch at a time in turn, so machine noise hits all methods alike.
+Each batch is timed `repeats` times (the first run is the scored one; the others recompute the same
+decisions without touching the history) and the median is kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import PruneConfig
+from .methods import Pruner
+from .setup import EvalSetup, prepare
+from .walk import token_nll, walk
+
+
+@dataclass
+class _Run:
+    cfg: PruneConfig
+    pruner: Pruner
+    losses: list[float] = field(default_factory=list)
+    secs: list[float] = field(default_factory=list)
+    tokens: int = 0
+    flops: dict[str, int] = field(default_factory=lambda: {"dense": 0, "pruned": 0, "probe": 0})
+
+
+def _timed_batch(setup: EvalSetup, run: _Run, ids: torch.Tensor, repeats: int) -> None:
+    lm = setup.lm
+    cuda = lm.device.type == "cuda"
+    times: list[float] = []
+    for rep in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = walk(lm.adapter, run.pruner, ids, update_history=rep == 0, level="none", timing=False)
+        nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
+        loss = float(nll.double().sum() / mask.double().sum())
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        if rep == 0:
+            run.losses.append(loss)
+            run.tokens += int(mask.sum())
+            for k in run.flops:
+                run.flops[k] += res.flops[k]
+    run.secs.append(statistics.median(times))
+
+
+def bench_setup(setup: EvalSetup, cfgs: list[PruneConfig], repeats: int = 1, seed: int = 0,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Run every config on `setup`'s windows, interleaved batch by batch; one result dict per config."""
+    runs = []
+    for cfg in cfgs:
+        needs = cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
+        runs.append(_Run(cfg, Pruner(setup.lm.adapter, cfg, setup.calibration() if needs else None)))
+    bs = setup.batch_size
+    warm = setup.windows[:bs]
+    for run in runs:  # warm-up: unscored, untimed, no history update
+        walk(setup.lm.adapter, run.pruner, warm, update_history=False, level="none", timing=False)
+    n_batches = setup.windows.shape[0] // bs
+    for b in tqdm(range(n_batches), desc=f"bench seed {seed}", unit="batch", disable=not progress):
+        ids = setup.windows[b * bs:(b + 1) * bs]
+        for run in runs:
+            _timed_batch(setup, run, ids, repeats)
+    out = []
+    for run in runs:
+        out.append({
+            "method": run.cfg.method, "ratio": run.cfg.ratio, "seed": seed,
+            "ppl": math.exp(sum(run.losses) / len(run.losses)), "tokens": run.tokens,
+            "seconds": sum(run.secs), "flops_ratio": run.flops["pruned"] / run.flops["dense"],
+            "probe_flops_ratio": run.flops["probe"] / run.flops["dense"], "batch_loss": run.losses,
+            "batch_seconds": run.secs, "repeats": repeats,
+            "protocol": dict(setup.protocol, config=run.cfg.to_dict(), interleaved=[c.method for c in cfgs]),
+        })
+    return out
+
+
+def configs(methods: list[str], ratios: list[float], flap_bias: str = "official") -> list[PruneConfig]:
+    out = []
+    for m in methods:
+        for r in [0.0] if m == "dense" else ratios:
+            out.append(PruneConfig(method=m, ratio=r, flap_bias=flap_bias))
+    return out
+
+
+def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, model: str = "default",
+              device: str = "auto", dtype: str = "auto", seq_len: int = 512, batch_size: int = 20,
+              batches: int = 10, calib_seqs: int = 100, repeats: int = 1, flap_bias: str = "official",
+              official_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+              progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The seeded default protocol for every seed, plus the official windows when given."""
+    if "dense" not in methods:
+        methods = ["dense"] + methods  # every relative number needs the dense run of the same batches
+    cfgs = configs(methods, ratios, flap_bias)
+    results: dict[str, list[dict[str, Any]]] = {"seeded": [], "official": []}
+    for seed in seeds:
+        setup = prepare(model=model, device=device, dtype=dtype, seq_len=seq_len, batch_size=batch_size,
+                        batches=batches, calib_seqs=calib_seqs, seed=seed, cache_dir=cache_dir, progress=progress)
+        results["seeded"] += bench_setup(setup, cfgs, repeats, seed, progress)
+    if official_dir:
+        ref = Path(official_dir)
+        setup = prepare(model=model, device=device, dtype=dtype, batch_size=20,
+                        windows_file=str(ref / "eval_windows.npy"), calib_windows_file=str(ref / "calib_windows.npy"),
+                        cache_dir=cache_dir, progress=progress)
+        official = json.loads((ref / "results.json").read_text())["results"]
+        for row in bench_setup(setup, cfgs, 1, 0, progress):
+            off = next((o for o in official if o["method"] == row["method"]
+                        and abs(o["ratio"] - row["ratio"]) < 1e-9), None)
+            row["official_ppl"] = off["ppl"] if off else None
+            results["official"].append(row)
+    return results

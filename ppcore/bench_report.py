@@ -1,0 +1,83 @@
+"""Tables and the chart of a bench run: mean and standard error over seeds, PRR, official figures.
+
+PRR (performance degradation per unit of runtime reduction) = (ppl - dense ppl) / (1 - seconds /
+dense seconds), per seed on the same batches, then averaged: lower is better. It is undefined when
+a method saves no time.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Optional
+
+Row = dict[str, Any]
+
+
+def mean_se(xs: list[float]) -> tuple[float, Optional[float]]:
+    m = statistics.fmean(xs)
+    return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None)
+
+
+def _fmt(m: float, se: Optional[float], digits: int = 2) -> str:
+    return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def aggregate(rows: list[Row]) -> list[Row]:
+    """One entry per (method, ratio): ppl, time, FLOPs, probe share and PRR over seeds."""
+    dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
+    keys: list[tuple[str, float]] = []
+    for r in rows:
+        if (r["method"], r["ratio"]) not in keys:
+            keys.append((r["method"], r["ratio"]))
+    out = []
+    for method, ratio in keys:
+        group = [r for r in rows if r["method"] == method and r["ratio"] == ratio]
+        rel = [r["seconds"] / dense[r["seed"]]["seconds"] for r in group if r["seed"] in dense]
+        prr = [(r["ppl"] - dense[r["seed"]]["ppl"]) / (1 - t) for r, t in zip(group, rel) if t < 1]
+        out.append({
+            "method": method, "ratio": ratio, "seeds": [r["seed"] for r in group],
+            "ppl": mean_se([r["ppl"] for r in group]), "seconds": mean_se([r["seconds"] for r in group]),
+            "time_vs_dense": mean_se(rel) if rel else None,
+            "flops_ratio": statistics.fmean(r["flops_ratio"] for r in group),
+            "probe_flops_ratio": statistics.fmean(r["probe_flops_ratio"] for r in group),
+            "prr": mean_se(prr) if method != "dense" and len(prr) == len(group) and prr else None,
+        })
+    return out
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| method | ratio | perplexity | seconds | time / dense | FLOPs / dense | probe FLOPs | PRR |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in aggregate(rows):
+        tvd = _fmt(*a["time_vs_dense"], digits=3) if a["time_vs_dense"] else "-"
+        prr = _fmt(*a["prr"]) if a["prr"] else ("-" if a["method"] == "dense" else "n/a (no time saved)")
+        lines.append(f"| {a['method']} | {a['ratio']:.0%} | {_fmt(*a['ppl'])} | {_fmt(*a['seconds'], 1)} | {tvd} | "
+                     f"{a['flops_ratio']:.3f} | {a['probe_flops_ratio']:.2%} | {prr} |")
+    return "\n".join(lines)
+
+
+def official_markdown(rows: list[Row]) -> str:
+    lines = ["| method | ratio | ours | official | difference |", "|---|---|---|---|---|"]
+    for r in rows:
+        off = r.get("official_ppl")
+        diff = f"{100 * (r['ppl'] / off - 1):+.2f} %" if off else "-"
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['ppl']:.2f} | {off if off else '-'} | {diff} |")
+    return "\n".join(lines)
+
+
+def chart_html(rows: list[Row], title: str) -> str:
+    """Perplexity against runtime (fraction of dense), one line per method across ratios."""
+    import plotly.graph_objects as go
+
+    agg = aggregate(rows)
+    fig = go.Figure()
+    for method in dict.fromkeys(a["method"] for a in agg):
+        pts = sorted((a for a in agg if a["method"] == method and a["time_vs_dense"]), key=lambda a: a["ratio"])
+        fig.add_trace(go.Scatter(
+            x=[a["time_vs_dense"][0] for a in pts], y=[a["ppl"][0] for a in pts], mode="lines+markers",
+            name=method, text=[f"{method} {a['ratio']:.0%}" for a in pts],
+            error_y={"type": "data", "array": [a["ppl"][1] or 0 for a in pts]},
+        ))
+    fig.update_layout(title=title, xaxis_title="wall time / dense wall time", yaxis_title="perplexity",
+                      template="plotly_white")
+    return fig.to_html(include_plotlyjs=True, full_html=True)

@@ -1,0 +1,115 @@
+"""Greedy generation: pruning decided once on the prompt (prefill), reused while decoding.
+
+The prefill is an ordinary walk that also captures each layer's keep-sets and its keys and values
+(only for the key/value heads the kept query heads read). Each decode step then runs one token per
+sample through the same slices, appending to that cache. Prompts are left-padded so every row's
+next token sits in the same column.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .adapters import Adapter
+from .blocks import attn_front, attn_out, mlp_front, mlp_out
+from .errors import DataError
+from .methods import Pruner
+from .record import BatchRecord
+from .walk import Capture, walk
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per prompt (up to and including an EOS)
+    prefill_s: float
+    decode_s: float
+    prompt_tokens: int  # real (non-pad) prompt tokens
+    decode_steps: int
+    batch: int
+    record: Optional[BatchRecord]  # the prefill's decisions
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.batch * self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise DataError("every prompt needs at least one token")
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        mask[i, L - len(p):] = 1
+    return ids, mask
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new_tokens: int = 32,
+             pad_id: int = 0, eos_id: Optional[int] = None, level: str = "summary") -> Generation:
+    """Greedy continuation of each prompt; decisions from the prompt, reused for every new token."""
+    if max_new_tokens < 1:
+        raise DataError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    dims = adapter.dims
+    ids, mask = left_pad(prompts, pad_id)
+    if dims.max_positions and ids.shape[1] + max_new_tokens > dims.max_positions:
+        raise DataError(f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {dims.max_positions}")
+    dev = adapter.device
+    cap = Capture()
+    _sync(dev)
+    t0 = time.perf_counter()
+    res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
+    nxt = adapter.lm_head(res.hidden[:, -1:]).argmax(-1)  # (B, 1)
+    _sync(dev)
+    prefill_s = time.perf_counter() - t0
+
+    mask = mask.to(dev)
+    pos = adapter.position_ids(mask)[:, -1:]
+    out = [nxt]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+    if eos_id is not None:
+        done |= nxt[:, 0] == eos_id
+    padded = not bool(mask.bool().all())
+    t1 = time.perf_counter()
+    steps = 0
+    for _ in range(max_new_tokens - 1):
+        if bool(done.all()):
+            break
+        pos = pos + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        key_mask = mask.bool()[:, None, None, :] if padded else None
+        h = adapter.embed(nxt, pos)
+        rot = adapter.rotary(h, pos) if adapter.uses_rotary else None
+        for i in range(dims.num_layers):
+            w, dec = adapter.layer(i), cap.decisions[i]
+            da, dm = dec["attn"], dec["mlp"]
+            z, k, v = attn_front(da.slice, w.attn_norm(h), dims.head_dim, rot, key_mask, past=cap.kv[i])
+            cap.kv[i] = (k, v)
+            h = h + attn_out(da.slice, z, da.bias)
+            h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
+        nxt = adapter.lm_head(adapter.final(h)).argmax(-1)
+        if eos_id is not None:
+            nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
+            done |= nxt[:, 0] == eos_id
+        out.append(nxt)
+        steps += 1
+    _sync(dev)
+    decode_s = time.perf_counter() - t1
+    new = torch.cat(out, 1).tolist()
+    if eos_id is not None:
+        new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
+    return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), res.record)

@@ -1,0 +1,55 @@
+"""Generation with a KV cache: dense equals HF's greedy generate; pruned equals re-walking the
+whole sequence each step with the same keep-sets."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ppcore import PruneConfig, Pruner, logits, walk
+from ppcore.calibrate import calibrate
+from ppcore.generate import generate, left_pad
+from tests.conftest import tiny_llama, tiny_opt
+
+MODELS = {"llama-gqa": tiny_llama, "qwen2-bias": lambda: tiny_llama(bias=True), "opt": tiny_opt}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_dense_generation_equals_hf_generate(name):
+    lm = MODELS[name]()
+    prompts = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    gen = generate(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), prompts.tolist(), max_new_tokens=8)
+    with torch.inference_mode():
+        hf = lm.model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=8, do_sample=False,
+                               pad_token_id=0, eos_token_id=None)
+    assert gen.tokens == hf[:, 9:].tolist()
+    assert gen.decode_steps == 7 and gen.prefill_tokens_per_s > 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pruned_cached_generation_equals_rewalking(name):
+    lm = MODELS[name]()
+    g = torch.Generator().manual_seed(1)
+    calib = calibrate(lm, torch.randint(0, 128, (8, 16), generator=g), 4, cache=False, progress=False)
+    cfg = PruneConfig(method="wanda-sp", ratio=0.4, skip_layers=(0,), mlp_multiple=8)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (7, 11, 4)]  # uneven: left padding
+    pruner = Pruner(lm.adapter, cfg, calib)
+    gen = generate(lm.adapter, pruner, prompts, max_new_tokens=6)
+    # Reference: the whole sequence walked again for every new token, with the same static keep-sets.
+    ids, mask = left_pad(prompts, 0)
+    ref = []
+    for _ in range(6):
+        res = walk(lm.adapter, pruner, ids, mask, level="none")
+        nxt = logits(lm.adapter, res.hidden[:, -1:]).argmax(-1)
+        ref.append(nxt)
+        ids = torch.cat([ids, nxt], 1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    assert gen.tokens == torch.cat(ref, 1).tolist()
+    assert any(len(l.attn.kept) < l.attn.total for l in gen.record.layers)
+
+
+def test_pp_generation_decides_on_the_prompt():
+    lm = tiny_llama()
+    cfg = PruneConfig(method="pp", ratio=0.5, use_history=False, skip_layers=(0,), mlp_multiple=8)
+    gen = generate(lm.adapter, Pruner(lm.adapter, cfg), [[5, 6, 7, 8, 9, 10]], max_new_tokens=4, eos_id=None)
+    assert len(gen.tokens[0]) == 4
+    assert gen.record.layers[1].attn.probe_tokens  # the probe ran on the prompt
