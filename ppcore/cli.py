@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", default=None)
     g.add_argument("--quiet", action="store_true")
 
+    sp = sub.add_parser("speed", help="latency of each method on one batch: end to end, per block, vs FLOPs")
+    _add_model_args(sp)
+    sp.add_argument("--methods", default="pp,wanda-sp,flap", help="comma-separated; dense is always added")
+    sp.add_argument("--ratio", type=float, default=0.4)
+    sp.add_argument("--batch-size", type=int, default=20)
+    sp.add_argument("--seq-len", type=int, default=512)
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--calib-seqs", type=int, default=20)
+    sp.add_argument("--no-hf", action="store_true", help="skip timing HF's own forward")
+    sp.add_argument("--json", default=None)
+    sp.add_argument("--quiet", action="store_true")
+
     i = sub.add_parser("info", help="load a model and print its configuration")
     _add_model_args(i)
     return p
@@ -217,6 +229,37 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speed(a: argparse.Namespace) -> int:
+    import torch
+
+    from .calibrate import calibrate
+    from .data import corpus_text, sample_windows, tokenize_text
+    from .loading import load_model
+    from .setup import calibration_windows
+    from .speed import measure, summary_markdown
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    cfgs = [PruneConfig(method=m, ratio=0.0 if m == "dense" else a.ratio) for m in methods]
+    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2:
+        raise PPCoreError("--repeats and --batch-size must be >= 1 and --seq-len >= 2")
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir)
+    if lm.tokenizer is not None:
+        ids = tokenize_text(lm.tokenizer, corpus_text("wiki-vital", "eval", a.cache_dir), a.cache_dir)
+        batch = sample_windows(ids, a.batch_size, a.seq_len, 0)
+        cwin, _ = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.seq_len, 0, a.cache_dir)
+    else:  # random-weight models: random tokens measure speed just as well
+        g = torch.Generator().manual_seed(0)
+        batch = torch.randint(0, lm.adapter.dims.vocab, (a.batch_size, a.seq_len), generator=g)
+        cwin = torch.randint(0, lm.adapter.dims.vocab, (a.calib_seqs, a.seq_len), generator=g)
+    calib = calibrate(lm, cwin, min(a.batch_size, a.calib_seqs), cache_dir=a.cache_dir, progress=not a.quiet)
+    res = measure(lm, cfgs, batch, calib, repeats=a.repeats, hf=not a.no_hf)
+    res["model"] = lm.name
+    print(summary_markdown(res))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     from .loading import load_model
 
@@ -242,7 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        commands = {"eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "info": _cmd_info}
+        commands = {"eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "speed": _cmd_speed,
+                    "info": _cmd_info}
         return commands[args.command](args)
     except PPCoreError as e:
         print(f"python -m ppcore {args.command}: error: {e}", file=sys.stderr)

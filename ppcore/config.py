@@ -47,6 +47,8 @@ class PruneConfig:
             raise ConfigError(f"flap_bias must be one of {', '.join(FLAP_BIAS_MODES)}, got {self.flap_bias!r}")
         if self.method != "dense" and not (self.prune_attn or self.prune_mlp):
             raise ConfigError("prune_attn and prune_mlp are both off: enable at least one, or use method 'dense'")
+        if self.method == "dense":
+            object.__setattr__(self, "ratio", 0.0)  # dense prunes nothing, whatever ratio was passed
 
     def check_layers(self, num_layers: int) -> None:
         """Validate the skip list against a model; raises ConfigError naming the valid range."""

@@ -106,6 +106,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
             raise ModelLoadError(f"{spec} is a file; give a checkpoint folder (with config.json) or a .gguf file")
         fingerprint = fingerprint_folder(folder)
         source = str(folder)
+    elif spec.startswith("random:"):
+        return random_model(spec, dev, dt)
     elif _looks_like_hub_id(spec):
         folder, fingerprint, source = Path(spec), "hub:" + spec, "hub:" + spec
     else:
@@ -118,6 +120,29 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     model.to(dev)
     model.eval()
     return LoadedModel(model, tok, adapter, spec, source, fingerprint, dev, dt)
+
+
+RANDOM_SHAPES = {
+    # LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads) for speed measurements only.
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                     num_hidden_layers=32, vocab_size=32000, max_position_embeddings=4096),
+}
+
+
+def random_model(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """'random:llama-7b[:LAYERS]': a Llama with real shapes and random weights (no tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    parts = spec.split(":")
+    shape = RANDOM_SHAPES.get(parts[1]) if len(parts) > 1 else None
+    if shape is None or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
+        raise ModelLoadError(f"unknown random model {spec!r}; use random:{'|'.join(RANDOM_SHAPES)}[:LAYERS]")
+    cfg = LlamaConfig(**{**shape, **({"num_hidden_layers": int(parts[2])} if len(parts) == 3 else {})})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    model.eval()
+    return LoadedModel(model, None, make_adapter(model), spec, "random", f"random-{parts[1]}-seed0", device, dtype)
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -1,0 +1,127 @@
+"""Latency of every method on one batch: end to end and per block, against FLOPs and HF's forward.
+
+Discipline: every method is warmed up first; methods are interleaved repeat by repeat; medians are
+kept; CUDA is synchronised around every timed region. End-to-end runs take no per-block clock (no
+extra syncs); separate breakdown runs take one per block (probe, decision, full inference).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .config import PruneConfig
+from .loading import LoadedModel
+from .methods import Pruner
+from .stats import CalibStats
+from .walk import walk
+
+
+def _clock(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _timed(fn: Callable[[], Any], dev: torch.device) -> float:
+    t0 = _clock(dev)
+    fn()
+    return _clock(dev) - t0
+
+
+def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Optional[CalibStats],
+            repeats: int = 5, hf: bool = True) -> dict[str, Any]:
+    """Medians over `repeats` interleaved runs of every config (and HF's own forward) on `ids`."""
+    ad, dev = lm.adapter, lm.device
+    if not any(c.method == "dense" for c in cfgs):
+        cfgs = [PruneConfig(method="dense")] + cfgs
+    pruners = [Pruner(ad, c, calib if c.prunes and c.method != "fullbatch" else None) for c in cfgs]
+
+    def run(p: Pruner, timing: bool, level: str = "none"):
+        with torch.inference_mode():
+            res = walk(ad, p, ids, update_history=False, level=level, timing=timing)
+            ad.lm_head(res.hidden)
+        return res
+
+    def hf_forward():
+        with torch.inference_mode():
+            lm.model(input_ids=ids.to(dev), use_cache=False)
+
+    for p in pruners:  # warm-up: allocator, kernels, static slices
+        run(p, False)
+    if hf:
+        hf_forward()
+    e2e: list[list[float]] = [[] for _ in cfgs]
+    hf_t: list[float] = []
+    records: list[list] = [[] for _ in cfgs]
+    for _ in range(repeats):
+        if hf:
+            hf_t.append(_timed(hf_forward, dev))
+        for i, p in enumerate(pruners):
+            e2e[i].append(_timed(lambda: run(p, False), dev))
+        for i, p in enumerate(pruners):
+            records[i].append(run(p, True, "summary").record)
+    out: dict[str, Any] = {"batch": list(ids.shape), "repeats": repeats, "device": str(dev),
+                           "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+                           "hf_forward_s": statistics.median(hf_t) if hf else None, "runs": []}
+    dense_blocks = _block_medians(records[0])
+    dense_s = statistics.median(e2e[0])
+    for cfg, times, recs in zip(cfgs, e2e, records):
+        blocks = _block_medians(recs)
+        fl = recs[0].flops
+        layers = []
+        for (layer, block), t in blocks.items():
+            b = getattr(recs[0].layers[layer], block)
+            layers.append({
+                "layer": layer, "block": block, "pruned": b.pruned, "probe_s": t["probe_s"], "decide_s": t["decide_s"],
+                "full_s": t["full_s"], "dense_full_s": dense_blocks[(layer, block)]["full_s"],
+                "flops_ratio": b.flops["pruned"] / b.flops["dense"],
+            })
+        out["runs"].append({
+            "method": cfg.method, "ratio": cfg.ratio, "seconds": statistics.median(times),
+            "time_vs_dense": statistics.median(times) / dense_s,
+            "flops_ratio": fl["pruned"] / fl["dense"], "probe_flops_ratio": fl["probe"] / fl["dense"],
+            "embed_s": statistics.median(r.times["embed_s"] for r in recs), "blocks": layers,
+        })
+    return out
+
+
+def _block_medians(recs: list) -> dict[tuple[int, str], dict[str, float]]:
+    out: dict[tuple[int, str], dict[str, float]] = {}
+    for layer in range(len(recs[0].layers)):
+        for block in ("attn", "mlp"):
+            vals = [getattr(r.layers[layer], block).times for r in recs]
+            out[(layer, block)] = {k: statistics.median(v.get(k, 0.0) for v in vals)
+                                   for k in ("probe_s", "decide_s", "full_s")}
+    return out
+
+
+def summary_markdown(res: dict[str, Any]) -> str:
+    """One row per method: end to end vs dense and FLOPs; pruned blocks' full inference vs FLOPs."""
+    lines = [f"batch {res['batch'][0]} x {res['batch'][1]} tokens, {res['device']}, {res['dtype']}, "
+             f"{res['threads']} threads, median of {res['repeats']}"]
+    if res["hf_forward_s"]:
+        dense = next(r for r in res["runs"] if r["method"] == "dense")
+        lines.append(f"HF forward {res['hf_forward_s']:.3f} s; dense walk {dense['seconds']:.3f} s "
+                     f"({dense['seconds'] / res['hf_forward_s']:.3f} x HF)")
+    lines += ["", "| method | ratio | seconds | time / dense | FLOPs / dense | time / FLOPs ratio | probe FLOPs | "
+              "probe + decide share | pruned blocks: full time / dense full time ÷ FLOPs ratio (attn, mlp) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        pruned = [b for b in r["blocks"] if b["pruned"]]
+        over = r["seconds"] and sum(b["probe_s"] + b["decide_s"] for b in r["blocks"]) / r["seconds"]
+        eff = {}
+        for blk in ("attn", "mlp"):
+            bs = [b for b in pruned if b["block"] == blk]
+            if bs:
+                t = sum(b["full_s"] for b in bs) / sum(b["dense_full_s"] for b in bs)
+                f = statistics.fmean(b["flops_ratio"] for b in bs)
+                eff[blk] = f"{t / f:.2f}"
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['seconds']:.3f} | {r['time_vs_dense']:.3f} | "
+                     f"{r['flops_ratio']:.3f} | {r['time_vs_dense'] / r['flops_ratio']:.3f} | "
+                     f"{r['probe_flops_ratio']:.2%} | {over:.2%} | "
+                     f"{eff.get('attn', '-')}, {eff.get('mlp', '-')} |")
+    return "\n".join(lines)
