@@ -60,3 +60,16 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err and "\n" not in err and "Traceback" not in err
+
+
+def test_generate_prints_dense_and_pruned(tmp_path):
+    out = tmp_path / "gen.json"
+    cmd = [sys.executable, "-m", "ppcore", "generate", "--prompt", "The capital of France is", "--method", "pp",
+           "--ratio", "0.4", "--max-new-tokens", "4", "--calib-seqs", "4", "--calib-seq-len", "32", "--quiet",
+           "--device", "cpu", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "== dense:" in p.stdout and "== pp 0.4:" in p.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["method"] for r in runs] == ["dense", "pp"]
+    assert all(1 <= len(r["tokens"][0]) <= 4 and r["decode_tokens_per_s"] > 0 for r in runs)

@@ -1,0 +1,130 @@
+"""Comparisons between runs: keep-set agreement, output divergence, top-k, stability, cost-benefit.
+
+Pure torch/numpy over walk results and run records, so the app and scripts share one definition
+of every number they show. Nothing here touches the model's weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .adapters import Adapter
+from .record import BatchRecord
+
+BLOCKS = ("attn", "mlp")
+
+
+def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    """|A ∩ B| / |A ∪ B|; two empty sets agree fully (1.0)."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return 1.0 if not union else len(sa & sb) / len(union)
+
+
+def keep_jaccard(a: BatchRecord, b: BatchRecord, block: str) -> list[Optional[float]]:
+    """Per layer, Jaccard of the two runs' keep-sets; None where neither run pruned that block."""
+    _check_block(block)
+    if len(a.layers) != len(b.layers):
+        raise ValueError(f"records have {len(a.layers)} and {len(b.layers)} layers")
+    out: list[Optional[float]] = []
+    for la, lb in zip(a.layers, b.layers):
+        ba, bb = getattr(la, block), getattr(lb, block)
+        out.append(jaccard(ba.kept, bb.kept) if (ba.pruned or bb.pruned) else None)
+    return out
+
+
+def kept_fractions(rec: BatchRecord, block: str) -> list[float]:
+    _check_block(block)
+    return [getattr(l, block).kept_fraction for l in rec.layers]
+
+
+def kept_matrix(rec: BatchRecord, block: str) -> np.ndarray:
+    """(layers x units) 0/1 matrix: 1 where the head or channel was kept."""
+    _check_block(block)
+    total = getattr(rec.layers[0], block).total
+    m = np.zeros((len(rec.layers), total), dtype=np.int8)
+    for i, l in enumerate(rec.layers):
+        m[i, getattr(l, block).kept] = 1
+    return m
+
+
+def probe_token_matrix(rec: BatchRecord, block: str, seq_len: int) -> np.ndarray:
+    """(layers x token positions) 0/1 matrix of the probe's token picks: how the pick moves by layer."""
+    _check_block(block)
+    m = np.zeros((len(rec.layers), seq_len), dtype=np.int8)
+    for i, l in enumerate(rec.layers):
+        toks = [t for t in getattr(l, block).probe_tokens if t < seq_len]
+        m[i, toks] = 1
+    return m
+
+
+def stability(records: Sequence[BatchRecord], block: str) -> np.ndarray:
+    """Jaccard of each layer's keep-set between consecutive batches: (len(records)-1 x layers), NaN if unpruned."""
+    if len(records) < 2:
+        raise ValueError("stability needs at least two batches")
+    rows = []
+    for prev, cur in zip(records[:-1], records[1:]):
+        rows.append([np.nan if v is None else v for v in keep_jaccard(prev, cur, block)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+@torch.inference_mode()
+def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """Per position KL(ref || other) in nats and top-1 agreement (0/1), both (B, L) fp32 on the CPU.
+
+    The LM head runs a few samples at a time: full-vocabulary logits never exist for the whole batch.
+    """
+    if hidden_ref.shape != hidden.shape:
+        raise ValueError(f"hidden shapes differ: {tuple(hidden_ref.shape)} vs {tuple(hidden.shape)}")
+    B, L = hidden.shape[:2]
+    kl = torch.empty(B, L, dtype=torch.float32)
+    top1 = torch.empty(B, L, dtype=torch.float32)
+    for s in range(0, B, chunk):
+        lp_ref = F.log_softmax(adapter.lm_head(hidden_ref[s:s + chunk]).float(), -1)
+        lp = F.log_softmax(adapter.lm_head(hidden[s:s + chunk]).float(), -1)
+        kl[s:s + chunk] = (lp_ref.exp() * (lp_ref - lp)).sum(-1).clamp_min(0).cpu()
+        top1[s:s + chunk] = (lp_ref.argmax(-1) == lp.argmax(-1)).float().cpu()
+    return kl, top1
+
+
+@torch.inference_mode()
+def top_k_next(adapter: Adapter, hidden: Tensor, sample: int, position: int, k: int = 10) -> tuple[list[int], list[float]]:
+    """The k most likely next tokens after `position` of `sample`, with their probabilities."""
+    B, L = hidden.shape[:2]
+    if not (0 <= sample < B and 0 <= position < L):
+        raise IndexError(f"(sample {sample}, position {position}) outside the batch ({B} x {L})")
+    probs = F.softmax(adapter.lm_head(hidden[sample, position][None]).float(), -1)[0]
+    p, i = probs.topk(min(k, probs.numel()))
+    return i.tolist(), p.tolist()
+
+
+def masked_mean(values: Tensor, mask: Optional[Tensor]) -> float:
+    """Mean over positions where mask is 1 (all positions when mask is None); NaN when none are."""
+    if mask is None:
+        return float(values.float().mean()) if values.numel() else float("nan")
+    m = mask.to(values.device, torch.float32)
+    n = float(m.sum())
+    return float((values.float() * m).sum() / n) if n else float("nan")
+
+
+def perplexity(nll: Tensor, mask: Tensor) -> float:
+    """exp(mean token NLL) over the batch's scored positions."""
+    return math.exp(masked_mean(nll, mask))
+
+
+def degradation_per_saving(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float) -> Optional[float]:
+    """Perplexity added per unit fraction of runtime saved; None when the run saved no time."""
+    saved = 1.0 - seconds / seconds_dense if seconds_dense > 0 else 0.0
+    if saved <= 0:
+        return None
+    return (ppl - ppl_dense) / saved
+
+
+def _check_block(block: str) -> None:
+    if block not in BLOCKS:
+        raise ValueError(f"block must be 'attn' or 'mlp', got {block!r}")

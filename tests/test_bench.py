@@ -1,0 +1,93 @@
+"""bench interleaves methods without changing any method's numbers; its tables compute PRR right;
+speed.measure reports every block; the CLI's bench and speed commands run end to end."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppcore import PruneConfig
+from ppcore.bench import bench_setup, configs
+from ppcore.bench_report import aggregate, chart_html, markdown
+from ppcore.calibrate import calibrate
+from ppcore.evaluate import evaluate
+from ppcore.setup import EvalSetup
+from ppcore.speed import measure, summary_markdown
+from tests.conftest import tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup():
+    lm = tiny_llama()
+    g = torch.Generator().manual_seed(0)
+    setup = EvalSetup(lm, torch.randint(0, 128, (12, 32), generator=g), torch.randint(0, 128, (8, 32), generator=g),
+                      4, {"model": "tiny"}, progress=False)
+    setup._calib = calibrate(lm, setup.calib_windows, 4, cache=False, progress=False)
+    return setup
+
+
+def test_interleaved_bench_equals_separate_evals():
+    setup = _setup()
+    cfgs = [PruneConfig(method="dense")] + [PruneConfig(method=m, ratio=0.5, skip_layers=(0,), mlp_multiple=8)
+                                            for m in ("pp", "wanda-sp", "flap", "fullbatch")]
+    rows = bench_setup(setup, cfgs, repeats=2, seed=0, progress=False)
+    for cfg, row in zip(cfgs, rows):
+        alone = evaluate(setup.lm, cfg, setup.windows, 4, setup._calib, progress=False)
+        assert row["batch_loss"] == pytest.approx(alone.batch_loss, abs=1e-6), cfg.method
+        assert row["flops_ratio"] == pytest.approx(alone.flops_ratio)
+        assert len(row["batch_seconds"]) == 3 and row["seed"] == 0
+
+
+def test_report_prr_and_standard_error():
+    rows = [
+        {"method": "dense", "ratio": 0.0, "seed": s, "ppl": 10.0, "seconds": 10.0, "flops_ratio": 1.0,
+         "probe_flops_ratio": 0.0} for s in (0, 1)
+    ] + [
+        {"method": "pp", "ratio": 0.4, "seed": 0, "ppl": 14.0, "seconds": 8.0, "flops_ratio": 0.75, "probe_flops_ratio": 0.01},
+        {"method": "pp", "ratio": 0.4, "seed": 1, "ppl": 16.0, "seconds": 8.0, "flops_ratio": 0.75, "probe_flops_ratio": 0.01},
+        {"method": "fullbatch", "ratio": 0.4, "seed": 0, "ppl": 12.0, "seconds": 11.0, "flops_ratio": 1.2,
+         "probe_flops_ratio": 0.5},
+    ]
+    agg = {a["method"]: a for a in aggregate(rows)}
+    assert agg["pp"]["ppl"] == (15.0, pytest.approx(1.0))
+    assert agg["pp"]["prr"][0] == pytest.approx(25.0)  # (15 - 10) / (1 - 0.8)
+    assert agg["fullbatch"]["prr"] is None  # slower than dense: no runtime saved
+    table = markdown(rows)
+    assert "| pp | 40% | 15.00 ± 1.00 |" in table and "n/a (no time saved)" in table
+    assert "plotly" in chart_html(rows, "t").lower()
+
+
+def test_speed_measure_reports_every_block():
+    setup = _setup()
+    cfgs = [PruneConfig(method=m, ratio=0.5, skip_layers=(0,), mlp_multiple=8) for m in ("pp", "flap")]
+    res = measure(setup.lm, cfgs, setup.windows[:4], setup._calib, repeats=2, hf=True)
+    assert [r["method"] for r in res["runs"]] == ["dense", "pp", "flap"]
+    pp = res["runs"][1]
+    assert len(pp["blocks"]) == 2 * setup.lm.adapter.dims.num_layers
+    assert all(b["full_s"] > 0 for b in pp["blocks"])
+    assert any(b["probe_s"] > 0 for b in pp["blocks"] if b["pruned"])
+    assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0
+    assert "| pp | 50% |" in summary_markdown(res)
+
+
+def test_cli_bench_and_speed_run(tmp_path):
+    common = ["--seq-len", "32", "--batch-size", "2", "--calib-seqs", "4", "--quiet", "--device", "cpu"]
+    p = subprocess.run([sys.executable, "-m", "ppcore", "bench", "--methods", "pp,flap", "--ratios", "0.4",
+                        "--seeds", "0", "--batches", "1", "--official", "none", "--out-dir", str(tmp_path)] + common,
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["method"] for r in res["seeded"]] == ["dense", "pp", "flap"]
+    assert all(math.isfinite(r["ppl"]) for r in res["seeded"])
+    assert (tmp_path / "bench.html").stat().st_size > 0 and "| pp | 40% |" in (tmp_path / "bench.md").read_text()
+    p = subprocess.run([sys.executable, "-m", "ppcore", "speed", "--methods", "pp", "--repeats", "1",
+                        "--json", str(tmp_path / "speed.json")] + common,
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((tmp_path / "speed.json").read_text())["runs"][1]["method"] == "pp"
