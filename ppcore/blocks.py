@@ -42,7 +42,9 @@ class AttnSlice:
     v_b: Optional[Tensor]
     o_w: Tensor  # (D_out, n_heads * d)
     o_b: Optional[Tensor]
-    kv_expand: Optional[Tensor]  # per kept q head, its kv head's position; None when SDPA's GQA mode fits
+    # Uneven kept heads per kv head: (first q head, end q head) per kept kv head, in order, so each
+    # group runs SDPA's GQA mode on its own kv head without materialising repeated keys/values.
+    groups: Optional[tuple[tuple[int, int], ...]]
 
 
 def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> AttnSlice:
@@ -54,16 +56,20 @@ def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> Att
     heads = heads.to(w.q_w.device)
     qi = head_channels(heads, d)
     kv_of_head = torch.div(heads, dims.group, rounding_mode="floor")
-    needed, inverse, counts = torch.unique(kv_of_head, sorted=True, return_inverse=True, return_counts=True)
+    needed, counts = torch.unique(kv_of_head, sorted=True, return_counts=True)
     kvi = head_channels(needed, d)
     # Heads are sorted, so query heads come grouped by kv head; equal group sizes fit SDPA's GQA mode.
-    expand = None if counts.numel() == 0 or bool((counts == counts[0]).all()) else inverse
+    sizes = counts.tolist()
+    groups = None
+    if len(set(sizes)) > 1:
+        ends = torch.tensor(sizes).cumsum(0).tolist()
+        groups = tuple((e - n, e) for n, e in zip(sizes, ends))
     return AttnSlice(
         heads=heads, n_heads=int(heads.numel()), n_kv=int(needed.numel()),
         q_w=w.q_w.index_select(0, qi), q_b=_rows(w.q_b, qi),
         k_w=w.k_w.index_select(0, kvi), k_b=_rows(w.k_b, kvi),
         v_w=w.v_w.index_select(0, kvi), v_b=_rows(w.v_b, kvi),
-        o_w=w.o_w.index_select(1, qi).contiguous(), o_b=w.o_b, kv_expand=expand,
+        o_w=w.o_w.index_select(1, qi).contiguous(), o_b=w.o_b, groups=groups,
     )
 
 
@@ -99,14 +105,17 @@ def attn_front(
         k = k * cos + rotate_half(k) * sin
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    kk, vv, gqa = k, v, s.n_kv != s.n_heads
-    if s.kv_expand is not None:
-        kk, vv = k.index_select(1, s.kv_expand), v.index_select(1, s.kv_expand)
-        gqa = False
-    out = F.scaled_dot_product_attention(
-        q, kk, vv, attn_mask=mask, is_causal=mask is None and past is None, enable_gqa=gqa
-    )
-    return out.transpose(1, 2).reshape(B, L, s.n_heads * head_dim), k, v
+    causal = mask is None and past is None
+    if s.groups is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             enable_gqa=s.n_kv != s.n_heads).transpose(1, 2)
+    else:
+        out = torch.cat([
+            F.scaled_dot_product_attention(q[:, a:b], k[:, g:g + 1], v[:, g:g + 1], attn_mask=mask,
+                                           is_causal=causal, enable_gqa=True).transpose(1, 2)
+            for g, (a, b) in enumerate(s.groups)
+        ], dim=2)
+    return out.reshape(B, L, s.n_heads * head_dim), k, v
 
 
 def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
