@@ -1,33 +1,154 @@
-"""Probe Pruning Lab (placeholder page until the app issue lands): loads the default model and
-shows its configuration. A thin layer over ppcore's public API."""
+"""Probe Pruning Lab: the page layout and the run loop. A thin layer over ppcore and its run record.
+
+The page opens on the embedded default model and the example prompts and runs them once; after that
+only the Run button recomputes. Results live in this session's st.session_state, so moving a
+layer slider or switching tabs redraws from the stored record without touching the model.
+"""
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ppcore import PPCoreError, load_model  # noqa: E402
+from app import engine, inputs  # noqa: E402
+from app.batch import build_batch, check_sizes  # noqa: E402
+from app.state import DEMO, MAX_CALIB, MAX_SEQ, Settings, parse_skip, prune_config  # noqa: E402
+from app.views import TABS, channels, compare, export, latency, outputs, probe  # noqa: E402
+from ppcore import DataError, PPCoreError  # noqa: E402
+
+Progress = Callable[[float, str], None]
+
+st.set_page_config(page_title="Probe Pruning Lab", page_icon="✂️", layout="wide")
 
 
-@st.cache_resource(show_spinner="Loading the model (the first start converts the GGUF once, ~20 s)...")
-def _model(name: str, device: str, dtype: str):
-    return load_model(name, device=device, dtype=dtype)
+def _fail(e: Exception) -> str:
+    """One clear line: ppcore's own messages as they are, anything else with its type."""
+    return str(e) if isinstance(e, PPCoreError) else f"Unexpected {type(e).__name__}: {e}"
 
 
-st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
-st.title("Probe Pruning Lab")
-st.caption("Engine: ppcore. The interactive views (probe, pruned channels, outputs, latency) come with the app issue.")
-name = st.text_input("Model", value="default", help="'default', a hub id, a checkpoint folder or a .gguf path")
-col1, col2 = st.columns(2)
-device = col1.selectbox("Device", ["auto", "cpu", "cuda"])
-dtype = col2.selectbox("Dtype", ["auto", "float32", "bfloat16", "float16"])
-try:
-    lm = _model(name, device, dtype)
-except PPCoreError as e:
-    st.error(str(e))
-    st.stop()
-st.subheader("Model configuration")
-st.json(lm.info())
+def _model_and_calib(s: Settings):
+    lm = engine.get_model(s.model, s.device, s.dtype)
+    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), s.calib, s.calib_len, s.seed)
+    return lm, calib
+
+
+def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> None:
+    with st.status("Running the batch…", expanded=True) as status:
+        bar = st.progress(0.0, text="checking the settings")
+        try:
+            cfg = prune_config(s)  # cheap checks first: a bad ratio fails before any model work
+            check_sizes(s.batch_size, s.seq_len)
+            if not (1 <= s.calib <= MAX_CALIB and 2 <= s.calib_len <= MAX_SEQ):
+                raise DataError(f"calibration: use 1 to {MAX_CALIB} windows of 2 to {MAX_SEQ} tokens")
+            bar.progress(0.05, text=f"loading model {s.model!r} (cached after the first load)")
+            lm = engine.get_model(s.model, s.device, s.dtype)
+            cfg.check_layers(lm.adapter.dims.num_layers)
+            batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
+            bar.progress(0.1, text=f"calibration: {s.calib} windows of {s.calib_len} tokens (cached)")
+            _, calib = _model_and_calib(s)
+            res = engine.analyse(lm, calib, s, batch, key, lambda v, t: bar.progress(min(v, 1.0), text=t))
+        except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
+            st.session_state["error"] = _fail(e)
+            status.update(label="The run failed (see the message above the views)", state="error", expanded=False)
+            return
+        st.session_state["result"], st.session_state["error"] = res, None
+        status.update(label=f"Done: {cfg.method} on {tuple(batch.ids.shape)} tokens in "
+                            f"{sum(res.seconds.values()):.1f} s of walks", state="complete", expanded=False)
+
+
+def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any]) -> None:
+    """Run an on-request computation for the current result and keep it in that result's extras."""
+    r = st.session_state["result"]
+    with st.status(label, expanded=True) as status:
+        bar = st.progress(0.0)
+        try:
+            lm, calib = _model_and_calib(r.settings)
+            r.extras[name] = fn(lm, calib, lambda v, t: bar.progress(min(v, 1.0), text=t))
+            status.update(label=f"{label}: done", state="complete", expanded=False)
+        except Exception as e:  # noqa: BLE001
+            status.update(label=f"{label}: failed", state="error", expanded=False)
+            st.error(_fail(e))
+
+
+def parse_ratios(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise PPCoreError(f"ratios {text!r}: give numbers separated by commas, e.g. 0.2, 0.4") from None
+    if not vals or len(vals) > 6:
+        raise PPCoreError("give one to six ratios")
+    return vals
+
+
+def main() -> None:
+    st.title("✂️ Probe Pruning Lab")
+    st.caption("Watch Probe Pruning decide, batch by batch, which attention heads and MLP channels of a language "
+               "model to drop, and what that costs. Pick a model, a batch and a method in the sidebar, press "
+               "**Run**, then explore the tabs." + (" **Demo mode**: the default model, small batches." if DEMO else ""))
+    s, upload, run_clicked = inputs.sidebar()
+    for p in st.session_state.pop("_url_problems", []):
+        st.warning(p)
+    key = s.key(hashlib.sha256(upload[1]).hexdigest() if upload else "")
+    if run_clicked or not st.session_state.get("_auto_run_done"):
+        st.session_state["_auto_run_done"] = True  # the page opens on a result, once; then Run decides
+        run_analysis(s, upload, key)
+    if st.session_state.get("error"):
+        st.error(st.session_state["error"])
+    r = st.session_state.get("result")
+    if r is None:
+        st.info("No result yet: fix the input above and press **Run** in the sidebar.")
+        return
+    if r.key != key:
+        st.info("The sidebar settings differ from this result's: press **Run** to apply them.")
+    _header(r)
+    # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
+    # open tab's content runs, so switching views is quick.
+    tabs = st.tabs(TABS, key="view", on_change="rerun")
+    open_tab = next((label for label, t in zip(TABS, tabs) if t.open), TABS[0])
+    with tabs[TABS.index(open_tab)]:
+        _view(open_tab, r)
+
+
+def _view(label: str, r: engine.Result) -> None:
+    if label == TABS[0]:
+        probe.render(r)
+    elif label == TABS[1]:
+        channels.render(r, lambda n: _extra("stability", "Running consecutive batches",
+                                            lambda lm, c, p: engine.stability_runs(lm, c, r, n, p)))
+    elif label == TABS[2]:
+        outputs.render(r, engine.get_model(r.settings.model, r.settings.device, r.settings.dtype),
+                       lambda prompt, n: _extra("generation", "Generating",
+                                                lambda lm, c, p: engine.generation(lm, c, r.cfg, prompt, n)))
+    elif label == TABS[3]:
+        latency.render(r, lambda reps: _extra("latency", "Timing dense and pruned",
+                                              lambda lm, c, p: engine.latency(lm, c, r, reps)))
+    elif label == TABS[4]:
+        compare.render(r, lambda ratios, reps: _extra(
+            "compare", "Comparing methods",
+            lambda lm, c, p: engine.compare(lm, c, r, parse_ratios(ratios) if ratios else [r.cfg.ratio or r.settings.ratio],
+                                            reps, p)))
+    else:
+        export.render(r)
+
+
+def _header(r: engine.Result) -> None:
+    s = r.summary()
+    info = r.info
+    st.markdown(f"**{info['name']}** ({info['model_type']}, {info['layers']} layers, {info['heads']} heads over "
+                f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
+                f"batch: {r.batch.description}, {tuple(r.batch.ids.shape)} · method **{r.cfg.method}** at ratio "
+                f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))}")
+    c = st.columns(5)
+    c[0].metric("Perplexity dense → pruned", f"{s['ppl_dense']:.2f} → {s['ppl_pruned']:.2f}")
+    c[1].metric("KL(dense ‖ pruned)", f"{s['kl']:.4f}")
+    c[2].metric("Top-1 agreement", f"{s['top1']:.1%}")
+    c[3].metric("FLOPs / dense", f"{s['flops_ratio']:.3f}")
+    c[4].metric("Probe FLOPs / dense", f"{s['probe_flops_ratio']:.2%}")
+
+
+main()

@@ -1,0 +1,186 @@
+"""The app's calls into ppcore: cached model and calibration, and the runs behind each view.
+
+The model is loaded once per (model, device, dtype) and shared by every session: the engine reads
+its weights and never writes them, so sharing is safe. Each run builds its own Pruner.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import streamlit as st
+from torch import Tensor
+
+from ppcore import METHODS, BatchRecord, CalibStats, DataError, LoadedModel, PruneConfig, Pruner, RunRecord, load_model, token_nll, walk
+from ppcore.analysis import degradation_per_saving, logit_agreement, masked_mean, perplexity, stability
+from ppcore.calibrate import calibrate
+from ppcore.data import corpus_text, sample_windows, tokenize_text
+from ppcore.evaluate import environment
+from ppcore.generate import generate
+from ppcore.setup import calibration_windows
+from ppcore.speed import measure
+
+from .batch import Batch
+from .state import Settings, prune_config
+
+BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")
+Progress = Callable[[float, str], None]
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def get_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    return load_model(spec, device=device, dtype=dtype)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def get_calibration(_lm: LoadedModel, fingerprint: str, device: str, dtype: str, count: int, seq_len: int,
+                    seed: int) -> CalibStats:
+    """Calibration statistics; also cached on disk by the engine, so restarts are warm too."""
+    windows, _ = calibration_windows(_lm, "wiki-vital", count, seq_len, seed)
+    return calibrate(_lm, windows, batch_size=min(8, count), progress=False)
+
+
+def needs_calib(cfg: PruneConfig) -> bool:
+    return cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
+
+
+@dataclass
+class Result:
+    """One analysed batch: the chosen method against dense and the baselines. Lives in session_state."""
+
+    key: str
+    settings: Settings
+    cfg: PruneConfig
+    info: dict[str, Any]
+    batch: Batch
+    main: BatchRecord  # the chosen method, level "full" (importance grids, energies)
+    dense: BatchRecord
+    others: dict[str, BatchRecord]  # fullbatch and static baselines at the same ratio (summary)
+    hidden_dense: Tensor
+    hidden_pruned: Tensor
+    nll_dense: Tensor  # (B, L-1)
+    nll_pruned: Tensor
+    nll_mask: Tensor
+    kl: Tensor  # (B, L) KL(dense || pruned)
+    top1: Tensor  # (B, L) 1 where the top-1 next token agrees
+    protocol: dict[str, Any]
+    seconds: dict[str, float]
+    extras: dict[str, Any] = field(default_factory=dict)  # latency, comparison, generation, stability
+
+    @property
+    def valid(self) -> Optional[Tensor]:
+        return None if self.batch.mask is None else self.batch.mask.float()
+
+    def summary(self) -> dict[str, float]:
+        m = self.nll_mask
+        return {
+            "ppl_dense": perplexity(self.nll_dense, m), "ppl_pruned": perplexity(self.nll_pruned, m),
+            "kl": masked_mean(self.kl, self.valid), "top1": masked_mean(self.top1, self.valid),
+            "flops_ratio": self.main.flops["pruned"] / self.main.flops["dense"],
+            "probe_flops_ratio": self.main.flops["probe"] / self.main.flops["dense"],
+        }
+
+    def run_record(self) -> RunRecord:
+        batches = [self.main] + ([] if self.cfg.method == "dense" else [self.dense]) + list(self.others.values())
+        return RunRecord(self.protocol, batches)
+
+
+def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Batch, key: str,
+            progress: Progress) -> Result:
+    cfg = prune_config(s)
+    seconds: dict[str, float] = {}
+    ad, ids, mask = lm.adapter, batch.ids, batch.mask
+
+    def run(c: PruneConfig, level: str):
+        t0 = time.perf_counter()
+        res = walk(ad, Pruner(ad, c, calib if needs_calib(c) else None), ids, mask, level=level)
+        seconds[c.method] = time.perf_counter() - t0
+        return res
+
+    progress(0.1, f"{cfg.method} at ratio {cfg.ratio:.2f}")
+    main = run(cfg, "full")
+    progress(0.3, "dense reference")
+    dense = main if cfg.method == "dense" else run(PruneConfig(method="dense"), "summary")
+    others: dict[str, BatchRecord] = {}
+    baselines = [m for m in BASELINES if m != cfg.method]
+    for i, m in enumerate(baselines):
+        progress(0.4 + 0.4 * i / len(baselines), f"baseline {m} for agreement")
+        others[m] = run(prune_config(s, method=m, ratio=cfg.ratio if cfg.method != "dense" else s.ratio), "summary").record
+    progress(0.85, "losses, KL and top-1 agreement")
+    nll_d, m = token_nll(ad, dense.hidden, ids, dense.valid)
+    nll_p, _ = token_nll(ad, main.hidden, ids, main.valid)
+    kl, top1 = logit_agreement(ad, dense.hidden, main.hidden)
+    protocol = {
+        "app": "Probe Pruning Lab", "model": lm.info(), "batch": {"source": batch.description,
+                                                                  "shape": list(ids.shape)},
+        "calibration": None if calib is None else {"dataset": "wiki-vital", "split": "calibration",
+                                                   "windows": s.calib, "seq_len": s.calib_len, "seed": s.seed},
+        "config": cfg.to_dict(), "settings": s.__dict__, "environment": environment(),
+    }
+    return Result(key, s, cfg, lm.info(), batch, main.record, dense.record, others, dense.hidden, main.hidden,
+                  nll_d.cpu(), nll_p.cpu(), m.cpu(), kl, top1, protocol, seconds)
+
+
+def latency(lm: LoadedModel, calib: Optional[CalibStats], r: Result, repeats: int) -> dict[str, Any]:
+    """Dense vs the chosen method on the same batch: warm-up, interleaved repeats, medians."""
+    cfgs = [PruneConfig(method="dense")] + ([] if r.cfg.method == "dense" else [r.cfg])
+    return measure(lm, cfgs, r.batch.ids, calib, repeats=repeats, hf=False)
+
+
+def compare(lm: LoadedModel, calib: Optional[CalibStats], r: Result, ratios: list[float], repeats: int,
+            progress: Progress) -> list[dict[str, Any]]:
+    """Every method at each ratio on the result's batch: perplexity, time, FLOPs, degradation per time saved."""
+    ad, ids, mask = lm.adapter, r.batch.ids, r.batch.mask
+    rows: list[dict[str, Any]] = []
+    dense_ppl = perplexity(r.nll_dense, r.nll_mask)
+    for k, ratio in enumerate(ratios):
+        cfgs = [prune_config(r.settings, method=m, ratio=ratio) for m in METHODS if m != "dense"]
+        progress(k / len(ratios), f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
+        timing = measure(lm, cfgs, ids, calib, repeats=repeats, hf=False)
+        dense_t = next(x for x in timing["runs"] if x["method"] == "dense")["seconds"]
+        for c, t in zip(cfgs, [x for x in timing["runs"] if x["method"] != "dense"]):
+            res = walk(ad, Pruner(ad, c, calib if needs_calib(c) else None), ids, mask, level="none")
+            nll, m = token_nll(ad, res.hidden, ids, res.valid)
+            ppl = perplexity(nll, m)
+            rows.append({"method": c.method, "ratio": ratio, "ppl": ppl, "ppl_increase": ppl - dense_ppl,
+                         "seconds": t["seconds"], "time_vs_dense": t["time_vs_dense"],
+                         "flops_ratio": t["flops_ratio"], "probe_flops_ratio": t["probe_flops_ratio"],
+                         "ppl_per_time_saved": degradation_per_saving(ppl, dense_ppl, t["seconds"], dense_t)})
+        if k == 0 or not any(x["method"] == "dense" for x in rows):
+            rows.append({"method": "dense", "ratio": 0.0, "ppl": dense_ppl, "ppl_increase": 0.0, "seconds": dense_t,
+                         "time_vs_dense": 1.0, "flops_ratio": 1.0, "probe_flops_ratio": 0.0, "ppl_per_time_saved": None})
+    progress(1.0, "done")
+    return rows
+
+
+def stability_runs(lm: LoadedModel, calib: Optional[CalibStats], r: Result, extra_batches: int,
+                   progress: Progress) -> dict[str, Any]:
+    """The current batch, then corpus batches of the same shape, through ONE pruner (PP's history evolves)."""
+    ad = lm.adapter
+    pruner = Pruner(ad, r.cfg, calib if needs_calib(r.cfg) else None)
+    B, L = r.batch.ids.shape
+    corpus = tokenize_text(lm.tokenizer, corpus_text(r.settings.corpus, "eval"))
+    recs = [walk(ad, pruner, r.batch.ids, r.batch.mask, level="summary").record]
+    for k in range(extra_batches):
+        progress((k + 1) / (extra_batches + 1), f"batch {k + 2} of {extra_batches + 1}")
+        ids = sample_windows(corpus, B, L, r.settings.seed + 1 + k)
+        recs.append(walk(ad, pruner, ids, level="summary").record)
+    return {"attn": stability(recs, "attn"), "mlp": stability(recs, "mlp"), "batches": len(recs)}
+
+
+def generation(lm: LoadedModel, calib: Optional[CalibStats], cfg: PruneConfig, prompt: str,
+               max_new_tokens: int) -> dict[str, Any]:
+    """Greedy continuations by dense and by the pruned model (decided on the prompt, reused while decoding)."""
+    tok = lm.tokenizer
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise DataError("the prompt is empty: type a few words to continue")
+    out: dict[str, Any] = {"prompt": prompt}
+    for name, c in (("dense", PruneConfig(method="dense")), ("pruned", cfg)):
+        g = generate(lm.adapter, Pruner(lm.adapter, c, calib if needs_calib(c) else None), [ids], max_new_tokens,
+                     pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
+        out[name] = {"text": tok.decode(g.tokens[0], skip_special_tokens=True), "tokens": len(g.tokens[0]),
+                     "prefill_s": g.prefill_s, "decode_s": g.decode_s}
+    return out
+

@@ -1,0 +1,31 @@
+"""Method comparison: every method on the same batch at the same ratio (or a ratio sweep)."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from .. import charts
+from ..engine import Result
+
+
+def render(r: Result, start_compare) -> None:
+    st.caption("Perplexity on this batch, median wall time (interleaved, after warm-up), FLOPs relative to dense, "
+               "and the perplexity added per unit fraction of runtime saved (lower is better; empty when a "
+               "method saved no time).")
+    c1, c2, c3 = st.columns([1, 2, 1])
+    sweep = c1.checkbox("Ratio sweep", key="cmp_sweep")
+    ratios_text = c2.text_input("Ratios", "0.2, 0.4, 0.6", key="cmp_ratios", disabled=not sweep)
+    reps = c3.number_input("Repeats", 1, 10, 2, key="cmp_reps")
+    if st.button("Compare all methods", key="cmp_go"):
+        start_compare(ratios_text if sweep else None, int(reps))
+    rows = r.extras.get("compare")
+    if not rows:
+        st.info(f"Press **Compare all methods** to run {', '.join(['dense', 'pp', 'fullbatch', 'wanda-sp', 'flap', 'ppsp-calib'])} "
+                f"at ratio {r.settings.ratio:.2f} on this batch.")
+        return
+    df = pd.DataFrame(rows)
+    st.dataframe(df.style.format({"ppl": "{:.2f}", "ppl_increase": "{:+.2f}", "seconds": "{:.3f}",
+                                  "time_vs_dense": "{:.3f}", "flops_ratio": "{:.3f}", "probe_flops_ratio": "{:.2%}",
+                                  "ppl_per_time_saved": "{:.2f}"}, na_rep="—"),
+                 hide_index=True, width="stretch")
+    st.plotly_chart(charts.compare_scatter(df), width="stretch", key="cmp_chart")

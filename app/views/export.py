@@ -1,0 +1,27 @@
+"""Export: the run record (JSON, the documented schema) and the tables (CSV)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from ..engine import Result
+from . import channels, latency, outputs
+
+
+def render(r: Result) -> None:
+    st.caption("The run record follows the schema in README.md ('Run record'): the chosen method's batch at full "
+               "detail, then dense and the baselines. ppcore.RunRecord.load() reads it back. Every chart also "
+               "has Plotly's PNG download (camera icon).")
+    rec = json.dumps(r.run_record().to_dict())
+    st.download_button("Run record (JSON)", rec, file_name=f"run_{r.cfg.method}_{r.key}.json",
+                       mime="application/json", key="dl_record")
+    tables = {"layers": channels.layer_table(r), "tokens": outputs.token_table(r)}
+    if r.extras.get("latency"):
+        tables["latency"] = latency.layer_times(r.extras["latency"])
+    if r.extras.get("compare"):
+        tables["methods"] = pd.DataFrame(r.extras["compare"])
+    for name, df in tables.items():
+        st.download_button(f"{name} table (CSV)", df.to_csv(index=False), file_name=f"{name}_{r.key}.csv",
+                           mime="text/csv", key=f"dl_{name}")

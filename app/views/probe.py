@@ -1,0 +1,67 @@
+"""Probe view: residual importance over samples x tokens for one layer and block, probe picks marked."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from ppcore.analysis import probe_token_matrix
+
+from .. import charts
+from ..engine import Result
+
+BLOCK_LABELS = {"attn": "Attention", "mlp": "MLP"}
+
+
+def first_pruned_layer(r: Result) -> int:
+    return next((i for i, l in enumerate(r.main.layers) if l.attn.pruned or l.mlp.pruned), 0)
+
+
+def _step(delta: int, n: int) -> None:
+    st.session_state["probe_layer"] = int(np.clip(st.session_state.get("probe_layer", 0) + delta, 0, n - 1))
+
+
+def render(r: Result) -> None:
+    st.caption("Residual importance is the norm of each token's residual stream entering the block. PP probes the "
+               "tokens with the largest importance (red ticks above), then the samples (red ticks on the left), "
+               "runs only that probe through the block with all weights, and scores heads and channels from it.")
+    if not r.main.layers[first_pruned_layer(r)].attn.probe_tokens and not r.main.layers[first_pruned_layer(r)].mlp.probe_tokens:
+        st.info(f"Method '{r.cfg.method}' uses no probe: the map shows residual importance only. "
+                "Choose pp or fullbatch to see probe picks.")
+    _panel(r)
+
+
+@st.fragment
+def _panel(r: Result) -> None:
+    """A fragment: changing the layer, block or sample redraws this panel only, from the stored record."""
+    n = len(r.main.layers)
+    if "probe_layer" not in st.session_state:
+        st.session_state["probe_layer"] = first_pruned_layer(r)
+    st.session_state["probe_layer"] = min(st.session_state["probe_layer"], n - 1)
+    c0, c1, c2, c3 = st.columns([1, 6, 1, 3])
+    c0.button("◀", key="probe_prev", on_click=_step, args=(-1, n), help="previous layer")
+    c1.slider("Layer", 0, n - 1, key="probe_layer")
+    c2.button("▶", key="probe_next", on_click=_step, args=(1, n), help="next layer")
+    block = c3.radio("Block", ["attn", "mlp"], horizontal=True, key="probe_block", format_func=BLOCK_LABELS.get)
+    layer = st.session_state["probe_layer"]
+    rec = getattr(r.main.layers[layer], block)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Probe tokens", len(rec.probe_tokens))
+    m2.metric("Probe samples", len(rec.probe_samples))
+    unit = "heads" if block == "attn" else "channels"
+    m3.metric(f"Kept {unit}", f"{len(rec.kept)} / {rec.total}", help=None if rec.pruned else "this block is not pruned")
+    if rec.importance is None:
+        st.info("No importance grid in this record.")
+        return
+    title = f"Layer {layer}, {BLOCK_LABELS[block]}: residual importance ({r.cfg.method})"
+    st.plotly_chart(charts.importance_heatmap(rec.importance, r.batch.tokens, rec.probe_tokens, rec.probe_samples, title),
+                    width="stretch", key="probe_heatmap")
+    samples = list(range(len(r.batch.tokens)))
+    default = rec.probe_samples[0] if rec.probe_samples else 0
+    b = st.selectbox("Sample shown with its tokens", samples, index=default, key="probe_sample",
+                     format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
+    st.plotly_chart(charts.token_strip(rec.importance[b], r.batch.tokens[b], rec.probe_tokens,
+                                       f"Sample {b}: importance per token (red: probe tokens)"),
+                    width="stretch", key="probe_strip")
+    st.plotly_chart(charts.pick_by_layer(probe_token_matrix(r.main, block, r.batch.ids.shape[1]),
+                                         f"How the probe's token pick moves across layers ({BLOCK_LABELS[block]})"),
+                    width="stretch", key="probe_moves")

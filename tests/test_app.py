@@ -1,0 +1,193 @@
+"""The Streamlit app through streamlit.testing.v1.AppTest: every view on the default model with a small
+batch, and bad input (one clear message, no exception, and the next valid run works)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.batch import read_upload, split_text, upload_texts
+from app.views import TABS
+from app.state import Settings, from_query, parse_skip
+from ppcore import ConfigError, DataError, RunRecord
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+# Small and fast on 2 CPU cores: 4 example prompts cut to 48 tokens, 8 calibration windows of 64.
+SMALL = dict(batch_size="4", seq_len="48", calib="8", calib_len="64")
+
+
+def start(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({**SMALL, **params})
+    return at.run()
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def titles(at: AppTest) -> list[str]:
+    return [(c.get("layout", {}).get("title") or {}).get("text", "") for c in charts(at)]
+
+
+def test_every_view_on_the_default_model():
+    at = start()
+    ok(at)
+    result = at.session_state["result"]
+    assert result.batch.ids.shape == (4, 48) and result.info["layers"] == 30
+    t = titles(at)
+    # Probe view: the heat map with the probe drawn, and the pick across layers.
+    assert any(s.startswith("Layer 3, Attention: residual importance") for s in t)
+    heat = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Layer 3"))
+    assert any(d.get("name") == "probe" for d in heat["data"]) and heat["layout"]["shapes"]
+    assert any("token pick moves" in s for s in t)
+
+    # Changing the layer redraws from the stored record: the same result object, no new run.
+    at.slider(key="probe_layer").set_value(10).run()
+    ok(at)
+    assert at.session_state["result"] is result
+    assert any(s.startswith("Layer 10, Attention") for s in titles(at))
+    at.button(key="probe_next").click().run()
+    assert at.session_state["probe_layer"] == 11 and at.session_state["result"] is result
+
+    # Channel map, kept fractions, agreement, scores, stability.
+    tab(at, 1)
+    ok(at)
+    t = titles(at)
+    for needle in ("Heads kept by pp", "MLP channels kept by pp", "Kept fraction per layer", "Jaccard of pp",
+                   "scores, kept vs pruned"):
+        assert any(needle in s for s in t), needle
+    at.number_input(key="stab_n").set_value(1)
+    at.button(key="stab_go").click().run()
+    ok(at)
+    assert result.extras["stability"]["attn"].shape == (1, 30)
+    assert any("between consecutive batches" in s for s in titles(at))
+
+    # Outputs: metrics, the coloured per-token loss, top-k, generation.
+    tab(at, 2)
+    labels = {m.label for m in at.metric}
+    assert {"Perplexity, dense", "Perplexity, pp", "Top-1 agreement"} <= labels
+    assert any("rgba(214,39,40" in m.value for m in at.markdown)
+    assert len(at.dataframe) == 2  # top-k of dense and of pp
+    at.number_input(key="gen_tokens").set_value(4)
+    at.button(key="gen_go").click().run()
+    ok(at)
+    assert result.extras["generation"]["dense"]["tokens"] >= 1
+    assert at.session_state["view"] == TABS[2]  # a button press keeps the view open
+
+    # Latency.
+    tab(at, 3)
+    at.number_input(key="lat_reps").set_value(1)
+    at.button(key="lat_go").click().run()
+    ok(at)
+    lat = result.extras["latency"]
+    assert [r["method"] for r in lat["runs"]] == ["dense", "pp"] and lat["runs"][1]["flops_ratio"] < 1
+    assert any(s.startswith("Per layer: pp vs dense") for s in titles(at))
+    assert any("Measured on a CPU" in w.value for w in at.warning)
+
+    # Method comparison.
+    tab(at, 4)
+    at.number_input(key="cmp_reps").set_value(1)
+    at.button(key="cmp_go").click().run()
+    ok(at)
+    methods = {r["method"] for r in result.extras["compare"]}
+    assert methods == {"dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib"}
+    assert any("Perplexity against time" in s for s in titles(at))
+
+    # Export: the run record round-trips through the engine's loader.
+    tab(at, 5)
+    ok(at)
+    assert {b.label for b in at.get("download_button")} >= {"Run record (JSON)", "layers table (CSV)",
+                                                             "tokens table (CSV)", "latency table (CSV)",
+                                                             "methods table (CSV)"}
+    rec = RunRecord.from_dict(json.loads(json.dumps(result.run_record().to_dict())))
+    assert rec.batches[0].method == "pp" and len(rec.batches[0].layers) == 30
+
+
+def tab(at: AppTest, i: int) -> AppTest:
+    """Open view i (the tabs are tracked in session_state['view'] and only the open one runs)."""
+    at.session_state["view"] = TABS[i]
+    return at.run()
+
+
+def _run(at: AppTest) -> AppTest:
+    return at.button(key="run").click().run()
+
+
+def test_bad_inputs_show_one_message_and_recover(tmp_path):
+    at = start(ratio="1.5")  # out of range, from a shared URL
+    assert not at.exception
+    assert len(at.error) == 1 and "ratio must lie in [0, 1)" in at.error[0].value
+    at.text_input(key="s_model").set_value("/nonexistent/model")
+    at.number_input(key="s_ratio").set_value(0.4)
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "not found" in at.error[0].value
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    at.text_input(key="s_model").set_value(str(bert))
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "not supported" in at.error[0].value
+    at.text_input(key="s_model").set_value("default")
+    at.number_input(key="s_batch_size").set_value(500)
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "batch size 500 is out of range" in at.error[0].value
+    at.number_input(key="s_batch_size").set_value(4)
+    at.radio(key="s_source").set_value("paste").run()
+    at.text_area(key="s_text").set_value("  \n\n ")
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "the batch is empty" in at.error[0].value
+    # The next valid run works: two pasted samples of uneven length (padded on the right).
+    at.text_area(key="s_text").set_value("The cat sat on the mat.\nA much longer second sample about the weather today.")
+    _run(at)
+    ok(at)
+    r = at.session_state["result"]
+    assert r.batch.ids.shape[0] == 2 and r.batch.mask is not None
+    assert any(s.startswith("Layer 3, Attention") for s in titles(at))
+
+
+def test_unreadable_upload_is_reported():
+    at = start(source="upload", model="/nonexistent/first")  # no model work needed for upload errors
+    assert not at.exception
+    at.text_input(key="s_model").set_value("default")
+    _run(at)
+    assert len(at.error) == 1 and "no file uploaded" in at.error[0].value
+    at.get("file_uploader")[0].upload("bad.jsonl", b'{"text": "fine"}\n{not json', "application/json")
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "line 2: not valid JSON" in at.error[0].value
+    at.get("file_uploader")[0].set_value(("bytes.csv", b"\xff\xfe\x00binary", "text/csv"))
+    _run(at)
+    assert not at.exception and len(at.error) == 1 and "not UTF-8" in at.error[0].value
+
+
+def test_batch_parsing():
+    assert split_text("a\n\n b \n", "line") == ["a", "b"]
+    assert split_text("one\ntwo\n\nthree", "paragraph") == ["one two", "three"]
+    cols, rows = read_upload("t.csv", b"id,body\n1,hello there\n2,second row\n")
+    assert cols == ["id", "body"] and len(rows) == 2
+    assert upload_texts("t.csv", b"id,body\n1,hello there\n2,second row\n", "body", "line") == ["hello there", "second row"]
+    assert upload_texts("t.jsonl", b'{"q": "x", "n": 1}\n{"q": "y"}\n', "", "line") == ["x", "y"]
+    assert upload_texts("t.txt", b"p one\n\np two\n", "", "paragraph") == ["p one", "p two"]
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_upload("t.pdf", b"%PDF")
+
+
+def test_settings_round_trip_through_the_url(monkeypatch):
+    s, problems = from_query({"ratio": "0.3", "attn": "0", "batch_size": "x"})
+    assert s.ratio == 0.3 and s.attn is False and s.batch_size == 8 and len(problems) == 1
+    assert from_query(s.to_query())[0] == s and Settings().to_query() == {}
+    assert parse_skip("0-2, 5") == (0, 1, 2, 5) and parse_skip("") == ()
+    with pytest.raises(ConfigError):
+        parse_skip("a-b")
+    import app.state as state
+
+    monkeypatch.setattr(state, "DEMO", True)
+    locked = Settings(model="org/big", batch_size=64, seq_len=900).locked()
+    assert locked.model == "default" and locked.batch_size == 8 and locked.seq_len == 128
