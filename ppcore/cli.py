@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=5)
     sp.add_argument("--calib-seqs", type=int, default=20)
     sp.add_argument("--no-hf", action="store_true", help="skip timing HF's own forward")
+    sp.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="also time generation of N new tokens from 64-token prompts (prefill and decode tok/s)")
     sp.add_argument("--json", default=None)
     sp.add_argument("--quiet", action="store_true")
 
@@ -236,7 +238,7 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     from .data import corpus_text, sample_windows, tokenize_text
     from .loading import load_model
     from .setup import calibration_windows
-    from .speed import measure, summary_markdown
+    from .speed import generation_markdown, measure, measure_generation, summary_markdown
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     cfgs = [PruneConfig(method=m, ratio=0.0 if m == "dense" else a.ratio) for m in methods]
@@ -255,6 +257,10 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     res = measure(lm, cfgs, batch, calib, repeats=a.repeats, hf=not a.no_hf)
     res["model"] = lm.name
     print(summary_markdown(res))
+    if a.generate > 0:
+        res["generation"] = measure_generation(lm, cfgs, batch[:, :min(64, a.seq_len)], calib, a.generate,
+                                               repeats=min(a.repeats, 3))
+        print("\n" + generation_markdown(res["generation"]))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

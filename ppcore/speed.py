@@ -89,6 +89,45 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     return out
 
 
+def measure_generation(lm: LoadedModel, cfgs: list[PruneConfig], prompts: Tensor, calib: Optional[CalibStats],
+                       new_tokens: int = 32, repeats: int = 3) -> list[dict[str, Any]]:
+    """Prefill and decode tokens/s per method (medians over interleaved repeats, one warm-up each).
+
+    Pruning is decided on the prompt and the kept weights are reused for every decoded token.
+    """
+    from .generate import generate
+
+    ad = lm.adapter
+    if not any(c.method == "dense" for c in cfgs):
+        cfgs = [PruneConfig(method="dense")] + cfgs
+    rows = prompts.tolist()
+    pruners = [Pruner(ad, c, calib if c.prunes and c.method != "fullbatch" else None) for c in cfgs]
+    for p in pruners:
+        generate(ad, p, rows, 2, level="none")
+    gens: list[list] = [[] for _ in cfgs]
+    for _ in range(repeats):
+        for i, p in enumerate(pruners):
+            gens[i].append(generate(ad, p, rows, new_tokens, level="none"))
+    return [{
+        "method": c.method, "ratio": c.ratio, "batch": len(rows), "prompt_tokens": prompts.shape[1],
+        "new_tokens": new_tokens,
+        "prefill_tokens_per_s": statistics.median(g.prefill_tokens_per_s for g in gs),
+        "decode_tokens_per_s": statistics.median(g.decode_tokens_per_s for g in gs),
+    } for c, gs in zip(cfgs, gens)]
+
+
+def generation_markdown(rows: list[dict[str, Any]]) -> str:
+    dense = rows[0]
+    lines = [f"generation: batch {dense['batch']}, prompt {dense['prompt_tokens']} tokens, "
+             f"{dense['new_tokens']} new tokens (decided on the prompt, KV cache)", "",
+             "| method | ratio | prefill tok/s | vs dense | decode tok/s | vs dense |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['prefill_tokens_per_s']:.1f} | "
+                     f"{r['prefill_tokens_per_s'] / dense['prefill_tokens_per_s']:.2f}x | "
+                     f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}x |")
+    return "\n".join(lines)
+
+
 def _block_medians(recs: list) -> dict[tuple[int, str], dict[str, float]]:
     out: dict[tuple[int, str], dict[str, float]] = {}
     for layer in range(len(recs[0].layers)):

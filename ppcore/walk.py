@@ -118,8 +118,8 @@ def walk(
             ctx.add_time(i, block, full_s=ctx.now() - t0)
             pruner.observe(ctx, i, block, z, d)
             bf = block_flops(adapter, block, d, B, L)
-            for k in flops:
-                flops[k] += bf[k]
+            for name in flops:
+                flops[name] += bf[name]
             if level != "none":
                 blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
         if capture is not None:
