@@ -6,12 +6,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 RUN_OK := $(VENV)/.setup-run
 DEV_OK := $(VENV)/.setup-dev
 
-.PHONY: run test setup setup-dev bench-official clean-venv
+.PHONY: run test setup setup-dev browser bench-official clean-venv
 
 run: setup
 	$(VENV)/bin/streamlit run app/main.py
 
-test: setup-dev
+test: setup-dev browser
 	$(PY) -m pytest -q tests
 
 setup: $(RUN_OK)
@@ -27,6 +27,11 @@ $(RUN_OK): requirements.txt requirements-embedded.txt
 $(DEV_OK): $(RUN_OK) requirements-dev.txt
 	@$(PIP) install -r requirements-dev.txt
 	@touch $@
+
+# The browser test drives Debian's chromium (playwright cannot download a browser here).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 
 bench-official: setup
 	$(PY) bench/compare.py --official ../shared/reference/official_cpu_run --out bench/results/official.json

@@ -56,7 +56,7 @@ class Result:
     batch: Batch
     main: BatchRecord  # the chosen method, level "full" (importance grids, energies)
     dense: BatchRecord
-    others: dict[str, BatchRecord]  # fullbatch and static baselines at the same ratio (summary)
+    others: dict[str, BatchRecord]  # fullbatch and static baselines, same ratio (summary); filled on demand
     hidden_dense: Tensor
     hidden_pruned: Tensor
     nll_dense: Tensor  # (B, L-1)
@@ -100,13 +100,8 @@ def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Ba
 
     progress(0.1, f"{cfg.method} at ratio {cfg.ratio:.2f}")
     main = run(cfg, "full")
-    progress(0.3, "dense reference")
+    progress(0.45, "dense reference")
     dense = main if cfg.method == "dense" else run(PruneConfig(method="dense"), "summary")
-    others: dict[str, BatchRecord] = {}
-    baselines = [m for m in BASELINES if m != cfg.method]
-    for i, m in enumerate(baselines):
-        progress(0.4 + 0.4 * i / len(baselines), f"baseline {m} for agreement")
-        others[m] = run(prune_config(s, method=m, ratio=cfg.ratio if cfg.method != "dense" else s.ratio), "summary").record
     progress(0.85, "losses, KL and top-1 agreement")
     nll_d, m = token_nll(ad, dense.hidden, ids, dense.valid)
     nll_p, _ = token_nll(ad, main.hidden, ids, main.valid)
@@ -118,8 +113,26 @@ def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Ba
                                                    "windows": s.calib, "seq_len": s.calib_len, "seed": s.seed},
         "config": cfg.to_dict(), "settings": s.__dict__, "environment": environment(),
     }
-    return Result(key, s, cfg, lm.info(), batch, main.record, dense.record, others, dense.hidden, main.hidden,
+    return Result(key, s, cfg, lm.info(), batch, main.record, dense.record, {}, dense.hidden, main.hidden,
                   nll_d.cpu(), nll_p.cpu(), m.cpu(), kl, top1, protocol, seconds)
+
+
+def baselines(lm: LoadedModel, calib: Optional[CalibStats], r: Result, progress: Progress) -> dict[str, BatchRecord]:
+    """The oracle (fullbatch) and the static baselines at the same ratio, for the agreement charts.
+
+    Run when the channel view first needs them, not before the first result: that keeps the page's
+    first answer to two walks (the method and dense).
+    """
+    ratio = r.cfg.ratio if r.cfg.method != "dense" else r.settings.ratio
+    out: dict[str, BatchRecord] = {}
+    todo = [m for m in BASELINES if m != r.cfg.method]
+    for i, m in enumerate(todo):
+        progress(i / len(todo), f"baseline {m} at ratio {ratio:.2f}")
+        c = prune_config(r.settings, method=m, ratio=ratio)
+        out[m] = walk(lm.adapter, Pruner(lm.adapter, c, calib if needs_calib(c) else None), r.batch.ids,
+                      r.batch.mask, level="summary").record
+    progress(1.0, "done")
+    return out
 
 
 def latency(lm: LoadedModel, calib: Optional[CalibStats], r: Result, repeats: int) -> dict[str, Any]:

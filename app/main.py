@@ -23,7 +23,7 @@ from ppcore import DataError, PPCoreError  # noqa: E402
 
 Progress = Callable[[float, str], None]
 
-st.set_page_config(page_title="Probe Pruning Lab", page_icon="✂️", layout="wide")
+st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
 
 def _fail(e: Exception) -> str:
@@ -61,14 +61,19 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
                             f"{sum(res.seconds.values()):.1f} s of walks", state="complete", expanded=False)
 
 
-def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any]) -> None:
-    """Run an on-request computation for the current result and keep it in that result's extras."""
+def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any],
+           store: Optional[Callable[[Any], Any]] = None) -> None:
+    """Run an on-request computation for the current result and keep it with that result (its extras)."""
     r = st.session_state["result"]
     with st.status(label, expanded=True) as status:
         bar = st.progress(0.0)
         try:
             lm, calib = _model_and_calib(r.settings)
-            r.extras[name] = fn(lm, calib, lambda v, t: bar.progress(min(v, 1.0), text=t))
+            value = fn(lm, calib, lambda v, t: bar.progress(min(v, 1.0), text=t))
+            if store is None:
+                r.extras[name] = value
+            else:
+                store(value)
             status.update(label=f"{label}: done", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
             status.update(label=f"{label}: failed", state="error", expanded=False)
@@ -86,7 +91,7 @@ def parse_ratios(text: str) -> list[float]:
 
 
 def main() -> None:
-    st.title("✂️ Probe Pruning Lab")
+    st.title("Probe Pruning Lab")
     st.caption("Watch Probe Pruning decide, batch by batch, which attention heads and MLP channels of a language "
                "model to drop, and what that costs. Pick a model, a batch and a method in the sidebar, press "
                "**Run**, then explore the tabs." + (" **Demo mode**: the default model, small batches." if DEMO else ""))
@@ -118,6 +123,9 @@ def _view(label: str, r: engine.Result) -> None:
     if label == TABS[0]:
         probe.render(r)
     elif label == TABS[1]:
+        if not r.others:  # computed once per result, the first time this view opens
+            _extra("baselines", "Running the oracle and the static baselines for agreement",
+                   lambda lm, c, p: engine.baselines(lm, c, r, p), store=r.others.update)
         channels.render(r, lambda n: _extra("stability", "Running consecutive batches",
                                             lambda lm, c, p: engine.stability_runs(lm, c, r, n, p)))
     elif label == TABS[2]:
@@ -143,12 +151,14 @@ def _header(r: engine.Result) -> None:
                 f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
                 f"batch: {r.batch.description}, {tuple(r.batch.ids.shape)} · method **{r.cfg.method}** at ratio "
                 f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))}")
-    c = st.columns(5)
-    c[0].metric("Perplexity dense → pruned", f"{s['ppl_dense']:.2f} → {s['ppl_pruned']:.2f}")
-    c[1].metric("KL(dense ‖ pruned)", f"{s['kl']:.4f}")
-    c[2].metric("Top-1 agreement", f"{s['top1']:.1%}")
-    c[3].metric("FLOPs / dense", f"{s['flops_ratio']:.3f}")
-    c[4].metric("Probe FLOPs / dense", f"{s['probe_flops_ratio']:.2%}")
+    c = st.columns(6)
+    c[0].metric("Perplexity, dense", f"{s['ppl_dense']:.2f}")
+    c[1].metric(f"Perplexity, {r.cfg.method}", f"{s['ppl_pruned']:.2f}", f"{s['ppl_pruned'] - s['ppl_dense']:+.2f}",
+                delta_color="inverse")
+    c[2].metric("KL(dense ‖ pruned)", f"{s['kl']:.4f}", help="nats, mean over the batch's real positions")
+    c[3].metric("Top-1 agreement", f"{s['top1']:.1%}")
+    c[4].metric("FLOPs / dense", f"{s['flops_ratio']:.3f}")
+    c[5].metric("Probe FLOPs / dense", f"{s['probe_flops_ratio']:.2%}")
 
 
 main()

@@ -43,7 +43,7 @@ def main() -> None:
     signal.alarm(args.limit)  # bounded in time, whatever happens
     warm_cache()
     out: dict = {}
-    with streamlit_server() as url, browser_page() as page:
+    with streamlit_server() as url, browser_page(height=1900) as page:
         t0 = time.perf_counter()
         page.goto(url)
         title = chart_title(page, "residual importance", timeout_ms=180_000)
@@ -69,18 +69,18 @@ def shots(page, folder: Path) -> None:
     """One PNG per view, taken from the running app."""
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / "app_probe.png"), full_page=True)
-    open_tab(page, "🧱 Pruned channels")
+    open_tab(page, "Pruned channels")
     chart_title(page, "Heads kept by", 30_000)
     page.screenshot(path=str(folder / "app_channels.png"), full_page=True)
-    open_tab(page, "📝 Outputs")
+    open_tab(page, "Outputs")
     page.get_by_role("button", name="Generate with both").click()
     page.get_by_text("Dense:", exact=False).first.wait_for(timeout=120_000)
     page.screenshot(path=str(folder / "app_outputs.png"), full_page=True)
-    open_tab(page, "⏱️ Latency")
+    open_tab(page, "Latency")
     page.get_by_role("button", name="Measure latency").click()
     chart_title(page, "Per layer:", 180_000)
     page.screenshot(path=str(folder / "app_latency.png"), full_page=True)
-    open_tab(page, "⚖️ Compare methods")
+    open_tab(page, "Compare methods")
     page.get_by_role("button", name="Compare all methods").click()
     chart_title(page, "Perplexity against time", 300_000)
     page.screenshot(path=str(folder / "app_compare.png"), full_page=True)

@@ -18,7 +18,7 @@ def test_app_in_a_real_browser(tmp_path):
         page.goto(url + QUERY)
         chart_title(page, "residual importance", timeout_ms=240_000)  # the probe heat map
         assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
-        open_tab(page, "🧱 Pruned channels")
+        open_tab(page, "Pruned channels")
         chart_title(page, "Heads kept by pp", timeout_ms=30_000)
         chart_title(page, "MLP channels kept by pp", timeout_ms=30_000)
         assert page.locator(ERROR_SELECTOR).count() == 0

@@ -25,13 +25,8 @@ def token_table(r: Result) -> pd.DataFrame:
 
 
 def render(r: Result, lm, start_generation) -> None:
-    s = r.summary()
-    c = st.columns(4)
-    c[0].metric("Perplexity, dense", f"{s['ppl_dense']:.2f}")
-    c[1].metric(f"Perplexity, {r.cfg.method}", f"{s['ppl_pruned']:.2f}", f"{s['ppl_pruned'] - s['ppl_dense']:+.2f}",
-                delta_color="inverse")
-    c[2].metric("KL(dense ‖ pruned)", f"{s['kl']:.4f} nats", help="mean over real positions of the batch")
-    c[3].metric("Top-1 agreement", f"{s['top1']:.1%}", help="next-token argmax equal in both models")
+    st.caption("Batch metrics are in the header: perplexity of both, KL(dense ‖ pruned) and top-1 agreement "
+               "over every real position of the batch. Below, one sample at a time.")
     _per_token(r, lm)
     st.subheader("Greedy continuation")
     st.caption("Pruning is decided once on the prompt (the prefill) and the same heads and channels are reused for "
