@@ -18,7 +18,7 @@ from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, sample_windows, tokenize_text
 from ppcore.evaluate import environment
 from ppcore.generate import generate
-from ppcore.setup import calibration_windows
+from ppcore.experiment import calibration_windows
 from ppcore.speed import measure
 
 from .batch import Batch

@@ -25,7 +25,7 @@ def warm_cache() -> None:
     """The measured condition is a warm cache: convert the model and calibrate with the app's defaults."""
     from ppcore import load_model
     from ppcore.calibrate import calibrate
-    from ppcore.setup import calibration_windows
+    from ppcore.experiment import calibration_windows
 
     s = Settings()
     lm = load_model(s.model, s.device, s.dtype)

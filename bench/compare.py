@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ppcore import PruneConfig  # noqa: E402
-from ppcore.setup import prepare  # noqa: E402
+from ppcore.experiment import prepare  # noqa: E402
 
 
 def main() -> int:

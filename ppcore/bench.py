@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import PruneConfig
 from .methods import Pruner
-from .setup import EvalSetup, prepare
+from .experiment import EvalSetup, prepare
 from .walk import token_nll, walk
 
 

@@ -10,6 +10,8 @@ import math
 import statistics
 from typing import Any, Optional
 
+from .analysis import degradation_per_saving
+
 Row = dict[str, Any]
 
 
@@ -32,8 +34,10 @@ def aggregate(rows: list[Row]) -> list[Row]:
     out = []
     for method, ratio in keys:
         group = [r for r in rows if r["method"] == method and r["ratio"] == ratio]
-        rel = [r["seconds"] / dense[r["seed"]]["seconds"] for r in group if r["seed"] in dense]
-        prr = [(r["ppl"] - dense[r["seed"]]["ppl"]) / (1 - t) for r, t in zip(group, rel) if t < 1]
+        paired = [(r, dense[r["seed"]]) for r in group if r["seed"] in dense]
+        rel = [r["seconds"] / d["seconds"] for r, d in paired]
+        prr = [v for r, d in paired
+               if (v := degradation_per_saving(r["ppl"], d["ppl"], r["seconds"], d["seconds"])) is not None]
         out.append({
             "method": method, "ratio": ratio, "seeds": [r["seed"] for r in group],
             "ppl": mean_se([r["ppl"] for r in group]), "seconds": mean_se([r["seconds"] for r in group]),

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from .setup import prepare
+    from .experiment import prepare
 
     cfg = PruneConfig(
         method=a.method, ratio=a.ratio, token_frac=a.token_frac, sample_frac=a.sample_frac,
@@ -198,7 +198,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     from .generate import generate
     from .loading import load_model
     from .methods import Pruner
-    from .setup import calibration_windows
+    from .experiment import calibration_windows
 
     cfg = PruneConfig(method=a.method, ratio=a.ratio)
     if a.max_new_tokens < 1:
@@ -237,7 +237,7 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     from .calibrate import calibrate
     from .data import corpus_text, sample_windows, tokenize_text
     from .loading import load_model
-    from .setup import calibration_windows
+    from .experiment import calibration_windows
     from .speed import generation_markdown, measure, measure_generation, summary_markdown
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]

@@ -99,17 +99,23 @@ def evaluate(
         t0 = time.perf_counter()
         res = walk(lm.adapter, pruner, ids, update_history=True, level=level, timing=level != "none",
                    phase="scored", index=b)
+        if cuda and res.record is not None:
+            torch.cuda.synchronize()
+        t_head = time.perf_counter()
         nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
         loss = float(nll.double().sum() / mask.double().sum())
         if cuda:
             torch.cuda.synchronize()
-        secs.append(time.perf_counter() - t0)
+        t_end = time.perf_counter()
+        secs.append(t_end - t0)
         losses.append(loss)
         tokens += int(mask.sum())
         for k in flops:
             flops[k] += res.flops[k]
         if res.record is not None:
             res.record.loss, res.record.tokens = loss, int(mask.sum())
+            # The unpruned tail (LM head and loss) and the whole batch, beside embed_s and layers_s.
+            res.record.times.update(head_s=t_end - t_head, total_s=t_end - t0)
             records.append(res.record)
     ppl = math.exp(sum(losses) / len(losses))
     return EvalResult(

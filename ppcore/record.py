@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 LEVELS = ("none", "summary", "full")
 
 
-def _round(values: Any, digits: int = 6) -> Any:
+def round_floats(values: Any, digits: int = 6) -> Any:
     """Floats to `digits` significant digits: keeps exported records small and stable."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
@@ -100,5 +100,3 @@ class RunRecord:
     def load(cls, path: str | Path) -> "RunRecord":
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-
-round_floats = _round

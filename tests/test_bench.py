@@ -16,7 +16,7 @@ from ppcore.bench import bench_setup, configs
 from ppcore.bench_report import aggregate, chart_html, markdown
 from ppcore.calibrate import calibrate
 from ppcore.evaluate import evaluate
-from ppcore.setup import EvalSetup
+from ppcore.experiment import EvalSetup
 from ppcore.speed import measure, summary_markdown
 from tests.conftest import tiny_llama
 
