@@ -43,7 +43,10 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     def run(p: Pruner, timing: bool, level: str = "none"):
         with torch.inference_mode():
             res = walk(ad, p, ids, update_history=False, level=level, timing=timing)
+            t0 = _clock(dev) if timing else 0.0
             ad.lm_head(res.hidden)
+            if res.record is not None:
+                res.record.times["head_s"] = _clock(dev) - t0  # the unpruned LM head
         return res
 
     def hf_forward():
@@ -84,7 +87,8 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
             "method": cfg.method, "ratio": cfg.ratio, "seconds": statistics.median(times),
             "time_vs_dense": statistics.median(times) / dense_s,
             "flops_ratio": fl["pruned"] / fl["dense"], "probe_flops_ratio": fl["probe"] / fl["dense"],
-            "embed_s": statistics.median(r.times["embed_s"] for r in recs), "blocks": layers,
+            "embed_s": statistics.median(r.times["embed_s"] for r in recs),
+            "head_s": statistics.median(r.times["head_s"] for r in recs), "blocks": layers,
         })
     return out
 

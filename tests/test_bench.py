@@ -72,7 +72,7 @@ def test_speed_measure_reports_every_block():
     assert len(pp["blocks"]) == 2 * setup.lm.adapter.dims.num_layers
     assert all(b["full_s"] > 0 for b in pp["blocks"])
     assert any(b["probe_s"] > 0 for b in pp["blocks"] if b["pruned"])
-    assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0
+    assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0 and pp["head_s"] > 0 and pp["embed_s"] > 0
     assert "| pp | 50% |" in summary_markdown(res)
 
 
