@@ -41,10 +41,6 @@ def get_calibration(_lm: LoadedModel, fingerprint: str, device: str, dtype: str,
     return calibrate(_lm, windows, batch_size=min(8, count), progress=False)
 
 
-def needs_calib(cfg: PruneConfig) -> bool:
-    return cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
-
-
 @dataclass
 class Result:
     """One analysed batch: the chosen method against dense and the baselines. Lives in session_state."""
@@ -94,7 +90,7 @@ def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Ba
 
     def run(c: PruneConfig, level: str):
         t0 = time.perf_counter()
-        res = walk(ad, Pruner(ad, c, calib if needs_calib(c) else None), ids, mask, level=level)
+        res = walk(ad, Pruner(ad, c, calib), ids, mask, level=level)
         seconds[c.method] = time.perf_counter() - t0
         return res
 
@@ -129,7 +125,7 @@ def baselines(lm: LoadedModel, calib: Optional[CalibStats], r: Result, progress:
     for i, m in enumerate(todo):
         progress(i / len(todo), f"baseline {m} at ratio {ratio:.2f}")
         c = prune_config(r.settings, method=m, ratio=ratio)
-        out[m] = walk(lm.adapter, Pruner(lm.adapter, c, calib if needs_calib(c) else None), r.batch.ids,
+        out[m] = walk(lm.adapter, Pruner(lm.adapter, c, calib), r.batch.ids,
                       r.batch.mask, level="summary").record
     progress(1.0, "done")
     return out
@@ -153,7 +149,7 @@ def compare(lm: LoadedModel, calib: Optional[CalibStats], r: Result, ratios: lis
         timing = measure(lm, cfgs, ids, calib, repeats=repeats, hf=False)
         dense_t = next(x for x in timing["runs"] if x["method"] == "dense")["seconds"]
         for c, t in zip(cfgs, [x for x in timing["runs"] if x["method"] != "dense"]):
-            res = walk(ad, Pruner(ad, c, calib if needs_calib(c) else None), ids, mask, level="none")
+            res = walk(ad, Pruner(ad, c, calib), ids, mask, level="none")
             nll, m = token_nll(ad, res.hidden, ids, res.valid)
             ppl = perplexity(nll, m)
             rows.append({"method": c.method, "ratio": ratio, "ppl": ppl, "ppl_increase": ppl - dense_ppl,
@@ -171,7 +167,7 @@ def stability_runs(lm: LoadedModel, calib: Optional[CalibStats], r: Result, extr
                    progress: Progress) -> dict[str, Any]:
     """The current batch, then corpus batches of the same shape, through ONE pruner (PP's history evolves)."""
     ad = lm.adapter
-    pruner = Pruner(ad, r.cfg, calib if needs_calib(r.cfg) else None)
+    pruner = Pruner(ad, r.cfg, calib)
     B, L = r.batch.ids.shape
     corpus = tokenize_text(lm.tokenizer, corpus_text(r.settings.corpus, "eval"))
     recs = [walk(ad, pruner, r.batch.ids, r.batch.mask, level="summary").record]
@@ -191,7 +187,7 @@ def generation(lm: LoadedModel, calib: Optional[CalibStats], cfg: PruneConfig, p
         raise DataError("the prompt is empty: type a few words to continue")
     out: dict[str, Any] = {"prompt": prompt}
     for name, c in (("dense", PruneConfig(method="dense")), ("pruned", cfg)):
-        g = generate(lm.adapter, Pruner(lm.adapter, c, calib if needs_calib(c) else None), [ids], max_new_tokens,
+        g = generate(lm.adapter, Pruner(lm.adapter, c, calib), [ids], max_new_tokens,
                      pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
         out[name] = {"text": tok.decode(g.tokens[0], skip_special_tokens=True), "tokens": len(g.tokens[0]),
                      "prefill_s": g.prefill_s, "decode_s": g.decode_s}

@@ -60,8 +60,7 @@ def bench_setup(setup: EvalSetup, cfgs: list[PruneConfig], repeats: int = 1, see
     """Run every config on `setup`'s windows, interleaved batch by batch; one result dict per config."""
     runs = []
     for cfg in cfgs:
-        needs = cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
-        runs.append(_Run(cfg, Pruner(setup.lm.adapter, cfg, setup.calibration() if needs else None)))
+        runs.append(_Run(cfg, Pruner(setup.lm.adapter, cfg, setup.calibration() if cfg.needs_calibration else None)))
     bs = setup.batch_size
     warm = setup.windows[:bs]
     for run in runs:  # warm-up: unscored, untimed, no history update

@@ -209,13 +209,13 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     if any(not p for p in prompts):
         raise PPCoreError("every --prompt needs some text")
     calib = None
-    if cfg.prunes and (cfg.is_static or cfg.method == "pp"):
+    if cfg.needs_calibration:
         windows, _ = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.calib_seq_len, a.seed, a.cache_dir)
         calib = calibrate(lm, windows, 20, cache_dir=a.cache_dir, progress=not a.quiet)
     runs = [PruneConfig(method="dense")] + ([cfg] if cfg.method != "dense" else [])
     report = []
     for c in runs:
-        gen = generate(lm.adapter, Pruner(lm.adapter, c, calib if c.prunes else None), prompts,
+        gen = generate(lm.adapter, Pruner(lm.adapter, c, calib), prompts,
                        a.max_new_tokens, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
         texts = [tok.decode(t, skip_special_tokens=True) for t in gen.tokens]
         label = c.method if c.method == "dense" else f"{c.method} {c.ratio:g}"

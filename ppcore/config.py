@@ -68,6 +68,11 @@ class PruneConfig:
     def prunes(self) -> bool:
         return self.method != "dense" and self.ratio > 0
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Static methods score calibration statistics; PP starts its history from them."""
+        return self.prunes and (self.is_static or (self.method == "pp" and self.use_history))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["skip_layers"] = list(self.skip_layers)

@@ -35,9 +35,9 @@ class EvalSetup:
         return self._calib
 
     def run(self, cfg: PruneConfig, level: str = "none") -> EvalResult:
-        needs = cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
         proto = dict(self.protocol, config=cfg.to_dict())
-        return evaluate(self.lm, cfg, self.windows, self.batch_size, self.calibration() if needs else None,
+        return evaluate(self.lm, cfg, self.windows, self.batch_size,
+                        self.calibration() if cfg.needs_calibration else None,
                         level=level, protocol=proto, progress=self.progress)
 
 

@@ -45,7 +45,7 @@ class Pruner:
     def __init__(self, adapter: Adapter, cfg: PruneConfig, calib: Optional[CalibStats] = None) -> None:
         dims = adapter.dims
         cfg.check_layers(dims.num_layers)
-        needs_calib = cfg.prunes and (cfg.is_static or (cfg.method == "pp" and cfg.use_history))
+        needs_calib = cfg.needs_calibration
         if needs_calib and calib is None:
             raise ConfigError(
                 f"method {cfg.method!r} needs calibration statistics: pass calib=calibrate(...)"

@@ -38,7 +38,7 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     ad, dev = lm.adapter, lm.device
     if not any(c.method == "dense" for c in cfgs):
         cfgs = [PruneConfig(method="dense")] + cfgs
-    pruners = [Pruner(ad, c, calib if c.prunes and c.method != "fullbatch" else None) for c in cfgs]
+    pruners = [Pruner(ad, c, calib) for c in cfgs]
 
     def run(p: Pruner, timing: bool, level: str = "none"):
         with torch.inference_mode():
@@ -105,7 +105,7 @@ def measure_generation(lm: LoadedModel, cfgs: list[PruneConfig], prompts: Tensor
     if not any(c.method == "dense" for c in cfgs):
         cfgs = [PruneConfig(method="dense")] + cfgs
     rows = prompts.tolist()
-    pruners = [Pruner(ad, c, calib if c.prunes and c.method != "fullbatch" else None) for c in cfgs]
+    pruners = [Pruner(ad, c, calib) for c in cfgs]
     for p in pruners:
         generate(ad, p, rows, 2, level="none")
     gens: list[list] = [[] for _ in cfgs]
