@@ -1,7 +1,7 @@
 """ppcore: Probe Pruning (Le et al., ICLR 2025) on Hugging Face causal LMs, without touching the model."""
 from .config import METHODS, PruneConfig
 from .errors import ConfigError, DataError, ModelLoadError, PPCoreError, UnsupportedModelError
-from .loading import LoadedModel, load_model
+from .loading import LoadedModel, Placement, load_model
 from .methods import Pruner
 from .record import BatchRecord, RunRecord
 from .stats import CalibStats
@@ -9,6 +9,6 @@ from .walk import logits, token_nll, walk
 
 __all__ = [
     "METHODS", "PruneConfig", "ConfigError", "DataError", "ModelLoadError", "PPCoreError",
-    "UnsupportedModelError", "LoadedModel", "load_model", "Pruner", "BatchRecord", "RunRecord",
+    "UnsupportedModelError", "LoadedModel", "Placement", "load_model", "Pruner", "BatchRecord", "RunRecord",
     "CalibStats", "logits", "token_nll", "walk",
 ]

@@ -5,8 +5,10 @@ family. Head counts come from `config`, never from module attributes.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +75,12 @@ class Adapter:
         self.config = model.config
         self.dims = self._dims()
         self.act: Callable[[Tensor], Tensor] = _activation(self._act_name())
+        # Placement, read once: with accelerate's device_map each layer has its own execution device,
+        # and layers offloaded to the CPU or disk hold meta tensors until materialised.
+        n = self.dims.num_layers
+        self._layer_devices = [execution_device(self.layer_module(i)) for i in range(n)]
+        self._offloaded = [any(_offloaded(m) for m in self.layer_module(i).modules()) for i in range(n)]
+        self._lock = threading.RLock()  # materialising swaps module tensors: one thread per layer at a time
 
     # --- to override -------------------------------------------------------------------------
     def _dims(self) -> ModelDims:
@@ -81,7 +89,11 @@ class Adapter:
     def _act_name(self) -> str:
         raise NotImplementedError
 
+    def layer_module(self, i: int) -> nn.Module:
+        raise NotImplementedError
+
     def layer(self, i: int) -> LayerWeights:
+        """References to layer i's tensors; for an offloaded layer, call inside `materialized(i)`."""
         raise NotImplementedError
 
     def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
@@ -101,7 +113,40 @@ class Adapter:
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        """Where input ids go: the embedding's execution device."""
+        return execution_device(self.model.get_input_embeddings())
+
+    @property
+    def dispatched(self) -> bool:
+        """Spread by accelerate over several devices, or partly offloaded to the CPU or disk."""
+        return len(set(self._layer_devices)) > 1 or any(self._offloaded) or bool(getattr(self.model, "hf_device_map", None))
+
+    def layer_device(self, i: int) -> torch.device:
+        return self._layer_devices[i]
+
+    def offloaded(self, i: int) -> bool:
+        return self._offloaded[i]
+
+    @contextlib.contextmanager
+    def materialized(self, i: int) -> Iterator[torch.device]:
+        """Layer i's weights on its execution device for the duration of the block (a no-op unless
+        accelerate offloaded it); yields that device. Tensors read inside stay valid after exit."""
+        if not self._offloaded[i]:
+            yield self._layer_devices[i]
+            return
+        with self.weights_of(self.layer_module(i)):
+            yield self._layer_devices[i]
+
+    @contextlib.contextmanager
+    def weights_of(self, module: nn.Module) -> Iterator[None]:
+        """Materialise every offloaded tensor under `module` (accelerate's own hooks) for a block."""
+        from accelerate.utils import align_module_device
+
+        with self._lock, contextlib.ExitStack() as stack:
+            for m in module.modules():
+                if _offloaded(m):
+                    stack.enter_context(align_module_device(m))
+            yield
 
     @property
     def dtype(self) -> torch.dtype:
@@ -136,6 +181,9 @@ class LlamaAdapter(Adapter):
 
     def _act_name(self) -> str:
         return self.config.hidden_act
+
+    def layer_module(self, i: int) -> nn.Module:
+        return self.model.model.layers[i]
 
     def layer(self, i: int) -> LayerWeights:
         lay = self.model.model.layers[i]
@@ -179,6 +227,9 @@ class OPTAdapter(Adapter):
     def _act_name(self) -> str:
         return self.config.activation_function
 
+    def layer_module(self, i: int) -> nn.Module:
+        return self.model.model.decoder.layers[i]
+
     def layer(self, i: int) -> LayerWeights:
         lay = self.model.model.decoder.layers[i]
         a = lay.self_attn
@@ -198,8 +249,10 @@ class OPTAdapter(Adapter):
         if dec.project_in is not None:
             h = dec.project_in(h)
         # OPT's learned positions carry a fixed offset of 2 (HF's OPTLearnedPositionalEmbedding).
-        pos_w = dec.embed_positions.weight
-        return h + F.embedding(position_ids + dec.embed_positions.offset, pos_w)
+        with self.weights_of(dec.embed_positions) if _offloaded(dec.embed_positions) else contextlib.nullcontext():
+            pos_w = dec.embed_positions.weight
+            pos = F.embedding(position_ids.to(pos_w.device) + dec.embed_positions.offset, pos_w)
+        return h + pos.to(h.device)
 
     def final(self, h: Tensor) -> Tensor:
         dec = self.model.model.decoder
@@ -208,6 +261,26 @@ class OPTAdapter(Adapter):
         if dec.project_out is not None:
             h = dec.project_out(h)
         return h
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where a module computes: accelerate's hook says so when dispatched, else its first real tensor."""
+    dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if dev is not None:
+        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def _offloaded(module: nn.Module) -> bool:
+    """True when accelerate keeps this module's own tensors off-device (CPU or disk) between uses."""
+    if getattr(module, "_hf_hook", None) is None:
+        return False
+    from accelerate.utils import has_offloaded_params
+
+    return has_offloaded_params(module)
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .config import PruneConfig
 from .methods import Pruner
 from .experiment import EvalSetup, prepare
+from .loading import Placement
 from .walk import token_nll, walk
 
 
@@ -95,7 +96,7 @@ def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, mode
               device: str = "auto", dtype: str = "auto", seq_len: int = 512, batch_size: int = 20,
               batches: int = 10, calib_seqs: int = 100, repeats: int = 1, flap_bias: str = "official",
               official_dir: Optional[str] = None, cache_dir: Optional[str] = None,
-              progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+              progress: bool = True, placement: Optional[Placement] = None) -> dict[str, list[dict[str, Any]]]:
     """The seeded default protocol for every seed, plus the official windows when given."""
     if "dense" not in methods:
         methods = ["dense"] + methods  # every relative number needs the dense run of the same batches
@@ -103,13 +104,14 @@ def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, mode
     results: dict[str, list[dict[str, Any]]] = {"seeded": [], "official": []}
     for seed in seeds:
         setup = prepare(model=model, device=device, dtype=dtype, seq_len=seq_len, batch_size=batch_size,
-                        batches=batches, calib_seqs=calib_seqs, seed=seed, cache_dir=cache_dir, progress=progress)
+                        batches=batches, calib_seqs=calib_seqs, seed=seed, cache_dir=cache_dir, progress=progress,
+                        placement=placement)
         results["seeded"] += bench_setup(setup, cfgs, repeats, seed, progress)
     if official_dir:
         ref = Path(official_dir)
         setup = prepare(model=model, device=device, dtype=dtype, batch_size=20,
                         windows_file=str(ref / "eval_windows.npy"), calib_windows_file=str(ref / "calib_windows.npy"),
-                        cache_dir=cache_dir, progress=progress)
+                        cache_dir=cache_dir, progress=progress, placement=placement)
         official = json.loads((ref / "results.json").read_text())["results"]
         for row in bench_setup(setup, cfgs, 1, 0, progress):
             off = next((o for o in official if o["method"] == row["method"]

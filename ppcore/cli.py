@@ -45,6 +45,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--cache-dir", default=None, help="where converted models and calibration live "
                    "(default: $PPCORE_CACHE or ~/.cache/ppcore)")
+    p.add_argument("--device-map", default=None, choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                   help="spread a model too big for one device over the GPUs, the CPU and disk with accelerate "
+                        "(--device is then ignored)")
+    p.add_argument("--max-memory", default=None, help="with --device-map: caps per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    p.add_argument("--offload-folder", default=None, help="with --device-map: where disk-offloaded weights go "
+                   "(default: under the cache dir)")
+
+
+def _placement(a: argparse.Namespace):
+    """The accelerate placement the model flags ask for, or None for one device."""
+    from .loading import Placement
+
+    if a.device_map is None:
+        if a.max_memory or a.offload_folder:
+            raise PPCoreError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
+        return None
+    return Placement(a.device_map, Placement.parse_max_memory(a.max_memory) if a.max_memory else None,
+                     a.offload_folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +158,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         model=a.model, device=a.device, dtype=a.dtype, dataset=a.dataset, seq_len=a.seq_len,
         batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, seed=a.seed,
         windows_file=a.windows, calib_windows_file=a.calib_windows, calib_dataset=a.calib_dataset,
-        cache_dir=a.cache_dir, progress=not a.quiet,
+        cache_dir=a.cache_dir, progress=not a.quiet, placement=_placement(a),
     )
     res = setup.run(cfg, level=a.record_level if a.record else "none")
     print(res.line())
@@ -182,7 +200,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res = run_bench(methods, ratios, seeds, model=a.model, device=a.device, dtype=a.dtype, seq_len=a.seq_len,
                     batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, repeats=a.repeats,
-                    flap_bias=a.flap_bias, official_dir=official, cache_dir=a.cache_dir, progress=not a.quiet)
+                    flap_bias=a.flap_bias, official_dir=official, cache_dir=a.cache_dir, progress=not a.quiet,
+                    placement=_placement(a))
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     text = markdown(res["seeded"])
     if res["official"]:
@@ -203,7 +222,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     cfg = PruneConfig(method=a.method, ratio=a.ratio)
     if a.max_new_tokens < 1:
         raise PPCoreError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
-    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir)
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
     tok = lm.tokenizer
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in a.prompt]
     if any(not p for p in prompts):
@@ -244,7 +263,7 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     cfgs = [PruneConfig(method=m, ratio=0.0 if m == "dense" else a.ratio) for m in methods]
     if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2:
         raise PPCoreError("--repeats and --batch-size must be >= 1 and --seq-len >= 2")
-    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir)
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
     if lm.tokenizer is not None:
         ids = tokenize_text(lm.tokenizer, corpus_text("wiki-vital", "eval", a.cache_dir), a.cache_dir)
         batch = sample_windows(ids, a.batch_size, a.seq_len, 0)
@@ -269,7 +288,7 @@ def _cmd_speed(a: argparse.Namespace) -> int:
 def _cmd_info(a: argparse.Namespace) -> int:
     from .loading import load_model
 
-    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir)
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
     print(json.dumps(lm.info(), indent=1))
     return 0
 

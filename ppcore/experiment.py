@@ -12,7 +12,7 @@ from .config import PruneConfig
 from .data import corpus_text, load_windows, sample_windows, tokenize_text, windows_hash
 from .errors import DataError
 from .evaluate import EvalResult, environment, evaluate
-from .loading import LoadedModel, load_model
+from .loading import LoadedModel, Placement, load_model
 from .stats import CalibStats
 
 
@@ -64,6 +64,7 @@ def prepare(
     calib_dataset: str = "wiki-vital",
     cache_dir: Optional[str] = None,
     progress: bool = True,
+    placement: Optional[Placement] = None,
 ) -> EvalSetup:
     for name, v, lo in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("batches", batches, 1),
                         ("calib_seqs", calib_seqs, 1)):
@@ -78,7 +79,7 @@ def prepare(
             raise DataError(f"unknown {name} {given!r}: use wiki-vital, wikitext2 or a path to a .txt file")
         if given.lower().endswith(".txt") and not Path(given).expanduser().is_file():
             raise DataError(f"text file not found: {given}")
-    lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, placement=placement)
     vocab = lm.adapter.dims.vocab
     if windows_file:
         windows = load_windows(windows_file, vocab)

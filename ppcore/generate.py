@@ -8,16 +8,16 @@ next token sits in the same column.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .adapters import Adapter
-from .blocks import attn_front, attn_out, mlp_front, mlp_out
+from .adapters import Adapter, LayerWeights
+from .blocks import attn_front, attn_out, mlp_front, mlp_out, slice_attn, slice_mlp
 from .errors import DataError
-from .methods import Pruner
+from .methods import Decision, Pruner
 from .record import BatchRecord
 from .walk import Capture, walk
 
@@ -73,7 +73,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     _sync(dev)
     t0 = time.perf_counter()
     res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
-    nxt = adapter.lm_head(res.hidden[:, -1:]).argmax(-1)  # (B, 1)
+    nxt = adapter.lm_head(res.hidden[:, -1:]).argmax(-1).to(dev)  # (B, 1)
     _sync(dev)
     prefill_s = time.perf_counter() - t0
 
@@ -95,13 +95,18 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
         h = adapter.embed(nxt, pos)
         rot = adapter.rotary(h, pos) if adapter.uses_rotary else None
         for i in range(dims.num_layers):
-            w, dec = adapter.layer(i), cap.decisions[i]
-            da, dm = dec["attn"], dec["mlp"]
-            z, k, v = attn_front(da.slice, w.attn_norm(h), dims.head_dim, rot, key_mask, past=cap.kv[i])
-            cap.kv[i] = (k, v)
-            h = h + attn_out(da.slice, z, da.bias)
-            h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
-        nxt = adapter.lm_head(adapter.final(h)).argmax(-1)
+            with adapter.materialized(i) as layer_dev:
+                if h.device != layer_dev:  # dispatched models: follow the layer to its device
+                    h = h.to(layer_dev)
+                    rot = None if rot is None else (rot[0].to(layer_dev), rot[1].to(layer_dev))
+                    key_mask = None if key_mask is None else key_mask.to(layer_dev)
+                w = adapter.layer(i)
+                da, dm = (_with_slice(pruner, i, b, w, cap.decisions[i][b]) for b in ("attn", "mlp"))
+                z, k, v = attn_front(da.slice, w.attn_norm(h), dims.head_dim, rot, key_mask, past=cap.kv[i])
+                cap.kv[i] = (k, v)
+                h = h + attn_out(da.slice, z, da.bias)
+                h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
+        nxt = adapter.lm_head(adapter.final(h)).argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
             done |= nxt[:, 0] == eos_id
@@ -113,3 +118,13 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     if eos_id is not None:
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
     return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), res.record)
+
+
+def _with_slice(pruner: Pruner, layer: int, block: str, w: LayerWeights, d: Decision) -> Decision:
+    """The prompt's decision with its weights: as captured, or rebuilt for an offloaded layer."""
+    if d.slice is not None:
+        return d
+    if d.kept is None:
+        return replace(d, slice=pruner.full_slice(layer, block, w))
+    sl = slice_attn(w, pruner.dims, d.kept) if block == "attn" else slice_mlp(w, d.kept)
+    return replace(d, slice=sl)

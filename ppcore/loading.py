@@ -40,6 +40,36 @@ def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Spreading a model over several devices with accelerate (`device_map`), instead of one device.
+
+    `device_map`: "auto", "balanced", "balanced_low_0" or "sequential" (accelerate fills the GPUs,
+    then the CPU, then disk), or an explicit {module name: device} dict. `max_memory`: per-device
+    caps such as {0: "70GiB", "cpu": "100GiB"}. `offload_folder`: where disk-offloaded weights go
+    (default: the ppcore cache, per model).
+    """
+
+    device_map: str | dict[str, Any] = "auto"
+    max_memory: Optional[dict[Any, str]] = None
+    offload_folder: Optional[str] = None
+
+    @staticmethod
+    def parse_max_memory(text: str) -> dict[Any, str]:
+        """'0=70GiB,1=70GiB,cpu=100GiB' -> {0: '70GiB', 1: '70GiB', 'cpu': '100GiB'}."""
+        out: dict[Any, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not value.strip():
+                raise ModelLoadError(f"max memory {part!r}: use DEVICE=SIZE pairs such as 0=70GiB,cpu=100GiB")
+            key = key.strip()
+            out[int(key) if key.isdigit() else key] = value.strip()
+        return out
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 @dataclass
 class LoadedModel:
     """A read-only model with what the engine needs to walk it. Share freely across threads."""
@@ -55,6 +85,7 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         d = self.adapter.dims
+        placement = getattr(self.model, "hf_device_map", None)
         return {
             "name": self.name, "family": self.adapter.family, "model_type": self.model.config.model_type,
             "fingerprint": self.fingerprint, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
@@ -62,7 +93,17 @@ class LoadedModel:
             "head_dim": d.head_dim, "intermediate": d.intermediate, "vocab": d.vocab,
             "max_positions": d.max_positions,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "device_map": _count_devices(placement) if placement else None,
         }
+
+
+def _count_devices(device_map: dict[str, Any]) -> dict[str, int]:
+    """How many of the model's dispatched modules sit on each device ('disk' included)."""
+    out: dict[str, int] = {}
+    for dev in device_map.values():
+        key = f"cuda:{dev}" if isinstance(dev, int) else str(dev)
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,9 +125,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
-               cache_dir: Optional[str | Path] = None) -> LoadedModel:
-    """Load `spec`: 'default', a hub id ('org/name'), a local checkpoint folder or a .gguf path."""
-    dev = resolve_device(device)
+               cache_dir: Optional[str | Path] = None, placement: Optional[Placement] = None) -> LoadedModel:
+    """Load `spec`: 'default', a hub id ('org/name'), a local checkpoint folder or a .gguf path.
+
+    With `placement`, accelerate spreads the layers over the GPUs, the CPU and disk (`device` is
+    then ignored); the walk follows each layer's device and materialises offloaded layers one at a time.
+    """
+    dev = resolve_device("auto" if placement is not None else device)
     dt = resolve_dtype(dtype, dev)
     root = cache_root(cache_dir)
     spec = str(spec).strip()
@@ -107,6 +152,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         fingerprint = fingerprint_folder(folder)
         source = str(folder)
     elif spec.startswith("random:"):
+        if placement is not None:
+            raise ModelLoadError("random models are built on one device; drop the device map for them")
         return random_model(spec, dev, dt)
     elif _looks_like_hub_id(spec):
         folder, fingerprint, source = Path(spec), "hub:" + spec, "hub:" + spec
@@ -115,11 +162,28 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
             f"model {spec!r} not found: give 'default', a hub id like 'HuggingFaceTB/SmolLM2-135M', "
             "a local checkpoint folder or a .gguf file"
         )
-    model, tok = _load_hf(str(folder), spec, dt)
-    adapter = make_adapter(model)
-    model.to(dev)
+    dispatch = None if placement is None else _dispatch_kwargs(placement, root, fingerprint)
+    model, tok = _load_hf(str(folder), spec, dt, dispatch)
+    from .integrity import check_finite  # NaN/inf weights: refuse the checkpoint, naming the tensor
+    check_finite(model, spec)
+    if dispatch is None:
+        model.to(dev)
     model.eval()
-    return LoadedModel(model, tok, adapter, spec, source, fingerprint, dev, dt)
+    adapter = make_adapter(model)
+    return LoadedModel(model, tok, adapter, spec, source, fingerprint, adapter.device, dt)
+
+
+def _dispatch_kwargs(p: Placement, root: Path, fingerprint: str) -> dict[str, Any]:
+    if isinstance(p.device_map, str) and p.device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"device map {p.device_map!r} is not known; use one of {', '.join(DEVICE_MAPS)} "
+                             "or a {module: device} mapping")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in fingerprint)
+    folder = Path(p.offload_folder) if p.offload_folder else root / "offload" / safe
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"device_map": p.device_map, "offload_folder": str(folder)}
+    if p.max_memory:
+        out["max_memory"] = p.max_memory
+    return out
 
 
 RANDOM_SHAPES = {
@@ -169,7 +233,8 @@ def _check_config(cfg: Any, spec: str) -> None:
         )
 
 
-def _load_hf(folder: str, spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+def _load_hf(folder: str, spec: str, dtype: torch.dtype,
+             dispatch: Optional[dict[str, Any]] = None) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -178,9 +243,17 @@ def _load_hf(folder: str, spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any
         raise ModelLoadError(f"could not read the model config of {spec!r}: {_short(e)}") from None
     _check_config(cfg, spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
+        # Pickle checkpoints (.bin/.pt) are read with weights_only=True: tensors only, never code.
+        model = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False,
+                                                     weights_only=True, **(dispatch or {}))
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:
+        if "weights only load failed" in str(e).lower():
+            raise ModelLoadError(
+                f"{spec!r}: a pickle weight file (.bin/.pt) holds more than plain tensors; ppcore reads pickles "
+                "with weights_only=True and never runs their code. Convert the checkpoint to safetensors "
+                "where you trust it, or use another model"
+            ) from None
         raise ModelLoadError(f"could not load the weights or tokenizer of {spec!r}: {_short(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

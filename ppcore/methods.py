@@ -39,6 +39,28 @@ class Decision:
     probe_flops: int = 0
 
 
+def _check_calib(calib: CalibStats, cfg: PruneConfig, dims) -> None:
+    """Calibration statistics must come from a model of this shape: every pruned block present, with
+    this block's channel count (ConfigError otherwise, instead of an index error mid-walk)."""
+    if not isinstance(calib, CalibStats) or not calib.blocks:
+        raise ConfigError(f"calib must be CalibStats from calibrate(...) on this model, got {type(calib).__name__}")
+    width = {"attn": dims.num_heads * dims.head_dim, "mlp": dims.intermediate}
+    for layer in range(dims.num_layers):
+        if layer in cfg.skip_layers:
+            continue
+        for block, on in (("attn", cfg.prune_attn), ("mlp", cfg.prune_mlp)):
+            if not on:
+                continue
+            st = calib.blocks.get((layer, block))
+            if st is None:
+                raise ConfigError(f"the calibration statistics have no entry for layer {layer} {block}: "
+                                  f"they were computed on a different model; recalibrate on this one")
+            if st.sq.dim() != 2 or st.sq.shape[1] != width[block]:
+                raise ConfigError(f"the calibration statistics of layer {layer} {block} have {tuple(st.sq.shape)} "
+                                  f"(positions x channels) but this model has {width[block]} channels there: "
+                                  "they were computed on a different model; recalibrate on this one")
+
+
 class Pruner:
     """Stateful per-run decision maker used by the walk."""
 
@@ -51,18 +73,30 @@ class Pruner:
                 f"method {cfg.method!r} needs calibration statistics: pass calib=calibrate(...)"
                 + (" or set use_history=False" if cfg.method == "pp" else "")
             )
+        if calib is not None and needs_calib:
+            _check_calib(calib, cfg, dims)
         self.adapter, self.cfg, self.dims = adapter, cfg, dims
-        self.calib = calib.to(adapter.device) if calib is not None and needs_calib else None
+        # Statistics live beside their layer (several devices when accelerate dispatched the model).
+        self.calib = calib.to_layers(adapter.layer_device) if calib is not None and needs_calib else None
         self.r_eff = adjusted_ratio(cfg.ratio, dims.num_layers, len(cfg.skip_layers))
         self.n_heads_pruned = heads_pruned(self.r_eff, dims.num_heads)
         self.n_mlp_kept = mlp_kept_for_ratio(self.r_eff, dims.intermediate, cfg.mlp_multiple)
         self.history = (
-            History(self.calib, adapter.device) if cfg.method == "pp" and cfg.use_history and cfg.prunes else None
+            History(self.calib) if cfg.method == "pp" and cfg.use_history and cfg.prunes else None
         )
         self._full: dict[tuple[int, str], Slice] = {}
         self._pow4: dict[tuple[int, str], Tensor] = {}
         self._static: dict[tuple[int, str], Decision] = {}
+        self._flap: Optional[dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]]] = None
 
+    def prepare(self) -> None:
+        """Work that reads every layer, done once before a walk's first layer (FLAP's allocation)."""
+        if self.cfg.method == "flap" and self.cfg.prunes and self._flap is None:
+            self._flap = self._flap_plan()
+
+    def _cacheable(self, layer: int) -> bool:
+        """Slices of an offloaded layer are rebuilt per batch: caching them would pin its weights."""
+        return not self.adapter.offloaded(layer)
     # --- which blocks are pruned -----------------------------------------------------------------
     def prunes_block(self, layer: int, block: str) -> bool:
         if not self.cfg.prunes or layer in self.cfg.skip_layers:
@@ -71,9 +105,12 @@ class Pruner:
 
     def full_slice(self, layer: int, block: str, w: LayerWeights) -> Slice:
         key = (layer, block)
-        if key not in self._full:
-            self._full[key] = slice_attn(w, self.dims, None) if block == "attn" else slice_mlp(w, None)
-        return self._full[key]
+        if key in self._full:
+            return self._full[key]
+        sl = slice_attn(w, self.dims, None) if block == "attn" else slice_mlp(w, None)
+        if self._cacheable(layer):
+            self._full[key] = sl
+        return sl
 
     # --- the decision ------------------------------------------------------------------------------
     def decide(self, ctx: WalkCtx, layer: int, block: str, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
@@ -81,9 +118,12 @@ class Pruner:
             return Decision(self.full_slice(layer, block, w), None)
         if self.cfg.is_static:
             key = (layer, block)
-            if key not in self._static:
-                self._static.update(self._static_decisions(layer, block, w))
-            return self._static[key]
+            if key in self._static:
+                return self._static[key]
+            d = self._static_decision_for(layer, block, w)
+            if self._cacheable(layer):
+                self._static[key] = d
+            return d
         return self._probe_decision(ctx, layer, block, w, resid, x)
 
     def observe(self, ctx: WalkCtx, layer: int, block: str, z: Tensor, d: Decision) -> None:
@@ -121,7 +161,7 @@ class Pruner:
             if block == "attn":
                 if ad.uses_rotary:
                     pos = ctx.position_ids.index_select(0, samples).index_select(1, tokens)
-                    rot = ad.rotary(xp, pos)
+                    rot = tuple(t.to(xp.device) for t in ad.rotary(xp, pos))
                 mask = attention_mask_4d(pvalid, xp.shape[1], xp.device)
         if block == "attn":
             zp = attn_front(full, xp, dims.head_dim, rot, mask)[0]
@@ -153,9 +193,11 @@ class Pruner:
                         (e_probe, e_hist, s), pf)
 
     # --- static baselines --------------------------------------------------------------------------
-    def _static_decisions(self, layer: int, block: str, w: LayerWeights) -> dict[tuple[int, str], Decision]:
+    def _static_decision_for(self, layer: int, block: str, w: LayerWeights) -> Decision:
         if self.cfg.method == "flap":
-            return self._flap_decisions()
+            self.prepare()
+            kept, sc, bias = self._flap[(layer, block)]
+            return self._static_decision(layer, block, w, kept, sc, bias)
         st = self.calib.get(layer, block)
         energy = st.sq.sum(0)
         w_fin = w.o_w if block == "attn" else w.down_w
@@ -169,7 +211,7 @@ class Pruner:
             kept = S.keep_top_heads(sc, self.n_heads_pruned)
         else:
             kept = S.keep_top_channels(sc, self.n_mlp_kept)
-        return {(layer, block): self._static_decision(layer, block, w, kept, sc, None)}
+        return self._static_decision(layer, block, w, kept, sc, None)
 
     def _static_decision(self, layer: int, block: str, w: LayerWeights, kept: Tensor, sc: Tensor,
                          bias: Optional[Tensor]) -> Decision:
@@ -179,41 +221,51 @@ class Pruner:
         sl = slice_attn(w, self.dims, kept) if block == "attn" else slice_mlp(w, kept)
         return Decision(sl, kept, bias, True, scores=sc)
 
-    def _flap_decisions(self) -> dict[tuple[int, str], Decision]:
-        """FLAP: standardised global allocation over all pruned blocks, masks from the raw metric."""
+    def _flap_plan(self) -> dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """FLAP: standardised global allocation over all pruned blocks, masks from the raw metric.
+
+        Returns (kept, scores, compensation bias) per pruned block; slices are built when a layer
+        runs. Each layer is materialised on its own, so an offloaded model never holds two at once.
+        """
         dims, ad, cfg = self.dims, self.adapter, self.cfg
         layers = [i for i in range(dims.num_layers) if i not in cfg.skip_layers]
-        weights = {i: ad.layer(i) for i in layers}
         metric: dict[tuple[int, str], Tensor] = {}
         for i in layers:
-            for block in ("attn", "mlp"):
-                if self.prunes_block(i, block):
-                    w_fin = weights[i].o_w if block == "attn" else weights[i].down_w
-                    metric[(i, block)] = S.flap_channels(w_fin, self.calib.get(i, block).fluc)
+            with ad.materialized(i):
+                w = ad.layer(i)
+                for block in ("attn", "mlp"):
+                    if self.prunes_block(i, block):
+                        w_fin = w.o_w if block == "attn" else w.down_w
+                        metric[(i, block)] = S.flap_channels(w_fin, self.calib.get(i, block).fluc)
         attn_keys = [k for k in metric if k[1] == "attn"]
         mlp_keys = [k for k in metric if k[1] == "mlp"]
         calib_len = self.calib.seq_len
         hw = S.flap_head_weight(calib_len, dims.hidden, dims.num_heads, dims.gqa)
-        a_r, m_r = S.flap_ratios([metric[k] for k in attn_keys], [metric[k] for k in mlp_keys],
+        # The global allocation compares every block's metric: gather them on one device for it.
+        here = ad.device
+        a_r, m_r = S.flap_ratios([metric[k].to(here) for k in attn_keys], [metric[k].to(here) for k in mlp_keys],
                                  dims.head_dim, hw, self.r_eff)
-        out: dict[tuple[int, str], Decision] = {}
-        for keys, ratios in ((attn_keys, a_r), (mlp_keys, m_r)):
-            for key, r in zip(keys, ratios):
-                layer, block = key
-                w = weights[layer]
-                m = metric[key]
-                if block == "attn":
-                    sc = S.head_sums(m, dims.head_dim)
-                    kept = S.keep_top_heads(sc, int(r * dims.num_heads))
-                    kept_ch = head_channels(kept, dims.head_dim)
-                    w_fin, total_ch = w.o_w, dims.num_heads * dims.head_dim
-                else:
-                    sc = m
-                    kept = S.keep_top_channels(sc, mlp_kept(int(r * dims.intermediate), dims.intermediate,
-                                                            cfg.mlp_multiple))
-                    kept_ch, w_fin, total_ch = kept, w.down_w, dims.intermediate
-                out[key] = self._static_decision(layer, block, w, kept, sc,
-                                                 self._flap_bias(layer, block, w_fin, kept_ch, total_ch))
+        ratio = dict(zip(attn_keys, a_r)) | dict(zip(mlp_keys, m_r))
+        out: dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]] = {}
+        for i in layers:
+            with ad.materialized(i):
+                w = ad.layer(i)
+                for block in ("attn", "mlp"):
+                    key = (i, block)
+                    if key not in metric:
+                        continue
+                    m, r = metric[key], ratio[key]
+                    if block == "attn":
+                        sc = S.head_sums(m, dims.head_dim)
+                        kept = S.keep_top_heads(sc, int(r * dims.num_heads))
+                        kept_ch = head_channels(kept, dims.head_dim)
+                        w_fin, total_ch = w.o_w, dims.num_heads * dims.head_dim
+                    else:
+                        sc = m
+                        kept = S.keep_top_channels(sc, mlp_kept(int(r * dims.intermediate), dims.intermediate,
+                                                                cfg.mlp_multiple))
+                        kept_ch, w_fin, total_ch = kept, w.down_w, dims.intermediate
+                    out[key] = (kept, sc, self._flap_bias(i, block, w_fin, kept_ch, total_ch))
         return out
 
     def _flap_bias(self, layer: int, block: str, w_fin: Tensor, kept_ch: Tensor, total: int) -> Optional[Tensor]:

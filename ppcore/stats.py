@@ -7,7 +7,7 @@ per-run, per-position state, updated by EMA on kept channels after each full inf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -88,6 +88,15 @@ class CalibStats:
         }
         return CalibStats(moved, dict(self.meta))
 
+    def to_layers(self, device_of: Callable[[int], torch.device]) -> "CalibStats":
+        """Each layer's statistics on that layer's device (a dispatched model spans several)."""
+        moved = {
+            (l, b): BlockStats(v.sq.to(device_of(l)), v.mean.to(device_of(l)), v.baseline.to(device_of(l)),
+                               v.fluc.to(device_of(l)), v.n)
+            for (l, b), v in self.blocks.items()
+        }
+        return CalibStats(moved, dict(self.meta))
+
     def to_tensors(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for (layer, block), st in self.blocks.items():
@@ -112,11 +121,12 @@ class CalibStats:
 class History:
     """PP's historical states: per (layer, block) a (positions x channels) fp32 mean of x^2."""
 
-    def __init__(self, calib: Optional[CalibStats], device: torch.device) -> None:
+    def __init__(self, calib: Optional[CalibStats], device: Optional[torch.device] = None) -> None:
+        """A copy of the calibration's per-position energies, on `device` or beside each layer's stats."""
         self.states: dict[tuple[int, str], Tensor] = {}
         if calib is not None:
             for key, st in calib.blocks.items():
-                self.states[key] = st.sq.to(device=device, dtype=torch.float32, copy=True)
+                self.states[key] = st.sq.to(device=device or st.sq.device, dtype=torch.float32, copy=True)
 
     def has(self, layer: int, block: str) -> bool:
         return (layer, block) in self.states

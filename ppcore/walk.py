@@ -6,7 +6,7 @@ runs the block on that slice and hands the intermediate activations back for PP'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -98,32 +98,39 @@ def walk(
     layers: list[LayerRecord] = []
     head = head_flops(B, L, dims)
     flops = {"dense": head, "pruned": head, "probe": 0}
+    pruner.prepare()  # FLAP's global allocation reads every layer once, before any is materialised
     for i in range(dims.num_layers):
-        w = adapter.layer(i)
         blocks: dict[str, BlockRecord] = {}
         decided: dict[str, Decision] = {}
-        for block in ("attn", "mlp"):
-            resid = h
-            x = (w.attn_norm if block == "attn" else w.mlp_norm)(h)
-            d = decided[block] = pruner.decide(ctx, i, block, w, resid, x)
-            t0 = ctx.now()
-            if block == "attn":
-                z, k, v = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
-                h = resid + attn_out(d.slice, z, d.bias)
-                if capture is not None:
-                    capture.kv.append((k, v))
-            else:
-                z = mlp_front(d.slice, x, adapter.act)
-                h = resid + mlp_out(d.slice, z, d.bias)
-            ctx.add_time(i, block, full_s=ctx.now() - t0)
-            pruner.observe(ctx, i, block, z, d)
-            bf = block_flops(adapter, block, d, B, L)
-            for name in flops:
-                flops[name] += bf[name]
-            if level != "none":
-                blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
+        with adapter.materialized(i) as layer_dev:
+            if h.device != layer_dev:  # dispatched models: follow the layer to its device
+                h = h.to(layer_dev)
+                ctx.move_to(layer_dev)
+            w = adapter.layer(i)
+            for block in ("attn", "mlp"):
+                resid = h
+                x = (w.attn_norm if block == "attn" else w.mlp_norm)(h)
+                d = decided[block] = pruner.decide(ctx, i, block, w, resid, x)
+                t0 = ctx.now()
+                if block == "attn":
+                    z, k, v = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
+                    h = resid + attn_out(d.slice, z, d.bias)
+                    if capture is not None:
+                        capture.kv.append((k, v))
+                else:
+                    z = mlp_front(d.slice, x, adapter.act)
+                    h = resid + mlp_out(d.slice, z, d.bias)
+                ctx.add_time(i, block, full_s=ctx.now() - t0)
+                pruner.observe(ctx, i, block, z, d)
+                bf = block_flops(adapter, block, d, B, L)
+                for name in flops:
+                    flops[name] += bf[name]
+                if level != "none":
+                    blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
         if capture is not None:
-            capture.decisions.append(decided)
+            # An offloaded layer's slices would pin its weights in memory: keep only the keep-sets.
+            capture.decisions.append({b: replace(d, slice=None) for b, d in decided.items()}
+                                     if adapter.offloaded(i) else decided)
         if level != "none":
             layers.append(LayerRecord(blocks["attn"], blocks["mlp"]))
     t_layers = ctx.now()
@@ -191,12 +198,14 @@ def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Option
     B, L = ids.shape
     nll = torch.empty(B, max(L - 1, 0), device=hidden.device, dtype=torch.float32)
     for s in range(0, B, chunk):
-        lg = adapter.lm_head(hidden[s:s + chunk, :-1]).float()
+        lg = adapter.lm_head(hidden[s:s + chunk, :-1]).float()  # on the head's device when dispatched
         # Flat (tokens x vocab) layout: the (N, C, L) layout's kernel loses ~1e-4 of accuracy here.
-        flat = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[s:s + chunk, 1:].reshape(-1), reduction="none")
-        nll[s:s + chunk] = flat.view(lg.shape[0], -1)
+        target = ids[s:s + chunk, 1:].reshape(-1).to(lg.device)
+        flat = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target, reduction="none")
+        nll[s:s + chunk] = flat.view(lg.shape[0], -1).to(nll.device)
     if valid is None:
         mask = torch.ones_like(nll)
     else:
+        valid = valid.to(nll.device)
         mask = (valid[:, 1:] * valid[:, :-1]).float()
     return nll * mask, mask

@@ -20,6 +20,13 @@ class WalkCtx:
     cuda: bool = False
     times: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
 
+    def move_to(self, device: torch.device) -> None:
+        """Follow a dispatched model to the next layer's device (done once per device boundary)."""
+        self.position_ids = self.position_ids.to(device)
+        self.valid = None if self.valid is None else self.valid.to(device)
+        self.mask4d = None if self.mask4d is None else self.mask4d.to(device)
+        self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
+
     def now(self) -> float:
         if not self.timing:
             return 0.0
