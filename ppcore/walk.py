@@ -7,7 +7,7 @@ runs the block on that slice and hands the intermediate activations back for PP'
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +80,12 @@ def walk(
     phase: str = "single",
     index: int = 0,
     capture: Optional[Capture] = None,
+    on_layer: Optional[Callable[[int, int], None]] = None,
 ) -> WalkResult:
-    """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full."""
+    """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full.
+
+    `on_layer(done, total)` runs after each layer: for progress, and to cancel a run by raising.
+    """
     ids, valid = prepare_batch(adapter, input_ids, attention_mask)
     B, L = ids.shape
     dims = adapter.dims
@@ -133,6 +137,8 @@ def walk(
                                      if adapter.offloaded(i) else decided)
         if level != "none":
             layers.append(LayerRecord(blocks["attn"], blocks["mlp"]))
+        if on_layer is not None:
+            on_layer(i + 1, dims.num_layers)
     t_layers = ctx.now()
     hidden = adapter.final(h)
     record = None

@@ -45,3 +45,32 @@ def test_two_threads_match_sequential_runs(default_lm):
     assert sequential[0] != sequential[1]  # the two methods really differ
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_walk_stopped_half_way_leaves_the_model_and_the_next_run_intact():
+    from tests.conftest import tiny_llama
+
+    lm = tiny_llama()
+    ids = torch.randint(0, lm.adapter.dims.vocab, (3, 20), generator=torch.Generator().manual_seed(0))
+    cfg = PruneConfig(method="pp", ratio=0.4, use_history=False, skip_layers=(0,))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    expected = walk(lm.adapter, Pruner(lm.adapter, cfg), ids, level="none").hidden
+    seen: list[tuple[int, int]] = []
+
+    def stop_at_two(done, total):
+        seen.append((done, total))
+        if done == 2:
+            raise _Stop
+
+    try:
+        walk(lm.adapter, Pruner(lm.adapter, cfg), ids, level="summary", on_layer=stop_at_two)
+        raise AssertionError("the walk did not stop")
+    except _Stop:
+        pass
+    assert seen == [(1, 4), (2, 4)]
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    assert torch.equal(walk(lm.adapter, Pruner(lm.adapter, cfg), ids, level="none").hidden, expected)
