@@ -18,3 +18,7 @@ run $PY -m ppcore eval --device cuda --method pp --ratio 0.4 --batches 10 --quie
 run $PY -m ppcore generate --device cuda --method pp --ratio 0.4 --max-new-tokens 64 --quiet \
     --prompt "The history of the printing press" --prompt "Photosynthesis is the process" \
     --json "$OUT/generate.json" | tee "$OUT/generate.txt"
+# accelerate placement: part of the model on the GPU, the rest offloaded to the CPU and disk; its
+# perplexity must equal eval_pp.json's (the walk materialises offloaded layers one at a time).
+run $PY -m ppcore eval --device-map auto --max-memory 0=150MB,cpu=150MB --method pp --ratio 0.4 --batches 10 \
+    --dtype bfloat16 --quiet --json "$OUT/eval_pp_offloaded.json"
