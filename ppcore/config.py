@@ -1,8 +1,11 @@
 """The one typed configuration of a pruning run, validated up front."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -32,18 +35,20 @@ class PruneConfig:
     flap_bias: str = "official"  # official: calib mean / calib batch size (spec 8.1c); mean; none
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "skip_layers", tuple(sorted({int(i) for i in self.skip_layers})))
-        if self.method not in METHODS:
+        object.__setattr__(self, "skip_layers", _check_skip(self.skip_layers))
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        _check_fraction("ratio", self.ratio, low_inclusive=True, high_inclusive=False)
-        _check_fraction("token_frac", self.token_frac, low_inclusive=False, high_inclusive=True)
-        _check_fraction("sample_frac", self.sample_frac, low_inclusive=False, high_inclusive=True)
-        _check_fraction("ema", self.ema, low_inclusive=True, high_inclusive=True)
-        if any(i < 0 for i in self.skip_layers):
-            raise ConfigError(f"skip_layers must be layer indices >= 0, got {list(self.skip_layers)}")
-        if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
+        for name, low, high in (("ratio", True, False), ("token_frac", False, True), ("sample_frac", False, True),
+                                ("ema", True, True)):
+            value = _check_fraction(name, getattr(self, name), low_inclusive=low, high_inclusive=high)
+            object.__setattr__(self, name, value)  # a plain float from here on (numpy scalars included)
+        for name in ("prune_attn", "prune_mlp", "use_history"):
+            object.__setattr__(self, name, _check_bool(name, getattr(self, name)))
+        if (not isinstance(self.mlp_multiple, numbers.Integral) or isinstance(self.mlp_multiple, bool)
+                or self.mlp_multiple < 1):
             raise ConfigError(f"mlp_multiple must be an integer >= 1, got {self.mlp_multiple!r}")
-        if self.flap_bias not in FLAP_BIAS_MODES:
+        object.__setattr__(self, "mlp_multiple", int(self.mlp_multiple))
+        if not isinstance(self.flap_bias, str) or self.flap_bias not in FLAP_BIAS_MODES:
             raise ConfigError(f"flap_bias must be one of {', '.join(FLAP_BIAS_MODES)}, got {self.flap_bias!r}")
         if self.method != "dense" and not (self.prune_attn or self.prune_mlp):
             raise ConfigError("prune_attn and prune_mlp are both off: enable at least one, or use method 'dense'")
@@ -51,7 +56,13 @@ class PruneConfig:
             object.__setattr__(self, "ratio", 0.0)  # dense prunes nothing, whatever ratio was passed
 
     def check_layers(self, num_layers: int) -> None:
-        """Validate the skip list against a model; raises ConfigError naming the valid range."""
+        """Validate the skip list against a model; raises ConfigError naming the valid range.
+
+        Dense prunes nothing, so its skip list (the default (0, 1, 2) included) is never checked:
+        a dense pass, e.g. calibration, must run on a model of any depth.
+        """
+        if self.method == "dense":
+            return
         bad = [i for i in self.skip_layers if i >= num_layers]
         if bad:
             raise ConfigError(
@@ -86,17 +97,46 @@ class PruneConfig:
         return cls(**known)
 
 
-def _check_fraction(name: str, value: float, *, low_inclusive: bool, high_inclusive: bool) -> None:
+def _check_fraction(name: str, value: Any, *, low_inclusive: bool, high_inclusive: bool) -> float:
+    """`value` as a float inside the interval, or ConfigError naming the field and the value."""
+    lo = "[0" if low_inclusive else "(0"
+    hi = "1]" if high_inclusive else "1)"
+    # Numbers only: text such as "0.3" would pass float() here and break comparisons later.
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number in {lo}, {hi}, got {value!r}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name} must be a number in {lo}, {hi}, got {value!r}") from None
     ok_low = v >= 0 if low_inclusive else v > 0
     ok_high = v <= 1 if high_inclusive else v < 1
     if not (ok_low and ok_high) or v != v:
-        lo = "[0" if low_inclusive else "(0"
-        hi = "1]" if high_inclusive else "1)"
         raise ConfigError(f"{name} must lie in {lo}, {hi}, got {value!r}")
+    return v
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):  # numpy booleans too
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_skip(skip: Any) -> tuple[int, ...]:
+    """Sorted, de-duplicated layer indices >= 0; no range check here (see check_layers)."""
+    if isinstance(skip, (str, bytes)) or not hasattr(skip, "__iter__"):
+        raise ConfigError(f"skip_layers must be a list of layer indices, got {skip!r}")
+    if hasattr(skip, "__len__") and len(skip) > 100_000:  # no model has that many layers; don't iterate it
+        raise ConfigError(f"skip_layers holds {len(skip)} entries; give the indices of the layers to skip")
+    out: set[int] = set()
+    for i in skip:
+        integral = isinstance(i, numbers.Integral) or (isinstance(i, numbers.Real) and float(i).is_integer())
+        if isinstance(i, bool) or not integral:
+            raise ConfigError(f"skip_layers must hold whole layer indices, got {i!r} in {skip!r}")
+        out.add(int(i))
+    bad = sorted(i for i in out if i < 0)
+    if bad:
+        raise ConfigError(f"skip_layers must be layer indices >= 0, got {bad}")
+    return tuple(sorted(out))
 
 
 def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:

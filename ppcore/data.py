@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,9 +64,12 @@ def corpus_text(name: str, split: str, cache_dir: Optional[str | Path] = None) -
         if not path.is_file():
             raise DataError(f"text file not found: {name}")
         try:
-            return path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise DataError(f"{path.name} is not UTF-8 text") from None
+        if not text.strip():
+            raise DataError(f"{path.name} holds no text")
+        return text
     raise DataError(f"unknown dataset {name!r}: use wiki-vital, wikitext2 or a path to a .txt file")
 
 
@@ -87,8 +91,15 @@ def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = N
 
 def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
     """`count` windows of `seq_len` tokens at seeded random starts: (count, seq_len)."""
+    for name, v in (("window count", count), ("seq_len", seq_len)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise DataError(f"{name} must be a whole number, got {v!r}")
+    if count < 1:
+        raise DataError(f"window count must be at least 1, got {count}")
     if seq_len < 2:
         raise DataError(f"seq_len must be at least 2, got {seq_len}")
+    if ids.dim() != 1:
+        raise DataError(f"the corpus must be a flat (1-D) sequence of token ids, got shape {tuple(ids.shape)}")
     if ids.numel() < seq_len:
         raise DataError(f"the corpus has {ids.numel()} tokens, fewer than one window of {seq_len}")
     g = torch.Generator().manual_seed(seed)
@@ -107,6 +118,9 @@ def load_windows(path: str | Path, vocab: Optional[int] = None) -> Tensor:
         raise DataError(f"{p.name} is not a readable .npy array ({type(e).__name__})") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
         raise DataError(f"{p.name} must hold a 2-D integer array (windows x tokens), got {arr.dtype} {arr.shape}")
+    if arr.shape[1] < 2:
+        raise DataError(f"{p.name} holds windows of {arr.shape[1]} token: a window needs at least 2 tokens "
+                        "(one to predict from, one to predict)")
     if arr.min() < 0 or (vocab is not None and arr.max() >= vocab):
         raise DataError(f"{p.name} holds token ids outside [0, {vocab}) for this model")
     return torch.from_numpy(arr.astype(np.int64))

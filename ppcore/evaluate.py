@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import platform
 import sys
 import time
@@ -76,8 +77,15 @@ def evaluate(
     With `warmup`, the first batch runs once before scoring: unscored, untimed, no history update
     (then it is scored again, as the official code does).
     """
-    if windows.dim() != 2 or windows.shape[0] < batch_size or batch_size < 1:
-        raise DataError(f"need at least one full batch of {batch_size} windows, got {tuple(windows.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise DataError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(windows, Tensor) or windows.dim() != 2 or windows.shape[0] < batch_size:
+        raise DataError(f"need at least one full batch of {batch_size} windows, got "
+                        f"{tuple(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__}")
+    if windows.shape[1] < 2:
+        # One token has nothing to predict: the mean loss would be 0/0 and the perplexity NaN.
+        raise DataError(f"windows of {windows.shape[1]} token(s) have no next token to score; "
+                        "perplexity needs windows of at least 2 tokens")
     n_batches = windows.shape[0] // batch_size
     pruner = Pruner(lm.adapter, cfg, calib)
     records: list[BatchRecord] = []
