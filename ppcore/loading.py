@@ -254,7 +254,8 @@ def _load_hf(folder: str, spec: str, dtype: torch.dtype,
                 "with weights_only=True and never runs their code. Convert the checkpoint to safetensors "
                 "where you trust it, or use another model"
             ) from None
-        raise ModelLoadError(f"could not load the weights or tokenizer of {spec!r}: {_short(e)}") from None
+        hint = " (is a weight file incomplete? re-download it)" if "safetensor" in type(e).__name__.lower() else ""
+        raise ModelLoadError(f"could not load the weights or tokenizer of {spec!r}: {_short(e)}{hint}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

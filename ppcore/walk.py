@@ -41,10 +41,11 @@ class Capture:
 
 def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """Move a batch to the model's device and validate it; returns (ids, valid-or-None)."""
-    if not isinstance(input_ids, Tensor):
-        input_ids = torch.as_tensor(input_ids)
+    input_ids = _as_tensor("input_ids", input_ids)
     if input_ids.dim() != 2 or input_ids.numel() == 0:
         raise DataError(f"input_ids must be a non-empty (samples x tokens) array, got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise DataError(f"input_ids must be integer token ids, got dtype {str(input_ids.dtype).replace('torch.', '')}")
     dims = adapter.dims
     B, L = input_ids.shape
     if dims.max_positions and L > dims.max_positions:
@@ -52,19 +53,32 @@ def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[
                         "use a shorter --seq-len or truncate the inputs")
     if adapter.sliding_window and L > adapter.sliding_window:
         raise DataError(f"sequence length {L} exceeds the model's sliding window of {adapter.sliding_window}")
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= dims.vocab:
-        raise DataError(f"token ids must lie in [0, {dims.vocab}) for this model")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= dims.vocab:
+        raise DataError(f"token ids must lie in [0, {dims.vocab}) for this model, got {lo if lo < 0 else hi}")
     ids = input_ids.to(adapter.device, torch.long)
     valid = None
     if attention_mask is not None:
-        am = torch.as_tensor(attention_mask).to(adapter.device)
+        am = _as_tensor("attention_mask", attention_mask).to(adapter.device)
         if am.shape != input_ids.shape:
             raise DataError(f"attention_mask shape {tuple(am.shape)} differs from input_ids {tuple(input_ids.shape)}")
+        bad = am[(am != 0) & (am != 1)] if am.dtype != torch.bool else am[:0]
+        if bad.numel():
+            raise DataError(f"attention_mask values must be 0 (pad) or 1 (real token), got {bad[0].item()!r}")
         if not bool((am.sum(1) > 0).all()):
             raise DataError("every sample needs at least one real token (attention_mask row of zeros)")
         if not bool(am.bool().all()):
             valid = am.to(torch.float32)
     return ids, valid
+
+
+def _as_tensor(name: str, x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{name} must be a rectangular array of numbers ({type(e).__name__}: {e})") from None
 
 
 @torch.inference_mode()

@@ -287,13 +287,10 @@ def test_attention_mask_of_bools_and_ones():
     assert torch.equal(c, d)
 
 
-# What prepare_batch (ppcore/walk.py, the lead's file) should refuse and does not yet: see the
-# proposed diff in the issue-5 report. Remove the xfail once it is applied.
-WALK_FIX = "needs the proposed prepare_batch change in ppcore/walk.py"
+# What prepare_batch must refuse rather than silently truncate or misread.
 _ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
 
 
-@pytest.mark.xfail(strict=True, reason=WALK_FIX)
 @pytest.mark.parametrize("ids,mask,needle", [
     (_ids.float() + 0.5, None, "float32"),  # silently truncated to 3, 4, ... today
     (_ids.float(), None, "float32"),
