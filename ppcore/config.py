@@ -70,6 +70,14 @@ class PruneConfig:
             )
         if self.method != "dense" and len(self.skip_layers) >= num_layers and self.ratio > 0:
             raise ConfigError(f"all {num_layers} layers are skipped: nothing left to prune")
+        r_eff = adjusted_ratio(self.ratio, num_layers, len(self.skip_layers))
+        if r_eff >= 1:
+            # The average over all layers cannot be met: every pruned layer would lose everything.
+            kept = num_layers - len(self.skip_layers)
+            raise ConfigError(
+                f"ratio {self.ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
+                f"{r_eff:g} of each of the other {kept}: lower the ratio below {kept / num_layers:.2f} or skip fewer layers"
+            )
 
     @property
     def is_static(self) -> bool:

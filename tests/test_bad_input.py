@@ -95,7 +95,9 @@ def configs(draw, methods=METHODS):
     method = draw(st.sampled_from(methods))
     skip = draw(st.lists(st.integers(0, LAYERS - 1), max_size=LAYERS - 1, unique=True))
     attn, mlp = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
-    return PruneConfig(method=method, ratio=draw(st.floats(0, 0.9)), token_frac=draw(st.floats(0.01, 1)),
+    # Ratios the skip list can meet: the pruned layers' share (N / (N - skipped) x ratio) stays below 1.
+    ratio = draw(st.floats(0, 0.9 * (LAYERS - len(skip)) / LAYERS))
+    return PruneConfig(method=method, ratio=ratio, token_frac=draw(st.floats(0.01, 1)),
                        sample_frac=draw(st.floats(0.01, 1)), skip_layers=tuple(skip), prune_attn=attn,
                        prune_mlp=mlp, ema=draw(st.floats(0, 1)), mlp_multiple=draw(st.sampled_from([1, 8, 64])),
                        use_history=draw(st.booleans()), flap_bias=draw(st.sampled_from(["official", "mean", "none"])))

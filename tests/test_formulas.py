@@ -661,7 +661,11 @@ def test_check_layers():
     with pytest.raises(ConfigError) as e:
         cfg.check_layers(4)
     assert "4" in str(e.value)
-    cfg.check_layers(5)
+    cfg.check_layers(6)  # 3 of 6 skipped: 0.8 per pruned layer
     with pytest.raises(ConfigError):
         PruneConfig(skip_layers=(3,)).check_layers(3)
     PruneConfig(skip_layers=(2,)).check_layers(3)
+    # Skipping so many layers that the others would have to lose everything is refused, not clamped.
+    with pytest.raises(ConfigError, match="lower the ratio below 0.40"):
+        cfg.check_layers(5)
+    PruneConfig(ratio=0.39, skip_layers=(0, 1, 4)).check_layers(5)
