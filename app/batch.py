@@ -5,11 +5,11 @@ No streamlit here: every failure is a ppcore DataError with a message the page s
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -17,9 +17,10 @@ from torch import Tensor
 from ppcore import DataError
 from ppcore.data import corpus_text, sample_windows, tokenize_text
 
-from .state import MAX_BATCH, MAX_SEQ, SOURCES, Settings
+from .state import DEMO_CORPORA, MAX_SEED, SOURCES, Settings, demo, limits
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples.txt"
+UPLOAD_TYPES = (".txt", ".jsonl", ".csv")  # all read as UTF-8 text; nothing else is accepted
 
 
 @dataclass
@@ -34,86 +35,181 @@ class Batch:
         return [int(r.sum()) for r in self.mask] if self.mask is not None else [self.ids.shape[1]] * self.ids.shape[0]
 
 
-def split_text(text: str, mode: str) -> list[str]:
-    """One sample per non-empty line, or per paragraph separated by blank lines."""
+def iter_lines(text: str) -> Iterator[str]:
+    """The lines of `text` one at a time, without copying it (io.StringIO or splitlines would hold a
+    200 MB upload several times over). Lines end at \\n, \\r\\n, or \\r in a file with no \\n."""
+    sep = "\n" if "\n" in text or "\r" not in text else "\r"
+    pos, n = 0, len(text)
+    while pos < n:
+        end = text.find(sep, pos)
+        end = n if end < 0 else end
+        line = text[pos:end]
+        yield line[:-1] if line.endswith("\r") else line
+        pos = end + 1
+
+
+def iter_samples(text: str, mode: str) -> Iterator[str]:
+    """One sample per non-empty line, or per paragraph separated by blank lines; lazily, so that taking
+    the first few samples of a huge text costs what those samples cost."""
     if mode == "paragraph":
-        parts = [" ".join(p.split()) for p in text.replace("\r\n", "\n").split("\n\n")]
+        para: list[str] = []
+        for line in iter_lines(text):
+            if line.strip():
+                para.append(line)
+            elif para:
+                yield " ".join(" ".join(para).split())
+                para = []
+        if para:
+            yield " ".join(" ".join(para).split())
     else:
-        parts = [line.strip() for line in text.splitlines()]
-    return [p for p in parts if p]
+        for line in iter_lines(text):
+            if line.strip():
+                yield line.strip()
 
 
-def read_upload(name: str, data: bytes) -> tuple[list[str], list[dict[str, Any]]]:
-    """(column names, rows) of an uploaded .csv or .jsonl; a .txt is one column 'text' holding the whole file."""
-    suffix = Path(name).suffix.lower()
+def split_text(text: str, mode: str) -> list[str]:
+    return list(iter_samples(text, mode))
+
+
+def decode_upload(name: str, data: bytes) -> str:
+    """An upload's bytes as text, or one DataError saying why not (too large, empty, binary, not UTF-8)."""
+    lim = limits()
+    if len(data) > lim.upload_bytes:
+        raise DataError(f"{name} is {len(data) / 2**20:.1f} MB, over the {lim.upload_mb} MB limit for uploads: "
+                        "upload a smaller file (only the first samples of a file are used)")
+    if not data or data.isspace():
+        raise DataError(f"{name} is empty: upload a file holding text, or choose another batch source")
     try:
         text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{name} is not UTF-8 text; upload a .txt, .jsonl or .csv file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name} is not UTF-8 text (byte {e.start} cannot be decoded): save it as UTF-8, "
+                        "or upload a .txt, .jsonl or .csv file rather than a binary one") from None
+    if "\x00" in text:
+        raise DataError(f"{name} looks like a binary file (it holds NUL bytes), not text: "
+                        "upload a .txt, .jsonl or .csv file")
+    return text
+
+
+def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """(column names, rows) of an uploaded .csv or .jsonl; a .txt is one column 'text' holding the whole file.
+
+    At most `max_rows` rows are read (limits().rows by default): a batch needs only its first samples."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in UPLOAD_TYPES:
+        raise DataError(f"{name}: unsupported file type {suffix or '(none)'}; upload a .txt, .jsonl or .csv file")
+    text = decode_upload(name, data)
+    max_rows = limits().rows if max_rows is None else max_rows
     if suffix == ".txt":
         return ["text"], [{"text": text}]
     if suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(iter_lines(text), 1):
             if not line.strip():
                 continue
+            if len(rows) >= max_rows:
+                break
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{name}, line {n}: not valid JSON ({e.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(f"{name}, line {n}: not valid JSON ({why})") from None
             rows.append(row if isinstance(row, dict) else {"text": row})
         cols = [c for c in dict.fromkeys(k for r in rows for k in r) if any(isinstance(r.get(c), str) for r in rows)]
-    elif suffix == ".csv":
+    else:
         try:
-            reader = csv.DictReader(io.StringIO(text))
-            rows = list(reader)
-            cols = list(reader.fieldnames or [])
+            reader = csv.DictReader(line + "\n" for line in iter_lines(text))
+            rows = list(itertools.islice(reader, max_rows))
+            cols = [c for c in (reader.fieldnames or []) if c is not None]
         except csv.Error as e:
             raise DataError(f"{name}: not a readable CSV file ({e})") from None
-    else:
-        raise DataError(f"{name}: unsupported file type {suffix or '(none)'}; upload a .txt, .jsonl or .csv file")
     if not rows or not cols:
         raise DataError(f"{name} holds no text column (no rows, or no string values)")
     return cols, rows
 
 
-def upload_texts(name: str, data: bytes, column: str, split: str) -> list[str]:
+def iter_upload(name: str, data: bytes, column: str, split: str) -> Iterator[str]:
     cols, rows = read_upload(name, data)
     if Path(name).suffix.lower() == ".txt":
-        return split_text(rows[0]["text"], split)
+        yield from iter_samples(rows[0]["text"], split)
+        return
     col = column if column in cols else cols[0]
-    return [str(r.get(col) or "").strip() for r in rows if str(r.get(col) or "").strip()]
+    for r in rows:
+        v = r.get(col)
+        v = "" if v is None else (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        if v.strip():
+            yield v.strip()
+
+
+def upload_texts(name: str, data: bytes, column: str, split: str, limit: Optional[int] = None) -> list[str]:
+    return list(itertools.islice(iter_upload(name, data, column, split), limit))
 
 
 def check_sizes(batch_size: int, seq_len: int) -> None:
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise DataError(f"batch size {batch_size} is out of range: use 1 to {MAX_BATCH} samples")
-    if not 2 <= seq_len <= MAX_SEQ:
-        raise DataError(f"sequence length {seq_len} is out of range: use 2 to {MAX_SEQ} tokens")
+    lim = limits()
+    if not 1 <= batch_size <= lim.batch:
+        raise DataError(f"batch size {batch_size} is out of range: use 1 to {lim.batch} samples")
+    if not 2 <= seq_len <= lim.seq:
+        raise DataError(f"sequence length {seq_len} is out of range: use 2 to {lim.seq} tokens")
 
 
-def texts_for(s: Settings, upload: Optional[tuple[str, bytes]]) -> tuple[list[str], str]:
-    """The raw sample texts of a text source, and a description."""
+def check_settings(s: Settings) -> None:
+    """Every cheap check on the settings, before any model work (the engine checks the rest)."""
+    lim = limits()
+    check_sizes(s.batch_size, s.seq_len)
+    if not (1 <= s.calib <= lim.calib and 2 <= s.calib_len <= lim.calib_len):
+        raise DataError(f"calibration: use 1 to {lim.calib} windows of 2 to {lim.calib_len} tokens")
+    if not 0 <= s.seed <= MAX_SEED:
+        raise DataError(f"seed {s.seed} is out of range: use 0 to {MAX_SEED}")
+    if s.source == "paste" and len(s.text) > lim.text_chars:
+        raise DataError(f"the pasted text has {len(s.text):,} characters, over the limit of {lim.text_chars:,}: "
+                        "paste less (only the first samples are used), or upload a file")
+    if s.source not in SOURCES:
+        raise DataError(f"unknown batch source {s.source!r}; choose one of {', '.join(SOURCES)}")
+    if s.source == "corpus" and demo() and s.corpus not in DEMO_CORPORA:
+        raise DataError(f"corpus {s.corpus!r} is not available in the demo: use {', '.join(DEMO_CORPORA)}")
+
+
+def texts_for(s: Settings, upload: Optional[tuple[str, bytes]]) -> tuple[Iterator[str], str]:
+    """The raw sample texts of a text source (lazily), and a description."""
     if s.source == "examples":
-        return split_text(EXAMPLES.read_text(encoding="utf-8"), "line"), "example prompts (assets/examples.txt)"
+        return iter_samples(EXAMPLES.read_text(encoding="utf-8"), "line"), "the example prompts"
     if s.source == "paste":
-        return split_text(s.text, s.split), f"pasted text (one sample per {s.split})"
+        return iter_samples(s.text, s.split), f"pasted text (one sample per {s.split})"
     if s.source == "upload":
         if upload is None:
             raise DataError("no file uploaded: choose a .txt, .jsonl or .csv file, or another batch source")
-        return upload_texts(upload[0], upload[1], s.column, s.split), f"uploaded {upload[0]}"
+        return iter_upload(upload[0], upload[1], s.column, s.split), f"uploaded {upload[0]}"
     raise DataError(f"unknown batch source {s.source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def encode_prefix(tokenizer: Any, text: str, n: int) -> list[int]:
+    """The first n token ids of `text`, tokenizing only a prefix of it: a 200 MB line costs what n tokens
+    cost. The cut can change only the last few tokens of the prefix, so it keeps a margin past n."""
+    size = 32 * n + 256
+    while True:
+        part = text[:size]
+        ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+        if len(part) == len(text) or len(ids) > n + 16:
+            return ids[:n]
+        size *= 4
 
 
 def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[str, bytes]] = None) -> Batch:
     check_sizes(s.batch_size, s.seq_len)
     if s.source == "corpus":
+        if demo() and s.corpus not in DEMO_CORPORA:
+            raise DataError(f"corpus {s.corpus!r} is not available in the demo: use {', '.join(DEMO_CORPORA)}")
         ids = tokenize_text(tokenizer, corpus_text(s.corpus, "eval"))
         windows = sample_windows(ids, s.batch_size, s.seq_len, s.seed)
         return _finish(tokenizer, windows, None, f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")
     texts, desc = texts_for(s, upload)
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][: s.seq_len] for t in texts]
-    encoded = [e for e in encoded if e][: s.batch_size]
+    encoded: list[list[int]] = []
+    for t in texts:  # only as many texts as the batch needs are tokenized
+        e = encode_prefix(tokenizer, t, s.seq_len)
+        if e:
+            encoded.append(e)
+            if len(encoded) == s.batch_size:
+                break
     if not encoded:
         raise DataError(f"the batch is empty: {desc} holds no text")
     L = max(len(e) for e in encoded)

@@ -35,10 +35,24 @@ def get_model(spec: str, device: str, dtype: str) -> LoadedModel:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_calibration(_lm: LoadedModel, fingerprint: str, device: str, dtype: str, count: int, seq_len: int,
-                    seed: int) -> CalibStats:
-    """Calibration statistics; also cached on disk by the engine, so restarts are warm too."""
+                    seed: int, disk: bool = True) -> CalibStats:
+    """Calibration statistics; with `disk`, also cached on disk by the engine, so restarts are warm too.
+
+    The demo keeps only its default calibration on disk: each other setting would write another file of
+    tens of MB, and visitors choose the settings (SECURITY.md, resource exhaustion)."""
     windows, _ = calibration_windows(_lm, "wiki-vital", count, seq_len, seed)
-    return calibrate(_lm, windows, batch_size=min(8, count), progress=False)
+    return calibrate(_lm, windows, batch_size=min(8, count), progress=False, cache=disk)
+
+
+Tick = Callable[[int, int], None]  # (layers done, layers in the model)
+
+
+def walk_with_ticks(lm: LoadedModel, cfg: PruneConfig, calib: Optional[CalibStats], ids: Tensor,
+                    mask: Optional[Tensor], level: str, tick: Optional[Tick] = None):
+    """ppcore.walk with a fresh Pruner, calling tick(done, total) after each layer (the engine's on_layer).
+    The app's tick updates the progress bar: a Streamlit call, and so the point where a Stop press (or
+    any widget used mid-run) interrupts the run, by raising out of the walk."""
+    return walk(lm.adapter, Pruner(lm.adapter, cfg, calib), ids, mask, level=level, on_layer=tick)
 
 
 @dataclass
@@ -88,16 +102,20 @@ def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Ba
     seconds: dict[str, float] = {}
     ad, ids, mask = lm.adapter, batch.ids, batch.mask
 
-    def run(c: PruneConfig, level: str):
+    def run(c: PruneConfig, level: str, lo: float, hi: float, label: str):
         t0 = time.perf_counter()
-        res = walk(ad, Pruner(ad, c, calib), ids, mask, level=level)
+
+        def tick(done: int, total: int) -> None:
+            progress(lo + (hi - lo) * done / total, f"{label}: {done} of {total} layers")
+
+        res = walk_with_ticks(lm, c, calib, ids, mask, level, tick)
         seconds[c.method] = time.perf_counter() - t0
         return res
 
     progress(0.1, f"{cfg.method} at ratio {cfg.ratio:.2f}")
-    main = run(cfg, "full")
+    main = run(cfg, "full", 0.1, 0.45, f"{cfg.method} at ratio {cfg.ratio:.2f}")
     progress(0.45, "dense reference")
-    dense = main if cfg.method == "dense" else run(PruneConfig(method="dense"), "summary")
+    dense = main if cfg.method == "dense" else run(PruneConfig(method="dense"), "summary", 0.45, 0.85, "dense reference")
     progress(0.85, "losses, KL and top-1 agreement")
     nll_d, m = token_nll(ad, dense.hidden, ids, dense.valid)
     nll_p, _ = token_nll(ad, main.hidden, ids, main.valid)
@@ -125,8 +143,11 @@ def baselines(lm: LoadedModel, calib: Optional[CalibStats], r: Result, progress:
     for i, m in enumerate(todo):
         progress(i / len(todo), f"baseline {m} at ratio {ratio:.2f}")
         c = prune_config(r.settings, method=m, ratio=ratio)
-        out[m] = walk(lm.adapter, Pruner(lm.adapter, c, calib), r.batch.ids,
-                      r.batch.mask, level="summary").record
+
+        def tick(done: int, total: int, i: int = i, m: str = m) -> None:
+            progress((i + done / total) / len(todo), f"baseline {m} at ratio {ratio:.2f}: {done} of {total} layers")
+
+        out[m] = walk_with_ticks(lm, c, calib, r.batch.ids, r.batch.mask, "summary", tick).record
     progress(1.0, "done")
     return out
 
@@ -179,12 +200,14 @@ def stability_runs(lm: LoadedModel, calib: Optional[CalibStats], r: Result, extr
 
 
 def generation(lm: LoadedModel, calib: Optional[CalibStats], cfg: PruneConfig, prompt: str,
-               max_new_tokens: int) -> dict[str, Any]:
+               max_new_tokens: int, max_prompt_tokens: Optional[int] = None) -> dict[str, Any]:
     """Greedy continuations by dense and by the pruned model (decided on the prompt, reused while decoding)."""
     tok = lm.tokenizer
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         raise DataError("the prompt is empty: type a few words to continue")
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise DataError(f"the prompt has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten it")
     out: dict[str, Any] = {"prompt": prompt}
     for name, c in (("dense", PruneConfig(method="dense")), ("pruned", cfg)):
         g = generate(lm.adapter, Pruner(lm.adapter, c, calib), [ids], max_new_tokens,

@@ -16,46 +16,78 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import engine, inputs  # noqa: E402
-from app.batch import build_batch, check_sizes  # noqa: E402
-from app.state import DEMO, MAX_CALIB, MAX_SEQ, Settings, parse_skip, prune_config  # noqa: E402
+from app import messages  # noqa: E402
+from app.batch import build_batch, check_settings  # noqa: E402
+from app.state import Settings, demo, limits, parse_skip, prune_config  # noqa: E402
 from app.views import TABS, channels, compare, export, latency, outputs, probe  # noqa: E402
-from ppcore import DataError, PPCoreError  # noqa: E402
+from ppcore import PPCoreError  # noqa: E402
 
 Progress = Callable[[float, str], None]
+DEFAULT = Settings()
 
 st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
 
-def _fail(e: Exception) -> str:
-    """One clear line: ppcore's own messages as they are, anything else with its type."""
-    return str(e) if isinstance(e, PPCoreError) else f"Unexpected {type(e).__name__}: {e}"
+def _fail(e: BaseException) -> str:
+    """One clear line: ppcore's own messages as they are, out-of-memory as advice, anything else with its
+    type; in demo mode without server paths (app/messages.py)."""
+    return messages.failure(e)
 
 
 def _model_and_calib(s: Settings):
     lm = engine.get_model(s.model, s.device, s.dtype)
-    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), s.calib, s.calib_len, s.seed)
+    disk = not demo() or (s.calib, s.calib_len, s.seed) == (DEFAULT.calib, DEFAULT.calib_len, DEFAULT.seed)
+    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), s.calib, s.calib_len, s.seed,
+                                   disk)
     return lm, calib
 
 
+def _stop_pressed() -> None:
+    """The Stop button's callback: it runs first thing in the rerun the press starts, while Streamlit stops
+    the old run at its next Streamlit call (the per-layer progress update)."""
+    notes = st.session_state.get("_notes", {})
+    if notes.get("running") or notes.get("stopped"):  # the old run may have noted its stop already
+        notes.update(running=False, stopped=notes.get("stopped") or notes.get("step") or "starting", by="stop")
+
+
 def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> None:
+    """One run. The previous result stays until this one succeeds; a failure leaves one message, and a
+    Stop press (or any other widget use, which makes Streamlit stop the run) leaves a note."""
+    notes = st.session_state.setdefault("_notes", {})  # a plain dict: written without Streamlit calls
+    run_id = notes["run"] = notes.get("run", 0) + 1
+    notes.update(running=True, step="checking the settings")
+    notes.pop("stopped", None)
+
+    def step(v: float, text: str) -> None:  # every call is a Streamlit call: a point where Stop lands
+        notes["step"] = text
+        bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(text))
+
     with st.status("Running the batch…", expanded=True) as status:
+        st.button("Stop this run", key="stop_run", icon=":material/stop_circle:", on_click=_stop_pressed,
+                  help="Stop this run: the previous result stays on the page")
         bar = st.progress(0.0, text="checking the settings")
         try:
             cfg = prune_config(s)  # cheap checks first: a bad ratio fails before any model work
-            check_sizes(s.batch_size, s.seq_len)
-            if not (1 <= s.calib <= MAX_CALIB and 2 <= s.calib_len <= MAX_SEQ):
-                raise DataError(f"calibration: use 1 to {MAX_CALIB} windows of 2 to {MAX_SEQ} tokens")
-            bar.progress(0.05, text=f"loading model {s.model!r} (cached after the first load)")
+            check_settings(s)
+            step(0.05, f"loading model {s.model!r} (cached after the first load)")
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
-            bar.progress(0.1, text=f"calibration: {s.calib} windows of {s.calib_len} tokens (cached)")
+            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens (cached)")
             _, calib = _model_and_calib(s)
-            res = engine.analyse(lm, calib, s, batch, key, lambda v, t: bar.progress(min(v, 1.0), text=t))
+            res = engine.analyse(lm, calib, s, batch, key, step)
+            res.protocol = messages.scrub(res.protocol)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
+            notes["running"] = False
             st.session_state["error"] = _fail(e)
             status.update(label="The run failed (see the message above the views)", state="error", expanded=False)
             return
+        except BaseException:  # Streamlit stopping the run (Stop, or a widget used mid-run): note it, let it pass
+            if notes.get("run") == run_id and notes.get("running"):  # not noted yet, and no newer run
+                notes.update(running=False, stopped=notes.get("step") or "starting", by="page")
+            messages.release_memory()
+            raise
+        notes["running"] = False
         st.session_state["result"], st.session_state["error"] = res, None
         status.update(label=f"Done: {cfg.method} on {tuple(batch.ids.shape)} tokens in "
                             f"{sum(res.seconds.values()):.1f} s of walks", state="complete", expanded=False)
@@ -69,7 +101,7 @@ def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any],
         bar = st.progress(0.0)
         try:
             lm, calib = _model_and_calib(r.settings)
-            value = fn(lm, calib, lambda v, t: bar.progress(min(v, 1.0), text=t))
+            value = fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(t)))
             if store is None:
                 r.extras[name] = value
             else:
@@ -85,38 +117,49 @@ def parse_ratios(text: str) -> list[float]:
         vals = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
         raise PPCoreError(f"ratios {text!r}: give numbers separated by commas, e.g. 0.2, 0.4") from None
-    if not vals or len(vals) > 6:
-        raise PPCoreError("give one to six ratios")
+    if not vals or len(vals) > limits().ratios:
+        raise PPCoreError(f"give one to {limits().ratios} ratios")
     return vals
 
 
 def main() -> None:
+    if demo():  # an unexpected exception shows no traceback (and so no server path) to a visitor
+        st.set_option("client.showErrorDetails", "none")
     st.title("Probe Pruning Lab")
     st.caption("Watch Probe Pruning decide, batch by batch, which attention heads and MLP channels of a language "
                "model to drop, and what that costs. Pick a model, a batch and a method in the sidebar, press "
-               "**Run**, then explore the tabs." + (" **Demo mode**: the default model, small batches." if DEMO else ""))
+               "**Run**, then explore the tabs." + (" **Demo mode**: the default model, small batches." if demo() else ""))
     s, upload, run_clicked = inputs.sidebar()
     for p in st.session_state.pop("_url_problems", []):
-        st.warning(p)
-    key = s.key(hashlib.sha256(upload[1]).hexdigest() if upload else "")
+        st.warning(messages.clean(p))
+    key = s.key(inputs.upload_digest(upload) if upload else "")
+    notes = st.session_state.setdefault("_notes", {})
     if run_clicked or not st.session_state.get("_auto_run_done"):
         st.session_state["_auto_run_done"] = True  # the page opens on a result, once; then Run decides
         run_analysis(s, upload, key)
+    elif notes.get("stopped"):
+        why = " because the page changed while it ran" if notes.get("by") == "page" else ""
+        st.warning(messages.clean(f"Run stopped{why} (at: {notes.pop('stopped')}). "
+                                  + ("The previous result is kept. " if st.session_state.get("result") else "")
+                                  + "Press **Run** to start again."))
     if st.session_state.get("error"):
-        st.error(st.session_state["error"])
+        st.error(messages.clean(st.session_state["error"]))
     r = st.session_state.get("result")
     if r is None:
         st.info("No result yet: fix the input above and press **Run** in the sidebar.")
         return
     if r.key != key:
         st.info("The sidebar settings differ from this result's: press **Run** to apply them.")
-    _header(r)
     # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
     # open tab's content runs, so switching views is quick.
-    tabs = st.tabs(TABS, key="view", on_change="rerun")
-    open_tab = next((label for label, t in zip(TABS, tabs) if t.open), TABS[0])
-    with tabs[TABS.index(open_tab)]:
-        _view(open_tab, r)
+    try:
+        _header(r)
+        tabs = st.tabs(TABS, key="view", on_change="rerun")
+        open_tab = next((label for label, t in zip(TABS, tabs) if t.open), TABS[0])
+        with tabs[TABS.index(open_tab)]:
+            _view(open_tab, r)
+    except Exception as e:  # noqa: BLE001 — a view that cannot draw says so; the sidebar stays usable
+        st.error(_fail(e))
 
 
 def _view(label: str, r: engine.Result) -> None:
@@ -131,7 +174,7 @@ def _view(label: str, r: engine.Result) -> None:
     elif label == TABS[2]:
         outputs.render(r, engine.get_model(r.settings.model, r.settings.device, r.settings.dtype),
                        lambda prompt, n: _extra("generation", "Generating",
-                                                lambda lm, c, p: engine.generation(lm, c, r.cfg, prompt, n)))
+                                                lambda lm, c, p: engine.generation(lm, c, r.cfg, prompt, n, limits().seq)))
     elif label == TABS[3]:
         latency.render(r, lambda reps: _extra("latency", "Timing dense and pruned",
                                               lambda lm, c, p: engine.latency(lm, c, r, reps)))

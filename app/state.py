@@ -3,21 +3,70 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from ppcore import ConfigError, PruneConfig
+from ppcore import METHODS, ConfigError, PruneConfig
 
-# Demo mode (hosted teaching): the model is locked to the default and the batch is capped.
+# Demo mode (hosted teaching): the model, device, dtype and corpus are locked, the batch is capped,
+# uploads are small text files, and messages carry no server paths (app/messages.py). The environment
+# is read on every script run (demo()), so a test can switch it; DEMO is its value at import.
 DEMO = os.environ.get("PP_DEMO", "") == "1"
 DEMO_BATCH, DEMO_SEQ, DEMO_CALIB, DEMO_NEW_TOKENS = 8, 128, 16, 32
-MAX_BATCH = DEMO_BATCH if DEMO else 64
-MAX_SEQ = DEMO_SEQ if DEMO else 1024
-MAX_CALIB = DEMO_CALIB if DEMO else 256
-MAX_NEW_TOKENS = DEMO_NEW_TOKENS if DEMO else 256
 SOURCES = ("examples", "paste", "upload", "corpus")
 SPLITS = ("line", "paragraph")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DEMO_CORPORA = ("wiki-vital",)  # embedded: no hub download, no file path
+MAX_SKIP_INDEX = 1023  # skipped-layer indices: no supported model has more layers; ranges are never expanded past it
+MAX_SKIP_CHARS = 400
+MAX_SEED = 2**31 - 1
+URL_TEXT_CHARS = 2000  # pasted text longer than this stays out of the URL (browsers cap URL length)
+
+
+def demo() -> bool:
+    """Demo mode for this script run: PP_DEMO=1 now, or at import (it can be switched on, never off)."""
+    return DEMO or os.environ.get("PP_DEMO", "") == "1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may ask for. Every limit is checked on the server, whatever the widgets allow."""
+
+    batch: int
+    seq: int
+    calib: int
+    calib_len: int
+    new_tokens: int
+    upload_mb: int  # per uploaded file
+    text_chars: int  # pasted text
+    rows: int = 10_000  # rows of an uploaded .csv / .jsonl that are read (the batch needs at most `batch`)
+    repeats: int = 20  # timing repeats (latency, method comparison)
+    ratios: int = 6  # ratios in one method comparison
+    extra_batches: int = 8  # stability: batches after the current one
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.upload_mb * 1024 * 1024
+
+
+LOCAL = Limits(batch=64, seq=1024, calib=256, calib_len=1024, new_tokens=256, upload_mb=256, text_chars=50_000_000)
+DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib=DEMO_CALIB, calib_len=DEMO_SEQ,
+                     new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000, rows=2_000, repeats=3,
+                     ratios=3, extra_batches=3)
+
+
+def limits() -> Limits:
+    return DEMO_LIMITS if demo() else LOCAL
+
+
+# Kept for importers; the app itself asks limits() on every run.
+MAX_BATCH = DEMO_BATCH if DEMO else LOCAL.batch
+MAX_SEQ = DEMO_SEQ if DEMO else LOCAL.seq
+MAX_CALIB = DEMO_CALIB if DEMO else LOCAL.calib
+MAX_NEW_TOKENS = DEMO_NEW_TOKENS if DEMO else LOCAL.new_tokens
 
 
 @dataclass(frozen=True)
@@ -61,12 +110,24 @@ class Settings:
         return out
 
     def locked(self) -> "Settings":
-        """Demo mode: the default model, and batch sizes within the caps."""
-        if not DEMO:
+        """Demo mode: the default model on the server's own device and dtype, the embedded corpus, and
+        sizes within the caps. Applied to every run's settings (URL or widgets), so nothing bypasses it."""
+        if not demo():
             return self
-        return replace(self, model="default", batch_size=min(self.batch_size, DEMO_BATCH),
-                       seq_len=min(self.seq_len, DEMO_SEQ), calib=min(self.calib, DEMO_CALIB),
-                       calib_len=min(self.calib_len, DEMO_SEQ))
+        lim = limits()
+        return replace(self, model="default", device="auto", dtype="auto",
+                       corpus=self.corpus if self.corpus in DEMO_CORPORA else DEMO_CORPORA[0],
+                       batch_size=min(self.batch_size, lim.batch), seq_len=min(self.seq_len, lim.seq),
+                       calib=min(self.calib, lim.calib), calib_len=min(self.calib_len, lim.calib_len),
+                       text=self.text[: lim.text_chars])
+
+
+CHOICES: dict[str, tuple[str, ...]] = {"source": SOURCES, "split": SPLITS, "device": DEVICE_CHOICES,
+                                       "dtype": DTYPE_CHOICES, "method": METHODS}
+
+
+def _short(raw: str, n: int = 40) -> str:
+    return raw if len(raw) <= n else raw[:n] + "…"
 
 
 def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
@@ -78,22 +139,35 @@ def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
         if f.name not in params:
             continue
         raw = params[f.name]
-        raw = raw[-1] if isinstance(raw, list) else str(raw)
+        raw = str(raw[-1] if isinstance(raw, list) and raw else raw)
         kind = type(getattr(default, f.name))
+        what = f"a valid {kind.__name__}"
         try:
             if kind is bool:
                 if raw.lower() not in ("1", "0", "true", "false"):
                     raise ValueError
                 values[f.name] = raw.lower() in ("1", "true")
+            elif f.name in CHOICES:
+                what = "one of " + ", ".join(CHOICES[f.name])
+                if raw not in CHOICES[f.name]:
+                    raise ValueError
+                values[f.name] = raw
             else:
-                values[f.name] = kind(raw)
+                v = kind(raw)
+                if kind is float and not math.isfinite(v):
+                    what = "a finite number"
+                    raise ValueError
+                values[f.name] = v
         except ValueError:
-            problems.append(f"URL parameter {f.name}={raw!r} is not a valid {kind.__name__}; using {getattr(default, f.name)!r}")
+            problems.append(f"URL parameter {f.name}={_short(raw)!r} is not {what}; using {getattr(default, f.name)!r}")
     return replace(default, **values), problems
 
 
 def parse_skip(text: str) -> tuple[int, ...]:
-    """'0-2,5' -> (0, 1, 2, 5); empty -> no skipped layers."""
+    """'0-2,5' -> (0, 1, 2, 5); empty -> no skipped layers. Indices beyond MAX_SKIP_INDEX are refused
+    before any range is expanded, so '0-100000000' costs nothing."""
+    if len(text) > MAX_SKIP_CHARS:
+        raise ConfigError(f"skipped layers: {len(text)} characters is too long; use ranges like '0-2,5'")
     out: set[int] = set()
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -101,11 +175,14 @@ def parse_skip(text: str) -> tuple[int, ...]:
         try:
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))
-                out.update(range(lo, hi + 1))
             else:
-                out.add(int(part))
+                lo = hi = int(part)
         except ValueError:
-            raise ConfigError(f"skipped layers {text!r}: use indices and ranges like '0-2,5'") from None
+            raise ConfigError(f"skipped layers {_short(text)!r}: use indices and ranges like '0-2,5'") from None
+        if not 0 <= lo <= hi <= MAX_SKIP_INDEX:
+            raise ConfigError(f"skipped layers {_short(text)!r}: indices must lie in 0 to {MAX_SKIP_INDEX}, "
+                              "and a range runs from low to high, like '0-2'")
+        out.update(range(lo, hi + 1))
     return tuple(sorted(out))
 
 

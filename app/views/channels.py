@@ -9,6 +9,7 @@ from ppcore.analysis import keep_jaccard, kept_fractions, kept_matrix
 
 from .. import charts
 from ..engine import Result
+from ..state import limits
 
 BLOCKS = {"attn": "Attention heads", "mlp": "MLP channels"}
 
@@ -48,7 +49,7 @@ def render(r: Result, start_stability) -> None:
     st.caption("The current batch, then further corpus batches of the same shape, through one pruner "
                "(PP's history evolves batch to batch). 1.0 = the same keep-set as on the previous batch.")
     c1, c2 = st.columns([1, 3])
-    n = c1.number_input("Extra batches", 1, 8, 3, key="stab_n")
+    n = c1.number_input("Extra batches", 1, limits().extra_batches, 3, key="stab_n")
     if c1.button("Measure stability", key="stab_go"):
         start_stability(int(n))
     stab = r.extras.get("stability")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from .. import charts
 from ..engine import Result
+from ..state import limits
 
 
 def render(r: Result, start_compare) -> None:
@@ -15,7 +16,7 @@ def render(r: Result, start_compare) -> None:
     c1, c2, c3 = st.columns([1, 2, 1])
     sweep = c1.checkbox("Ratio sweep", key="cmp_sweep")
     ratios_text = c2.text_input("Ratios", "0.2, 0.4, 0.6", key="cmp_ratios", disabled=not sweep)
-    reps = c3.number_input("Repeats", 1, 10, 2, key="cmp_reps")
+    reps = c3.number_input("Repeats", 1, min(10, limits().repeats), 2, key="cmp_reps")
     if st.button("Compare all methods", key="cmp_go"):
         start_compare(ratios_text if sweep else None, int(reps))
     rows = r.extras.get("compare")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from .. import charts
 from ..engine import Result
+from ..state import limits
 
 
 def layer_times(lat: dict) -> pd.DataFrame:
@@ -31,7 +32,7 @@ def render(r: Result, start_latency) -> None:
                "kept. End-to-end runs take no per-block clock; separate runs record probe, decision and full "
                "inference time per block.")
     c1, c2 = st.columns([1, 3])
-    reps = c1.number_input("Repeats", 1, 20, 3, key="lat_reps")
+    reps = c1.number_input("Repeats", 1, limits().repeats, 3, key="lat_reps")
     if c1.button("Measure latency", key="lat_go"):
         start_latency(int(reps))
     lat = r.extras.get("latency")

@@ -8,7 +8,7 @@ from ppcore.analysis import top_k_next
 
 from .. import charts
 from ..engine import Result
-from ..state import MAX_NEW_TOKENS
+from ..state import demo, limits
 
 
 def token_table(r: Result) -> pd.DataFrame:
@@ -33,9 +33,10 @@ def render(r: Result, lm, start_generation) -> None:
                "every generated token.")
     n = r.batch.lengths[0]
     default = lm.tokenizer.decode(r.batch.ids[0, : min(n, 24)].tolist())
-    prompt = st.text_area("Prompt", value=default, key="gen_prompt", height=80)
+    prompt = st.text_area("Prompt", value=default, key="gen_prompt", height=80,
+                          max_chars=limits().text_chars if demo() else None)
     c1, c2 = st.columns([1, 3])
-    new = c1.number_input("New tokens", 1, MAX_NEW_TOKENS, 20, key="gen_tokens")
+    new = c1.number_input("New tokens", 1, limits().new_tokens, 20, key="gen_tokens")
     if c1.button("Generate with both", key="gen_go"):
         start_generation(prompt, int(new))
     g = r.extras.get("generation")

