@@ -19,8 +19,8 @@ def test_app_in_a_real_browser(tmp_path):
         chart_title(page, "residual importance", timeout_ms=240_000)  # the probe heat map
         assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
         open_tab(page, "Pruned channels")
-        chart_title(page, "Heads kept by pp", timeout_ms=30_000)
-        chart_title(page, "MLP channels kept by pp", timeout_ms=30_000)
+        chart_title(page, "Heads kept by pp", timeout_ms=240_000)  # four baseline walks first
+        chart_title(page, "MLP channels kept by pp", timeout_ms=60_000)
         assert page.locator(ERROR_SELECTOR).count() == 0
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
