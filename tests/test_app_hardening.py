@@ -154,6 +154,17 @@ def test_200_mb_uploads_give_the_right_batch_and_tokenize_only_what_they_use(loc
     del many, one, big_jsonl
 
 
+def test_one_token_samples_give_a_message_not_a_nan_perplexity(local_mode, default_lm):
+    tok, vocab = default_lm.tokenizer, default_lm.adapter.dims.vocab
+    one_token = [w for w in ("a", "the", "x", "I") if len(tok(w, add_special_tokens=False)["input_ids"]) == 1]
+    assert one_token
+    s = Settings(source="paste", text="\n".join(one_token), batch_size=4, seq_len=32)
+    with pytest.raises(DataError, match="no next token to score"):
+        build_batch(tok, vocab, s)
+    mixed = build_batch(tok, vocab, Settings(source="paste", text=one_token[0] + "\nThe cat sat", batch_size=4, seq_len=32))
+    assert mixed.lengths[0] == 1 and mixed.lengths[1] >= 2  # one short sample beside longer ones is fine
+
+
 def test_encode_prefix_matches_full_tokenization(default_lm):
     tok = default_lm.tokenizer
     text = " ".join(f"token{i}" for i in range(3000)) + "   \n\n" * 50 + "end"
