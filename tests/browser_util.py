@@ -1,7 +1,7 @@
 """Start `streamlit run app/main.py` on a free 127.0.0.1 port and drive it with Debian's chromium.
 
-Shared by the end-to-end test and bench/app_latency.py. `playwright install` cannot download here,
-so the browser is always /usr/bin/chromium.
+Shared by the end-to-end tests, bench/app_latency.py and bench/load_test.py. `playwright install`
+cannot download here, so the browser is always /usr/bin/chromium.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -33,15 +34,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A running `streamlit run` server: its URL and its process (for the load test's memory readings)."""
+
+    url: str
+    proc: subprocess.Popen
+
+
 @contextlib.contextmanager
-def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[str]:
-    """Yield the app's URL; the server (a process this helper started) is terminated on exit."""
+def streamlit_process(env: dict[str, str] | None = None, timeout: float = 60,
+                      log: str | Path | None = None) -> Iterator[Server]:
+    """Start the app on a free 127.0.0.1 port and yield it once it answers its health check.
+
+    The server's stdout and stderr go to `log` when given (else nowhere); the process, which this
+    helper started, is terminated on exit.
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                                stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
+    finally:
+        if log:
+            out.close()  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -53,25 +72,40 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60) -> 
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not start on {url}")
                 time.sleep(0.3)
-        yield url
+        yield Server(url, proc)
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)
 
 
 @contextlib.contextmanager
-def browser_page(width: int = 1500, height: int = 1000):
+def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[str]:
+    """Yield the app's URL; the server (a process this helper started) is terminated on exit."""
+    with streamlit_process(env, timeout) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def chromium():
+    """One headless Debian chromium (playwright's Browser); open pages or contexts on it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path() or CHROMIUM, args=LAUNCH_ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1500, height: int = 1000):
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 def chart_title(page, text: str, timeout_ms: float):
