@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 import streamlit as st
 from torch import Tensor
 
-from ppcore import METHODS, BatchRecord, CalibStats, DataError, LoadedModel, PruneConfig, Pruner, RunRecord, load_model, token_nll, walk
+from ppcore import (METHODS, BatchRecord, CalibStats, DataError, LoadedModel, Placement, PruneConfig, Pruner, RunRecord,
+                    load_model, token_nll, walk)
 from ppcore.analysis import degradation_per_saving, logit_agreement, masked_mean, perplexity, stability
 from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, sample_windows, tokenize_text
@@ -30,6 +31,9 @@ Progress = Callable[[float, str], None]
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def get_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    """device 'map': too big for one device, so accelerate places the layers (device_map="auto")."""
+    if device == "map":
+        return load_model(spec, dtype=dtype, placement=Placement("auto"))
     return load_model(spec, device=device, dtype=dtype)
 
 

@@ -50,7 +50,9 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
         st.text_input("Model", key="s_model", disabled=is_demo,
                       help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a local checkpoint folder or a .gguf path")
         c1, c2 = st.columns(2)
-        c1.selectbox("Device", DEVICE_CHOICES, key="s_device", disabled=is_demo)
+        c1.selectbox("Device", DEVICE_CHOICES, key="s_device", disabled=is_demo,
+                     help="map: a model too big for one device, spread by accelerate over the GPUs, the CPU "
+                          "and disk (offloaded layers are loaded one at a time)")
         c2.selectbox("Dtype", DTYPE_CHOICES, key="s_dtype", disabled=is_demo)
         if is_demo:
             st.caption("Demo mode: the model, device and dtype are locked to the default; batches are capped.")

@@ -17,7 +17,7 @@ DEMO = os.environ.get("PP_DEMO", "") == "1"
 DEMO_BATCH, DEMO_SEQ, DEMO_CALIB, DEMO_NEW_TOKENS = 8, 128, 16, 32
 SOURCES = ("examples", "paste", "upload", "corpus")
 SPLITS = ("line", "paragraph")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "map")  # map: accelerate spreads the model over GPUs, CPU and disk
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEMO_CORPORA = ("wiki-vital",)  # embedded: no hub download, no file path
 MAX_SKIP_INDEX = 1023  # skipped-layer indices: no supported model has more layers; ranges are never expanded past it
@@ -60,13 +60,6 @@ DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib=DEMO_CALIB, calib_len
 
 def limits() -> Limits:
     return DEMO_LIMITS if demo() else LOCAL
-
-
-# Kept for importers; the app itself asks limits() on every run.
-MAX_BATCH = DEMO_BATCH if DEMO else LOCAL.batch
-MAX_SEQ = DEMO_SEQ if DEMO else LOCAL.seq
-MAX_CALIB = DEMO_CALIB if DEMO else LOCAL.calib
-MAX_NEW_TOKENS = DEMO_NEW_TOKENS if DEMO else LOCAL.new_tokens
 
 
 @dataclass(frozen=True)

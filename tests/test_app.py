@@ -191,3 +191,17 @@ def test_settings_round_trip_through_the_url(monkeypatch):
     monkeypatch.setattr(state, "DEMO", True)
     locked = Settings(model="org/big", batch_size=64, seq_len=900).locked()
     assert locked.model == "default" and locked.batch_size == 8 and locked.seq_len == 128
+
+
+def test_device_map_loads_through_accelerate_with_the_same_numbers():
+    """Device 'map' loads the model through accelerate's device_map="auto" and gives the numbers of the
+    plain CPU load. The default model fits in this machine's memory, so accelerate keeps it whole;
+    the offloaded mechanics are tested in test_dispatch.py."""
+    plain = start(device="cpu")
+    mapped = start(device="map")
+    ok(plain)
+    ok(mapped)
+    a, b = plain.session_state["result"], mapped.session_state["result"]
+    assert b.settings.device == "map" and b.info["device"] == "cpu"
+    assert b.summary() == a.summary()
+    assert [l.attn.kept for l in b.main.layers] == [l.attn.kept for l in a.main.layers]
