@@ -116,11 +116,6 @@ class Adapter:
         """Where input ids go: the embedding's execution device."""
         return execution_device(self.model.get_input_embeddings())
 
-    @property
-    def dispatched(self) -> bool:
-        """Spread by accelerate over several devices, or partly offloaded to the CPU or disk."""
-        return len(set(self._layer_devices)) > 1 or any(self._offloaded) or bool(getattr(self.model, "hf_device_map", None))
-
     def layer_device(self, i: int) -> torch.device:
         return self._layer_devices[i]
 
