@@ -214,8 +214,8 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
         raise DataError(f"the batch is empty: {desc} holds no text")
     L = max(len(e) for e in encoded)
     if L < 2:  # perplexity scores each next token: a batch of one-token samples has nothing to score
-        raise DataError(f"every sample is a single token, so there is no next token to score: give samples of at "
-                        f"least two tokens (a few words each)")
+        raise DataError("every sample is a single token, so there is no next token to score: give samples of at "
+                        "least two tokens (a few words each)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(encoded), L), pad, dtype=torch.long)
     mask = torch.zeros(len(encoded), L, dtype=torch.long)

@@ -6,7 +6,6 @@ layer slider or switching tabs redraws from the stored record without touching t
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -143,7 +142,7 @@ def main() -> None:
                                   + ("The previous result is kept. " if st.session_state.get("result") else "")
                                   + "Press **Run** to start again."))
     if st.session_state.get("error"):
-        st.error(messages.clean(st.session_state["error"]))
+        st.error(st.session_state["error"])  # cleaned once, when it was stored (messages.failure)
     r = st.session_state.get("result")
     if r is None:
         st.info("No result yet: fix the input above and press **Run** in the sidebar.")

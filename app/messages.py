@@ -6,6 +6,7 @@ No streamlit here, so it is unit-tested directly.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -22,7 +23,7 @@ from .state import demo
 
 PLACEHOLDER = "[server path]"
 MAX_CHARS = 600  # a message is a line or two, never a dump
-OOM = ("out of memory during the run: try a smaller batch size or sequence length, or fewer calibration "
+OOM = ("Out of memory during the run: try a smaller batch size or sequence length, or fewer calibration "
        "windows. The loaded model and other sessions are unaffected, and the next run starts clean.")
 
 # An absolute POSIX path (/x/y, ~/x, file:///x) or a Windows one (C:\x), starting at a word boundary so
@@ -34,11 +35,12 @@ _REL = re.compile(r"""(?:(?<=^)|(?<=[\s'"`(\[{=:,;]))(?:[\w.-]+/)+[\w-]+\.[A-Za-
 _TAIL = re.compile(re.escape(PLACEHOLDER) + r"""[/\\][^\s'"`()\[\]{},;]*""")
 
 
-def _server_dirs() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _server_dirs() -> tuple[str, ...]:
     """Directories whose names would tell a visitor about the server, longest first."""
     dirs = {str(Path.home()), str(Path(__file__).resolve().parents[1]), sys.prefix, sys.base_prefix,
             tempfile.gettempdir(), os.getcwd(), os.environ.get("PPCORE_CACHE", ""), os.environ.get("HF_HOME", "")}
-    return sorted((d for d in dirs if d and d not in ("/", ".")), key=len, reverse=True)
+    return tuple(sorted((d for d in dirs if d and d not in ("/", ".")), key=len, reverse=True))
 
 
 def scrub_paths(text: str) -> str:
@@ -84,7 +86,7 @@ def failure(e: BaseException) -> str:
     """One clear message for any failure: ppcore's own as it is, out-of-memory as advice, else its type."""
     if is_oom(e):
         release_memory()
-        return clean(OOM[0].upper() + OOM[1:])
+        return clean(OOM)
     if isinstance(e, PPCoreError):
         return clean(str(e))
     return clean(f"Unexpected {type(e).__name__}: {e}")

@@ -80,7 +80,10 @@ class Adapter:
         n = self.dims.num_layers
         self._layer_devices = [execution_device(self.layer_module(i)) for i in range(n)]
         self._offloaded = [any(_offloaded(m) for m in self.layer_module(i).modules()) for i in range(n)]
-        self._lock = threading.RLock()  # materialising swaps module tensors: one thread per layer at a time
+        # accelerate's offload hooks swap a module's tensors in and out around each call (and keep per-call
+        # state), so on a model with offloaded parts one thread at a time may run them; one lock per model.
+        self._lock = threading.RLock()
+        self._any_offloaded = any(_offloaded(m) for m in model.modules())
 
     # --- to override -------------------------------------------------------------------------
     def _dims(self) -> ModelDims:
@@ -96,15 +99,38 @@ class Adapter:
         """References to layer i's tensors; for an offloaded layer, call inside `materialized(i)`."""
         raise NotImplementedError
 
-    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _final(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        return None
+
+    # --- module calls outside the layers (offload-safe) ---------------------------------------
+    def _guard(self) -> contextlib.AbstractContextManager:
+        return self._lock if self._any_offloaded else contextlib.nullcontext()
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        with self._guard():
+            return self._embed(input_ids, position_ids)
 
     def final(self, h: Tensor) -> Tensor:
         """Final norm (and projection out, where the family has one) before the LM head."""
-        raise NotImplementedError
+        with self._guard():
+            return self._final(h)
 
     def rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
-        return None
+        """Rotary cos/sin on h's device (the rotary module may sit on another device when dispatched)."""
+        with self._guard():
+            rot = self._rotary(h, position_ids)
+        return None if rot is None else (rot[0].to(h.device), rot[1].to(h.device))
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits: the LM head on its own device (the result stays there)."""
+        with self._guard():
+            return self.lm_head(h)
 
     # --- shared ------------------------------------------------------------------------------
     @property
@@ -193,13 +219,13 @@ class LlamaAdapter(Adapter):
             gate_w=m.gate_proj.weight, gate_b=m.gate_proj.bias,
         )
 
-    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         return self.model.model.embed_tokens(input_ids)
 
-    def final(self, h: Tensor) -> Tensor:
+    def _final(self, h: Tensor) -> Tensor:
         return self.model.model.norm(h)
 
-    def rotary(self, h: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def _rotary(self, h: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         return self.model.model.rotary_emb(h, position_ids)
 
 
@@ -238,7 +264,7 @@ class OPTAdapter(Adapter):
             gate_w=None, gate_b=None,
         )
 
-    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         dec = self.model.model.decoder
         h = dec.embed_tokens(input_ids)
         if dec.project_in is not None:
@@ -249,7 +275,7 @@ class OPTAdapter(Adapter):
             pos = F.embedding(position_ids.to(pos_w.device) + dec.embed_positions.offset, pos_w)
         return h + pos.to(h.device)
 
-    def final(self, h: Tensor) -> Tensor:
+    def _final(self, h: Tensor) -> Tensor:
         dec = self.model.model.decoder
         if dec.final_layer_norm is not None:
             h = dec.final_layer_norm(h)

@@ -85,8 +85,8 @@ def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, chunk:
     kl = torch.empty(B, L, dtype=torch.float32)
     top1 = torch.empty(B, L, dtype=torch.float32)
     for s in range(0, B, chunk):
-        lp_ref = F.log_softmax(adapter.lm_head(hidden_ref[s:s + chunk]).float(), -1)
-        lp = F.log_softmax(adapter.lm_head(hidden[s:s + chunk]).float(), -1)
+        lp_ref = F.log_softmax(adapter.head(hidden_ref[s:s + chunk]).float(), -1)
+        lp = F.log_softmax(adapter.head(hidden[s:s + chunk]).float(), -1)
         kl[s:s + chunk] = (lp_ref.exp() * (lp_ref - lp)).sum(-1).clamp_min(0).cpu()
         top1[s:s + chunk] = (lp_ref.argmax(-1) == lp.argmax(-1)).float().cpu()
     return kl, top1
@@ -98,7 +98,7 @@ def top_k_next(adapter: Adapter, hidden: Tensor, sample: int, position: int, k: 
     B, L = hidden.shape[:2]
     if not (0 <= sample < B and 0 <= position < L):
         raise IndexError(f"(sample {sample}, position {position}) outside the batch ({B} x {L})")
-    probs = F.softmax(adapter.lm_head(hidden[sample, position][None]).float(), -1)[0]
+    probs = F.softmax(adapter.head(hidden[sample, position][None]).float(), -1)[0]
     p, i = probs.topk(min(k, probs.numel()))
     return i.tolist(), p.tolist()
 

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm

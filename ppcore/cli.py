@@ -9,11 +9,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .config import FLAP_BIAS_MODES, METHODS, PruneConfig
 from .errors import PPCoreError
 from .record import LEVELS, RunRecord
+
+if TYPE_CHECKING:
+    from .loading import Placement
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +56,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "(default: under the cache dir)")
 
 
-def _placement(a: argparse.Namespace):
+def _placement(a: argparse.Namespace) -> Optional[Placement]:
     """The accelerate placement the model flags ask for, or None for one device."""
     from .loading import Placement
 

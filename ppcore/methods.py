@@ -24,11 +24,12 @@ from .stats import CalibStats, History
 from .walk_context import WalkCtx
 
 Slice = Union[AttnSlice, MlpSlice]
+StaticChoice = tuple[Tensor, Tensor, Optional[Tensor]]  # kept, scores, compensation bias
 
 
 @dataclass
 class Decision:
-    slice: Slice
+    slice: Optional[Slice]  # None only in a generation capture of an offloaded layer (rebuilt per step)
     kept: Optional[Tensor]  # kept heads (attn) or channels (mlp) on the model's device; None = all
     bias: Optional[Tensor] = None  # FLAP's compensation, added to the block output
     pruned: bool = False
@@ -45,6 +46,10 @@ def _check_calib(calib: CalibStats, cfg: PruneConfig, dims) -> None:
     if not isinstance(calib, CalibStats) or not calib.blocks:
         raise ConfigError(f"calib must be CalibStats from calibrate(...) on this model, got {type(calib).__name__}")
     width = {"attn": dims.num_heads * dims.head_dim, "mlp": dims.intermediate}
+    deepest = max(layer for layer, _ in calib.blocks)
+    if deepest >= dims.num_layers:
+        raise ConfigError(f"the calibration statistics cover {deepest + 1} layers but this model has "
+                          f"{dims.num_layers}: they were computed on a different model; recalibrate on this one")
     for layer in range(dims.num_layers):
         if layer in cfg.skip_layers:
             continue
@@ -87,12 +92,14 @@ class Pruner:
         self._full: dict[tuple[int, str], Slice] = {}
         self._pow4: dict[tuple[int, str], Tensor] = {}
         self._static: dict[tuple[int, str], Decision] = {}
-        self._flap: Optional[dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]]] = None
+        # Static methods' choices per block, (kept, scores, compensation bias): always kept, even for
+        # offloaded layers, whose slices (the weights) are rebuilt from them per batch.
+        self._plan: dict[tuple[int, str], StaticChoice] = {}
 
     def prepare(self) -> None:
         """Work that reads every layer, done once before a walk's first layer (FLAP's allocation)."""
-        if self.cfg.method == "flap" and self.cfg.prunes and self._flap is None:
-            self._flap = self._flap_plan()
+        if self.cfg.method == "flap" and self.cfg.prunes and not self._plan:
+            self._plan = self._flap_plan()
 
     def _cacheable(self, layer: int) -> bool:
         """Slices of an offloaded layer are rebuilt per batch: caching them would pin its weights."""
@@ -120,7 +127,11 @@ class Pruner:
             key = (layer, block)
             if key in self._static:
                 return self._static[key]
-            d = self._static_decision_for(layer, block, w)
+            if key not in self._plan:
+                self.prepare()
+                if key not in self._plan:
+                    self._plan[key] = self._static_choice(layer, block, w)
+            d = self._static_decision(layer, block, w, *self._plan[key])
             if self._cacheable(layer):
                 self._static[key] = d
             return d
@@ -161,7 +172,7 @@ class Pruner:
             if block == "attn":
                 if ad.uses_rotary:
                     pos = ctx.position_ids.index_select(0, samples).index_select(1, tokens)
-                    rot = tuple(t.to(xp.device) for t in ad.rotary(xp, pos))
+                    rot = ad.rotary(xp, pos)
                 mask = attention_mask_4d(pvalid, xp.shape[1], xp.device)
         if block == "attn":
             zp = attn_front(full, xp, dims.head_dim, rot, mask)[0]
@@ -193,11 +204,8 @@ class Pruner:
                         (e_probe, e_hist, s), pf)
 
     # --- static baselines --------------------------------------------------------------------------
-    def _static_decision_for(self, layer: int, block: str, w: LayerWeights) -> Decision:
-        if self.cfg.method == "flap":
-            self.prepare()
-            kept, sc, bias = self._flap[(layer, block)]
-            return self._static_decision(layer, block, w, kept, sc, bias)
+    def _static_choice(self, layer: int, block: str, w: LayerWeights) -> StaticChoice:
+        """Wanda-sp or PPsp-calib: one block's keep-set from its calibration statistics."""
         st = self.calib.get(layer, block)
         energy = st.sq.sum(0)
         w_fin = w.o_w if block == "attn" else w.down_w
@@ -211,7 +219,7 @@ class Pruner:
             kept = S.keep_top_heads(sc, self.n_heads_pruned)
         else:
             kept = S.keep_top_channels(sc, self.n_mlp_kept)
-        return self._static_decision(layer, block, w, kept, sc, None)
+        return kept, sc, None
 
     def _static_decision(self, layer: int, block: str, w: LayerWeights, kept: Tensor, sc: Tensor,
                          bias: Optional[Tensor]) -> Decision:
@@ -221,7 +229,7 @@ class Pruner:
         sl = slice_attn(w, self.dims, kept) if block == "attn" else slice_mlp(w, kept)
         return Decision(sl, kept, bias, True, scores=sc)
 
-    def _flap_plan(self) -> dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]]:
+    def _flap_plan(self) -> dict[tuple[int, str], StaticChoice]:
         """FLAP: standardised global allocation over all pruned blocks, masks from the raw metric.
 
         Returns (kept, scores, compensation bias) per pruned block; slices are built when a layer
@@ -246,7 +254,7 @@ class Pruner:
         a_r, m_r = S.flap_ratios([metric[k].to(here) for k in attn_keys], [metric[k].to(here) for k in mlp_keys],
                                  dims.head_dim, hw, self.r_eff)
         ratio = dict(zip(attn_keys, a_r)) | dict(zip(mlp_keys, m_r))
-        out: dict[tuple[int, str], tuple[Tensor, Tensor, Optional[Tensor]]] = {}
+        out: dict[tuple[int, str], StaticChoice] = {}
         for i in layers:
             with ad.materialized(i):
                 w = ad.layer(i)

@@ -44,7 +44,7 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
         with torch.inference_mode():
             res = walk(ad, p, ids, update_history=False, level=level, timing=timing)
             t0 = _clock(dev) if timing else 0.0
-            ad.lm_head(res.hidden)
+            ad.head(res.hidden)
             if res.record is not None:
                 res.record.times["head_s"] = _clock(dev) - t0  # the unpruned LM head
         return res

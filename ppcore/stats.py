@@ -82,11 +82,7 @@ class CalibStats:
         return int(self.meta["batch_size"])
 
     def to(self, device: torch.device) -> "CalibStats":
-        moved = {
-            k: BlockStats(v.sq.to(device), v.mean.to(device), v.baseline.to(device), v.fluc.to(device), v.n)
-            for k, v in self.blocks.items()
-        }
-        return CalibStats(moved, dict(self.meta))
+        return self.to_layers(lambda _: device)
 
     def to_layers(self, device_of: Callable[[int], torch.device]) -> "CalibStats":
         """Each layer's statistics on that layer's device (a dispatched model spans several)."""

@@ -203,7 +203,7 @@ def _block_record(adapter: Adapter, ctx: WalkCtx, layer: int, block: str, d: Dec
 
 def logits(adapter: Adapter, hidden: Tensor) -> Tensor:
     with torch.inference_mode():
-        return adapter.lm_head(hidden)
+        return adapter.head(hidden)
 
 
 @torch.inference_mode()
@@ -218,7 +218,7 @@ def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Option
     B, L = ids.shape
     nll = torch.empty(B, max(L - 1, 0), device=hidden.device, dtype=torch.float32)
     for s in range(0, B, chunk):
-        lg = adapter.lm_head(hidden[s:s + chunk, :-1]).float()  # on the head's device when dispatched
+        lg = adapter.head(hidden[s:s + chunk, :-1]).float()  # on the head's device when dispatched
         # Flat (tokens x vocab) layout: the (N, C, L) layout's kernel loses ~1e-4 of accuracy here.
         target = ids[s:s + chunk, 1:].reshape(-1).to(lg.device)
         flat = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target, reduction="none")

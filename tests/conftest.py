@@ -1,7 +1,6 @@
 """Shared fixtures: tiny random models built from configs (no downloads) and the real default."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -505,7 +505,7 @@ def test_stop_button_in_a_real_browser(local_mode):
         page.wait_for_function("() => /\\d+ of 30 layers/.test(document.body.innerText)", timeout=240_000)
         page.get_by_role("button", name="Stop this run").click()
         note = page.get_by_text("Run stopped (at:")
-        note.wait_for(timeout=60_000)
+        note.wait_for(timeout=240_000)  # the stop lands after the current layer: slow on a busy CPU
         assert "of 30 layers" in note.inner_text() and page.locator(ERROR_SELECTOR).count() == 0
         for label, value in (("Batch size", "2"), ("Sequence length", "16")):
             box = page.get_by_role("spinbutton", name=label)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ppcore import PruneConfig
-from ppcore.bench import bench_setup, configs
+from ppcore.bench import bench_setup
 from ppcore.bench_report import aggregate, chart_html, markdown
 from ppcore.calibrate import calibrate
 from ppcore.evaluate import evaluate

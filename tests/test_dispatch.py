@@ -144,3 +144,41 @@ def test_unknown_device_map_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="DEVICE=SIZE"):
         Placement.parse_max_memory("0:70GiB")
     assert Placement.parse_max_memory("0=70GiB, cpu=1GiB") == {0: "70GiB", "cpu": "1GiB"}
+
+
+def test_threads_share_a_model_with_offloaded_head_and_layers(tmp_path):
+    """Sessions walking one offloaded model at once: accelerate's hooks swap tensors in and out, so the
+    adapter runs offloaded modules one thread at a time; every thread gets the sequential answer."""
+    import threading
+
+    folder = _checkpoint(tmp_path / "ckpt", tiny_llama())
+    placement = Placement({**LLAMA_MAP, "lm_head": "disk", "model.embed_tokens": "disk"}, None, str(tmp_path / "off"))
+    lm = load_model(str(folder), cache_dir=tmp_path / "cache", placement=placement)
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 128, (2, 16), generator=g) for _ in range(4)]
+    cfg = PruneConfig(method="pp", ratio=0.4, skip_layers=(0,), use_history=False)
+
+    def run(ids):
+        res = walk(lm.adapter, Pruner(lm.adapter, cfg), ids, level="none")
+        for _ in range(20):  # the offloaded final norm and LM head, many times: where unguarded hooks collide
+            lm.adapter.head(lm.adapter.final(res.hidden))
+        return token_nll(lm.adapter, res.hidden, ids, res.valid)[0]
+
+    expected = [run(ids) for ids in batches]
+    got: list = [None] * len(batches)
+    errors: list[BaseException] = []
+
+    def worker(k):
+        try:
+            for _ in range(3):
+                got[k] = run(batches[k])
+        except BaseException as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))

@@ -666,6 +666,13 @@ def test_check_layers():
         PruneConfig(skip_layers=(3,)).check_layers(3)
     PruneConfig(skip_layers=(2,)).check_layers(3)
     # Skipping so many layers that the others would have to lose everything is refused, not clamped.
-    with pytest.raises(ConfigError, match="lower the ratio below 0.40"):
+    with pytest.raises(ConfigError, match="use a ratio of at most 0.39"):
         cfg.check_layers(5)
     PruneConfig(ratio=0.39, skip_layers=(0, 1, 4)).check_layers(5)
+    for n, k in ((7, 1), (30, 3), (5, 3), (4, 3)):  # the suggested ratio is really accepted
+        with pytest.raises(ConfigError) as e:
+            PruneConfig(ratio=0.99, skip_layers=tuple(range(k))).check_layers(n)
+        usable = float(str(e.value).split("at most ")[1].split()[0])
+        PruneConfig(ratio=usable, skip_layers=tuple(range(k))).check_layers(n)
+        with pytest.raises(ConfigError):
+            PruneConfig(ratio=usable + 0.01, skip_layers=tuple(range(k))).check_layers(n)
