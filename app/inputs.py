@@ -37,6 +37,16 @@ def _restore() -> None:
             st.session_state[f"s_{name}"] = value
 
 
+def _columns(file_id: Optional[str], upload: tuple[str, bytes]) -> list[str]:
+    """The text columns of an uploaded .csv/.jsonl, read once per file (not on every rerun)."""
+    cached = st.session_state.get("_upload_columns")
+    if file_id is not None and cached and cached[0] == file_id:
+        return cached[1]
+    cols, _ = read_upload(*upload)
+    st.session_state["_upload_columns"] = (file_id, cols)
+    return cols
+
+
 def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
     """(settings, uploaded file or None, whether Run was pressed)."""
     _init_from_url()
@@ -74,7 +84,7 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
                 _remember_digest(getattr(f, "file_id", None), upload[1])
                 if not f.name.lower().endswith(".txt"):
                     try:
-                        cols, _ = read_upload(*upload)
+                        cols = _columns(getattr(f, "file_id", None), upload)
                         if st.session_state.get("s_column") not in cols:
                             st.session_state["s_column"] = cols[0]
                         st.selectbox("Text column", cols, key="s_column")
