@@ -195,10 +195,8 @@ def encode_prefix(tokenizer: Any, text: str, n: int) -> list[int]:
 
 
 def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[str, bytes]] = None) -> Batch:
-    check_sizes(s.batch_size, s.seq_len)
+    check_settings(s)  # also here, for callers that skip run_analysis: the demo lock holds for every batch
     if s.source == "corpus":
-        if demo() and s.corpus not in DEMO_CORPORA:
-            raise DataError(f"corpus {s.corpus!r} is not available in the demo: use {', '.join(DEMO_CORPORA)}")
         ids = tokenize_text(tokenizer, corpus_text(s.corpus, "eval"))
         windows = sample_windows(ids, s.batch_size, s.seq_len, s.seed)
         return _finish(tokenizer, windows, None, f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")

@@ -27,12 +27,6 @@ DEFAULT = Settings()
 st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
 
-def _fail(e: BaseException) -> str:
-    """One clear line: ppcore's own messages as they are, out-of-memory as advice, anything else with its
-    type; in demo mode without server paths (app/messages.py)."""
-    return messages.failure(e)
-
-
 def _model_and_calib(s: Settings):
     lm = engine.get_model(s.model, s.device, s.dtype)
     disk = not demo() or (s.calib, s.calib_len, s.seed) == (DEFAULT.calib, DEFAULT.calib_len, DEFAULT.seed)
@@ -78,7 +72,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             res.protocol = messages.scrub(res.protocol)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
             notes["running"] = False
-            st.session_state["error"] = _fail(e)
+            st.session_state["error"] = messages.failure(e)
             status.update(label="The run failed (see the message above the views)", state="error", expanded=False)
             return
         except BaseException:  # Streamlit stopping the run (Stop, or a widget used mid-run): note it, let it pass
@@ -108,7 +102,7 @@ def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any],
             status.update(label=f"{label}: done", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
             status.update(label=f"{label}: failed", state="error", expanded=False)
-            st.error(_fail(e))
+            st.error(messages.failure(e))
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -158,7 +152,7 @@ def main() -> None:
         with tabs[TABS.index(open_tab)]:
             _view(open_tab, r)
     except Exception as e:  # noqa: BLE001 — a view that cannot draw says so; the sidebar stays usable
-        st.error(_fail(e))
+        st.error(messages.failure(e))
 
 
 def _view(label: str, r: engine.Result) -> None:
