@@ -1,6 +1,6 @@
 """ppcore: Probe Pruning (Le et al., ICLR 2025) on Hugging Face causal LMs, without touching the model."""
 from .config import METHODS, PruneConfig
-from .errors import ConfigError, DataError, ModelLoadError, PPCoreError, UnsupportedModelError
+from .errors import ConfigError, DataError, ModelLoadError, NonFiniteError, PPCoreError, UnsupportedModelError
 from .loading import LoadedModel, Placement, load_model
 from .methods import Pruner
 from .record import BatchRecord, RunRecord
@@ -8,7 +8,7 @@ from .stats import CalibStats
 from .walk import logits, token_nll, walk
 
 __all__ = [
-    "METHODS", "PruneConfig", "ConfigError", "DataError", "ModelLoadError", "PPCoreError",
+    "METHODS", "PruneConfig", "ConfigError", "DataError", "ModelLoadError", "NonFiniteError", "PPCoreError",
     "UnsupportedModelError", "LoadedModel", "Placement", "load_model", "Pruner", "BatchRecord", "RunRecord",
     "CalibStats", "logits", "token_nll", "walk",
 ]

@@ -68,12 +68,13 @@ class Adapter:
     family: str = ""
     uses_rotary: bool = False
     gated_mlp: bool = False
-    sliding_window: Optional[int] = None  # sequences longer than this are refused, not approximated
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
         self.dims = self._dims()
+        # Each layer's sliding attention window as the HF config defines it (None: full attention).
+        self.windows: tuple[Optional[int], ...] = self._windows()
         self.act: Callable[[Tensor], Tensor] = _activation(self._act_name())
         # Placement, read once: with accelerate's device_map each layer has its own execution device,
         # and layers offloaded to the CPU or disk hold meta tensors until materialised.
@@ -108,6 +109,10 @@ class Adapter:
     def _rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
         return None
 
+    def _windows(self) -> tuple[Optional[int], ...]:
+        """Per layer, the sliding window of its attention (None = full causal attention)."""
+        return (None,) * self.dims.num_layers
+
     # --- module calls outside the layers (offload-safe) ---------------------------------------
     def _guard(self) -> contextlib.AbstractContextManager:
         return self._lock if self._any_offloaded else contextlib.nullcontext()
@@ -136,6 +141,14 @@ class Adapter:
     @property
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    def outside_flops_per_token(self) -> int:
+        """FLOPs per token of the matrix products outside the decoder layers (LM head at its real width)."""
+        vocab, width = self.lm_head.weight.shape
+        return 2 * int(vocab) * int(width) + self._extra_proj_flops_per_token()
+
+    def _extra_proj_flops_per_token(self) -> int:
+        return 0
 
     @property
     def device(self) -> torch.device:
@@ -202,6 +215,20 @@ class LlamaAdapter(Adapter):
 
     def _act_name(self) -> str:
         return self.config.hidden_act
+
+    def _windows(self) -> tuple[Optional[int], ...]:
+        """Mistral slides every layer's attention over `sliding_window` tokens when it is set; Qwen2 only
+        the layers its `layer_types` mark "sliding_attention" (HF's modelling code for each); Llama none."""
+        c, n = self.config, self.dims.num_layers
+        window = getattr(c, "sliding_window", None)
+        if not window or c.model_type == "llama":
+            return (None,) * n
+        if c.model_type == "mistral":
+            return (int(window),) * n
+        types = list(getattr(c, "layer_types", None) or ["full_attention"] * n)
+        if len(types) != n:
+            raise UnsupportedModelError(f"config.layer_types lists {len(types)} layers but the model has {n}")
+        return tuple(int(window) if t == "sliding_attention" else None for t in types)
 
     def layer_module(self, i: int) -> nn.Module:
         return self.model.model.layers[i]
@@ -275,6 +302,11 @@ class OPTAdapter(Adapter):
             pos = F.embedding(position_ids.to(pos_w.device) + dec.embed_positions.offset, pos_w)
         return h + pos.to(h.device)
 
+    def _extra_proj_flops_per_token(self) -> int:
+        # OPT models whose word_embed_proj_dim differs from the hidden size project in and out.
+        dec = self.model.model.decoder
+        return sum(2 * m.weight.numel() for m in (dec.project_in, dec.project_out) if m is not None)
+
     def _final(self, h: Tensor) -> Tensor:
         dec = self.model.model.decoder
         if dec.final_layer_norm is not None:
@@ -329,19 +361,47 @@ def make_adapter(model: nn.Module) -> Adapter:
         rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
         if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", "llama3", "linear", "dynamic", "yarn"):
             raise UnsupportedModelError(f"rope type {rope.get('rope_type')!r} is not supported")
-        adapter = LlamaAdapter(model)
-        window = getattr(cfg, "sliding_window", None)
-        if window and (mt == "mistral" or getattr(cfg, "use_sliding_window", False)):
-            adapter.sliding_window = int(window)
-        return adapter
+        return check_layout(LlamaAdapter(model))
     if mt == "opt":
         if not cfg.do_layer_norm_before:
             raise UnsupportedModelError(
                 "this OPT checkpoint is post-LN (do_layer_norm_before=False, e.g. opt-350m); "
                 "Probe Pruning needs pre-LN OPT (opt-125m, opt-1.3b and larger)"
             )
-        return OPTAdapter(model)
+        return check_layout(OPTAdapter(model))
     raise UnsupportedModelError(
         f"architecture {mt!r} is not supported; supported model types: {', '.join(SUPPORTED)} "
         "(Llama-family incl. SmolLM and grouped-query attention, pre-LN OPT)"
     )
+
+
+def check_layout(adapter: Adapter) -> Adapter:
+    """Refuse head layouts and weight shapes the walk cannot run, at load time, with one message.
+
+    Grouped-query attention needs the query heads to split evenly over the key/value heads; every
+    layer's projections must have the shapes the config's head counts, head size, hidden size and MLP
+    width imply (a checkpoint whose config disagrees with its weights would otherwise fail mid-walk
+    with a torch error, or run on the wrong heads). Shapes are read without touching tensor data, so
+    offloaded (meta) layers are checked too. Raises UnsupportedModelError.
+    """
+    d = adapter.dims
+    if d.num_heads < 1 or d.num_kv_heads < 1 or d.num_heads % d.num_kv_heads:
+        raise UnsupportedModelError(
+            f"{d.num_heads} query heads over {d.num_kv_heads} key/value heads: grouped-query attention needs the "
+            "query heads to split evenly over the key/value heads; the config's num_attention_heads / "
+            "num_key_value_heads do not describe a model that can run")
+    q, kv = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
+    for i in range(d.num_layers):
+        w = adapter.layer(i)
+        want = {"q_proj": (w.q_w, (q, d.hidden)), "k_proj": (w.k_w, (kv, d.hidden)), "v_proj": (w.v_w, (kv, d.hidden)),
+                "o_proj": (w.o_w, (d.hidden, q)), "up_proj": (w.up_w, (d.intermediate, d.hidden)),
+                "down_proj": (w.down_w, (d.hidden, d.intermediate))}
+        if w.gate_w is not None:
+            want["gate_proj"] = (w.gate_w, (d.intermediate, d.hidden))
+        for name, (t, shape) in want.items():
+            if tuple(t.shape) != shape:
+                raise UnsupportedModelError(
+                    f"layer {i} {name} has shape {tuple(t.shape)} but the config ({d.num_heads} heads of {d.head_dim} "
+                    f"over {d.num_kv_heads} key/value heads, hidden {d.hidden}, MLP {d.intermediate}) implies {shape}: "
+                    "the config does not match the weights")
+    return adapter

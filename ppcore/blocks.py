@@ -171,15 +171,28 @@ def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tens
     return project_out(s.down_w, s.down_b, z, extra_bias)
 
 
-def attention_mask_4d(key_valid: Optional[Tensor], L: int, device: torch.device) -> Optional[Tensor]:
-    """Causal mask combined with a key-padding mask; None when nothing is padded.
+def attention_mask_4d(key_valid: Optional[Tensor], L: int, device: torch.device, *,
+                      window: Optional[int] = None, positions: Optional[Tensor] = None) -> Optional[Tensor]:
+    """Causal mask combined with a key-padding mask and a sliding window; None when neither applies.
 
-    Each query may always attend to itself so that pad rows never see an empty softmax (NaN);
-    their outputs are excluded from every statistic and loss downstream.
+    Shapes: `key_valid` (B, L) 1/0 or None; `positions` (B, L) or None, each column's token position
+    (default: the column index; the probe passes its tokens' original positions). With `window`, a
+    query at position p sees keys at positions p - window < q <= p, as Hugging Face's sliding-window
+    layers do. Returns a boolean (B or 1, 1, L, L) mask, True = attend. Each query may always attend
+    to itself so that pad rows never see an empty softmax (NaN); their outputs are excluded from
+    every statistic and loss downstream.
     """
-    if key_valid is None:
+    if key_valid is None and window is None:
         return None
-    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-    m = causal[None] & key_valid[:, None, :].bool()
+    if window is None and positions is None:
+        m = torch.ones(L, L, dtype=torch.bool, device=device).tril()[None]
+    else:
+        pos = torch.arange(L, device=device)[None] if positions is None else positions.to(device)
+        q, k = pos[:, :, None], pos[:, None, :]
+        m = k <= q
+        if window is not None:
+            m = m & (k > q - window)
+    if key_valid is not None:
+        m = m & key_valid[:, None, :].bool()
     m = m | torch.eye(L, dtype=torch.bool, device=device)[None]
     return m[:, None]

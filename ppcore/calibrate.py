@@ -1,12 +1,16 @@
 """The dense calibration pass, cached on disk keyed by everything the statistics depend on."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
 from typing import Optional
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -34,10 +38,49 @@ class _Observer(Pruner):
         self.acc.update(layer, block, z)
 
 
+# The engine modules a calibration pass runs through: their source is part of the key, so statistics
+# computed by other code are never reused even where STATS_VERSION was not bumped.
+_ENGINE_MODULES = ("adapters", "blocks", "calibrate", "methods", "stats", "walk", "walk_context")
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_source_hash() -> str:
+    h = hashlib.sha256()
+    for name in _ENGINE_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _numerics(device: str) -> str:
+    """Settings that change fp32 results on this device: matmul precision and, on CUDA, TF32."""
+    out = f"matmul={torch.get_float32_matmul_precision()}"
+    if device == "cuda":
+        out += f" tf32={torch.backends.cuda.matmul.allow_tf32} cudnn_tf32={torch.backends.cudnn.allow_tf32}"
+    return out
+
+
 def calib_key(lm: LoadedModel, windows: Tensor, batch_size: int) -> str:
+    """Key of the calibration cache: everything the statistics depend on.
+
+    The model's fingerprint (weights and config), dtype, device type and placement over devices, the
+    windows and the batch size, STATS_VERSION and the source of the engine modules the pass runs
+    through, the torch and transformers versions (kernels; the model's own rotary module) and the fp32
+    matmul settings.
+    """
+    placement = getattr(lm.model, "hf_device_map", None)
     parts = [lm.fingerprint, str(lm.dtype), lm.device.type, windows_hash(windows), str(tuple(windows.shape)),
-             str(batch_size), str(STATS_VERSION)]
+             str(batch_size), str(STATS_VERSION), _engine_source_hash(), f"torch={torch.__version__}",
+             f"transformers={_version('transformers')}", _numerics(lm.device.type),
+             json.dumps(sorted((str(k), str(v)) for k, v in placement.items())) if placement else "one-device"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def calibrate(lm: LoadedModel, windows: Tensor, batch_size: int, *, cache: bool = True,

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import numbers
+import os
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,19 +77,97 @@ def corpus_text(name: str, split: str, cache_dir: Optional[str | Path] = None) -
     raise DataError(f"unknown dataset {name!r}: use wiki-vital, wikitext2 or a path to a .txt file")
 
 
-def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = None) -> Tensor:
-    """Token ids of `text` (no special tokens), cached on disk by tokenizer and text hash."""
+# init kwargs that name where files were read from, not how text is tokenised (the content is hashed)
+_PATH_KWARGS = {"name_or_path", "tokenizer_file", "vocab_file", "merges_file", "cache_dir", "_commit_hash",
+                "local_files_only", "token", "revision"}
+_TOKENIZER_HASHES: dict[int, str] = {}  # id(tokenizer) -> hash, dropped when the tokenizer is collected
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of everything that decides how a tokenizer splits text (not memoised; see tokenizer_hash)."""
+    h = hashlib.sha256()
+
+    def add(label: str, value: Any) -> None:
+        h.update(label.encode() + b"=")
+        h.update(value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+
+    cls = type(tokenizer)
+    add("class", f"{cls.__module__}.{cls.__qualname__}")
+    add("versions", f"transformers={_version('transformers')} tokenizers={_version('tokenizers')}")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        # normaliser, pre-tokeniser, model (whole vocabulary and merges), added tokens, post-processor
+        add("backend", backend.to_str())
+    else:
+        add("vocab", json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False))
+        sp = getattr(tokenizer, "sp_model", None)
+        if sp is not None and hasattr(sp, "serialized_model_proto"):
+            add("sentencepiece", sp.serialized_model_proto())
+        ranks = getattr(tokenizer, "bpe_ranks", None)
+        if isinstance(ranks, dict):
+            add("merges", json.dumps(sorted((" ".join(k), v) for k, v in ranks.items()), ensure_ascii=False))
+    kwargs = {k: v for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items() if k not in _PATH_KWARGS}
+    add("init_kwargs", json.dumps(kwargs, sort_keys=True, default=str, ensure_ascii=False))
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    add("added", json.dumps(sorted((int(i), str(t)) for i, t in added.items()), ensure_ascii=False))
+    return h.hexdigest()
+
+
+def _forget(key: int) -> None:
+    with _TOKENIZER_LOCK:
+        _TOKENIZER_HASHES.pop(key, None)
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """Content hash of a tokenizer: its whole serialisation (for fast tokenizers the backend's JSON, else
+    the whole vocabulary, merges or sentencepiece model), class, init kwargs, added tokens, and the
+    transformers and tokenizers versions. Computed once per tokenizer object (the tokenizer is not touched;
+    the memo entry goes when the tokenizer is garbage-collected)."""
+    key = id(tokenizer)
+    with _TOKENIZER_LOCK:
+        known = _TOKENIZER_HASHES.get(key)
+    if known is not None:
+        return known
+    digest = _tokenizer_fingerprint(tokenizer)
+    try:
+        weakref.finalize(tokenizer, _forget, key)
+    except TypeError:  # cannot be weakly referenced: no memo, since its id may be reused later
+        return digest
+    with _TOKENIZER_LOCK:
+        _TOKENIZER_HASHES[key] = digest
+    return digest
+
+
+def tokens_key(tokenizer: Any, text: str) -> str:
+    """Key of the tokenised-corpus cache: the text, the tokenizer's content hash and its current size."""
     h = hashlib.sha256(text.encode("utf-8"))
-    h.update(json.dumps(sorted(tokenizer.get_vocab().items())[:64]).encode())
-    h.update(str(len(tokenizer)).encode())
-    path = cache_root(cache_dir) / "tokens" / f"{h.hexdigest()[:20]}.npy"
+    h.update(tokenizer_hash(tokenizer).encode())
+    h.update(str(len(tokenizer)).encode())  # tokens added after the hash was taken
+    return h.hexdigest()[:20]
+
+
+def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = None) -> Tensor:
+    """Token ids of `text` (no special tokens), cached on disk by the tokenizer's content and the text."""
+    path = cache_root(cache_dir) / "tokens" / f"{tokens_key(tokenizer, text)}.npy"
     if path.is_file():
-        return torch.from_numpy(np.load(path).astype(np.int64))
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
     np.save(tmp, ids)
-    tmp.rename(path)
+    os.replace(tmp, path)
     return torch.from_numpy(ids.astype(np.int64))
 
 

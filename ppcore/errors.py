@@ -20,3 +20,7 @@ class ConfigError(PPCoreError, ValueError):
 
 class DataError(PPCoreError, ValueError):
     """A batch, corpus or window file is unusable."""
+
+
+class NonFiniteError(PPCoreError):
+    """Activations, statistics or losses became infinite or NaN (usually fp16's range was exceeded)."""

@@ -1,9 +1,11 @@
-"""Analytic FLOPs (2 per multiply-add) of the matrix products a block runs.
+"""Analytic FLOPs (2 per multiply-add) of the matrix products a block runs, and the ratios we report.
 
 Attention scores and the weighted sum count the full L x L products that a dense kernel
 computes; norms, activations and softmax are ignored (they are under 1 % here).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 from .adapters import ModelDims
 
@@ -22,7 +24,29 @@ def mlp_flops(B: int, L: int, dims: ModelDims, channels: int, gated: bool, with_
     return front + (2 * T * channels * D if with_out else 0)
 
 
-def head_flops(B: int, L: int, dims: ModelDims) -> int:
-    """The LM head, never pruned."""
-    return 2 * B * L * dims.hidden * dims.vocab
+FLOPS_KEYS = ("dense", "pruned", "probe", "head")
+
+
+def flops_ratios(flops: dict[str, int]) -> dict[str, Optional[float]]:
+    """The four FLOPs figures of `../shared/BENCHMARKS.md` from summed FLOPs counts.
+
+    `flops` holds `dense` and `pruned` (whole model, LM head included, embeddings aside), `probe` (the
+    probe's FLOPs) and `head` (the part outside the decoder layers, included in both dense and pruned).
+    Returns `flops_ratio` and `probe_flops_ratio` (over the whole model's dense FLOPs), and
+    `decoder_flops_ratio` and `decoder_probe_flops_ratio` (over the decoder layers' dense FLOPs only:
+    the paper's definition). Counts without `head` (records written before it existed) give None for
+    the decoder figures rather than a wrong number.
+    """
+    dense, pruned, probe = (int(flops.get(k, 0)) for k in FLOPS_KEYS[:3])
+    out: dict[str, Optional[float]] = {
+        "flops_ratio": pruned / dense if dense else 1.0,
+        "decoder_flops_ratio": None,
+        "probe_flops_ratio": probe / dense if dense else 0.0,
+        "decoder_probe_flops_ratio": None,
+    }
+    if "head" in flops:
+        dec = dense - int(flops["head"])
+        out["decoder_flops_ratio"] = (pruned - int(flops["head"])) / dec if dec else 1.0
+        out["decoder_probe_flops_ratio"] = probe / dec if dec else 0.0
+    return out
 

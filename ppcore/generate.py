@@ -3,7 +3,9 @@
 The prefill is an ordinary walk that also captures each layer's keep-sets and its keys and values
 (only for the key/value heads the kept query heads read). Each decode step then runs one token per
 sample through the same slices, appending to that cache. Prompts are left-padded so every row's
-next token sits in the same column.
+next token sits in the same column; the walk runs them with real tokens first (so PP decides as it
+would on the unpadded prompts), and the cache carries each key's position and padding, so decoding
+masks pads and follows each layer's sliding window.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from .adapters import Adapter, LayerWeights
 from .blocks import attn_front, attn_out, mlp_front, mlp_out, slice_attn, slice_mlp
-from .errors import DataError
+from .errors import DataError, NonFiniteError
 from .methods import Decision, Pruner
 from .record import BatchRecord
 from .walk import Capture, walk
@@ -77,21 +79,32 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     _sync(dev)
     prefill_s = time.perf_counter() - t0
 
-    mask = mask.to(dev)
-    pos = adapter.position_ids(mask)[:, -1:]
+    # The prefill ran in the walk's layout (each row's real tokens first); the cache is in that layout,
+    # so every cached key carries its token position and a flag for real tokens.
+    B, cached = len(prompts), cap.kv[0][0].shape[2] if cap.kv else ids.shape[1]
+    kval = (torch.ones(B, cached, dtype=torch.bool, device=dev) if cap.valid is None
+            else cap.valid.to(dev).bool())
+    kpos = torch.arange(cached, device=dev)[None].expand(B, cached)
+    pos = kval.sum(1, keepdim=True) - 1  # (B, 1): position of each prompt's last token
+    padded = cap.valid is not None
+    windows = sorted({w for w in adapter.windows if w is not None})
     out = [nxt]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
     if eos_id is not None:
         done |= nxt[:, 0] == eos_id
-    padded = not bool(mask.bool().all())
+    finite: list[Tensor] = []  # per step, read once at the end (no host sync per step)
     t1 = time.perf_counter()
     steps = 0
     for _ in range(max_new_tokens - 1):
         if bool(done.all()):
             break
         pos = pos + 1
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        key_mask = mask.bool()[:, None, None, :] if padded else None
+        kpos = torch.cat([kpos, pos], 1)
+        kval = torch.cat([kval, torch.ones_like(kval[:, :1])], 1)
+        # Keys a new token may see: real ones, and within a sliding layer's window (HF's p - w < q <= p).
+        masks: dict[Optional[int], Optional[Tensor]] = {None: kval[:, None, None, :] if padded else None}
+        for w in windows:
+            masks[w] = (kval & (kpos > pos - w))[:, None, None, :]
         h = adapter.embed(nxt, pos)
         rot = adapter.rotary(h, pos) if adapter.uses_rotary else None
         for i in range(dims.num_layers):
@@ -99,19 +112,27 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
                 if h.device != layer_dev:  # dispatched models: follow the layer to its device
                     h = h.to(layer_dev)
                     rot = None if rot is None else (rot[0].to(layer_dev), rot[1].to(layer_dev))
-                    key_mask = None if key_mask is None else key_mask.to(layer_dev)
+                key_mask = masks[adapter.windows[i]]
+                if key_mask is not None and key_mask.device != h.device:
+                    key_mask = key_mask.to(h.device)
                 w = adapter.layer(i)
                 da, dm = (_with_slice(pruner, i, b, w, cap.decisions[i][b]) for b in ("attn", "mlp"))
                 z, k, v = attn_front(da.slice, w.attn_norm(h), dims.head_dim, rot, key_mask, past=cap.kv[i])
                 cap.kv[i] = (k, v)
                 h = h + attn_out(da.slice, z, da.bias)
                 h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
+        finite.append(torch.isfinite(h).all())
         nxt = adapter.head(adapter.final(h)).argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
             done |= nxt[:, 0] == eos_id
         out.append(nxt)
         steps += 1
+    if finite:
+        ok = torch.stack([f.to(dev) for f in finite])
+        if not bool(ok.all()):
+            raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 2} "
+                                 f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
     _sync(dev)
     decode_s = time.perf_counter() - t1
     new = torch.cat(out, 1).tolist()

@@ -157,11 +157,16 @@ class Pruner:
         cfg, dims, ad = self.cfg, self.dims, self.adapter
         full = self.full_slice(layer, block, w)
         t0 = ctx.now()
+        # The walk's layout puts every row's real tokens first (column = token position), so the probe's
+        # columns are original positions and a pad can only sit beside a real token of another sample.
+        window = ad.windows[layer] if block == "attn" else None
+        if window is not None and window >= x.shape[1]:
+            window = None  # no two tokens of this batch are a window apart
         if cfg.method == "fullbatch":
             B, L = x.shape[:2]
             samples = torch.arange(B, device=x.device)
             tokens = torch.arange(L, device=x.device)
-            xp, pvalid, rot, mask = x, ctx.valid, ctx.rot, ctx.mask4d
+            xp, pvalid, rot, mask = x, ctx.valid, ctx.rot, ctx.attn_mask(window)
         else:
             N = S.residual_importance(resid, ctx.valid)
             tokens = S.select_tokens(N, cfg.token_frac)
@@ -173,7 +178,9 @@ class Pruner:
                 if ad.uses_rotary:
                     pos = ctx.position_ids.index_select(0, samples).index_select(1, tokens)
                     rot = ad.rotary(xp, pos)
-                mask = attention_mask_4d(pvalid, xp.shape[1], xp.device)
+                # Causal among the probe's tokens at their original positions, and within the layer's window.
+                mask = attention_mask_4d(pvalid, xp.shape[1], xp.device, window=window,
+                                         positions=None if window is None else tokens[None])
         if block == "attn":
             zp = attn_front(full, xp, dims.head_dim, rot, mask)[0]
             pf = attn_flops(xp.shape[0], xp.shape[1], dims, dims.num_heads, dims.num_kv_heads, with_out=False)

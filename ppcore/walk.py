@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .adapters import Adapter
 from .blocks import attention_mask_4d, attn_front, attn_out, mlp_front, mlp_out
-from .errors import DataError
-from .flops import attn_flops, head_flops, mlp_flops
+from .errors import DataError, NonFiniteError
+from .flops import attn_flops, mlp_flops
 from .methods import Decision, Pruner
 from .record import BatchRecord, BlockRecord, LayerRecord, round_floats
 from .scores import residual_importance
@@ -25,9 +25,9 @@ from .walk_context import WalkCtx
 
 @dataclass
 class WalkResult:
-    hidden: Tensor  # (B, L, D) after the final norm: the LM head's input
-    valid: Optional[Tensor]  # (B, L) or None when nothing was padded
-    flops: dict[str, int]  # whole model, this batch: dense, pruned, probe
+    hidden: Tensor  # (B, L, D) after the final norm, in the caller's layout (zeros at pads): the LM head's input
+    valid: Optional[Tensor]  # (B, L) in the caller's layout, or None when nothing was padded
+    flops: dict[str, int]  # this batch: dense, pruned (whole model, LM head in), probe, head (see flops_ratios)
     record: Optional[BatchRecord]
 
 
@@ -36,7 +36,51 @@ class Capture:
     """What generation reuses after the prompt: each layer's decisions and its keys and values."""
 
     decisions: list[dict[str, Decision]] = field(default_factory=list)
-    kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer, in the walk's layout
+    valid: Optional[Tensor] = None  # (B, L_walk) which cached key columns are real tokens; None: all
+
+
+@dataclass
+class Layout:
+    """A batch in the walk's layout: each row's real tokens first, in order, then its pads, and no
+    pad-only columns. Column t is then token position t of every sample, whatever side the caller
+    padded and however many pad columns it added, so PP's probe, its per-position history and every
+    decision see the same thing for the same real tokens (spec 2.3, 3.3)."""
+
+    ids: Tensor  # (B, L_walk)
+    valid: Optional[Tensor]  # (B, L_walk) float 0/1, None when no row is shorter than L_walk
+    back: Optional[Tensor]  # (B, L) walk column of each caller column (0 at pads); None: same layout
+    caller_valid: Optional[Tensor]  # (B, L) the caller's 0/1 mask (float), None when nothing was padded
+
+
+def canonical_layout(ids: Tensor, valid: Optional[Tensor]) -> Layout:
+    """Move every row's real tokens to its first columns and drop pad-only columns (see `Layout`).
+
+    A batch already in that layout (unpadded, or right-padded to its longest row) is returned as is,
+    without a copy. Shapes: `ids` (B, L) long, `valid` (B, L) 0/1 float or None.
+    """
+    if valid is None:
+        return Layout(ids, None, None, None)
+    B, L = ids.shape
+    real = valid.bool()
+    lengths = real.sum(1)
+    width = int(lengths.max())
+    right = torch.arange(L, device=ids.device)[None] < lengths[:, None]
+    if width == L and torch.equal(real, right):
+        return Layout(ids, valid, None, valid)
+    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)[:, :width]  # real columns first, in order
+    walk_valid = right[:, :width]
+    back = torch.where(real, torch.cumsum(real, 1) - 1, torch.zeros_like(ids))
+    return Layout(ids.gather(1, order), None if bool(walk_valid.all()) else walk_valid.float(), back, valid)
+
+
+def to_caller_layout(hidden: Tensor, layout: Layout) -> Tensor:
+    """(B, L_walk, D) hidden states back in the caller's (B, L) layout, zeros at the caller's pads."""
+    if layout.back is None:
+        return hidden
+    back = layout.back.to(hidden.device)
+    out = hidden.gather(1, back[..., None].expand(-1, -1, hidden.shape[-1]))
+    return out * layout.caller_valid.to(device=hidden.device, dtype=hidden.dtype)[..., None]
 
 
 def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
@@ -51,8 +95,6 @@ def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[
     if dims.max_positions and L > dims.max_positions:
         raise DataError(f"sequence length {L} exceeds the model's context of {dims.max_positions} tokens; "
                         "use a shorter --seq-len or truncate the inputs")
-    if adapter.sliding_window and L > adapter.sliding_window:
-        raise DataError(f"sequence length {L} exceeds the model's sliding window of {adapter.sliding_window}")
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= dims.vocab:
         raise DataError(f"token ids must lie in [0, {dims.vocab}) for this model, got {lo if lo < 0 else hi}")
@@ -98,9 +140,18 @@ def walk(
 ) -> WalkResult:
     """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full.
 
+    `input_ids` (B, L) token ids and `attention_mask` (B, L) 0/1 (None: nothing padded; pads on either
+    side, or anywhere). The batch runs in the walk's layout (`canonical_layout`): real tokens first, no
+    pad-only columns, so the same real tokens give the same decisions, history and losses however they
+    were padded; the record's `input_ids`, `attention_mask`, probe picks and importance columns are in
+    that layout (column = token position). `hidden` comes back in the caller's layout.
     `on_layer(done, total)` runs after each layer: for progress, and to cancel a run by raising.
+    Raises DataError for a bad batch and NonFiniteError when activations overflow (inf or NaN), naming
+    the first layer; the check costs no host sync per layer, one per batch.
     """
-    ids, valid = prepare_batch(adapter, input_ids, attention_mask)
+    ids0, valid0 = prepare_batch(adapter, input_ids, attention_mask)
+    layout = canonical_layout(ids0, valid0)
+    ids, valid = layout.ids, layout.valid
     B, L = ids.shape
     dims = adapter.dims
     dev = ids.device
@@ -108,15 +159,18 @@ def walk(
     pos = adapter.position_ids(mask_for_pos)
     ctx = WalkCtx(position_ids=pos, valid=valid, mask4d=attention_mask_4d(valid, L, dev), rot=None,
                   update_history=update_history, timing=timing or level != "none", cuda=dev.type == "cuda")
+    if capture is not None:
+        capture.valid = valid
     t_start = ctx.now()
     h = adapter.embed(ids, pos)
     if adapter.uses_rotary:
         ctx.rot = adapter.rotary(h, pos)
     t_embed = ctx.now()
     layers: list[LayerRecord] = []
-    head = head_flops(B, L, dims)
-    flops = {"dense": head, "pruned": head, "probe": 0}
+    head = B * L * adapter.outside_flops_per_token()
+    flops = {"dense": head, "pruned": head, "probe": 0, "head": head}
     pruner.prepare()  # FLAP's global allocation reads every layer once, before any is materialised
+    finite: list[Tensor] = []  # per layer, on its device: read once after the last layer (no sync per layer)
     for i in range(dims.num_layers):
         blocks: dict[str, BlockRecord] = {}
         decided: dict[str, Decision] = {}
@@ -131,7 +185,7 @@ def walk(
                 d = decided[block] = pruner.decide(ctx, i, block, w, resid, x)
                 t0 = ctx.now()
                 if block == "attn":
-                    z, k, v = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.mask4d)
+                    z, k, v = attn_front(d.slice, x, dims.head_dim, ctx.rot, ctx.attn_mask(adapter.windows[i]))
                     h = resid + attn_out(d.slice, z, d.bias)
                     if capture is not None:
                         capture.kv.append((k, v))
@@ -141,10 +195,11 @@ def walk(
                 ctx.add_time(i, block, full_s=ctx.now() - t0)
                 pruner.observe(ctx, i, block, z, d)
                 bf = block_flops(adapter, block, d, B, L)
-                for name in flops:
+                for name in bf:
                     flops[name] += bf[name]
                 if level != "none":
                     blocks[block] = _block_record(adapter, ctx, i, block, d, resid, bf, level)
+            finite.append(torch.isfinite(h).all())
         if capture is not None:
             # An offloaded layer's slices would pin its weights in memory: keep only the keep-sets.
             capture.decisions.append({b: replace(d, slice=None) for b, d in decided.items()}
@@ -154,6 +209,7 @@ def walk(
         if on_layer is not None:
             on_layer(i + 1, dims.num_layers)
     t_layers = ctx.now()
+    check_finite_layers(finite, adapter.dtype)
     hidden = adapter.final(h)
     record = None
     if level != "none":
@@ -163,7 +219,24 @@ def walk(
             layers=layers, times={"embed_s": t_embed - t_start, "layers_s": t_layers - t_embed},
         )
         record.flops = dict(flops)
-    return WalkResult(hidden, valid, flops, record)
+    return WalkResult(to_caller_layout(hidden, layout), layout.caller_valid, flops, record)
+
+
+def check_finite_layers(flags: list[Tensor], dtype: torch.dtype) -> None:
+    """Raise NonFiniteError naming the first layer whose output holds inf or NaN (`flags`: one 0-d bool
+    tensor per layer, possibly on several devices; this is the walk's one host sync for the check)."""
+    if not flags:
+        return
+    ok = torch.stack([f.to(flags[-1].device) for f in flags])
+    if bool(ok.all()):
+        return
+    first = int((~ok).nonzero()[0, 0])
+    name = str(dtype).replace("torch.", "")
+    hint = ("float16 holds values up to 65504 only: load the model in bfloat16 (same memory, float32's range) "
+            "or float32 (--dtype bfloat16 / --dtype float32)") if dtype == torch.float16 else (
+            "the weights or the input are unusable; try float32 (--dtype float32)")
+    raise NonFiniteError(f"the residual stream became non-finite (inf or NaN) at the output of decoder layer "
+                         f"{first} in {name}; no result is reported. {hint}")
 
 
 def block_flops(adapter: Adapter, block: str, d: Decision, B: int, L: int) -> dict[str, int]:
@@ -228,4 +301,8 @@ def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Option
     else:
         valid = valid.to(nll.device)
         mask = (valid[:, 1:] * valid[:, :-1]).float()
-    return nll * mask, mask
+    nll = torch.where(mask.bool(), nll, torch.zeros_like(nll))
+    if not bool(torch.isfinite(nll).all()):
+        raise NonFiniteError("the loss is non-finite (inf or NaN): the LM head's logits overflowed "
+                             f"in {str(hidden.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
+    return nll, mask

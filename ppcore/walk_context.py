@@ -8,17 +8,35 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .blocks import attention_mask_4d
+
 
 @dataclass
 class WalkCtx:
+    """One batch in the walk's layout: real tokens first in every row (right-padded), so that column t
+    is token position t of every sample (see `walk.canonical_layout`)."""
+
     position_ids: Tensor  # (B, L)
     valid: Optional[Tensor]  # (B, L) 1 for real tokens, 0 for pads; None when nothing is padded
-    mask4d: Optional[Tensor]  # (B, 1, L, L) bool, or None for plain causal attention
+    mask4d: Optional[Tensor]  # (B, 1, L, L) bool, or None for plain causal attention (full-attention layers)
     rot: Optional[tuple[Tensor, Tensor]]  # rotary cos/sin for the full batch (Llama family)
     update_history: bool = True
     timing: bool = True  # per-block clocks (synchronises CUDA at each reading)
     cuda: bool = False
     times: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
+    _window_masks: dict[int, Optional[Tensor]] = field(default_factory=dict)
+
+    def attn_mask(self, window: Optional[int]) -> Optional[Tensor]:
+        """The full batch's attention mask for a layer with this sliding window (None: full attention).
+
+        A window at least as long as the batch changes nothing, so those layers share the plain mask.
+        """
+        L = self.position_ids.shape[1]
+        if window is None or window >= L:
+            return self.mask4d
+        if window not in self._window_masks:
+            self._window_masks[window] = attention_mask_4d(self.valid, L, self.position_ids.device, window=window)
+        return self._window_masks[window]
 
     def move_to(self, device: torch.device) -> None:
         """Follow a dispatched model to the next layer's device (done once per device boundary)."""
@@ -26,6 +44,7 @@ class WalkCtx:
         self.valid = None if self.valid is None else self.valid.to(device)
         self.mask4d = None if self.mask4d is None else self.mask4d.to(device)
         self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
+        self._window_masks = {w: None if m is None else m.to(device) for w, m in self._window_masks.items()}
 
     def now(self) -> float:
         if not self.timing:

@@ -328,8 +328,11 @@ def test_any_valid_batch_gives_a_correct_answer(name, cfg, batch):
     assert bool(torch.isfinite(nll).all()) and bool((nll[m == 0] == 0).all())
     assert bool(torch.isfinite(res.hidden[valid.bool()]).all())
     rec = res.record
-    assert len(rec.layers) == LAYERS and rec.input_ids == ids.tolist()
-    real_cols = set(torch.nonzero(valid.sum(0) > 0).flatten().tolist())
+    # The record holds the batch as the walk ran it: each row's real tokens first, pad-only columns dropped.
+    Lw = max(lengths)
+    walk_ids = [[t for t, v in zip(row, vrow) if v] for row, vrow in zip(ids.tolist(), valid.bool().tolist())]
+    assert len(rec.layers) == LAYERS and [r[:n] for r, n in zip(rec.input_ids, lengths)] == walk_ids
+    assert all(len(r) == Lw for r in rec.input_ids)
     dims = lm.adapter.dims
     for i, layer in enumerate(rec.layers):
         for block, b in (("attn", layer.attn), ("mlp", layer.mlp)):
@@ -344,18 +347,17 @@ def test_any_valid_batch_gives_a_correct_answer(name, cfg, batch):
                 assert len(b.kept) == want
             assert b.scores is not None and len(b.scores) == total and all(math.isfinite(s) for s in b.scores)
             if cfg.method == "fullbatch":
-                assert b.probe_tokens == list(range(L)) and b.probe_samples == list(range(B))
+                assert b.probe_tokens == list(range(Lw)) and b.probe_samples == list(range(B))
             elif cfg.method == "pp":
-                n_t = probe_token_count(L, cfg.token_frac)
+                # The token count follows the real length, never the padded one, and every probe
+                # position holds a real token of some sample (the forced position 0 of every one).
+                n_t = probe_token_count(Lw, cfg.token_frac)
                 assert b.probe_tokens == sorted(set(b.probe_tokens)) and len(b.probe_tokens) == n_t
                 assert b.probe_samples == sorted(set(b.probe_samples))
                 assert len(b.probe_samples) == probe_sample_count(B, cfg.sample_frac)
-                assert set(b.probe_tokens) <= set(range(L)) and set(b.probe_samples) <= set(range(B))
-                # Pad-only columns enter the probe only when there are not enough real ones, or
-                # as the forced token 0 (left padding with every row padded).
-                pad_cols = [t for t in b.probe_tokens if t not in real_cols]
-                forced = 1 if (0 not in real_cols and n_t <= 10) else 0
-                assert len(pad_cols) <= max(0, n_t - len(real_cols)) + forced
+                assert set(b.probe_tokens) <= set(range(Lw)) and set(b.probe_samples) <= set(range(B))
+                if n_t <= 10:
+                    assert b.probe_tokens[0] == 0
             else:
                 assert b.probe_tokens == []
     assert res.flops["pruned"] <= res.flops["dense"]

@@ -1,0 +1,111 @@
+"""Non-finite numbers (issue 9, kind 4): an fp16 model whose residual stream passes 65504 never gives a
+NaN perplexity or a FLAP that prunes nothing; it gives one error naming the first layer, and advice."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from ppcore import NonFiniteError, PruneConfig, Pruner, token_nll, walk
+from ppcore.calibrate import calibrate
+from ppcore.cli import main
+from ppcore.evaluate import evaluate
+from ppcore.generate import generate
+from ppcore.loading import cache_root, convert_gguf, find_default_gguf
+from tests.conftest import _finish, tiny_llama
+
+BLOWN_LAYER = 2
+
+
+def _overflowing(dtype: torch.dtype, vocab: int = 128):
+    """A tiny Llama whose layer-2 MLP output exceeds fp16's range (finite weights, finite in fp32)."""
+    lm = tiny_llama() if vocab == 128 else None
+    if lm is None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=96, intermediate_size=160,
+                                             num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+                                             max_position_embeddings=256, tie_word_embeddings=False))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.08)
+        lm = _finish(model, "blown")
+    mlp = lm.model.model.layers[BLOWN_LAYER].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight.mul_(100)
+        mlp.down_proj.weight.mul_(100)
+        mlp.gate_proj.weight.mul_(10)
+    lm.model.to(dtype)
+    return _finish(lm.model, f"blown-{dtype}")
+
+
+IDS = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_non_finite_activations_name_the_first_layer_and_suggest_a_dtype():
+    lm = _overflowing(torch.float16)
+    for cfg in (PruneConfig(method="dense"), PruneConfig(method="pp", ratio=0.4, skip_layers=(0,), use_history=False)):
+        with pytest.raises(NonFiniteError) as e:
+            walk(lm.adapter, Pruner(lm.adapter, cfg), IDS)
+        msg = str(e.value)
+        assert f"decoder layer {BLOWN_LAYER} " in msg and "float16" in msg and "bfloat16" in msg
+    # The same weights in float32 run, finite: the error is the dtype's range, as the message says.
+    ok = _overflowing(torch.float32)
+    res = walk(ok.adapter, Pruner(ok.adapter, PruneConfig(method="dense")), IDS)
+    nll, m = token_nll(ok.adapter, res.hidden, IDS, res.valid)
+    assert bool(torch.isfinite(nll).all())
+
+
+def test_non_finite_calibration_statistics_are_refused_so_flap_never_prunes_nothing():
+    lm = _overflowing(torch.float16)
+    with pytest.raises(NonFiniteError, match=f"layer {BLOWN_LAYER} "):
+        calibrate(lm, IDS, 2, cache=False, progress=False)
+
+
+def test_non_finite_perplexity_is_never_reported():
+    lm, ok = _overflowing(torch.float16), _overflowing(torch.float32)
+    calib = calibrate(ok, IDS, 2, cache=False, progress=False)
+    for method in ("dense", "pp", "flap", "wanda-sp"):
+        cfg = PruneConfig(method=method, ratio=0.4, skip_layers=(0,), mlp_multiple=8)
+        with pytest.raises(NonFiniteError):
+            evaluate(lm, cfg, IDS, 2, calib if cfg.needs_calibration else None, progress=False)
+
+
+def test_non_finite_logits_are_an_error_not_a_nan_loss():
+    lm = tiny_llama()
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(3e5)  # logits far past fp16's range
+    lm.model.half()
+    lm = _finish(lm.model, "loud-head")
+    res = walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), IDS)
+    with pytest.raises(NonFiniteError, match="logits"):
+        token_nll(lm.adapter, res.hidden, IDS, res.valid)
+
+
+def test_non_finite_generation_is_an_error():
+    lm = _overflowing(torch.float16)
+    with pytest.raises(NonFiniteError):
+        generate(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), [[5, 6, 7]], max_new_tokens=3)
+
+
+def test_non_finite_eval_from_the_command_line_exits_2(tmp_path, capsys):
+    """`eval` of an fp16 checkpoint that overflows: exit 2 and one line naming the layer, never ppl=nan."""
+    lm = _overflowing(torch.float32, vocab=49152)  # the default tokenizer's vocabulary
+    folder = tmp_path / "blown"
+    lm.model.save_pretrained(folder)
+    tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tok_dir / name, folder / name)
+    common = ["eval", "--model", str(folder), "--device", "cpu", "--method", "flap", "--ratio", "0.4",
+              "--seq-len", "16", "--batch-size", "2", "--batches", "1", "--calib-seqs", "2", "--quiet",
+              "--skip-layers", "0", "--mlp-multiple", "8", "--cache-dir", str(tmp_path / "cache")]
+    capsys.readouterr()  # saving printed its own progress
+    assert main(common + ["--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"layer {BLOWN_LAYER} " in err and "bfloat16" in err
+    assert main(common + ["--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "ppl=" in out and "nan" not in out
