@@ -158,6 +158,9 @@ def check_settings(s: Settings) -> None:
     check_sizes(s.batch_size, s.seq_len)
     if not (1 <= s.calib <= lim.calib and 2 <= s.calib_len <= lim.calib_len):
         raise DataError(f"calibration: use 1 to {lim.calib} windows of 2 to {lim.calib_len} tokens")
+    if not 1 <= s.calib_batch_size <= lim.calib_batch:
+        raise DataError(f"calibration batch size {s.calib_batch_size} is out of range: use 1 to {lim.calib_batch} "
+                        "windows per batch")
     if not 0 <= s.seed <= MAX_SEED:
         raise DataError(f"seed {s.seed} is out of range: use 0 to {MAX_SEED}")
     if s.source == "paste" and len(s.text) > lim.text_chars:

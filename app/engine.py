@@ -18,6 +18,7 @@ from ppcore.analysis import degradation_per_saving, logit_agreement, masked_mean
 from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, sample_windows, tokenize_text
 from ppcore.evaluate import environment
+from ppcore.flops import flops_ratios
 from ppcore.generate import generate
 from ppcore.experiment import calibration_windows
 from ppcore.speed import measure
@@ -26,6 +27,8 @@ from .batch import Batch
 from .state import Settings, prune_config
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")
+# The four FLOPs figures (../shared/BENCHMARKS.md): whole model, then decoder layers only (the paper's).
+FLOPS_FIELDS = ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio")
 Progress = Callable[[float, str], None]
 
 
@@ -39,13 +42,15 @@ def get_model(spec: str, device: str, dtype: str) -> LoadedModel:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_calibration(_lm: LoadedModel, fingerprint: str, device: str, dtype: str, count: int, seq_len: int,
-                    seed: int, disk: bool = True) -> CalibStats:
-    """Calibration statistics; with `disk`, also cached on disk by the engine, so restarts are warm too.
+                    seed: int, batch_size: int, disk: bool = True) -> CalibStats:
+    """Calibration statistics from `count` windows of `seq_len` tokens, run in batches of `batch_size`
+    (the Settings' calib_batch_size: FLAP's official compensation divides by it); with `disk`, also cached
+    on disk by the engine, so restarts are warm too.
 
     The demo keeps only its default calibration on disk: each other setting would write another file of
     tens of MB, and visitors choose the settings (SECURITY.md, resource exhaustion)."""
     windows, _ = calibration_windows(_lm, "wiki-vital", count, seq_len, seed)
-    return calibrate(_lm, windows, batch_size=min(8, count), progress=False, cache=disk)
+    return calibrate(_lm, windows, batch_size=batch_size, progress=False, cache=disk)
 
 
 Tick = Callable[[int, int], None]  # (layers done, layers in the model)
@@ -86,13 +91,15 @@ class Result:
     def valid(self) -> Optional[Tensor]:
         return None if self.batch.mask is None else self.batch.mask.float()
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Optional[float]]:
+        """The header's numbers: perplexities, KL, top-1 agreement, and the four FLOPs figures of
+        `ppcore.flops.flops_ratios` (whole model and decoder layers only; the decoder ones are None for a
+        record written before the LM head was counted apart)."""
         m = self.nll_mask
         return {
             "ppl_dense": perplexity(self.nll_dense, m), "ppl_pruned": perplexity(self.nll_pruned, m),
             "kl": masked_mean(self.kl, self.valid), "top1": masked_mean(self.top1, self.valid),
-            "flops_ratio": self.main.flops["pruned"] / self.main.flops["dense"],
-            "probe_flops_ratio": self.main.flops["probe"] / self.main.flops["dense"],
+            **flops_ratios(self.main.flops),
         }
 
     def run_record(self) -> RunRecord:
@@ -128,7 +135,8 @@ def analyse(lm: LoadedModel, calib: Optional[CalibStats], s: Settings, batch: Ba
         "app": "Probe Pruning Lab", "model": lm.info(), "batch": {"source": batch.description,
                                                                   "shape": list(ids.shape)},
         "calibration": None if calib is None else {"dataset": "wiki-vital", "split": "calibration",
-                                                   "windows": s.calib, "seq_len": s.calib_len, "seed": s.seed},
+                                                   "windows": s.calib, "seq_len": s.calib_len, "seed": s.seed,
+                                                   "batch_size": calib.batch_size},
         "config": cfg.to_dict(), "settings": s.__dict__, "environment": environment(),
     }
     return Result(key, s, cfg, lm.info(), batch, main.record, dense.record, {}, dense.hidden, main.hidden,
@@ -179,11 +187,12 @@ def compare(lm: LoadedModel, calib: Optional[CalibStats], r: Result, ratios: lis
             ppl = perplexity(nll, m)
             rows.append({"method": c.method, "ratio": ratio, "ppl": ppl, "ppl_increase": ppl - dense_ppl,
                          "seconds": t["seconds"], "time_vs_dense": t["time_vs_dense"],
-                         "flops_ratio": t["flops_ratio"], "probe_flops_ratio": t["probe_flops_ratio"],
+                         **{f: t[f] for f in FLOPS_FIELDS},
                          "ppl_per_time_saved": degradation_per_saving(ppl, dense_ppl, t["seconds"], dense_t)})
         if k == 0 or not any(x["method"] == "dense" for x in rows):
+            d = next(x for x in timing["runs"] if x["method"] == "dense")
             rows.append({"method": "dense", "ratio": 0.0, "ppl": dense_ppl, "ppl_increase": 0.0, "seconds": dense_t,
-                         "time_vs_dense": 1.0, "flops_ratio": 1.0, "probe_flops_ratio": 0.0, "ppl_per_time_saved": None})
+                         "time_vs_dense": 1.0, **{f: d[f] for f in FLOPS_FIELDS}, "ppl_per_time_saved": None})
     progress(1.0, "done")
     return rows
 

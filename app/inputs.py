@@ -109,7 +109,8 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
         c1, c2 = st.columns(2)
         c1.checkbox("Prune attention", key="s_attn")
         c2.checkbox("Prune MLP", key="s_mlp")
-        st.text_input("Skipped layers", key="s_skip", help="indices and ranges, e.g. 0-2 or 0,1,5; empty for none")
+        st.text_input("Skipped layers", key="s_skip",
+                      help="indices and ranges, e.g. 0-2 or 0,1,5 or 0-2,5; leave it empty to skip no layers")
     with sb.expander("Probe and calibration", expanded=False):
         c1, c2 = st.columns(2)
         c1.number_input("Probe token fraction", step=0.05, format="%.2f", key="s_token_frac")
@@ -119,6 +120,10 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
         c1.number_input("Calibration windows", step=4, key="s_calib",
                         help="from wiki-vital's calibration split (never the eval text)")
         c2.number_input("Calibration length", step=16, key="s_calib_len")
+        st.number_input("Calibration batch size", step=1, key="s_calib_batch_size",
+                        help=f"windows per batch of the calibration pass, 1 to {lim.calib_batch} (default "
+                             f"{Settings().calib_batch_size}, the official protocol's): FLAP's official bias "
+                             "compensation divides by it")
     store = st.session_state["_store"]
     values = {f.name: st.session_state.get(f"s_{f.name}", store[f.name]) for f in fields(Settings)}
     store.update(values)

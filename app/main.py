@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import engine, inputs  # noqa: E402
 from app import messages  # noqa: E402
 from app.batch import build_batch, check_settings  # noqa: E402
+from app.header import header_metrics  # noqa: E402
 from app.state import Settings, demo, limits, parse_skip, prune_config  # noqa: E402
 from app.views import TABS, channels, compare, export, latency, outputs, probe  # noqa: E402
 from ppcore import PPCoreError  # noqa: E402
@@ -29,9 +30,10 @@ st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
 def _model_and_calib(s: Settings):
     lm = engine.get_model(s.model, s.device, s.dtype)
-    disk = not demo() or (s.calib, s.calib_len, s.seed) == (DEFAULT.calib, DEFAULT.calib_len, DEFAULT.seed)
+    own = (s.calib, s.calib_len, s.seed, s.calib_batch_size)
+    disk = not demo() or own == (DEFAULT.calib, DEFAULT.calib_len, DEFAULT.seed, DEFAULT.calib_batch_size)
     calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), s.calib, s.calib_len, s.seed,
-                                   disk)
+                                   s.calib_batch_size, disk)
     return lm, calib
 
 
@@ -66,7 +68,8 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
-            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens (cached)")
+            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens in batches of {s.calib_batch_size} "
+                      "(cached)")
             _, calib = _model_and_calib(s)
             res = engine.analyse(lm, calib, s, batch, key, step)
             res.protocol = messages.scrub(res.protocol)
@@ -181,20 +184,17 @@ def _view(label: str, r: engine.Result) -> None:
 
 
 def _header(r: engine.Result) -> None:
-    s = r.summary()
     info = r.info
     st.markdown(f"**{info['name']}** ({info['model_type']}, {info['layers']} layers, {info['heads']} heads over "
                 f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
                 f"batch: {r.batch.description}, {tuple(r.batch.ids.shape)} · method **{r.cfg.method}** at ratio "
-                f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))}")
-    c = st.columns(6)
-    c[0].metric("Perplexity, dense", f"{s['ppl_dense']:.2f}")
-    c[1].metric(f"Perplexity, {r.cfg.method}", f"{s['ppl_pruned']:.2f}", f"{s['ppl_pruned'] - s['ppl_dense']:+.2f}",
-                delta_color="inverse")
-    c[2].metric("KL(dense ‖ pruned)", f"{s['kl']:.4f}", help="nats, mean over the batch's real positions")
-    c[3].metric("Top-1 agreement", f"{s['top1']:.1%}")
-    c[4].metric("FLOPs / dense", f"{s['flops_ratio']:.3f}")
-    c[5].metric("Probe FLOPs / dense", f"{s['probe_flops_ratio']:.2%}")
+                f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))} · calibration: "
+                f"{r.settings.calib} windows of {r.settings.calib_len} tokens in batches of "
+                f"{r.settings.calib_batch_size}")
+    metrics = header_metrics(r.summary(), r.cfg.method)
+    for row in (metrics[:4], metrics[4:]):
+        for col, m in zip(st.columns(4), row):
+            col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)
 
 
 main()

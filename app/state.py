@@ -8,7 +8,8 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from ppcore import METHODS, ConfigError, PruneConfig
+from ppcore import METHODS, PruneConfig
+from ppcore.config import CALIB_BATCH_SIZE, MAX_LAYER_INDEX, MAX_LAYER_LIST_CHARS, parse_layer_list
 
 # Demo mode (hosted teaching): the model, device, dtype and corpus are locked, the batch is capped,
 # uploads are small text files, and messages carry no server paths (app/messages.py). The environment
@@ -20,8 +21,8 @@ SPLITS = ("line", "paragraph")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "map")  # map: accelerate spreads the model over GPUs, CPU and disk
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEMO_CORPORA = ("wiki-vital",)  # embedded: no hub download, no file path
-MAX_SKIP_INDEX = 1023  # skipped-layer indices: no supported model has more layers; ranges are never expanded past it
-MAX_SKIP_CHARS = 400
+MAX_SKIP_INDEX = MAX_LAYER_INDEX  # skipped-layer indices: the engine's bound (ppcore.config.parse_layer_list)
+MAX_SKIP_CHARS = MAX_LAYER_LIST_CHARS
 MAX_SEED = 2**31 - 1
 URL_TEXT_CHARS = 2000  # pasted text longer than this stays out of the URL (browsers cap URL length)
 
@@ -39,6 +40,7 @@ class Limits:
     seq: int
     calib: int
     calib_len: int
+    calib_batch: int  # windows per calibration batch (memory: min(this, calib) x calib_len tokens at once)
     new_tokens: int
     upload_mb: int  # per uploaded file
     text_chars: int  # pasted text
@@ -52,9 +54,10 @@ class Limits:
         return self.upload_mb * 1024 * 1024
 
 
-LOCAL = Limits(batch=64, seq=1024, calib=256, calib_len=1024, new_tokens=256, upload_mb=256, text_chars=50_000_000)
+LOCAL = Limits(batch=64, seq=1024, calib=256, calib_len=1024, calib_batch=256, new_tokens=256, upload_mb=256,
+               text_chars=50_000_000)
 DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib=DEMO_CALIB, calib_len=DEMO_SEQ,
-                     new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000, rows=2_000, repeats=3,
+                     calib_batch=CALIB_BATCH_SIZE, new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000, rows=2_000, repeats=3,
                      ratios=3, extra_batches=3)
 
 
@@ -85,6 +88,7 @@ class Settings:
     mlp: bool = True
     calib: int = 16  # calibration windows
     calib_len: int = 128  # tokens per calibration window
+    calib_batch_size: int = CALIB_BATCH_SIZE  # windows per calibration batch (FLAP's compensation divides by it)
     ema: float = 0.99
     seed: int = 0
 
@@ -112,6 +116,7 @@ class Settings:
                        corpus=self.corpus if self.corpus in DEMO_CORPORA else DEMO_CORPORA[0],
                        batch_size=min(self.batch_size, lim.batch), seq_len=min(self.seq_len, lim.seq),
                        calib=min(self.calib, lim.calib), calib_len=min(self.calib_len, lim.calib_len),
+                       calib_batch_size=min(self.calib_batch_size, lim.calib_batch),
                        text=self.text[: lim.text_chars])
 
 
@@ -157,26 +162,9 @@ def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
 
 
 def parse_skip(text: str) -> tuple[int, ...]:
-    """'0-2,5' -> (0, 1, 2, 5); empty -> no skipped layers. Indices beyond MAX_SKIP_INDEX are refused
-    before any range is expanded, so '0-100000000' costs nothing."""
-    if len(text) > MAX_SKIP_CHARS:
-        raise ConfigError(f"skipped layers: {len(text)} characters is too long; use ranges like '0-2,5'")
-    out: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-            else:
-                lo = hi = int(part)
-        except ValueError:
-            raise ConfigError(f"skipped layers {_short(text)!r}: use indices and ranges like '0-2,5'") from None
-        if not 0 <= lo <= hi <= MAX_SKIP_INDEX:
-            raise ConfigError(f"skipped layers {_short(text)!r}: indices must lie in 0 to {MAX_SKIP_INDEX}, "
-                              "and a range runs from low to high, like '0-2'")
-        out.update(range(lo, hi + 1))
-    return tuple(sorted(out))
+    """The skipped-layers setting as indices: the engine's one parser, `ppcore.config.parse_layer_list`
+    ('0-2,5' -> (0, 1, 2, 5); empty -> none; anything else, reversed or huge ranges included, a ConfigError)."""
+    return parse_layer_list(text)
 
 
 def prune_config(s: Settings, method: str | None = None, ratio: float | None = None) -> PruneConfig:

@@ -30,7 +30,7 @@ def warm_cache() -> None:
     s = Settings()
     lm = load_model(s.model, s.device, s.dtype)
     windows, _ = calibration_windows(lm, "wiki-vital", s.calib, s.calib_len, s.seed)
-    calibrate(lm, windows, batch_size=min(8, s.calib), progress=False)
+    calibrate(lm, windows, batch_size=s.calib_batch_size, progress=False)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ppcore import PruneConfig  # noqa: E402
+from ppcore.config import CALIB_BATCH_SIZE  # noqa: E402
 from ppcore.experiment import prepare  # noqa: E402
 
 
@@ -28,6 +29,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--calib-seqs", type=int, default=100)
+    ap.add_argument("--calib-batch-size", type=int, default=CALIB_BATCH_SIZE,
+                    help=f"windows per calibration batch (default {CALIB_BATCH_SIZE}, the official protocol's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
@@ -40,7 +43,7 @@ def main() -> int:
         official = json.loads((ref / "results.json").read_text())["results"]
         kw = {"windows_file": str(ref / "eval_windows.npy"), "calib_windows_file": str(ref / "calib_windows.npy")}
     setup = prepare(seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs,
-                    seed=a.seed, device=a.device, dtype=a.dtype, **kw)
+                    seed=a.seed, device=a.device, dtype=a.dtype, calib_batch_size=a.calib_batch_size, **kw)
     rows = []
     for method in a.methods.split(","):
         for ratio in [0.0] if method == "dense" else [float(r) for r in a.ratios.split(",")]:
@@ -57,9 +60,16 @@ def main() -> int:
     return 0
 
 
+def _ratio(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def table(rows: list[dict], with_official: bool) -> str:
+    """Markdown: our runs (with the official figures beside them when given). FLOPs are shown over the whole
+    model (LM head included) and over the decoder layers only (the paper's definition)."""
     dense = next((r for r in rows if r["method"] == "dense"), None)
-    head = "| method | ratio | ppl | FLOPs ratio | probe FLOPs | seconds | time vs dense |"
+    head = ("| method | ratio | ppl | FLOPs ratio (model) | FLOPs ratio (decoder) | probe FLOPs (model) | "
+            "probe FLOPs (decoder) | seconds | time vs dense |")
     if with_official:
         head = "| method | ratio | ppl | official ppl | diff | our batch losses | official batch losses |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -73,7 +83,8 @@ def table(rows: list[dict], with_official: bool) -> str:
         else:
             rel = f"{r['seconds'] / dense['seconds']:.3f}" if dense else "-"
             lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['ppl']:.2f} | {r['flops_ratio']:.3f} | "
-                         f"{r['probe_flops_ratio']:.2%} | {r['seconds']:.1f} | {rel} |")
+                         f"{_ratio(r.get('decoder_flops_ratio'), '.3f')} | {r['probe_flops_ratio']:.2%} | "
+                         f"{_ratio(r.get('decoder_probe_flops_ratio'), '.2%')} | {r['seconds']:.1f} | {rel} |")
     return "\n".join(lines)
 
 

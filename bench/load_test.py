@@ -2,8 +2,9 @@
 
 1. Concurrency. N sessions (separate browser contexts of one headless Debian chromium, so no shared
    cookies or storage), each with its own batch, method and ratio, are opened together. Every page's
-   six header numbers (perplexity dense and pruned with its delta, KL, top-1 agreement, FLOPs and probe
-   FLOPs ratios) must equal those of the same run done alone: the engine run in this process, the way
+   eight header numbers (perplexity dense and pruned with its delta, KL, top-1 agreement, and the FLOPs
+   and probe FLOPs ratios over the whole model and over the decoder layers) must equal those of the same
+   run done alone: the engine run in this process, the way
    the app runs it (app.engine.analyse on app.batch.build_batch), formatted as the page formats them.
    No page may show an error or exception element, and the server's log must hold no traceback.
 2. Memory. R repeated runs over the open sessions, cycling through them (--at-once at a time; one by
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app.header import header_metrics as page_metrics  # noqa: E402
 from app.state import Settings  # noqa: E402
 from tests.browser_util import ERROR_SELECTOR, chromium, streamlit_process  # noqa: E402
 
@@ -91,15 +93,12 @@ def query(s: Settings) -> str:
     return "/?" + urlencode(s.to_query())
 
 
+HEADER_METRICS = 8  # the header's st.metric elements, first on the page
+
+
 def header_metrics(summary: dict[str, float], method: str) -> list[list[str]]:
-    """The page's six header metrics as (label, value[, delta]) strings: app/main.py `_header`'s format."""
-    s = summary
-    return [["Perplexity, dense", f"{s['ppl_dense']:.2f}"],
-            [f"Perplexity, {method}", f"{s['ppl_pruned']:.2f}", f"{s['ppl_pruned'] - s['ppl_dense']:+.2f}"],
-            ["KL(dense ‖ pruned)", f"{s['kl']:.4f}"],
-            ["Top-1 agreement", f"{s['top1']:.1%}"],
-            ["FLOPs / dense", f"{s['flops_ratio']:.3f}"],
-            ["Probe FLOPs / dense", f"{s['probe_flops_ratio']:.2%}"]]
+    """The page's header metrics as (label, value[, delta]) strings: app/header.py, which the page draws from."""
+    return [m.lines() for m in page_metrics(summary, method)]
 
 
 class Alone:
@@ -117,10 +116,10 @@ class Alone:
         from ppcore.calibrate import calibrate
         from ppcore.experiment import calibration_windows
 
-        k = (s.calib, s.calib_len, s.seed)
+        k = (s.calib, s.calib_len, s.seed, s.calib_batch_size)
         if k not in self.calib:  # as app.engine.get_calibration
             windows, _ = calibration_windows(self.lm, "wiki-vital", s.calib, s.calib_len, s.seed)
-            self.calib[k] = calibrate(self.lm, windows, batch_size=min(8, s.calib), progress=False)
+            self.calib[k] = calibrate(self.lm, windows, batch_size=s.calib_batch_size, progress=False)
         return self.calib[k]
 
     def __call__(self, s: Settings) -> dict[str, Any]:
@@ -144,8 +143,8 @@ def header_pattern(s: Settings) -> re.Pattern:
 
 
 def read_metrics(page) -> list[list[str]]:
-    """The first six st.metric elements (the header's), each as its non-empty lines."""
-    texts = page.locator(METRIC).all_inner_texts()[:6]
+    """The first HEADER_METRICS st.metric elements (the header's), each as its non-empty lines."""
+    texts = page.locator(METRIC).all_inner_texts()[:HEADER_METRICS]
     return [[line.strip() for line in t.split("\n") if line.strip()] for t in texts]
 
 
@@ -155,7 +154,7 @@ def page_state(page, s: Settings) -> str:
         return "error"
     if page.locator(BUSY).count() or page.get_by_text(header_pattern(s)).count() == 0:
         return "busy"
-    return "ready" if page.locator(METRIC).count() >= 6 else "busy"
+    return "ready" if page.locator(METRIC).count() >= HEADER_METRICS else "busy"
 
 
 def wait_all(pages: dict[int, Any], want: dict[int, Settings], started: dict[int, float], deadline: Deadline,

@@ -17,11 +17,15 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .config import PruneConfig
+from .config import CALIB_BATCH_SIZE, PruneConfig
+from .flops import flops_ratios
 from .methods import Pruner
 from .experiment import EvalSetup, prepare
 from .loading import Placement
 from .walk import token_nll, walk
+
+
+OFFICIAL_BATCH_SIZE = 20  # the official run's eval and calibration batch size (reference/official_cpu_run)
 
 
 @dataclass
@@ -31,7 +35,7 @@ class _Run:
     losses: list[float] = field(default_factory=list)
     secs: list[float] = field(default_factory=list)
     tokens: int = 0
-    flops: dict[str, int] = field(default_factory=lambda: {"dense": 0, "pruned": 0, "probe": 0})
+    flops: dict[str, int] = field(default_factory=dict)  # summed by key: dense, pruned, probe, head
 
 
 def _timed_batch(setup: EvalSetup, run: _Run, ids: torch.Tensor, repeats: int) -> None:
@@ -51,8 +55,8 @@ def _timed_batch(setup: EvalSetup, run: _Run, ids: torch.Tensor, repeats: int) -
         if rep == 0:
             run.losses.append(loss)
             run.tokens += int(mask.sum())
-            for k in run.flops:
-                run.flops[k] += res.flops[k]
+            for k, v in res.flops.items():
+                run.flops[k] = run.flops.get(k, 0) + int(v)
     run.secs.append(statistics.median(times))
 
 
@@ -76,15 +80,15 @@ def bench_setup(setup: EvalSetup, cfgs: list[PruneConfig], repeats: int = 1, see
         out.append({
             "method": run.cfg.method, "ratio": run.cfg.ratio, "seed": seed,
             "ppl": math.exp(sum(run.losses) / len(run.losses)), "tokens": run.tokens,
-            "seconds": sum(run.secs), "flops_ratio": run.flops["pruned"] / run.flops["dense"],
-            "probe_flops_ratio": run.flops["probe"] / run.flops["dense"], "batch_loss": run.losses,
-            "batch_seconds": run.secs, "repeats": repeats,
+            "seconds": sum(run.secs), **flops_ratios(run.flops), "flops": dict(run.flops),
+            "batch_loss": run.losses, "batch_seconds": run.secs, "repeats": repeats,
             "protocol": dict(setup.protocol, config=run.cfg.to_dict(), interleaved=[c.method for c in cfgs]),
         })
     return out
 
 
 def configs(methods: list[str], ratios: list[float], flap_bias: str = "official") -> list[PruneConfig]:
+    """One config per method and ratio (dense once, at ratio 0)."""
     out = []
     for m in methods:
         for r in [0.0] if m == "dense" else ratios:
@@ -96,8 +100,14 @@ def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, mode
               device: str = "auto", dtype: str = "auto", seq_len: int = 512, batch_size: int = 20,
               batches: int = 10, calib_seqs: int = 100, repeats: int = 1, flap_bias: str = "official",
               official_dir: Optional[str] = None, cache_dir: Optional[str] = None,
-              progress: bool = True, placement: Optional[Placement] = None) -> dict[str, list[dict[str, Any]]]:
-    """The seeded default protocol for every seed, plus the official windows when given."""
+              progress: bool = True, placement: Optional[Placement] = None,
+              calib_batch_size: int = CALIB_BATCH_SIZE) -> dict[str, list[dict[str, Any]]]:
+    """The seeded default protocol for every seed, plus the official windows when given.
+
+    The seeded runs calibrate in batches of `calib_batch_size`; the official windows are run as the
+    official protocol ran them (eval and calibration batches of 20), whatever the arguments say. Each
+    row's protocol records the calibration batch size it used.
+    """
     if "dense" not in methods:
         methods = ["dense"] + methods  # every relative number needs the dense run of the same batches
     cfgs = configs(methods, ratios, flap_bias)
@@ -105,13 +115,14 @@ def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, mode
     for seed in seeds:
         setup = prepare(model=model, device=device, dtype=dtype, seq_len=seq_len, batch_size=batch_size,
                         batches=batches, calib_seqs=calib_seqs, seed=seed, cache_dir=cache_dir, progress=progress,
-                        placement=placement)
+                        placement=placement, calib_batch_size=calib_batch_size)
         results["seeded"] += bench_setup(setup, cfgs, repeats, seed, progress)
     if official_dir:
         ref = Path(official_dir)
-        setup = prepare(model=model, device=device, dtype=dtype, batch_size=20,
+        setup = prepare(model=model, device=device, dtype=dtype, batch_size=OFFICIAL_BATCH_SIZE,
                         windows_file=str(ref / "eval_windows.npy"), calib_windows_file=str(ref / "calib_windows.npy"),
-                        cache_dir=cache_dir, progress=progress, placement=placement)
+                        cache_dir=cache_dir, progress=progress, placement=placement,
+                        calib_batch_size=OFFICIAL_BATCH_SIZE)
         official = json.loads((ref / "results.json").read_text())["results"]
         for row in bench_setup(setup, cfgs, 1, 0, progress):
             off = next((o for o in official if o["method"] == row["method"]

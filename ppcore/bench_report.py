@@ -16,8 +16,14 @@ Row = dict[str, Any]
 
 
 def mean_se(xs: list[float]) -> tuple[float, Optional[float]]:
+    """Mean and standard error (None for a single value)."""
     m = statistics.fmean(xs)
     return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None)
+
+
+def _mean_or_none(xs: list[Optional[float]]) -> Optional[float]:
+    """Mean of the values, or None when any is missing (rows written before the decoder figures existed)."""
+    return None if not xs or any(x is None for x in xs) else statistics.fmean(xs)
 
 
 def _fmt(m: float, se: Optional[float], digits: int = 2) -> str:
@@ -25,7 +31,7 @@ def _fmt(m: float, se: Optional[float], digits: int = 2) -> str:
 
 
 def aggregate(rows: list[Row]) -> list[Row]:
-    """One entry per (method, ratio): ppl, time, FLOPs, probe share and PRR over seeds."""
+    """One entry per (method, ratio): ppl, time, the four FLOPs figures and PRR over seeds."""
     dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
     keys: list[tuple[str, float]] = []
     for r in rows:
@@ -43,24 +49,32 @@ def aggregate(rows: list[Row]) -> list[Row]:
             "ppl": mean_se([r["ppl"] for r in group]), "seconds": mean_se([r["seconds"] for r in group]),
             "time_vs_dense": mean_se(rel) if rel else None,
             "flops_ratio": statistics.fmean(r["flops_ratio"] for r in group),
+            "decoder_flops_ratio": _mean_or_none([r.get("decoder_flops_ratio") for r in group]),
             "probe_flops_ratio": statistics.fmean(r["probe_flops_ratio"] for r in group),
+            "decoder_probe_flops_ratio": _mean_or_none([r.get("decoder_probe_flops_ratio") for r in group]),
             "prr": mean_se(prr) if method != "dense" and len(prr) == len(group) and prr else None,
         })
     return out
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| method | ratio | perplexity | seconds | time / dense | FLOPs / dense | probe FLOPs | PRR |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The seeded table: FLOPs over the whole model (LM head in: what wall time pays) and over the decoder
+    layers only (the paper's definition), for the pruned model and for the probe."""
+    lines = ["| method | ratio | perplexity | seconds | time / dense | FLOPs / dense (model) | FLOPs / dense "
+             "(decoder) | probe FLOPs (model) | probe FLOPs (decoder) | PRR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in aggregate(rows):
         tvd = _fmt(*a["time_vs_dense"], digits=3) if a["time_vs_dense"] else "-"
         prr = _fmt(*a["prr"]) if a["prr"] else ("-" if a["method"] == "dense" else "n/a (no time saved)")
+        dec = "-" if a["decoder_flops_ratio"] is None else f"{a['decoder_flops_ratio']:.3f}"
+        dec_probe = "-" if a["decoder_probe_flops_ratio"] is None else f"{a['decoder_probe_flops_ratio']:.2%}"
         lines.append(f"| {a['method']} | {a['ratio']:.0%} | {_fmt(*a['ppl'])} | {_fmt(*a['seconds'], 1)} | {tvd} | "
-                     f"{a['flops_ratio']:.3f} | {a['probe_flops_ratio']:.2%} | {prr} |")
+                     f"{a['flops_ratio']:.3f} | {dec} | {a['probe_flops_ratio']:.2%} | {dec_probe} | {prr} |")
     return "\n".join(lines)
 
 
 def official_markdown(rows: list[Row]) -> str:
+    """Our perplexity on the official windows beside the official run's."""
     lines = ["| method | ratio | ours | official | difference |", "|---|---|---|---|---|"]
     for r in rows:
         off = r.get("official_ppl")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .config import FLAP_BIAS_MODES, METHODS, PruneConfig
+from .config import CALIB_BATCH_SIZE, FLAP_BIAS_MODES, METHODS, PruneConfig, check_calib_batch_size, parse_layer_list
 from .errors import PPCoreError
 from .record import LEVELS, RunRecord
 
@@ -24,22 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _skip_list(text: str) -> tuple[int, ...]:
-    """'0,1,2', '0-2' or 'none'."""
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layer indices like '0,1,2' or '0-2', got {text!r}") from None
-    return tuple(out)
+def _add_calib_batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib-batch-size", type=int, default=CALIB_BATCH_SIZE,
+                   help=f"windows per batch of the calibration pass (default {CALIB_BATCH_SIZE}, the official "
+                        "protocol's); FLAP's official bias compensation divides by it")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -85,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--windows", default=None, help=".npy token windows to score instead of sampling")
     e.add_argument("--calib-windows", default=None, help=".npy calibration windows")
+    _add_calib_batch_arg(e)
     e.add_argument("--token-frac", type=float, default=0.5)
     e.add_argument("--sample-frac", type=float, default=0.05)
-    e.add_argument("--skip-layers", type=_skip_list, default=(0, 1, 2), help="e.g. '0-2' or '0,1,2' or 'none'")
+    e.add_argument("--skip-layers", default="0-2",
+                   help="layers left unpruned: indices and ranges, e.g. '0-2' or '0,1,2' or '0-2,5'; '' skips none")
     e.add_argument("--ema", type=float, default=0.99)
     e.add_argument("--mlp-multiple", type=int, default=64)
     e.add_argument("--no-attn", action="store_true", help="do not prune attention heads")
@@ -108,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=20)
     b.add_argument("--batches", type=int, default=10)
     b.add_argument("--calib-seqs", type=int, default=100)
+    _add_calib_batch_arg(b)
     b.add_argument("--repeats", type=int, default=1, help="timed runs per batch (median kept)")
     b.add_argument("--flap-bias", default="official", choices=FLAP_BIAS_MODES)
     b.add_argument("--official", default="auto", help="folder of the official run's windows and results "
@@ -123,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--calib-seqs", type=int, default=100)
     g.add_argument("--calib-seq-len", type=int, default=512)
+    _add_calib_batch_arg(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", default=None)
     g.add_argument("--quiet", action="store_true")
@@ -135,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seq-len", type=int, default=512)
     sp.add_argument("--repeats", type=int, default=5)
     sp.add_argument("--calib-seqs", type=int, default=20)
+    _add_calib_batch_arg(sp)
     sp.add_argument("--no-hf", action="store_true", help="skip timing HF's own forward")
     sp.add_argument("--generate", type=int, default=0, metavar="N",
                     help="also time generation of N new tokens from 64-token prompts (prefill and decode tok/s)")
@@ -151,15 +144,16 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     cfg = PruneConfig(
         method=a.method, ratio=a.ratio, token_frac=a.token_frac, sample_frac=a.sample_frac,
-        skip_layers=a.skip_layers, prune_attn=not a.no_attn, prune_mlp=not a.no_mlp, ema=a.ema,
+        skip_layers=parse_layer_list(a.skip_layers), prune_attn=not a.no_attn, prune_mlp=not a.no_mlp, ema=a.ema,
         mlp_multiple=a.mlp_multiple, use_history=not a.no_history, flap_bias=a.flap_bias,
     )
+    calib_bs = check_calib_batch_size(a.calib_batch_size)
     for path in (a.json, a.record):
         if path and not Path(path).expanduser().resolve().parent.is_dir():
             raise PPCoreError(f"cannot write {path}: its folder does not exist")
     setup = prepare(
         model=a.model, device=a.device, dtype=a.dtype, dataset=a.dataset, seq_len=a.seq_len,
-        batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, seed=a.seed,
+        batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, calib_batch_size=calib_bs, seed=a.seed,
         windows_file=a.windows, calib_windows_file=a.calib_windows, calib_dataset=a.calib_dataset,
         cache_dir=a.cache_dir, progress=not a.quiet, placement=_placement(a),
     )
@@ -191,6 +185,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     seeds = [int(x) for x in _floats(a.seeds, "seeds")]
     for r in ratios:
         PruneConfig(method="pp", ratio=r)  # validates the ratio before anything loads
+    calib_bs = check_calib_batch_size(a.calib_batch_size)
     official = a.official
     if official == "auto":
         guess = Path("../shared/reference/official_cpu_run")
@@ -202,9 +197,9 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = run_bench(methods, ratios, seeds, model=a.model, device=a.device, dtype=a.dtype, seq_len=a.seq_len,
-                    batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, repeats=a.repeats,
-                    flap_bias=a.flap_bias, official_dir=official, cache_dir=a.cache_dir, progress=not a.quiet,
-                    placement=_placement(a))
+                    batch_size=a.batch_size, batches=a.batches, calib_seqs=a.calib_seqs, calib_batch_size=calib_bs,
+                    repeats=a.repeats, flap_bias=a.flap_bias, official_dir=official, cache_dir=a.cache_dir,
+                    progress=not a.quiet, placement=_placement(a))
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     text = markdown(res["seeded"])
     if res["official"]:
@@ -223,6 +218,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     from .experiment import calibration_windows
 
     cfg = PruneConfig(method=a.method, ratio=a.ratio)
+    calib_bs = check_calib_batch_size(a.calib_batch_size)
     if a.max_new_tokens < 1:
         raise PPCoreError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
     lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
@@ -230,10 +226,13 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in a.prompt]
     if any(not p for p in prompts):
         raise PPCoreError("every --prompt needs some text")
-    calib = None
+    calib = calib_info = None
     if cfg.needs_calibration:
-        windows, _ = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.calib_seq_len, a.seed, a.cache_dir)
-        calib = calibrate(lm, windows, 20, cache_dir=a.cache_dir, progress=not a.quiet)
+        windows, calib_info = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.calib_seq_len, a.seed,
+                                                  a.cache_dir)
+        calib = calibrate(lm, windows, calib_bs, cache_dir=a.cache_dir, progress=not a.quiet)
+        calib_info.update(windows=int(windows.shape[0]), seq_len=int(windows.shape[1]), batch_size=calib_bs,
+                          seed=a.seed)
     runs = [PruneConfig(method="dense")] + ([cfg] if cfg.method != "dense" else [])
     report = []
     for c in runs:
@@ -249,7 +248,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
                        "decode_tokens_per_s": gen.decode_tokens_per_s, "prefill_s": gen.prefill_s,
                        "decode_s": gen.decode_s})
     if a.json:
-        Path(a.json).write_text(json.dumps({"prompts": a.prompt, "runs": report}, indent=1))
+        Path(a.json).write_text(json.dumps({"prompts": a.prompt, "calibration": calib_info, "runs": report},
+                                           indent=1))
     return 0
 
 
@@ -264,20 +264,24 @@ def _cmd_speed(a: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     cfgs = [PruneConfig(method=m, ratio=0.0 if m == "dense" else a.ratio) for m in methods]
-    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2:
-        raise PPCoreError("--repeats and --batch-size must be >= 1 and --seq-len >= 2")
+    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2 or a.calib_seqs < 1:
+        raise PPCoreError("--repeats, --batch-size and --calib-seqs must be >= 1 and --seq-len >= 2")
+    calib_bs = check_calib_batch_size(a.calib_batch_size)
     lm = load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
     if lm.tokenizer is not None:
         ids = tokenize_text(lm.tokenizer, corpus_text("wiki-vital", "eval", a.cache_dir), a.cache_dir)
         batch = sample_windows(ids, a.batch_size, a.seq_len, 0)
-        cwin, _ = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.seq_len, 0, a.cache_dir)
+        cwin, calib_info = calibration_windows(lm, "wiki-vital", a.calib_seqs, a.seq_len, 0, a.cache_dir)
     else:  # random-weight models: random tokens measure speed just as well
         g = torch.Generator().manual_seed(0)
         batch = torch.randint(0, lm.adapter.dims.vocab, (a.batch_size, a.seq_len), generator=g)
         cwin = torch.randint(0, lm.adapter.dims.vocab, (a.calib_seqs, a.seq_len), generator=g)
-    calib = calibrate(lm, cwin, min(a.batch_size, a.calib_seqs), cache_dir=a.cache_dir, progress=not a.quiet)
+        calib_info = {"dataset": "random tokens (the model has no tokenizer)"}
+    calib = calibrate(lm, cwin, calib_bs, cache_dir=a.cache_dir, progress=not a.quiet)
+    calib_info.update(windows=int(cwin.shape[0]), seq_len=int(cwin.shape[1]), batch_size=calib_bs, seed=0)
     res = measure(lm, cfgs, batch, calib, repeats=a.repeats, hf=not a.no_hf)
     res["model"] = lm.name
+    res["calibration"] = calib_info
     print(summary_markdown(res))
     if a.generate > 0:
         res["generation"] = measure_generation(lm, cfgs, batch[:, :min(64, a.seq_len)], calib, a.generate,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,6 +14,18 @@ from .errors import ConfigError
 METHODS: tuple[str, ...] = ("dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib")
 STATIC_METHODS: frozenset[str] = frozenset({"wanda-sp", "flap", "ppsp-calib"})
 FLAP_BIAS_MODES: tuple[str, ...] = ("official", "mean", "none")
+
+# Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
+# divides by it (spec 8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
+# every protocol; 20 is the official protocol's (and keeps the official windows' numbers exact).
+CALIB_BATCH_SIZE = 20
+MAX_CALIB_BATCH_SIZE = 4096
+
+# Layer lists ('0-2,5'): no supported model has more layers than this, and ranges are never
+# expanded past it, so '0-100000000' is refused at the cost of parsing its digits.
+MAX_LAYER_INDEX = 1023
+MAX_LAYER_LIST_CHARS = 400
+_LAYER_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
 @dataclass(frozen=True)
@@ -147,6 +160,53 @@ def _check_skip(skip: Any) -> tuple[int, ...]:
     if bad:
         raise ConfigError(f"skip_layers must be layer indices >= 0, got {bad}")
     return tuple(sorted(out))
+
+
+def _quote(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
+def parse_layer_list(text: str) -> tuple[int, ...]:
+    """Layer indices from text: '0-2' -> (0, 1, 2); '0,1,2', '0-2,5' and ' 0 - 2 , 5 ' work too.
+
+    The empty string (or only spaces) is the empty list: no layers. Returns the indices sorted and
+    de-duplicated. Raises ConfigError for anything else: words (including 'none'), negative numbers,
+    a range that runs backwards ('3-1'), a half range ('1-'), an index above MAX_LAYER_INDEX (checked
+    before any range is expanded), or text longer than MAX_LAYER_LIST_CHARS. Whether the indices
+    exist in a given model is PruneConfig.check_layers's job.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"a layer list must be text such as '0-2,5', got {type(text).__name__}")
+    if len(text) > MAX_LAYER_LIST_CHARS:
+        raise ConfigError(f"layer list of {len(text)} characters is too long (at most {MAX_LAYER_LIST_CHARS}); "
+                          "use ranges like '0-2,5'")
+    compact = "".join(text.split())
+    out: set[int] = set()
+    for part in compact.split(",") if compact else []:
+        if not part:
+            continue  # '0,,2' and a trailing comma are harmless
+        m = _LAYER_PART.fullmatch(part)
+        if m is None:
+            raise ConfigError(f"layer list {_quote(text)}: {_quote(part)} is not a layer index or range; "
+                              "use indices and ranges like '0-2,5' (an empty list '' skips no layers)")
+        lo = int(m.group(1))
+        hi = lo if m.group(2) is None else int(m.group(2))
+        if max(lo, hi) > MAX_LAYER_INDEX:
+            raise ConfigError(f"layer list {_quote(text)}: index {max(lo, hi)} is above {MAX_LAYER_INDEX}; "
+                              "no supported model has that many layers")
+        if hi < lo:
+            raise ConfigError(f"layer list {_quote(text)}: range {_quote(part)} runs backwards; "
+                              f"write it low to high, like '{hi}-{lo}'")
+        out.update(range(lo, hi + 1))
+    return tuple(sorted(out))
+
+
+def check_calib_batch_size(value: Any) -> int:
+    """The calibration batch size as an int in [1, MAX_CALIB_BATCH_SIZE], or ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_CALIB_BATCH_SIZE:
+        raise ConfigError(f"calibration batch size must be a whole number from 1 to {MAX_CALIB_BATCH_SIZE}, "
+                          f"got {value!r}")
+    return int(value)
 
 
 def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:

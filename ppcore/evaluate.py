@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import PruneConfig
 from .errors import DataError
+from .flops import flops_ratios
 from .loading import LoadedModel
 from .methods import Pruner
 from .record import BatchRecord
@@ -26,27 +27,44 @@ PPCORE_VERSION = "0.1.0"
 
 @dataclass
 class EvalResult:
+    """One method's perplexity on the scored batches, its cost, and the protocol that produced it.
+
+    The four FLOPs figures follow `../shared/BENCHMARKS.md` (`ppcore.flops.flops_ratios` over the
+    scored batches): `flops_ratio` and `probe_flops_ratio` over the whole model's dense FLOPs (LM head
+    included), `decoder_flops_ratio` and `decoder_probe_flops_ratio` over the decoder layers' only
+    (the paper's definition; None when the counts carry no `head`).
+    """
+
     method: str
     ratio: float
     ppl: float
     tokens: int
     seconds: float  # wall time of the scored batches (walk + LM head + loss)
     flops_ratio: float  # pruned over dense, whole model incl. LM head, scored batches
-    probe_flops_ratio: float  # probe over dense
+    probe_flops_ratio: float  # probe over dense, whole model
+    decoder_flops_ratio: Optional[float]  # pruned over dense, decoder layers only (the paper's)
+    decoder_probe_flops_ratio: Optional[float]  # probe over dense, decoder layers only
     batch_loss: list[float]
     protocol: dict[str, Any]
     batch_seconds: list[float] = field(default_factory=list)
+    flops: dict[str, int] = field(default_factory=dict)  # summed over the scored batches: dense, pruned, probe, head
     records: list[BatchRecord] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """Everything but the records, as plain JSON-ready values (what `eval --json` writes)."""
         d = asdict(self)
         d.pop("records")
         return d
 
     def line(self) -> str:
+        """The one summary line `eval` prints."""
+        def f(v: Optional[float]) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+
         return (f"{self.method} ratio={self.ratio:g} ppl={self.ppl:.3f} tokens={self.tokens} "
-                f"seconds={self.seconds:.2f} flops_ratio={self.flops_ratio:.4f} "
-                f"probe_flops_ratio={self.probe_flops_ratio:.4f}")
+                f"seconds={self.seconds:.2f} flops_ratio={f(self.flops_ratio)} "
+                f"decoder_flops_ratio={f(self.decoder_flops_ratio)} probe_flops_ratio={f(self.probe_flops_ratio)} "
+                f"decoder_probe_flops_ratio={f(self.decoder_probe_flops_ratio)}")
 
 
 def environment() -> dict[str, Any]:
@@ -99,7 +117,7 @@ def evaluate(
     losses: list[float] = []
     secs: list[float] = []
     tokens = 0
-    flops = {"dense": 0, "pruned": 0, "probe": 0}
+    flops: dict[str, int] = {}  # summed by key over the scored batches (dense, pruned, probe, head)
     for b in tqdm(range(n_batches), desc=f"{cfg.method} {cfg.ratio:g}", unit="batch", disable=not progress):
         ids = windows[b * batch_size:(b + 1) * batch_size]
         if cuda:
@@ -118,8 +136,8 @@ def evaluate(
         secs.append(t_end - t0)
         losses.append(loss)
         tokens += int(mask.sum())
-        for k in flops:
-            flops[k] += res.flops[k]
+        for k, v in res.flops.items():
+            flops[k] = flops.get(k, 0) + int(v)
         if res.record is not None:
             res.record.loss, res.record.tokens = loss, int(mask.sum())
             # The unpruned tail (LM head and loss) and the whole batch, beside embed_s and layers_s.
@@ -127,8 +145,7 @@ def evaluate(
             records.append(res.record)
     ppl = math.exp(sum(losses) / len(losses))
     return EvalResult(
-        method=cfg.method, ratio=cfg.ratio, ppl=ppl, tokens=tokens, seconds=sum(secs),
-        flops_ratio=flops["pruned"] / flops["dense"], probe_flops_ratio=flops["probe"] / flops["dense"],
-        batch_loss=losses, protocol=dict(protocol or {}), batch_seconds=secs, records=records,
+        method=cfg.method, ratio=cfg.ratio, ppl=ppl, tokens=tokens, seconds=sum(secs), **flops_ratios(flops),
+        batch_loss=losses, protocol=dict(protocol or {}), batch_seconds=secs, flops=flops, records=records,
     )
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from torch import Tensor
 
 from .calibrate import calibrate
-from .config import PruneConfig
+from .config import CALIB_BATCH_SIZE, PruneConfig, check_calib_batch_size
 from .data import corpus_text, load_windows, sample_windows, tokenize_text, windows_hash
 from .errors import DataError
 from .evaluate import EvalResult, environment, evaluate
@@ -18,6 +18,12 @@ from .stats import CalibStats
 
 @dataclass
 class EvalSetup:
+    """A loaded model, its eval and calibration windows and the protocol that describes them.
+
+    `batch_size` batches the scored windows; `calib_batch_size` batches the calibration pass (its own
+    setting: FLAP's official compensation divides by it).
+    """
+
     lm: LoadedModel
     windows: Tensor  # (batches * batch_size, seq_len)
     calib_windows: Tensor
@@ -25,12 +31,13 @@ class EvalSetup:
     protocol: dict[str, Any]
     cache_dir: Optional[str] = None
     progress: bool = True
+    calib_batch_size: int = CALIB_BATCH_SIZE
     _calib: Optional[CalibStats] = field(default=None, repr=False)
 
     def calibration(self) -> CalibStats:
         """Calibration statistics, computed once (and cached on disk) on first use."""
         if self._calib is None:
-            self._calib = calibrate(self.lm, self.calib_windows, self.batch_size, cache_dir=self.cache_dir,
+            self._calib = calibrate(self.lm, self.calib_windows, self.calib_batch_size, cache_dir=self.cache_dir,
                                     progress=self.progress)
         return self._calib
 
@@ -65,7 +72,14 @@ def prepare(
     cache_dir: Optional[str] = None,
     progress: bool = True,
     placement: Optional[Placement] = None,
+    calib_batch_size: int = CALIB_BATCH_SIZE,
 ) -> EvalSetup:
+    """Load the model, draw (or read) the eval and calibration windows, and describe it all in a protocol.
+
+    Calibration itself runs on first use (`EvalSetup.calibration`), in batches of `calib_batch_size`
+    windows, whatever the eval batch size.
+    """
+    calib_batch_size = check_calib_batch_size(calib_batch_size)
     for name, v, lo in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("batches", batches, 1),
                         ("calib_seqs", calib_seqs, 1)):
         if v < lo:
@@ -99,8 +113,11 @@ def prepare(
                                                    cache_dir)
     data.update(windows=int(windows.shape[0]), seq_len=int(windows.shape[1]), batch_size=batch_size,
                 batches=int(windows.shape[0] // batch_size), windows_sha256_16=windows_hash(windows))
-    calib.update(windows=int(calib_windows.shape[0]), seq_len=int(calib_windows.shape[1]), batch_size=batch_size,
-                 windows_sha256_16=windows_hash(calib_windows))
+    n_cal = int(calib_windows.shape[0])
+    n_batches = -(-n_cal // calib_batch_size)
+    # The last batch is smaller when the windows do not fill it (FLAP's official compensation sees it).
+    calib.update(windows=n_cal, seq_len=int(calib_windows.shape[1]), batch_size=calib_batch_size, batches=n_batches,
+                 last_batch_size=n_cal - (n_batches - 1) * calib_batch_size, windows_sha256_16=windows_hash(calib_windows))
     protocol = {
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "family": lm.adapter.family,
                   "model_type": lm.model.config.model_type},
@@ -113,4 +130,4 @@ def prepare(
         "dtype": str(lm.dtype).replace("torch.", ""),
         "environment": environment(),
     }
-    return EvalSetup(lm, windows, calib_windows, batch_size, protocol, cache_dir, progress)
+    return EvalSetup(lm, windows, calib_windows, batch_size, protocol, cache_dir, progress, calib_batch_size)

@@ -121,7 +121,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
                 cap.kv[i] = (k, v)
                 h = h + attn_out(da.slice, z, da.bias)
                 h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
-        finite.append(torch.isfinite(h).all())
+        finite.append(torch.isfinite(h.sum(dtype=torch.float32)))
         nxt = adapter.head(adapter.final(h)).argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)

@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# 2: batches are stored in the walk's layout (each row's real tokens first, so column = token position),
+#    and "flops" carries "head" (the part outside the decoder layers). Version 1 records still load.
+SCHEMA_VERSION = 2
 LEVELS = ("none", "summary", "full")
 
 
@@ -59,6 +61,13 @@ class LayerRecord:
 
 @dataclass
 class BatchRecord:
+    """One batch: what every layer decided, and the batch as the walk ran it.
+
+    `input_ids` and `attention_mask` are in the walk's layout (`ppcore.walk.canonical_layout`): each
+    row's real tokens first, pad-only columns dropped, so `probe_tokens` and the columns of
+    `importance` are token positions whatever side the caller padded.
+    """
+
     method: str
     ratio: float
     phase: str  # "warmup", "scored" or "single"

@@ -42,6 +42,14 @@ def test_every_view_on_the_default_model():
     ok(at)
     result = at.session_state["result"]
     assert result.batch.ids.shape == (4, 48) and result.info["layers"] == 30
+    # The header: FLOPs over the whole model and over the decoder layers only (the paper's count).
+    header = {m.label: m.value for m in at.metric}
+    summary = result.summary()
+    assert header["FLOPs / dense (whole model)"] == f"{summary['flops_ratio']:.3f}"
+    assert header["FLOPs / dense (decoder layers)"] == f"{summary['decoder_flops_ratio']:.3f}"
+    assert summary["decoder_flops_ratio"] < summary["flops_ratio"] < 1
+    assert header["Probe FLOPs / dense (decoder layers)"] == f"{summary['decoder_probe_flops_ratio']:.2%}"
+    assert result.protocol["calibration"]["batch_size"] == 20
     t = titles(at)
     # Probe view: the heat map with the probe drawn, and the pick across layers.
     assert any(s.startswith("Layer 3, Attention: residual importance") for s in t)
@@ -99,6 +107,7 @@ def test_every_view_on_the_default_model():
     ok(at)
     methods = {r["method"] for r in result.extras["compare"]}
     assert methods == {"dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib"}
+    assert all(r["decoder_flops_ratio"] <= r["flops_ratio"] for r in result.extras["compare"])
     assert any("Perplexity against time" in s for s in titles(at))
 
     # Export: the run record round-trips through the engine's loader.
@@ -106,6 +115,7 @@ def test_every_view_on_the_default_model():
     ok(at)
     assert {b.label for b in at.get("download_button")} >= {"Run record (JSON)", "layers table (CSV)",
                                                              "tokens table (CSV)", "latency table (CSV)",
+                                                             "latency summary table (CSV)",
                                                              "methods table (CSV)"}
     rec = RunRecord.from_dict(json.loads(json.dumps(result.run_record().to_dict())))
     assert rec.batches[0].method == "pp" and len(rec.batches[0].layers) == 30

@@ -40,7 +40,8 @@ def test_interleaved_bench_equals_separate_evals():
     for cfg, row in zip(cfgs, rows):
         alone = evaluate(setup.lm, cfg, setup.windows, 4, setup._calib, progress=False)
         assert row["batch_loss"] == pytest.approx(alone.batch_loss, abs=1e-6), cfg.method
-        assert row["flops_ratio"] == pytest.approx(alone.flops_ratio)
+        for name in ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio"):
+            assert row[name] == pytest.approx(getattr(alone, name)), (cfg.method, name)
         assert len(row["batch_seconds"]) == 3 and row["seed"] == 0
 
 
@@ -74,6 +75,7 @@ def test_speed_measure_reports_every_block():
     assert any(b["probe_s"] > 0 for b in pp["blocks"] if b["pruned"])
     assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0 and pp["head_s"] > 0 and pp["embed_s"] > 0
     assert "| pp | 50% |" in summary_markdown(res)
+    assert pp["decoder_flops_ratio"] < pp["flops_ratio"] and pp["decoder_probe_flops_ratio"] > pp["probe_flops_ratio"]
 
 
 def test_cli_bench_and_speed_run(tmp_path):
@@ -86,8 +88,14 @@ def test_cli_bench_and_speed_run(tmp_path):
     assert [r["method"] for r in res["seeded"]] == ["dense", "pp", "flap"]
     assert all(math.isfinite(r["ppl"]) for r in res["seeded"])
     assert (tmp_path / "bench.html").stat().st_size > 0 and "| pp | 40% |" in (tmp_path / "bench.md").read_text()
+    assert "FLOPs / dense (model) | FLOPs / dense (decoder)" in (tmp_path / "bench.md").read_text()
+    assert all(r["protocol"]["calibration"]["batch_size"] == 20 for r in res["seeded"])
+    pp = res["seeded"][1]
+    assert pp["decoder_flops_ratio"] < pp["flops_ratio"] < 1
     p = subprocess.run([sys.executable, "-m", "ppcore", "speed", "--methods", "pp", "--repeats", "1",
                         "--json", str(tmp_path / "speed.json")] + common,
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert json.loads((tmp_path / "speed.json").read_text())["runs"][1]["method"] == "pp"
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["runs"][1]["method"] == "pp" and speed["calibration"]["batch_size"] == 20
+    assert speed["runs"][1]["decoder_flops_ratio"] < speed["runs"][1]["flops_ratio"] < 1

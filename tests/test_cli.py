@@ -23,13 +23,17 @@ def test_eval_writes_json_and_record(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().startswith("pp ratio=0.4 ppl=")
     res = json.loads(out.read_text())
-    for key in ("method", "ratio", "ppl", "tokens", "seconds", "flops_ratio", "probe_flops_ratio", "protocol"):
+    for key in ("method", "ratio", "ppl", "tokens", "seconds", "flops_ratio", "decoder_flops_ratio",
+                "probe_flops_ratio", "decoder_probe_flops_ratio", "flops", "protocol"):
         assert key in res
     assert res["tokens"] == 2 * 4 * 63
     assert 0.5 < res["flops_ratio"] < 1.0 and 0.0 < res["probe_flops_ratio"] < 0.1
+    # The LM head is never pruned: without it (the paper's count) the pruned share is smaller, the probe's larger.
+    assert res["decoder_flops_ratio"] < res["flops_ratio"] and res["decoder_probe_flops_ratio"] > res["probe_flops_ratio"]
     proto = res["protocol"]
     assert proto["seed"] == 0 and proto["data"]["dataset"] == "wiki-vital" and proto["config"]["method"] == "pp"
     assert proto["model"]["fingerprint"] and proto["calibration"]["windows"] == 8
+    assert proto["calibration"]["batch_size"] == 20  # the default, not the eval batch size (4)
     record = json.loads(rec.read_text())
     assert [b["phase"] for b in record["batches"]] == ["warmup", "scored", "scored"]
     b = record["batches"][1]
@@ -46,6 +50,9 @@ def test_eval_writes_json_and_record(tmp_path):
     ["eval", "--method", "magic"],
     ["eval", "--token-frac", "0"],
     ["eval", "--skip-layers", "x-y"],
+    ["eval", "--skip-layers", "none"],
+    ["eval", "--skip-layers", "3-1"],
+    ["eval", "--calib-batch-size", "0"],
     ["eval", "--model", "/nonexistent/model"],
     ["eval", "--model", "not a model!"],
     ["eval", "--windows", "/nonexistent/windows.npy"],
@@ -70,6 +77,8 @@ def test_generate_prints_dense_and_pruned(tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "== dense:" in p.stdout and "== pp 0.4:" in p.stdout
-    runs = json.loads(out.read_text())["runs"]
+    gen = json.loads(out.read_text())
+    runs = gen["runs"]
+    assert gen["calibration"]["batch_size"] == 20 and gen["calibration"]["windows"] == 4
     assert [r["method"] for r in runs] == ["dense", "pp"]
     assert all(1 <= len(r["tokens"][0]) <= 4 and r["decode_tokens_per_s"] > 0 for r in runs)

@@ -20,8 +20,10 @@ def render(r: Result) -> None:
     tables = {"layers": channels.layer_table(r), "tokens": outputs.token_table(r)}
     if r.extras.get("latency"):
         tables["latency"] = latency.layer_times(r.extras["latency"])
+        tables["latency summary"] = latency.summary_table(r.extras["latency"])
     if r.extras.get("compare"):
         tables["methods"] = pd.DataFrame(r.extras["compare"])
     for name, df in tables.items():
-        st.download_button(f"{name} table (CSV)", df.to_csv(index=False), file_name=f"{name}_{r.key}.csv",
-                           mime="text/csv", key=f"dl_{name}")
+        slug = name.replace(" ", "_")
+        st.download_button(f"{name} table (CSV)", df.to_csv(index=False), file_name=f"{slug}_{r.key}.csv",
+                           mime="text/csv", key=f"dl_{slug}")
