@@ -75,7 +75,9 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     _sync(dev)
     t0 = time.perf_counter()
     res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
-    nxt = adapter.head(res.hidden[:, -1:]).argmax(-1).to(dev)  # (B, 1)
+    lg = adapter.head(res.hidden[:, -1:])
+    finite: list[Tensor] = [torch.isfinite(lg.sum(dtype=torch.float32))]  # per token, read once at the end
+    nxt = lg.argmax(-1).to(dev)  # (B, 1)
     _sync(dev)
     prefill_s = time.perf_counter() - t0
 
@@ -92,7 +94,6 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
     if eos_id is not None:
         done |= nxt[:, 0] == eos_id
-    finite: list[Tensor] = []  # per step, read once at the end (no host sync per step)
     t1 = time.perf_counter()
     steps = 0
     for _ in range(max_new_tokens - 1):
@@ -121,8 +122,11 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
                 cap.kv[i] = (k, v)
                 h = h + attn_out(da.slice, z, da.bias)
                 h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
-        finite.append(torch.isfinite(h.sum(dtype=torch.float32)))
-        nxt = adapter.head(adapter.final(h)).argmax(-1).to(dev)
+        lg = adapter.head(adapter.final(h))
+        # inf or NaN in the residual or the logits (an fp16 LM head can overflow on finite inputs).
+        ok_h, ok_lg = torch.isfinite(h.sum(dtype=torch.float32)), torch.isfinite(lg.sum(dtype=torch.float32))
+        finite.append(ok_h.to(dev) & ok_lg.to(dev))
+        nxt = lg.argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
             done |= nxt[:, 0] == eos_id
@@ -131,7 +135,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     if finite:
         ok = torch.stack([f.to(dev) for f in finite])
         if not bool(ok.all()):
-            raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 2} "
+            raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 1} "
                                  f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
     _sync(dev)
     decode_s = time.perf_counter() - t1

@@ -76,15 +76,22 @@ def canonical_layout(ids: Tensor, valid: Optional[Tensor]) -> Layout:
 
 def to_caller_layout(hidden: Tensor, layout: Layout) -> Tensor:
     """(B, L_walk, D) hidden states back in the caller's (B, L) layout, zeros at the caller's pads."""
-    if layout.back is None:
+    if layout.caller_valid is None:
         return hidden
-    back = layout.back.to(hidden.device)
-    out = hidden.gather(1, back[..., None].expand(-1, -1, hidden.shape[-1]))
+    out = hidden
+    if layout.back is not None:
+        back = layout.back.to(hidden.device)
+        out = hidden.gather(1, back[..., None].expand(-1, -1, hidden.shape[-1]))
     return out * layout.caller_valid.to(device=hidden.device, dtype=hidden.dtype)[..., None]
 
 
 def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-    """Move a batch to the model's device and validate it; returns (ids, valid-or-None)."""
+    """Move a batch to the model's device and validate it; returns (ids, valid-or-None).
+
+    `attention_mask` (B, L) 0/1: each row's real tokens must be contiguous (pads before them, after them,
+    or both); a pad between two real tokens is refused, since where the tokens after it sit would be a
+    guess. The context limit applies to the real tokens, not to pad columns. Raises DataError.
+    """
     input_ids = _as_tensor("input_ids", input_ids)
     if input_ids.dim() != 2 or input_ids.numel() == 0:
         raise DataError(f"input_ids must be a non-empty (samples x tokens) array, got shape {tuple(input_ids.shape)}")
@@ -92,9 +99,6 @@ def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[
         raise DataError(f"input_ids must be integer token ids, got dtype {str(input_ids.dtype).replace('torch.', '')}")
     dims = adapter.dims
     B, L = input_ids.shape
-    if dims.max_positions and L > dims.max_positions:
-        raise DataError(f"sequence length {L} exceeds the model's context of {dims.max_positions} tokens; "
-                        "use a shorter --seq-len or truncate the inputs")
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= dims.vocab:
         raise DataError(f"token ids must lie in [0, {dims.vocab}) for this model, got {lo if lo < 0 else hi}")
@@ -109,8 +113,21 @@ def prepare_batch(adapter: Adapter, input_ids: Tensor, attention_mask: Optional[
             raise DataError(f"attention_mask values must be 0 (pad) or 1 (real token), got {bad[0].item()!r}")
         if not bool((am.sum(1) > 0).all()):
             raise DataError("every sample needs at least one real token (attention_mask row of zeros)")
-        if not bool(am.bool().all()):
+        real = am.bool()
+        if not bool(real.all()):
             valid = am.to(torch.float32)
+            cols = torch.arange(L, device=real.device)
+            first = torch.where(real, cols, L).amin(1)
+            last = torch.where(real, cols, -1).amax(1)
+            holes = (last - first + 1) != real.sum(1)
+            if bool(holes.any()):
+                row = int(holes.nonzero()[0, 0])
+                raise DataError(f"attention_mask row {row} has a pad between real tokens; pad each row on its left "
+                                "or right only (as tokenizers do), or split the row into separate samples")
+    width = L if valid is None else int(valid.sum(1).max())
+    if dims.max_positions and width > dims.max_positions:
+        raise DataError(f"sequence length {width} exceeds the model's context of {dims.max_positions} tokens; "
+                        "use a shorter --seq-len or truncate the inputs")
     return ids, valid
 
 

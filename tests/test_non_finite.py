@@ -109,3 +109,14 @@ def test_non_finite_eval_from_the_command_line_exits_2(tmp_path, capsys):
     assert main(common + ["--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "ppl=" in out and "nan" not in out
+
+
+def test_non_finite_logits_in_generation_are_an_error():
+    """An fp16 LM head can overflow on a finite residual: generation must not pick tokens from inf logits."""
+    lm = tiny_llama()
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(6e4)
+    lm.model.half()
+    lm = _finish(lm.model, "loud-head-gen")
+    with pytest.raises(NonFiniteError, match="new token 1 "):
+        generate(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), [[5, 6, 7, 8, 9, 10]], max_new_tokens=4)

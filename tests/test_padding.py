@@ -1,6 +1,7 @@
 """Pad positions never enter the probe, the history, the scores or the losses."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ppcore import PruneConfig, Pruner, walk
@@ -196,3 +197,32 @@ def test_padding_on_either_side_pp_generation_decides_as_on_the_unpadded_batch()
         hf = lm.model.generate(lids, attention_mask=lmask, max_new_tokens=5, do_sample=False, pad_token_id=0,
                                eos_token_id=None)
     assert dense.tokens == hf[:, lids.shape[1]:].tolist()
+
+
+def test_padding_on_either_side_a_pad_between_real_tokens_is_refused():
+    """Only left and right padding have one meaning; a hole in a row would silently shift the positions
+    of the tokens after it (and drop a scored pair), so it is one clear error instead."""
+    from ppcore import DataError
+
+    lm, _ = _tiny("llama")
+    ids = torch.tensor([[5, 6, 0, 7, 8], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1]])
+    with pytest.raises(DataError, match="row 0 has a pad between real tokens"):
+        walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), ids, mask)
+    both_sides = torch.tensor([[0, 5, 6, 7, 0], [1, 2, 3, 4, 5]])
+    res = walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), both_sides,
+               torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]]))
+    alone = walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), torch.tensor([[5, 6, 7]]))
+    assert torch.allclose(res.hidden[0, 1:4], alone.hidden[0], atol=1e-5)
+    assert bool((res.hidden[0, [0, 4]] == 0).all())  # pads come back as zeros
+
+
+def test_padding_on_either_side_context_limit_counts_real_tokens():
+    """A left-padded batch whose real tokens fit the context runs; pad columns don't count against it."""
+    lm, _ = _tiny("llama")
+    ctx = lm.adapter.dims.max_positions
+    ids = torch.randint(0, 128, (2, ctx + 8), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[:, :8] = 0
+    res = walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), ids, mask)
+    assert res.hidden.shape == (2, ctx + 8, lm.adapter.dims.hidden)
