@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random models built from configs (no downloads) and the real default."""
 from __future__ import annotations
 
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,19 +42,49 @@ def tiny_llama(seed: int = 0, bias: bool = False, kv_heads: int = 2, layers: int
     return _finish(model, "tiny-qwen2" if bias else "tiny-llama")
 
 
-def tiny_opt(seed: int = 0, pre_ln: bool = True, layers: int = 4) -> LoadedModel:
+def tiny_opt(seed: int = 0, pre_ln: bool = True, layers: int = 4, proj_dim: int = 64) -> LoadedModel:
+    """OPT with hidden 64; `proj_dim` != 64 gives it project_in / project_out around the decoder."""
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
     cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=192, num_hidden_layers=layers, num_attention_heads=4,
-                    max_position_embeddings=256, word_embed_proj_dim=64, do_layer_norm_before=pre_ln,
+                    max_position_embeddings=256, word_embed_proj_dim=proj_dim, do_layer_norm_before=pre_ln,
                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, enable_bias=True)
     model = OPTForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
-    return _finish(model, "tiny-opt")
+    return _finish(model, "tiny-opt" if proj_dim == 64 else "tiny-opt-projected")
+
+
+def copy_default_tokenizer(folder: Path) -> None:
+    """Put the default model's tokenizer (vocabulary 49152) into a checkpoint folder, so load_model reads it."""
+    from ppcore.loading import cache_root, convert_gguf, find_default_gguf
+
+    tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tok_dir / name, folder / name)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket connection or name lookup fails the test: loading must work offline."""
+    attempts: list = []
+
+    def refuse(self, address, *a, **k):
+        attempts.append(address)
+        raise OSError(f"network disabled in tests (tried {address!r})")
+
+    def refuse_lookup(host, *a, **k):
+        attempts.append(host)
+        raise socket.gaierror(f"network disabled in tests (looked up {host!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
+    yield
+    assert attempts == [], f"a test tried to reach the network: {attempts}"
 
 
 @pytest.fixture(scope="session")

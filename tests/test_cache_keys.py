@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,7 @@ from tests.test_checkpoint_mismatch import tiny_checkpoint
 WINDOWS = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    attempts: list = []
-
-    def refuse(self, address, *a, **k):
-        attempts.append(address)
-        raise OSError(f"network disabled in tests (tried {address!r})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield
-    assert attempts == [], f"a test tried to reach the network: {attempts}"
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: every load here is offline
 
 
 @pytest.fixture

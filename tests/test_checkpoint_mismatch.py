@@ -9,7 +9,6 @@ lm_head.weight in the file, as the config says) load and give the in-memory mode
 from __future__ import annotations
 
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -27,18 +26,7 @@ QKV_BIAS = ("model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.k_
             "model.layers.0.self_attn.v_proj.bias")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every load here is local: any connection attempt fails the test."""
-    attempts: list = []
-
-    def refuse(self, address, *a, **k):
-        attempts.append(address)
-        raise OSError(f"network disabled in tests (tried {address!r})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield
-    assert attempts == [], f"a test tried to reach the network: {attempts}"
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: every load here is offline
 
 
 def save_tokenizer(folder: Path, vocab: int = 128) -> None:

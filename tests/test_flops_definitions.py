@@ -23,7 +23,7 @@ from ppcore.evaluate import evaluate
 from ppcore.experiment import EvalSetup
 from ppcore.loading import LoadedModel
 from ppcore.speed import measure, summary_markdown
-from tests.conftest import _finish, tiny_llama, tiny_opt
+from tests.conftest import tiny_llama, tiny_opt
 
 FOUR = ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio")
 
@@ -31,18 +31,7 @@ FOUR = ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_prob
 def opt_projected(seed: int = 0) -> LoadedModel:
     """An OPT whose word embeddings (32) are narrower than its hidden size (64): project_in/out and an LM
     head of width 32, as in opt-350m's layout (but pre-LN, which the walker needs)."""
-    from transformers import OPTConfig, OPTForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=192, num_hidden_layers=4, num_attention_heads=4,
-                    max_position_embeddings=256, word_embed_proj_dim=32, do_layer_norm_before=True,
-                    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, enable_bias=True)
-    model = OPTForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-    return _finish(model, "tiny-opt-projected")
+    return tiny_opt(seed, proj_dim=32)
 
 
 MODELS = {"llama-gqa": tiny_llama, "opt": tiny_opt, "opt-projected": opt_projected}

@@ -1,15 +1,13 @@
 """Head layouts that cannot work (issue 9, kind 7): refused at load with one message, before any run."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from ppcore import UnsupportedModelError, load_model
 from ppcore.adapters import make_adapter
 from ppcore.cli import main
-from ppcore.loading import cache_root, convert_gguf, find_default_gguf
+from tests.conftest import copy_default_tokenizer
 
 
 def _llama(heads: int, kv: int, vocab: int = 128):
@@ -23,9 +21,7 @@ def _llama(heads: int, kv: int, vocab: int = 128):
 def _folder(tmp_path, model):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
-    tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tok_dir / name, folder / name)
+    copy_default_tokenizer(folder)
     return folder
 
 

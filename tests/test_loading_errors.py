@@ -6,7 +6,6 @@ asserts that none happened. Every load uses a temporary cache so nothing reaches
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -15,23 +14,7 @@ from ppcore.adapters import SUPPORTED, make_adapter
 from tests.conftest import tiny_opt
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    attempts: list = []
-
-    def refuse(self, address, *a, **k):
-        attempts.append(address)
-        raise OSError(f"network disabled in tests (tried {address!r})")
-
-    def refuse_lookup(host, *a, **k):
-        attempts.append(host)
-        raise socket.gaierror(f"network disabled in tests (looked up {host!r})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
-    yield
-    assert attempts == [], f"a test tried to reach the network: {attempts}"
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: every load here is offline
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 NaN perplexity or a FLAP that prunes nothing; it gives one error naming the first layer, and advice."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -12,8 +10,7 @@ from ppcore.calibrate import calibrate
 from ppcore.cli import main
 from ppcore.evaluate import evaluate
 from ppcore.generate import generate
-from ppcore.loading import cache_root, convert_gguf, find_default_gguf
-from tests.conftest import _finish, tiny_llama
+from tests.conftest import _finish, copy_default_tokenizer, tiny_llama
 
 BLOWN_LAYER = 2
 
@@ -96,9 +93,7 @@ def test_non_finite_eval_from_the_command_line_exits_2(tmp_path, capsys):
     lm = _overflowing(torch.float32, vocab=49152)  # the default tokenizer's vocabulary
     folder = tmp_path / "blown"
     lm.model.save_pretrained(folder)
-    tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tok_dir / name, folder / name)
+    copy_default_tokenizer(folder)
     common = ["eval", "--model", str(folder), "--device", "cpu", "--method", "flap", "--ratio", "0.4",
               "--seq-len", "16", "--batch-size", "2", "--batches", "1", "--calib-seqs", "2", "--quiet",
               "--skip-layers", "0", "--mlp-multiple", "8", "--cache-dir", str(tmp_path / "cache")]

@@ -9,16 +9,12 @@ import pytest
 import torch
 
 from ppcore import ModelLoadError, PPCoreError, UnsupportedModelError, load_model
-from ppcore.loading import cache_root, convert_gguf, find_default_gguf
-from tests.conftest import tiny_llama
+from tests.conftest import copy_default_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tokenizer_into(folder: Path) -> None:
-    tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tok_dir / name, folder / name)
+_tokenizer_into = copy_default_tokenizer
 
 
 class _Payload:
