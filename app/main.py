@@ -21,6 +21,7 @@ from app.header import header_metrics  # noqa: E402
 from app.state import Settings, demo, limits, parse_skip, prune_config  # noqa: E402
 from app.views import TABS, channels, compare, export, latency, outputs, probe  # noqa: E402
 from ppcore import PPCoreError  # noqa: E402
+from ppcore.config import describe_calibration_batches  # noqa: E402
 
 Progress = Callable[[float, str], None]
 DEFAULT = Settings()
@@ -68,8 +69,8 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
-            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens in batches of {s.calib_batch_size} "
-                      "(cached)")
+            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens in "
+                      f"{describe_calibration_batches(s.calib, s.calib_batch_size)} (cached)")
             _, calib = _model_and_calib(s)
             res = engine.analyse(lm, calib, s, batch, key, step)
             res.protocol = messages.scrub(res.protocol)
@@ -189,8 +190,8 @@ def _header(r: engine.Result) -> None:
                 f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
                 f"batch: {r.batch.description}, {tuple(r.batch.ids.shape)} · method **{r.cfg.method}** at ratio "
                 f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))} · calibration: "
-                f"{r.settings.calib} windows of {r.settings.calib_len} tokens in batches of "
-                f"{r.settings.calib_batch_size}")
+                f"{r.settings.calib} windows of {r.settings.calib_len} tokens in "
+                f"{describe_calibration_batches(r.settings.calib, r.settings.calib_batch_size)}")
     metrics = header_metrics(r.summary(), r.cfg.method)
     for row in (metrics[:4], metrics[4:]):
         for col, m in zip(st.columns(4), row):

@@ -209,6 +209,23 @@ def check_calib_batch_size(value: Any) -> int:
     return int(value)
 
 
+def calibration_batches(windows: int, batch_size: int) -> tuple[int, int]:
+    """(number of calibration batches, size of the last one) for `windows` windows in batches of `batch_size`:
+    the last batch is smaller when the windows do not fill it, and FLAP's official compensation sees that."""
+    n = -(-windows // batch_size)
+    return n, windows - (n - 1) * batch_size
+
+
+def describe_calibration_batches(windows: int, batch_size: int) -> str:
+    """'5 batches of 20', '1 batch of 16 (batch size 20)', '2 batches: 20 and 10' (for protocols and pages)."""
+    n, last = calibration_batches(windows, batch_size)
+    if n == 1:
+        return f"1 batch of {last}" + (f" (batch size {batch_size})" if last != batch_size else "")
+    if last == batch_size:
+        return f"{n} batches of {batch_size}"
+    return f"{n} batches: {n - 1} of {batch_size} and 1 of {last}"
+
+
 def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:
     """Per-layer ratio so that the average over all layers equals `ratio` (spec 6)."""
     if num_skipped == 0:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from torch import Tensor
 
 from .calibrate import calibrate
-from .config import CALIB_BATCH_SIZE, PruneConfig, check_calib_batch_size
+from .config import CALIB_BATCH_SIZE, PruneConfig, calibration_batches, check_calib_batch_size
 from .data import corpus_text, load_windows, sample_windows, tokenize_text, windows_hash
 from .errors import DataError
 from .evaluate import EvalResult, environment, evaluate
@@ -113,11 +113,9 @@ def prepare(
                                                    cache_dir)
     data.update(windows=int(windows.shape[0]), seq_len=int(windows.shape[1]), batch_size=batch_size,
                 batches=int(windows.shape[0] // batch_size), windows_sha256_16=windows_hash(windows))
-    n_cal = int(calib_windows.shape[0])
-    n_batches = -(-n_cal // calib_batch_size)
-    # The last batch is smaller when the windows do not fill it (FLAP's official compensation sees it).
-    calib.update(windows=n_cal, seq_len=int(calib_windows.shape[1]), batch_size=calib_batch_size, batches=n_batches,
-                 last_batch_size=n_cal - (n_batches - 1) * calib_batch_size, windows_sha256_16=windows_hash(calib_windows))
+    n_batches, last = calibration_batches(int(calib_windows.shape[0]), calib_batch_size)
+    calib.update(windows=int(calib_windows.shape[0]), seq_len=int(calib_windows.shape[1]), batch_size=calib_batch_size,
+                 batches=n_batches, last_batch_size=last, windows_sha256_16=windows_hash(calib_windows))
     protocol = {
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "family": lm.adapter.family,
                   "model_type": lm.model.config.model_type},

@@ -208,8 +208,19 @@ def test_calib_batch_size_app_url_and_sidebar(monkeypatch):
     r = at.session_state["result"]
     assert r.protocol["calibration"]["batch_size"] == CALIB_BATCH_SIZE
     assert [bs for bs, _ in spy.calls] == [4, CALIB_BATCH_SIZE]
-    assert "calibration: 6 windows of 32 tokens in batches of 20" in " ".join(m.value for m in at.markdown)
+    assert "calibration: 6 windows of 32 tokens in 1 batch of 6 (batch size 20)" in " ".join(m.value for m in at.markdown)
     _same_stats(spy.calls[0][1], calibrate(engine.get_model("default", "auto", "auto"),
                                            ppcore.experiment.calibration_windows(
                                                engine.get_model("default", "auto", "auto"), "wiki-vital", 6, 32, 0)[0],
                                            4, cache=False, progress=False))
+
+
+def test_calib_batch_size_partial_batches_are_stated():
+    """Fewer windows than the batch size (the app's 16 at 20) run as one smaller batch: said, not hidden."""
+    from ppcore.config import calibration_batches, describe_calibration_batches
+
+    assert calibration_batches(100, 20) == (5, 20) and describe_calibration_batches(100, 20) == "5 batches of 20"
+    assert calibration_batches(16, 20) == (1, 16)
+    assert describe_calibration_batches(16, 20) == "1 batch of 16 (batch size 20)"
+    assert calibration_batches(30, 20) == (2, 10)
+    assert describe_calibration_batches(30, 20) == "2 batches: 1 of 20 and 1 of 10"
