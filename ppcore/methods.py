@@ -89,6 +89,9 @@ class Pruner:
         self.history = (
             History(self.calib) if cfg.method == "pp" and cfg.use_history and cfg.prunes else None
         )
+        # Set when a batch went non-finite after PP's history had taken its EMA: that history holds inf/NaN
+        # from then on, so this pruner refuses further batches rather than decide from it.
+        self.poisoned: Optional[str] = None
         self._full: dict[tuple[int, str], Slice] = {}
         self._pow4: dict[tuple[int, str], Tensor] = {}
         self._static: dict[tuple[int, str], Decision] = {}

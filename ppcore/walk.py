@@ -166,6 +166,8 @@ def walk(
     Raises DataError for a bad batch and NonFiniteError when activations overflow (inf or NaN), naming
     the first layer; the check costs no host sync per layer, one per batch.
     """
+    if getattr(pruner, "poisoned", None):
+        raise NonFiniteError(f"this Pruner's history is unusable ({pruner.poisoned}); build a new Pruner")
     ids0, valid0 = prepare_batch(adapter, input_ids, attention_mask)
     layout = canonical_layout(ids0, valid0)
     ids, valid = layout.ids, layout.valid
@@ -228,7 +230,12 @@ def walk(
         if on_layer is not None:
             on_layer(i + 1, dims.num_layers)
     t_layers = ctx.now()
-    check_finite_layers(finite, adapter.dtype)
+    try:
+        check_finite_layers(finite, adapter.dtype)
+    except NonFiniteError:
+        if pruner.history is not None and update_history:
+            pruner.poisoned = "an earlier batch's activations were non-finite"
+        raise
     hidden = adapter.final(h)
     record = None
     if level != "none":

@@ -115,3 +115,16 @@ def test_non_finite_logits_in_generation_are_an_error():
     lm = _finish(lm.model, "loud-head-gen")
     with pytest.raises(NonFiniteError, match="new token 1 "):
         generate(lm.adapter, Pruner(lm.adapter, PruneConfig(method="dense")), [[5, 6, 7, 8, 9, 10]], max_new_tokens=4)
+
+
+def test_non_finite_batch_leaves_no_pp_history_to_decide_from():
+    """PP's history took the failed batch's EMA (inf/NaN at and after the bad layer): the same pruner then
+    refuses every batch, instead of ranking heads by NaN scores on a batch that happens to stay finite."""
+    lm, ok = _overflowing(torch.float16), _overflowing(torch.float32)
+    calib = calibrate(ok, IDS, 2, cache=False, progress=False)
+    pruner = Pruner(lm.adapter, PruneConfig(method="pp", ratio=0.4, skip_layers=(0,), mlp_multiple=8), calib)
+    with pytest.raises(NonFiniteError, match=f"layer {BLOWN_LAYER} "):
+        walk(lm.adapter, pruner, IDS)
+    assert not all(bool(torch.isfinite(h).all()) for h in pruner.history.states.values())
+    with pytest.raises(NonFiniteError, match="build a new Pruner"):
+        walk(lm.adapter, pruner, IDS[:, :4])
