@@ -124,7 +124,7 @@ def _run_twice(name, cfg, ids, mask):
     return pruner, first.record, second.record, _real_losses(lm, second, ids, mask)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(_MODELS)), lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4),
        extra=st.integers(0, 9), method=st.sampled_from(["pp", "fullbatch"]), seed=st.integers(0, 2**16))
 def test_padding_on_either_side_gives_identical_decisions_history_and_losses(name, lengths, extra, method, seed):
