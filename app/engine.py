@@ -18,7 +18,7 @@ from ppcore.analysis import degradation_per_saving, logit_agreement, masked_mean
 from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, sample_windows, tokenize_text
 from ppcore.evaluate import environment
-from ppcore.flops import flops_ratios
+from ppcore.flops import RATIO_NAMES, flops_ratios
 from ppcore.generate import generate
 from ppcore.experiment import calibration_windows
 from ppcore.speed import measure
@@ -28,7 +28,7 @@ from .state import Settings, prune_config
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")
 # The four FLOPs figures (../shared/BENCHMARKS.md): whole model, then decoder layers only (the paper's).
-FLOPS_FIELDS = ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio")
+FLOPS_FIELDS = RATIO_NAMES
 Progress = Callable[[float, str], None]
 
 

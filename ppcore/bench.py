@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import CALIB_BATCH_SIZE, PruneConfig
-from .flops import flops_ratios
+from .flops import add_flops, flops_ratios
 from .methods import Pruner
 from .experiment import EvalSetup, prepare
 from .loading import Placement
@@ -55,8 +55,7 @@ def _timed_batch(setup: EvalSetup, run: _Run, ids: torch.Tensor, repeats: int) -
         if rep == 0:
             run.losses.append(loss)
             run.tokens += int(mask.sum())
-            for k, v in res.flops.items():
-                run.flops[k] = run.flops.get(k, 0) + int(v)
+            add_flops(run.flops, res.flops)
     run.secs.append(statistics.median(times))
 
 

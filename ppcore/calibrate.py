@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from .errors import DataError
 from .loading import LoadedModel, cache_root
 from .methods import Decision, Pruner
 from .stats import CalibStats, StatsAccumulator
+from .versions import package_version, source_hash
 from .walk import walk
 from .walk_context import WalkCtx
 
@@ -45,11 +45,7 @@ _ENGINE_MODULES = ("adapters", "blocks", "calibrate", "methods", "stats", "walk"
 
 @functools.lru_cache(maxsize=1)
 def _engine_source_hash() -> str:
-    h = hashlib.sha256()
-    for name in _ENGINE_MODULES:
-        module = importlib.import_module(f"{__package__}.{name}")
-        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return source_hash(*(importlib.import_module(f"{__package__}.{name}") for name in _ENGINE_MODULES))[:16]
 
 
 def _numerics(device: str) -> str:
@@ -71,16 +67,9 @@ def calib_key(lm: LoadedModel, windows: Tensor, batch_size: int) -> str:
     placement = getattr(lm.model, "hf_device_map", None)
     parts = [lm.fingerprint, str(lm.dtype), lm.device.type, windows_hash(windows), str(tuple(windows.shape)),
              str(batch_size), str(STATS_VERSION), _engine_source_hash(), f"torch={torch.__version__}",
-             f"transformers={_version('transformers')}", _numerics(lm.device.type),
+             f"transformers={package_version('transformers')}", _numerics(lm.device.type),
              json.dumps(sorted((str(k), str(v)) for k, v in placement.items())) if placement else "one-device"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 def calibrate(lm: LoadedModel, windows: Tensor, batch_size: int, *, cache: bool = True,

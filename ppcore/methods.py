@@ -161,7 +161,7 @@ class Pruner:
         full = self.full_slice(layer, block, w)
         t0 = ctx.now()
         # The walk's layout puts every row's real tokens first (column = token position), so the probe's
-        # columns are original positions and a pad can only sit beside a real token of another sample.
+        # columns are original positions; a probe column holds a pad only in samples shorter than it.
         window = ad.windows[layer] if block == "attn" else None
         if window is not None and window >= x.shape[1]:
             window = None  # no two tokens of this batch are a window apart

@@ -157,10 +157,10 @@ def walk(
 ) -> WalkResult:
     """Run one batch through the decoder with `pruner`'s keep-sets. `level`: none|summary|full.
 
-    `input_ids` (B, L) token ids and `attention_mask` (B, L) 0/1 (None: nothing padded; pads on either
-    side, or anywhere). The batch runs in the walk's layout (`canonical_layout`): real tokens first, no
-    pad-only columns, so the same real tokens give the same decisions, history and losses however they
-    were padded; the record's `input_ids`, `attention_mask`, probe picks and importance columns are in
+    `input_ids` (B, L) token ids and `attention_mask` (B, L) 0/1 (None: nothing padded; pads on the
+    left, the right or both; a pad between real tokens is refused). The batch runs in the walk's layout
+    (`canonical_layout`): real tokens first, no pad-only columns, so the same real tokens give the same
+    decisions, history and losses however they were padded; the record's `input_ids`, `attention_mask`, probe picks and importance columns are in
     that layout (column = token position). `hidden` comes back in the caller's layout.
     `on_layer(done, total)` runs after each layer: for progress, and to cancel a run by raising.
     Raises DataError for a bad batch and NonFiniteError when activations overflow (inf or NaN), naming

@@ -153,7 +153,7 @@ def test_cache_keys_tokenizers_that_differ_beyond_the_first_entries_differ(tmp_p
     assert first == second == data.tokenizer_hash(plain) and len(calls) == 1
     assert vars(fresh).keys() == attrs.keys()
     # another transformers or tokenizers version may split text differently: another key
-    monkeypatch.setattr(data, "_version", lambda name: "999.0")
+    monkeypatch.setattr(data, "package_version", lambda name: "999.0")
     assert data.tokenizer_hash(_word_tokenizer()) != first
 
 
