@@ -1,11 +1,19 @@
-"""The one typed configuration of a pruning run, validated up front."""
+"""The one source of every engine setting: `PruneConfig` (which heads and channels a run keeps) and
+`CalibConfig` (the calibration pass), with their defaults, choices, help texts and validation.
+
+The CLI's flags and the app's widgets and URL parameters are derived from these dataclasses through
+`settings_of(cls)`: each field declares its help text (and, where it has them, its choices, its CLI
+flag stem and its text form) with `setting(...)`, so a setting is defined once and every front end
+shows the same name, default and choices. Constructing either config validates it (ConfigError).
+The defaults are the official protocol's (docs/algorithm.md).
+"""
 from __future__ import annotations
 
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -29,6 +37,90 @@ _LAYER_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One user-facing setting of a config dataclass, as `settings_of` derives it from a field.
+
+    `name` is the field's name (also the app's URL parameter), `flag` the CLI flag without dashes
+    (booleans that default to True are switched off by `--no-<flag>`), `parse` turns text from the CLI
+    or a URL into a value (raising ConfigError), `text` turns a value back into that text form.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: Optional[tuple[str, ...]]
+    flag: str
+    parse: Callable[[str], Any]
+    text: Callable[[Any], str]
+
+
+def setting(default: Any, help: str, *, choices: Optional[tuple[str, ...]] = None, flag: Optional[str] = None,
+            parse: Optional[Callable[[str], Any]] = None, text: Optional[Callable[[Any], str]] = None) -> Any:
+    """A dataclass field with its user-facing description (see `Setting`)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "parse": parse, "text": text}
+    return field(default=default, metadata={"setting": meta})
+
+
+def _parse_bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false (1 or 0), got {raw!r}")
+
+
+def _parser_for(kind: type, choices: Optional[tuple[str, ...]]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        if kind is bool:
+            return _parse_bool(raw)
+        if choices is not None and raw not in choices:
+            raise ConfigError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        try:
+            value = kind(raw.strip()) if kind in (int, float) else kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"expected {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {raw!r}")
+        return value
+
+    return parse
+
+
+def settings_of(cls: type) -> tuple[Setting, ...]:
+    """The settings of a config dataclass (`PruneConfig`, `CalibConfig`), in field order."""
+    out = []
+    for f in fields(cls):
+        meta = f.metadata.get("setting")
+        if meta is None:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kind = type(default)
+        out.append(Setting(
+            name=f.name, kind=kind, default=default, help=meta["help"], choices=meta["choices"],
+            flag=meta["flag"] or f.name.replace("_", "-"),
+            parse=meta["parse"] or _parser_for(kind, meta["choices"]),
+            text=meta["text"] or ((lambda v: "1" if v else "0") if kind is bool else str),
+        ))
+    return tuple(out)
+
+
+def format_layer_list(layers: tuple[int, ...]) -> str:
+    """The inverse of `parse_layer_list`: (0, 1, 2, 5) -> '0-2,5'; () -> ''."""
+    parts: list[str] = []
+    for i in sorted(set(layers)):
+        if parts and "-" not in parts[-1] and int(parts[-1]) == i - 1:
+            parts[-1] = f"{i - 1}-{i}"
+        elif parts and "-" in parts[-1] and int(parts[-1].split("-")[1]) == i - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{i}"
+        else:
+            parts.append(str(i))
+    return ",".join(parts)
+
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Everything that decides which heads and channels a run keeps.
 
@@ -36,17 +128,21 @@ class PruneConfig:
     layers; pruned layers use `round(N/(N-len(skip)) * ratio, 2)` (spec section 6).
     """
 
-    method: str = "pp"
-    ratio: float = 0.4
-    token_frac: float = 0.5  # probe: fraction of tokens, selected first
-    sample_frac: float = 0.05  # probe: fraction of samples, selected over the chosen tokens
-    skip_layers: tuple[int, ...] = (0, 1, 2)
-    prune_attn: bool = True
-    prune_mlp: bool = True
-    ema: float = 0.99  # history momentum (PP only)
-    mlp_multiple: int = 64  # MLP kept count rounded up to a multiple of this (1 = no rounding)
-    use_history: bool = True  # PP: fuse the probe with calibration-initialised history
-    flap_bias: str = "official"  # official: calib mean / calib batch size (spec 8.1c); mean; none
+    method: str = setting("pp", "the method that decides which heads and channels each batch keeps", choices=METHODS)
+    ratio: float = setting(0.4, "fraction of attention heads and MLP channels removed, averaged over all layers")
+    token_frac: float = setting(0.5, "probe: fraction of the batch's tokens, chosen first by residual importance")
+    sample_frac: float = setting(0.05, "probe: fraction of the batch's samples, chosen over the probe's tokens")
+    skip_layers: tuple[int, ...] = setting(
+        (0, 1, 2), "layers left unpruned: indices and ranges such as '0-2' or '0-2,5'; '' skips none",
+        parse=lambda raw: parse_layer_list(raw), text=lambda v: format_layer_list(v))
+    prune_attn: bool = setting(True, "prune attention heads", flag="attn")
+    prune_mlp: bool = setting(True, "prune MLP channels", flag="mlp")
+    ema: float = setting(0.99, "PP: momentum of the history's moving average")
+    mlp_multiple: int = setting(64, "MLP kept-channel count rounded up to a multiple of this (1: no rounding)")
+    use_history: bool = setting(True, "PP: fuse the probe with the calibration-initialised history", flag="history")
+    flap_bias: str = setting("official", "FLAP's bias compensation: 'official' divides the calibration mean by "
+                             "the calibration batch size, as the official code does; 'mean'; 'none'",
+                             choices=FLAP_BIAS_MODES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_layers", _check_skip(self.skip_layers))
@@ -118,6 +214,41 @@ class PruneConfig:
         if "skip_layers" in known:
             known["skip_layers"] = tuple(known["skip_layers"])
         return cls(**known)
+
+
+MAX_CALIB_WINDOWS = 100_000
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """The calibration pass: which windows the dense model runs to seed PP's history and to score the
+    static baselines (docs/algorithm.md, section 5). Defaults are the official protocol's.
+
+    The windows are drawn with the run's seed from the dataset's calibration split. `batch_size` is a
+    setting of its own because FLAP's official compensation divides by it (section 8.1c).
+    Raises ConfigError for a value out of range.
+    """
+
+    dataset: str = setting("wiki-vital", "corpus of the calibration windows: wiki-vital, wikitext2 or a .txt path",
+                           flag="calib-dataset")
+    windows: int = setting(100, "number of calibration windows", flag="calib-seqs")
+    seq_len: int = setting(512, "tokens per calibration window", flag="calib-seq-len")
+    batch_size: int = setting(CALIB_BATCH_SIZE, "windows per batch of the calibration pass (the official "
+                              "protocol's 20); FLAP's official bias compensation divides by it",
+                              flag="calib-batch-size")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError(f"the calibration dataset must be a corpus name or a path, got {self.dataset!r}")
+        for name, low, high in (("windows", 1, MAX_CALIB_WINDOWS), ("seq_len", 2, 1 << 20)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
+                raise ConfigError(f"calibration {name} must be a whole number from {low} to {high}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        object.__setattr__(self, "batch_size", check_calib_batch_size(self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _check_fraction(name: str, value: Any, *, low_inclusive: bool, high_inclusive: bool) -> float:
@@ -248,3 +379,9 @@ def mlp_kept(num_pruned: int, channels: int, multiple: int) -> int:
 
 def mlp_kept_for_ratio(r_eff: float, channels: int, multiple: int) -> int:
     return mlp_kept(int(r_eff * channels), channels, multiple)
+
+
+# The app's interactive default: 16 windows of 128 tokens calibrate in seconds on two CPU cores, where
+# the official 100 x 512 take minutes; the app says which one a result used. Everything else is the
+# engine's default.
+INTERACTIVE_CALIB = CalibConfig(windows=16, seq_len=128)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import __version__
 from .config import PruneConfig
 from .errors import DataError
 from .flops import add_flops, flops_ratios
@@ -21,8 +22,6 @@ from .methods import Pruner
 from .record import BatchRecord
 from .stats import CalibStats
 from .walk import token_nll, walk
-
-PPCORE_VERSION = "0.1.0"
 
 
 @dataclass
@@ -71,7 +70,7 @@ def environment() -> dict[str, Any]:
     import transformers
 
     return {
-        "ppcore": PPCORE_VERSION, "python": sys.version.split()[0], "torch": torch.__version__,
+        "ppcore": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "transformers": transformers.__version__, "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
