@@ -145,7 +145,7 @@ def latency_bars(df: pd.DataFrame, title: str) -> go.Figure:
 
 def compare_scatter(df: pd.DataFrame) -> go.Figure:
     fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method", symbol="ratio" if df["ratio"].nunique() > 1 else None,
-                     hover_data=["ratio", "flops_ratio", "decoder_flops_ratio", "ppl_per_time_saved"], text="method",
+                     hover_data=["ratio", "flops_ratio", "decoder_flops_ratio", "prr"], text="method",
                      title="Perplexity against time (both relative to the same batch)")
     fig.update_traces(textposition="top center", marker_size=11)
     fig.update_layout(height=420, xaxis_title="time / dense time", yaxis_title="perplexity on the batch")

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ppcore import (METHODS, BatchRecord, CalibStats, DataError, LoadedModel, Placement, PruneConfig, Pruner, RunRecord,
                     load_model, token_nll, walk)
-from ppcore.analysis import degradation_per_saving, logit_agreement, masked_mean, perplexity, stability
+from ppcore.analysis import logit_agreement, masked_mean, perplexity, prr, stability
 from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, sample_windows, tokenize_text
 from ppcore.evaluate import environment
@@ -188,11 +188,11 @@ def compare(lm: LoadedModel, calib: Optional[CalibStats], r: Result, ratios: lis
             rows.append({"method": c.method, "ratio": ratio, "ppl": ppl, "ppl_increase": ppl - dense_ppl,
                          "seconds": t["seconds"], "time_vs_dense": t["time_vs_dense"],
                          **{f: t[f] for f in FLOPS_FIELDS},
-                         "ppl_per_time_saved": degradation_per_saving(ppl, dense_ppl, t["seconds"], dense_t)})
+                         "prr": prr(ppl, dense_ppl, t["seconds"], dense_t)})
         if k == 0 or not any(x["method"] == "dense" for x in rows):
             d = next(x for x in timing["runs"] if x["method"] == "dense")
             rows.append({"method": "dense", "ratio": 0.0, "ppl": dense_ppl, "ppl_increase": 0.0, "seconds": dense_t,
-                         "time_vs_dense": 1.0, **{f: d[f] for f in FLOPS_FIELDS}, "ppl_per_time_saved": None})
+                         "time_vs_dense": 1.0, **{f: d[f] for f in FLOPS_FIELDS}, "prr": None})
     progress(1.0, "done")
     return rows
 

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .adapters import Adapter
-from .record import BatchRecord
+from .record import BLOCK_NAMES as BLOCKS, BatchRecord
 
-BLOCKS = ("attn", "mlp")
 
 
 def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
@@ -117,8 +116,13 @@ def perplexity(nll: Tensor, mask: Tensor) -> float:
     return math.exp(masked_mean(nll, mask))
 
 
-def degradation_per_saving(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float) -> Optional[float]:
-    """Perplexity added per unit fraction of runtime saved; None when the run saved no time."""
+def prr(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float) -> Optional[float]:
+    """PRR, performance degradation per unit of runtime reduction: (ppl - ppl_dense) / (1 - seconds /
+    seconds_dense), the perplexity added per unit fraction of dense runtime saved (lower is better).
+
+    Perplexities are unitless, seconds are wall seconds of the same batches. Returns None when the run
+    saved no time (the ratio is undefined there).
+    """
     saved = 1.0 - seconds / seconds_dense if seconds_dense > 0 else 0.0
     if saved <= 0:
         return None

@@ -10,7 +10,7 @@ import math
 import statistics
 from typing import Any, Optional
 
-from .analysis import degradation_per_saving
+from .analysis import prr as prr_of
 
 Row = dict[str, Any]
 
@@ -43,7 +43,7 @@ def aggregate(rows: list[Row]) -> list[Row]:
         paired = [(r, dense[r["seed"]]) for r in group if r["seed"] in dense]
         rel = [r["seconds"] / d["seconds"] for r, d in paired]
         prr = [v for r, d in paired
-               if (v := degradation_per_saving(r["ppl"], d["ppl"], r["seconds"], d["seconds"])) is not None]
+               if (v := prr_of(r["ppl"], d["ppl"], r["seconds"], d["seconds"])) is not None]
         out.append({
             "method": method, "ratio": ratio, "seeds": [r["seed"] for r in group],
             "ppl": mean_se([r["ppl"] for r in group]), "seconds": mean_se([r["seconds"] for r in group]),

@@ -231,7 +231,7 @@ class CalibConfig:
 
     dataset: str = setting("wiki-vital", "corpus of the calibration windows: wiki-vital, wikitext2 or a .txt path",
                            flag="calib-dataset")
-    windows: int = setting(100, "number of calibration windows", flag="calib-seqs")
+    windows: int = setting(100, "number of calibration windows", flag="calib-windows")
     seq_len: int = setting(512, "tokens per calibration window", flag="calib-seq-len")
     batch_size: int = setting(CALIB_BATCH_SIZE, "windows per batch of the calibration pass (the official "
                               "protocol's 20); FLAP's official bias compensation divides by it",

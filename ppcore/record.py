@@ -16,6 +16,7 @@ import numpy as np
 #    and "flops" carries "head" (the part outside the decoder layers). Version 1 records still load.
 SCHEMA_VERSION = 2
 LEVELS = ("none", "summary", "full")
+BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
 
 
 def round_floats(values: Any, digits: int = 6) -> Any:

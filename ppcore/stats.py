@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-BLOCKS = ("attn", "mlp")
+from .record import BLOCK_NAMES as BLOCKS
 
 
 @dataclass

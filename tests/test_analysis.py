@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ppcore import PruneConfig, Pruner, walk
-from ppcore.analysis import (degradation_per_saving, jaccard, keep_jaccard, kept_fractions, kept_matrix,
+from ppcore.analysis import (prr, jaccard, keep_jaccard, kept_fractions, kept_matrix,
                              logit_agreement, masked_mean, perplexity, probe_token_matrix, stability, top_k_next)
 from tests.conftest import tiny_llama
 
@@ -85,6 +85,6 @@ def test_top_k_and_perplexity(runs):
     assert perplexity(nll, mask) == pytest.approx(math.exp(2.0))
 
 
-def test_degradation_per_saving():
-    assert degradation_per_saving(12.0, 10.0, 0.5, 1.0) == pytest.approx(4.0)
-    assert degradation_per_saving(12.0, 10.0, 1.2, 1.0) is None
+def test_prr():
+    assert prr(12.0, 10.0, 0.5, 1.0) == pytest.approx(4.0)
+    assert prr(12.0, 10.0, 1.2, 1.0) is None
