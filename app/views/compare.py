@@ -13,7 +13,7 @@ def render(r: Result, start_compare) -> None:
     st.caption("Perplexity on this batch, median wall time (interleaved, after warm-up), FLOPs relative to dense "
                "(flops_ratio over the whole model, LM head included; decoder_flops_ratio over the decoder layers "
                "only, as the paper counts them; the probe's share likewise), and the perplexity added per unit "
-               "fraction of runtime saved: PRR, lower is better; empty when a method saved no time).")
+               "fraction of runtime saved (PRR: lower is better; empty when a method saved no time).")
     c1, c2, c3 = st.columns([1, 2, 1])
     sweep = c1.checkbox("Ratio sweep", key="cmp_sweep")
     ratios_text = c2.text_input("Ratios", "0.2, 0.4, 0.6", key="cmp_ratios", disabled=not sweep)
