@@ -12,16 +12,18 @@ run: setup
 	$(VENV)/bin/streamlit run app/main.py
 
 test: setup-dev browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 setup: $(RUN_OK)
 setup-dev: $(DEV_OK)
 
-$(RUN_OK): requirements.txt requirements-embedded.txt
+$(RUN_OK): requirements.txt requirements-embedded.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	@$(PIP) install -r requirements.txt
 	@$(PIP) install --no-deps -r requirements-embedded.txt
+	@$(PIP) install --no-deps -e .
 	@touch $@
 
 $(DEV_OK): $(RUN_OK) requirements-dev.txt
