@@ -36,7 +36,8 @@ browser:
 		|| echo "chromium could not be installed: the browser test will be skipped"
 
 bench-official: setup
-	$(PY) bench/compare.py --official ../shared/reference/official_cpu_run --out bench/results/official.json
+	$(PY) -m ppcore bench --seeds none --official ../shared/reference/official_cpu_run \
+		--methods dense,pp,fullbatch,wanda-sp,flap --ratios 0.2,0.4 --official-out bench/results/official.json
 
 clean-venv:
 	rm -rf $(VENV)

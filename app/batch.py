@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -15,24 +14,15 @@ import torch
 from torch import Tensor
 
 from ppcore import DataError
-from ppcore.data import corpus_text, sample_windows, tokenize_text
+from ppcore.session import Batch, corpus_windows
 
-from .state import DEMO_CORPORA, MAX_SEED, SOURCES, Settings, demo, limits
+from .state import DEMO_CORPORA, SOURCES, Settings, demo, limits
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples.txt"
 UPLOAD_TYPES = (".txt", ".jsonl", ".csv")  # all read as UTF-8 text; nothing else is accepted
 
 
-@dataclass
-class Batch:
-    ids: Tensor  # (B, L) long, right-padded
-    mask: Optional[Tensor]  # (B, L) 0/1, None when nothing is padded
-    description: str  # where the samples came from, for the protocol and captions
-    tokens: list[list[str]]  # per sample, the text of each position ('' for pads)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [int(r.sum()) for r in self.mask] if self.mask is not None else [self.ids.shape[1]] * self.ids.shape[0]
+__all__ = ["Batch", "UPLOAD_TYPES", "build_batch", "check_settings", "read_upload", "split_text", "upload_texts"]
 
 
 def iter_lines(text: str) -> Iterator[str]:
@@ -144,32 +134,35 @@ def upload_texts(name: str, data: bytes, column: str, split: str, limit: Optiona
     return list(itertools.islice(iter_upload(name, data, column, split), limit))
 
 
-def check_sizes(batch_size: int, seq_len: int) -> None:
-    lim = limits()
-    if not 1 <= batch_size <= lim.batch:
-        raise DataError(f"batch size {batch_size} is out of range: use 1 to {lim.batch} samples")
-    if not 2 <= seq_len <= lim.seq:
-        raise DataError(f"sequence length {seq_len} is out of range: use 2 to {lim.seq} tokens")
+RANGE_MESSAGES = {  # how an out-of-range size is named, and its unit
+    "batch_size": ("batch size", "samples"), "seq_len": ("sequence length", "tokens"),
+    "calib_windows": ("calibration windows", "windows"), "calib_seq_len": ("calibration length", "tokens"),
+    "calib_batch_size": ("calibration batch size", "windows per batch"), "seed": ("seed", ""),
+}
+
+
+def check_sizes(s: Settings) -> None:
+    """Every whole-number setting within `limits().ranges()`, or one DataError naming it and its range."""
+    for name, (lo, hi) in limits().ranges().items():
+        value = getattr(s, name)
+        if not lo <= value <= hi:
+            what, unit = RANGE_MESSAGES[name]
+            raise DataError(f"{what} {value} is out of range: use {lo} to {hi}" + (f" {unit}" if unit else ""))
 
 
 def check_settings(s: Settings) -> None:
     """Every cheap check on the settings, before any model work (the engine checks the rest)."""
     lim = limits()
-    check_sizes(s.batch_size, s.seq_len)
-    if not (1 <= s.calib <= lim.calib and 2 <= s.calib_len <= lim.calib_len):
-        raise DataError(f"calibration: use 1 to {lim.calib} windows of 2 to {lim.calib_len} tokens")
-    if not 1 <= s.calib_batch_size <= lim.calib_batch:
-        raise DataError(f"calibration batch size {s.calib_batch_size} is out of range: use 1 to {lim.calib_batch} "
-                        "windows per batch")
-    if not 0 <= s.seed <= MAX_SEED:
-        raise DataError(f"seed {s.seed} is out of range: use 0 to {MAX_SEED}")
+    check_sizes(s)
     if s.source == "paste" and len(s.text) > lim.text_chars:
         raise DataError(f"the pasted text has {len(s.text):,} characters, over the limit of {lim.text_chars:,}: "
                         "paste less (only the first samples are used), or upload a file")
     if s.source not in SOURCES:
         raise DataError(f"unknown batch source {s.source!r}; choose one of {', '.join(SOURCES)}")
-    if s.source == "corpus" and demo() and s.corpus not in DEMO_CORPORA:
-        raise DataError(f"corpus {s.corpus!r} is not available in the demo: use {', '.join(DEMO_CORPORA)}")
+    used = (("corpus", s.corpus, s.source == "corpus"), ("calibration dataset", s.calib_dataset, True))
+    for what, corpus, read in used:
+        if read and demo() and corpus not in DEMO_CORPORA:
+            raise DataError(f"{what} {corpus!r} is not available in the demo: use {', '.join(DEMO_CORPORA)}")
 
 
 def texts_for(s: Settings, upload: Optional[tuple[str, bytes]]) -> tuple[Iterator[str], str]:
@@ -200,9 +193,9 @@ def encode_prefix(tokenizer: Any, text: str, n: int) -> list[int]:
 def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[str, bytes]] = None) -> Batch:
     check_settings(s)  # also here, for callers that skip run_analysis: the demo lock holds for every batch
     if s.source == "corpus":
-        ids = tokenize_text(tokenizer, corpus_text(s.corpus, "eval"))
-        windows = sample_windows(ids, s.batch_size, s.seq_len, s.seed)
-        return _finish(tokenizer, windows, None, f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")
+        windows = corpus_windows(tokenizer, s.corpus, s.batch_size, s.seq_len, s.seed)
+        return _finish(tokenizer, windows, None,
+                       f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")
     texts, desc = texts_for(s, upload)
     encoded: list[list[int]] = []
     for t in texts:  # only as many texts as the batch needs are tokenized
@@ -225,7 +218,8 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
         mask[i, : len(e)] = 1
     if int(ids.max()) >= vocab:
         raise DataError(f"the tokenizer produced ids beyond the model's vocabulary of {vocab}")
-    return _finish(tokenizer, ids, None if bool(mask.all()) else mask, f"{len(encoded)} samples from {desc}, up to {s.seq_len} tokens")
+    return _finish(tokenizer, ids, None if bool(mask.all()) else mask,
+                   f"{len(encoded)} samples from {desc}, up to {s.seq_len} tokens")
 
 
 def _finish(tokenizer: Any, ids: Tensor, mask: Optional[Tensor], desc: str) -> Batch:

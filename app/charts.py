@@ -23,7 +23,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
     B, L = z.shape
     text = [[_show(tokens[b][t]) if t < len(tokens[b]) else "" for t in range(L)] for b in range(B)]
     fig = go.Figure(go.Heatmap(z=z, customdata=text, colorscale="Viridis", colorbar=dict(title="‖h‖"),
-                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata}<br>importance %{z:.3g}<extra></extra>"))
+                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata}<br>"
+                                             "importance %{z:.3g}<extra></extra>"))
     for t in probe_tokens:  # a red tick above each probe token column
         fig.add_shape(type="rect", x0=t - 0.5, x1=t + 0.5, y0=1.0, y1=1.05, xref="x", yref="paper",
                       fillcolor=PROBE, line_width=0)
@@ -35,7 +36,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
         fig.add_trace(go.Scatter(x=[t for _, t in cells], y=[b for b, _ in cells], mode="markers", name="probe",
                                  marker=dict(symbol="square-open", color=PROBE, size=9, line_width=2),
                                  customdata=[text[b][t] for b, t in cells],
-                                 hovertemplate="probe: sample %{y}, position %{x}<br>token %{customdata}<extra></extra>"))
+                                 hovertemplate="probe: sample %{y}, position %{x}<br>token %{customdata}"
+                                               "<extra></extra>"))
     fig.update_layout(title=title, height=260 + 14 * B, margin=dict(l=60, r=20, t=70, b=40), showlegend=False)
     fig.update_yaxes(title="sample", autorange="reversed", dtick=1 if B <= 16 else None)
     fig.update_xaxes(title="token position")
@@ -130,7 +132,8 @@ def diff_bars(tokens: list[str], diff: Sequence[float], title: str) -> go.Figure
     colors = ["#d62728" if d > 0 else "#2ca02c" for d in diff]
     fig = go.Figure(go.Bar(x=labels, y=list(diff), marker_color=colors,
                            hovertemplate="%{x}<br>Δ loss %{y:+.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=100), yaxis_title="pruned − dense (nats)")
+    fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=100),
+                      yaxis_title="pruned − dense (nats)")
     fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
     return fig
 
@@ -144,7 +147,8 @@ def latency_bars(df: pd.DataFrame, title: str) -> go.Figure:
 
 
 def compare_scatter(df: pd.DataFrame) -> go.Figure:
-    fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method", symbol="ratio" if df["ratio"].nunique() > 1 else None,
+    fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method",
+                     symbol="ratio" if df["ratio"].nunique() > 1 else None,
                      hover_data=["ratio", "flops_ratio", "decoder_flops_ratio", "prr"], text="method",
                      title="Perplexity against time (both relative to the same batch)")
     fig.update_traces(textposition="top center", marker_size=11)

@@ -26,7 +26,7 @@ def _ratio(v: Optional[float], fmt: str) -> str:
 
 
 def header_metrics(s: dict[str, Any], method: str) -> list[Metric]:
-    """From `engine.Result.summary()`: perplexities (with the change), KL, top-1 agreement, then the four
+    """From `ppcore.session.Analysis.summary()`: perplexities (with the change), KL, top-1 agreement, then the four
     FLOPs figures of `ppcore.flops.flops_ratios` (pruned and probe FLOPs over dense, counted over the whole
     model and over the decoder layers only). Decoder figures of an old record without a `head` count: n/a."""
     return [

@@ -1,22 +1,72 @@
-"""The sidebar: model, batch and method settings. Widgets start from the URL and write back to it."""
+"""The sidebar: model, batch and method settings. Widgets start from the URL and write back to it.
+
+The engine's settings (PruneConfig, CalibConfig) are drawn from their declarations (app/state.py FIELDS):
+a flag is a checkbox, a setting with choices a select box, a number a number input, anything else a text
+input, each with the setting's help text. SECTIONS only places them; one it does not name joins the last
+section, so a setting added to the engine appears here without a change.
+"""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import fields, replace
-from typing import Optional
+from typing import Any, Optional
 
 import streamlit as st
 
-from ppcore import METHODS
-
 from .batch import UPLOAD_TYPES, read_upload
-from .state import (DEMO_CORPORA, DEVICE_CHOICES, DTYPE_CHOICES, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo,
-                    from_query, limits)
+from .state import BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo, from_query, limits
 
 SOURCE_LABELS = {"examples": "Example prompts", "paste": "Paste text", "upload": "Upload a file",
                  "corpus": "Windows from a corpus"}
-METHOD_HELP = ("pp: Probe Pruning (per batch). fullbatch: the whole batch is the probe (oracle). "
-               "wanda-sp, flap, ppsp-calib: static, decided once from calibration. dense: no pruning.")
+LABELS = {"ratio": "Pruning ratio", "prune_attn": "Prune attention", "prune_mlp": "Prune MLP",
+          "skip_layers": "Skipped layers", "token_frac": "Probe token fraction", "sample_frac": "Probe sample fraction",
+          "ema": "EMA momentum", "use_history": "Use the history", "mlp_multiple": "MLP channel multiple",
+          "flap_bias": "FLAP bias", "calib_windows": "Calibration windows", "calib_seq_len": "Calibration length",
+          "calib_batch_size": "Calibration batch size", "calib_dataset": "Calibration dataset",
+          "seq_len": "Sequence length"}
+STEPS = {"ratio": 0.05, "ema": 0.01, "seq_len": 8, "calib_windows": 4, "calib_seq_len": 16}  # else 1 or 0.05
+FORMATS = {"ema": "%.3f"}  # else "%.2f"
+SECTIONS = (  # (expander, open at first, rows of settings): the engine's settings, in the order they are drawn
+    ("Method", True, (("method",), ("ratio",), ("prune_attn",), ("prune_mlp",), ("skip_layers",))),
+    ("Probe and calibration", False, (("token_frac", "sample_frac"), ("ema", "mlp_multiple"), ("use_history",),
+                                      ("flap_bias",), ("calib_windows", "calib_seq_len"), ("calib_batch_size",),
+                                      ("calib_dataset",))),
+)
+CORPORA = ("corpus", "calib_dataset")  # a server path in local mode; embedded corpora only in the demo
+
+
+def _sections() -> list[tuple[str, bool, tuple[tuple[str, ...], ...]]]:
+    """SECTIONS, with every engine setting it does not place appended to the last section."""
+    placed = {n for _, _, rows in SECTIONS for row in rows for n in row}
+    rest = tuple((f.name,) for f in FIELDS if f.group != "page" and f.name not in placed)
+    return [*SECTIONS[:-1], (SECTIONS[-1][0], SECTIONS[-1][1], SECTIONS[-1][2] + rest)]
+
+
+def widget(where: Any, name: str, disabled: bool = False) -> None:
+    """The widget of setting `name` (key s_<name>), with the setting's label, help and choices."""
+    f = BY_NAME[name]
+    s, key = f.setting, f"s_{name}"
+    label = LABELS.get(name, name.replace("_", " ").capitalize())
+    lo_hi = limits().ranges().get(name)
+    help = s.help + (f" ({lo_hi[0]} to {lo_hi[1]})" if lo_hi else "")
+    choices = DEMO_CORPORA if name in CORPORA and demo() else s.choices
+    if choices is not None and st.session_state.get(key) not in choices:
+        st.session_state[key] = choices[0]
+    if s.kind is bool:
+        where.checkbox(label, key=key, help=help, disabled=disabled)
+    elif choices is not None:
+        where.selectbox(label, choices, key=key, help=help, disabled=disabled)
+    elif s.kind in (int, float):
+        float_ = s.kind is float
+        where.number_input(label, step=STEPS.get(name, 0.05 if float_ else 1), format=FORMATS.get(name, "%.2f")
+                           if float_ else None, key=key, help=help, disabled=disabled)
+    else:
+        where.text_input(label, key=key, help=help, disabled=disabled)
+
+
+def _row(names: tuple[str, ...], disabled: bool = False) -> None:
+    """One line of the sidebar: one setting across, or several side by side."""
+    for where, name in zip(st.columns(len(names)) if len(names) > 1 else [st], names):
+        widget(where, name, disabled)
 
 
 def _init_from_url() -> None:
@@ -24,7 +74,8 @@ def _init_from_url() -> None:
     if st.session_state.get("_url_loaded"):
         return
     s, problems = from_query(st.query_params.to_dict())
-    st.session_state["_store"] = {f.name: getattr(s.locked(), f.name) for f in fields(Settings)}
+    locked = s.locked()
+    st.session_state["_store"] = {f.name: getattr(locked, f.name) for f in FIELDS}
     st.session_state["_url_problems"] = problems
     st.session_state["_url_loaded"] = True
 
@@ -57,77 +108,32 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
                     help="Prune the batch with these settings and refresh every view")
     upload: Optional[tuple[str, bytes]] = None
     with sb.expander("Model", expanded=False):
-        st.text_input("Model", key="s_model", disabled=is_demo,
-                      help="'default' (embedded SmolLM2-135M-Instruct), a hub id, a local checkpoint folder or a .gguf path")
-        c1, c2 = st.columns(2)
-        c1.selectbox("Device", DEVICE_CHOICES, key="s_device", disabled=is_demo,
-                     help="map: a model too big for one device, spread by accelerate over the GPUs, the CPU "
-                          "and disk (offloaded layers are loaded one at a time)")
-        c2.selectbox("Dtype", DTYPE_CHOICES, key="s_dtype", disabled=is_demo)
+        _row(("model",), disabled=is_demo)
+        _row(("device", "dtype"), disabled=is_demo)
         if is_demo:
             st.caption("Demo mode: the model, device and dtype are locked to the default; batches are capped.")
     with sb.expander("Batch", expanded=True):
         st.radio("Source", SOURCES, key="s_source", format_func=SOURCE_LABELS.get)
         source = st.session_state["s_source"]
         if source in ("paste", "upload"):
-            st.radio("One sample per", SPLITS, key="s_split", horizontal=True,
-                     help="paste or .txt: each non-empty line, or each paragraph separated by a blank line")
+            st.radio("One sample per", SPLITS, key="s_split", horizontal=True, help=BY_NAME["split"].setting.help)
         if source == "paste":
             st.text_area("Text", key="s_text", height=140, placeholder="One sample per line",
                          max_chars=lim.text_chars if is_demo else None)
         elif source == "upload":
-            f = st.file_uploader(f"File (.txt, .jsonl, .csv; up to {lim.upload_mb} MB)",
-                                 type=[t.lstrip(".") for t in UPLOAD_TYPES], key="upload",
-                                 max_upload_size=lim.upload_mb)
-            if f is not None:
-                upload = (f.name, f.getvalue())
-                _remember_digest(getattr(f, "file_id", None), upload[1])
-                if not f.name.lower().endswith(".txt"):
-                    try:
-                        cols = _columns(getattr(f, "file_id", None), upload)
-                        if st.session_state.get("s_column") not in cols:
-                            st.session_state["s_column"] = cols[0]
-                        st.selectbox("Text column", cols, key="s_column")
-                    except Exception:  # the run reports the exact problem; the picker just hides
-                        pass
+            upload = _upload(lim.upload_mb)
         elif source == "corpus":
-            if is_demo:
-                if st.session_state.get("s_corpus") not in DEMO_CORPORA:
-                    st.session_state["s_corpus"] = DEMO_CORPORA[0]
-                st.selectbox("Corpus", DEMO_CORPORA, key="s_corpus", help="embedded corpora only, eval split")
-            else:
-                st.text_input("Corpus", key="s_corpus", help="wiki-vital (embedded, eval split) or a path to a .txt file")
-            st.number_input("Seed", step=1, key="s_seed")
-        c1, c2 = st.columns(2)
-        c1.number_input("Batch size", step=1, key="s_batch_size", help=f"samples, 1 to {lim.batch}")
-        c2.number_input("Sequence length", step=8, key="s_seq_len",
-                        help=f"tokens per sample, 2 to {lim.seq} (texts are truncated to it)")
-    with sb.expander("Method", expanded=True):
-        st.selectbox("Method", METHODS, key="s_method", help=METHOD_HELP)
-        st.number_input("Pruning ratio", step=0.05, format="%.2f", key="s_ratio",
-                        help="fraction of heads and MLP channels removed, averaged over all layers; in [0, 1)")
-        c1, c2 = st.columns(2)
-        c1.checkbox("Prune attention", key="s_attn")
-        c2.checkbox("Prune MLP", key="s_mlp")
-        st.text_input("Skipped layers", key="s_skip",
-                      help="indices and ranges, e.g. 0-2 or 0,1,5 or 0-2,5; leave it empty to skip no layers")
-    with sb.expander("Probe and calibration", expanded=False):
-        c1, c2 = st.columns(2)
-        c1.number_input("Probe token fraction", step=0.05, format="%.2f", key="s_token_frac")
-        c2.number_input("Probe sample fraction", step=0.05, format="%.2f", key="s_sample_frac")
-        st.number_input("EMA momentum", step=0.01, format="%.3f", key="s_ema", help="PP's history update")
-        c1, c2 = st.columns(2)
-        c1.number_input("Calibration windows", step=4, key="s_calib",
-                        help="from wiki-vital's calibration split (never the eval text)")
-        c2.number_input("Calibration length", step=16, key="s_calib_len")
-        st.number_input("Calibration batch size", step=1, key="s_calib_batch_size",
-                        help=f"windows per batch of the calibration pass, 1 to {lim.calib_batch} (default "
-                             f"{Settings().calib_batch_size}, the official protocol's): FLAP's official bias "
-                             "compensation divides by it")
+            _row(("corpus",))
+            _row(("seed",))
+        _row(("batch_size", "seq_len"))
+    for title, expanded, rows in _sections():
+        with sb.expander(title, expanded=expanded):
+            for names in rows:
+                _row(names)
     store = st.session_state["_store"]
-    values = {f.name: st.session_state.get(f"s_{f.name}", store[f.name]) for f in fields(Settings)}
+    values = {f.name: st.session_state.get(f"s_{f.name}", store[f.name]) for f in FIELDS}
     store.update(values)
-    s = replace(Settings(), **values).locked()
+    s = Settings(**values).locked()
     query = s.to_query()
     if len(query.get("text", "")) > URL_TEXT_CHARS:  # a long paste stays out of the URL (browsers cap its length)
         del query["text"]
@@ -137,6 +143,25 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
                + (" (pasted text longer than 2000 characters is not in it)." if s.source == "paste"
                   and len(s.text) > URL_TEXT_CHARS else "."))
     return s, upload, run
+
+
+def _upload(upload_mb: int) -> Optional[tuple[str, bytes]]:
+    """The file uploader, and the text-column picker of a .csv or .jsonl: (name, bytes), or None."""
+    f = st.file_uploader(f"File (.txt, .jsonl, .csv; up to {upload_mb} MB)",
+                         type=[t.lstrip(".") for t in UPLOAD_TYPES], key="upload", max_upload_size=upload_mb)
+    if f is None:
+        return None
+    upload = (f.name, f.getvalue())
+    _remember_digest(getattr(f, "file_id", None), upload[1])
+    if not f.name.lower().endswith(".txt"):
+        try:
+            cols = _columns(getattr(f, "file_id", None), upload)
+            if st.session_state.get("s_column") not in cols:
+                st.session_state["s_column"] = cols[0]
+            st.selectbox("Text column", cols, key="s_column", help=BY_NAME["column"].setting.help)
+        except Exception:  # the run reports the exact problem; the picker just hides
+            pass
+    return upload
 
 
 def _remember_digest(file_id: Optional[str], data: bytes) -> None:

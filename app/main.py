@@ -1,4 +1,4 @@
-"""Probe Pruning Lab: the page layout and the run loop. A thin layer over ppcore and its run record.
+"""Probe Pruning Lab: the page layout and the run loop. A thin layer over ppcore.session and its run record.
 
 The page opens on the embedded default model and the example prompts and runs them once; after that
 only the Run button recomputes. Results live in this session's st.session_state, so moving a
@@ -6,35 +6,32 @@ layer slider or switching tabs redraws from the stored record without touching t
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app import engine, inputs, messages
+from app.batch import build_batch, check_settings
+from app.header import header_metrics
+from app.result import Result
+from app.state import Settings, calib_config, demo, limits, prune_config
+from app.views import TABS, channels, compare, export, latency, outputs, probe
+from ppcore import LoadedModel, PPCoreError, session
+from ppcore.session import Progress
 
-from app import engine, inputs  # noqa: E402
-from app import messages  # noqa: E402
-from app.batch import build_batch, check_settings  # noqa: E402
-from app.header import header_metrics  # noqa: E402
-from app.state import Settings, demo, limits, parse_skip, prune_config  # noqa: E402
-from app.views import TABS, channels, compare, export, latency, outputs, probe  # noqa: E402
-from ppcore import PPCoreError  # noqa: E402
-from ppcore.config import describe_calibration_batches  # noqa: E402
-
-Progress = Callable[[float, str], None]
 DEFAULT = Settings()
 
 st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
 
-def _model_and_calib(s: Settings):
+def _model_and_calib(s: Settings) -> tuple[LoadedModel, session.Calibration]:
+    """The cached model and calibration for these settings. The demo keeps only its default calibration
+    on disk (app/engine.py)."""
     lm = engine.get_model(s.model, s.device, s.dtype)
-    own = (s.calib, s.calib_len, s.seed, s.calib_batch_size)
-    disk = not demo() or own == (DEFAULT.calib, DEFAULT.calib_len, DEFAULT.seed, DEFAULT.calib_batch_size)
-    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), s.calib, s.calib_len, s.seed,
-                                   s.calib_batch_size, disk)
+    config = calib_config(s)
+    disk = not demo() or (config == calib_config(DEFAULT) and s.seed == DEFAULT.seed)
+    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), config, s.seed, disk)
     return lm, calib
 
 
@@ -64,16 +61,18 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
         bar = st.progress(0.0, text="checking the settings")
         try:
             cfg = prune_config(s)  # cheap checks first: a bad ratio fails before any model work
+            calib_cfg = calib_config(s)
             check_settings(s)
             step(0.05, f"loading model {s.model!r} (cached after the first load)")
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
-            step(0.1, f"calibration: {s.calib} windows of {s.calib_len} tokens in "
-                      f"{describe_calibration_batches(s.calib, s.calib_batch_size)} (cached)")
+            step(0.1, f"calibration: {session.calibration_text(calib_cfg)} (cached)")
             _, calib = _model_and_calib(s)
-            res = engine.analyse(lm, calib, s, batch, key, step)
-            res.protocol = messages.scrub(res.protocol)
+            analysis = session.analyse(lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s),
+                                       progress=step)
+            analysis.protocol = messages.scrub(analysis.protocol)
+            res = Result(key, s, analysis)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
             notes["running"] = False
             st.session_state["error"] = messages.failure(e)
@@ -87,22 +86,17 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
         notes["running"] = False
         st.session_state["result"], st.session_state["error"] = res, None
         status.update(label=f"Done: {cfg.method} on {tuple(batch.ids.shape)} tokens in "
-                            f"{sum(res.seconds.values()):.1f} s of walks", state="complete", expanded=False)
+                            f"{sum(analysis.seconds.values()):.1f} s of walks", state="complete", expanded=False)
 
 
-def _extra(name: str, label: str, fn: Callable[[Any, Any, Progress], Any],
-           store: Optional[Callable[[Any], Any]] = None) -> None:
-    """Run an on-request computation for the current result and keep it with that result (its extras)."""
-    r = st.session_state["result"]
+def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any]) -> None:
+    """Run an on-request computation for the current result with the cached model, and keep it in the
+    result's field `name`."""
     with st.status(label, expanded=True) as status:
         bar = st.progress(0.0)
         try:
             lm, calib = _model_and_calib(r.settings)
-            value = fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(t)))
-            if store is None:
-                r.extras[name] = value
-            else:
-                store(value)
+            r.keep(name, fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(t))))
             status.update(label=f"{label}: done", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
             status.update(label=f"{label}: failed", state="error", expanded=False)
@@ -125,7 +119,8 @@ def main() -> None:
     st.title("Probe Pruning Lab")
     st.caption("Watch Probe Pruning decide, batch by batch, which attention heads and MLP channels of a language "
                "model to drop, and what that costs. Pick a model, a batch and a method in the sidebar, press "
-               "**Run**, then explore the tabs." + (" **Demo mode**: the default model, small batches." if demo() else ""))
+               "**Run**, then explore the tabs."
+               + (" **Demo mode**: the default model, small batches." if demo() else ""))
     s, upload, run_clicked = inputs.sidebar()
     for p in st.session_state.pop("_url_problems", []):
         st.warning(messages.clean(p))
@@ -159,40 +154,40 @@ def main() -> None:
         st.error(messages.failure(e))
 
 
-def _view(label: str, r: engine.Result) -> None:
+def _view(label: str, r: Result) -> None:
+    a = r.analysis
     if label == TABS[0]:
         probe.render(r)
     elif label == TABS[1]:
-        if not r.others:  # computed once per result, the first time this view opens
-            _extra("baselines", "Running the oracle and the static baselines for agreement",
-                   lambda lm, c, p: engine.baselines(lm, c, r, p), store=r.others.update)
-        channels.render(r, lambda n: _extra("stability", "Running consecutive batches",
-                                            lambda lm, c, p: engine.stability_runs(lm, c, r, n, p)))
+        if r.baselines is None:  # computed once per result, the first time this view opens
+            _on_request(r, "baselines", "Running the oracle and the static baselines for agreement",
+                        lambda lm, c, p: session.baselines(lm, c, a, p))
+        channels.render(r, lambda n: _on_request(
+            r, "stability", "Running consecutive batches",
+            lambda lm, c, p: session.stability(lm, c, a, r.settings.corpus, r.settings.seed, n, p)))
     elif label == TABS[2]:
-        outputs.render(r, engine.get_model(r.settings.model, r.settings.device, r.settings.dtype),
-                       lambda prompt, n: _extra("generation", "Generating",
-                                                lambda lm, c, p: engine.generation(lm, c, r.cfg, prompt, n, limits().seq)))
+        outputs.render(r, lambda prompt, n: _on_request(
+            r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq)))
     elif label == TABS[3]:
-        latency.render(r, lambda reps: _extra("latency", "Timing dense and pruned",
-                                              lambda lm, c, p: engine.latency(lm, c, r, reps)))
+        latency.render(r, lambda reps: _on_request(r, "latency", "Timing dense and pruned",
+                                                   lambda lm, c, p: session.latency(lm, c, a, reps)))
     elif label == TABS[4]:
-        compare.render(r, lambda ratios, reps: _extra(
-            "compare", "Comparing methods",
-            lambda lm, c, p: engine.compare(lm, c, r, parse_ratios(ratios) if ratios else [r.cfg.ratio or r.settings.ratio],
-                                            reps, p)))
+        compare.render(r, lambda ratios, reps: _on_request(
+            r, "comparison", "Comparing methods",
+            lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p)))
     else:
         export.render(r)
 
 
-def _header(r: engine.Result) -> None:
-    info = r.info
+def _header(r: Result) -> None:
+    a = r.analysis
+    info = a.info
     st.markdown(f"**{info['name']}** ({info['model_type']}, {info['layers']} layers, {info['heads']} heads over "
                 f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
-                f"batch: {r.batch.description}, {tuple(r.batch.ids.shape)} · method **{r.cfg.method}** at ratio "
-                f"{r.cfg.ratio:.2f}, skipped layers {list(parse_skip(r.settings.skip))} · calibration: "
-                f"{r.settings.calib} windows of {r.settings.calib_len} tokens in "
-                f"{describe_calibration_batches(r.settings.calib, r.settings.calib_batch_size)}")
-    metrics = header_metrics(r.summary(), r.cfg.method)
+                f"batch: {a.batch.description}, {tuple(a.batch.ids.shape)} · method **{a.cfg.method}** at ratio "
+                f"{a.cfg.ratio:.2f}, skipped layers {list(a.cfg.skip_layers)} · calibration: "
+                f"{session.calibration_text(calib_config(r.settings))}")
+    metrics = header_metrics(r.summary(), a.cfg.method)
     for row in (metrics[:4], metrics[4:]):
         for col, m in zip(st.columns(4), row):
             col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)

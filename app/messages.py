@@ -6,6 +6,7 @@ No streamlit here, so it is unit-tested directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -93,9 +94,13 @@ def failure(e: BaseException) -> str:
 
 
 def scrub(obj: Any) -> Any:
-    """A JSON-like object (the run record's protocol) with server paths removed from its strings, in demo mode."""
+    """A JSON-like object or a dataclass of them (the run record's protocol) with server paths removed from
+    its strings, in demo mode."""
     if not demo():
         return obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: scrub(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                                           if f.init})
     if isinstance(obj, str):
         return scrub_paths(obj)
     if isinstance(obj, dict):

@@ -1,30 +1,43 @@
-"""The app's settings: one typed record, shared through the URL (st.query_params) and the sidebar."""
+"""The app's settings: one typed record, shared through the URL (st.query_params) and the sidebar.
+
+Every setting is declared once, with `ppcore.config.setting`: the engine's on `PruneConfig` and
+`CalibConfig` (the latter under a `calib_` prefix, as the CLI's --calib-* flags), the app's own (model,
+batch source, sizes, seed) on `PageSettings` below. The `Settings` record, its defaults, the URL
+parameters and their parsing (`Setting.parse`) and the sidebar's widgets (app/inputs.py) all derive from
+those declarations. The calibration defaults are the interactive preset `INTERACTIVE_CALIB`; every other
+default is the engine's.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from typing import Any, Mapping
 
-from ppcore import METHODS, PruneConfig
-from ppcore.config import CALIB_BATCH_SIZE, MAX_LAYER_INDEX, MAX_LAYER_LIST_CHARS, parse_layer_list
+from ppcore import ConfigError, PruneConfig
+from ppcore.config import (CALIB_BATCH_SIZE, INTERACTIVE_CALIB, MAX_LAYER_INDEX, MAX_LAYER_LIST_CHARS, CalibConfig,
+                           Setting, parse_layer_list, setting, settings_of)
+from ppcore.session import DEVICES
 
-# Demo mode (hosted teaching): the model, device, dtype and corpus are locked, the batch is capped,
+# Demo mode (hosted teaching): the model, device, dtype and corpora are locked, the batch is capped,
 # uploads are small text files, and messages carry no server paths (app/messages.py). The environment
 # is read on every script run (demo()), so a test can switch it; DEMO is its value at import.
 DEMO = os.environ.get("PP_DEMO", "") == "1"
-DEMO_BATCH, DEMO_SEQ, DEMO_CALIB, DEMO_NEW_TOKENS = 8, 128, 16, 32
+DEMO_BATCH, DEMO_SEQ, DEMO_CALIB, DEMO_NEW_TOKENS = 8, 128, INTERACTIVE_CALIB.windows, 32
 SOURCES = ("examples", "paste", "upload", "corpus")
 SPLITS = ("line", "paragraph")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "map")  # map: accelerate spreads the model over GPUs, CPU and disk
+DEVICE_CHOICES = DEVICES
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEMO_CORPORA = ("wiki-vital",)  # embedded: no hub download, no file path
 MAX_SKIP_INDEX = MAX_LAYER_INDEX  # skipped-layer indices: the engine's bound (ppcore.config.parse_layer_list)
 MAX_SKIP_CHARS = MAX_LAYER_LIST_CHARS
 MAX_SEED = 2**31 - 1
 URL_TEXT_CHARS = 2000  # pasted text longer than this stays out of the URL (browsers cap URL length)
+CALIB_PREFIX = "calib_"  # CalibConfig's settings in the app (and the CLI): calib_windows, calib_seq_len, ...
+# URL parameters of links shared before the app used the engine's names.
+ALIASES = {"skip": "skip_layers", "attn": "prune_attn", "mlp": "prune_mlp", "calib": "calib_windows",
+           "calib_len": "calib_seq_len"}
 
 
 def demo() -> bool:
@@ -38,9 +51,9 @@ class Limits:
 
     batch: int
     seq: int
-    calib: int
-    calib_len: int
-    calib_batch: int  # windows per calibration batch (memory: min(this, calib) x calib_len tokens at once)
+    calib_windows: int
+    calib_seq_len: int
+    calib_batch_size: int  # windows per calibration batch (memory: min(this, windows) x seq_len tokens at once)
     new_tokens: int
     upload_mb: int  # per uploaded file
     text_chars: int  # pasted text
@@ -53,12 +66,18 @@ class Limits:
     def upload_bytes(self) -> int:
         return self.upload_mb * 1024 * 1024
 
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """The allowed range of each whole-number setting (checked by app/batch.py, shown in help texts)."""
+        return {"batch_size": (1, self.batch), "seq_len": (2, self.seq), "calib_windows": (1, self.calib_windows),
+                "calib_seq_len": (2, self.calib_seq_len), "calib_batch_size": (1, self.calib_batch_size),
+                "seed": (0, MAX_SEED)}
 
-LOCAL = Limits(batch=64, seq=1024, calib=256, calib_len=1024, calib_batch=256, new_tokens=256, upload_mb=256,
-               text_chars=50_000_000)
-DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib=DEMO_CALIB, calib_len=DEMO_SEQ,
-                     calib_batch=CALIB_BATCH_SIZE, new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000, rows=2_000, repeats=3,
-                     ratios=3, extra_batches=3)
+
+LOCAL = Limits(batch=64, seq=1024, calib_windows=256, calib_seq_len=1024, calib_batch_size=256, new_tokens=256,
+               upload_mb=256, text_chars=50_000_000)
+DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib_windows=DEMO_CALIB, calib_seq_len=DEMO_SEQ,
+                     calib_batch_size=CALIB_BATCH_SIZE, new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000,
+                     rows=2_000, repeats=3, ratios=3, extra_batches=3)
 
 
 def limits() -> Limits:
@@ -66,62 +85,97 @@ def limits() -> Limits:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything a run depends on, apart from an uploaded file's bytes."""
+class PageSettings:
+    """The app's own settings: which model, and where the batch comes from."""
 
-    model: str = "default"
-    device: str = "auto"
-    dtype: str = "auto"
-    source: str = "examples"  # examples | paste | upload | corpus
-    text: str = ""  # pasted text
-    split: str = "line"  # one sample per line, or per blank-line paragraph
-    column: str = ""  # the text column of an uploaded .csv / .jsonl
-    corpus: str = "wiki-vital"
-    batch_size: int = 8
-    seq_len: int = 64
-    method: str = "pp"
-    ratio: float = 0.4
-    token_frac: float = 0.5
-    sample_frac: float = 0.05
-    skip: str = "0-2"
-    attn: bool = True
-    mlp: bool = True
-    calib: int = 16  # calibration windows
-    calib_len: int = 128  # tokens per calibration window
-    calib_batch_size: int = CALIB_BATCH_SIZE  # windows per calibration batch (FLAP's compensation divides by it)
-    ema: float = 0.99
-    seed: int = 0
+    model: str = setting("default", "'default' (embedded SmolLM2-135M-Instruct), a hub id, a local checkpoint "
+                         "folder or a .gguf path")
+    device: str = setting("auto", "map: a model too big for one device, spread by accelerate over the GPUs, the "
+                          "CPU and disk (offloaded layers are loaded one at a time)", choices=DEVICE_CHOICES)
+    dtype: str = setting("auto", "the weights' dtype; auto: the checkpoint's, float32 on a CPU", choices=DTYPE_CHOICES)
+    source: str = setting("examples", "where the batch's samples come from", choices=SOURCES)
+    text: str = setting("", "the pasted text")
+    split: str = setting("line", "paste or .txt: each non-empty line, or each paragraph separated by a blank line",
+                         choices=SPLITS)
+    column: str = setting("", "the text column of an uploaded .csv or .jsonl")
+    corpus: str = setting("wiki-vital", "wiki-vital (embedded, eval split) or a path to a .txt file")
+    batch_size: int = setting(8, "samples in the batch")
+    seq_len: int = setting(64, "tokens per sample (texts are truncated to it)")
+    seed: int = setting(0, "draws the corpus windows and the calibration windows")
+
+
+@dataclass(frozen=True)
+class AppSetting:
+    """One app setting: `name` is its Settings attribute, URL parameter and widget key (s_<name>);
+    `setting` the declaration it derives from; `group` "page", "prune" or "calib". Settings that are not
+    plain numbers, flags or words (the skipped-layers list) are held as their text and parsed when the
+    engine's config is built, so a bad list gives the engine's message on Run."""
+
+    name: str
+    setting: Setting
+    group: str
+
+    @property
+    def as_text(self) -> bool:
+        return self.setting.kind not in (bool, int, float, str)
+
+    @property
+    def default(self) -> Any:
+        s = self.setting
+        value = getattr(INTERACTIVE_CALIB, s.name) if self.group == "calib" else s.default
+        return s.text(value) if self.as_text else value
+
+    def engine_value(self, value: Any) -> Any:
+        """The value as the engine's config takes it (raises ConfigError for bad text)."""
+        return self.setting.parse(value) if self.as_text else value
+
+    def expected(self) -> str:
+        """What a URL value must be, for the message when it is not."""
+        s = self.setting
+        if s.choices:
+            return "one of " + ", ".join(s.choices)
+        return {bool: "a valid bool", int: "a valid int", float: "a finite number"}.get(s.kind, "valid text")
+
+
+FIELDS: tuple[AppSetting, ...] = (
+    tuple(AppSetting(s.name, s, "page") for s in settings_of(PageSettings))
+    + tuple(AppSetting(s.name, s, "prune") for s in settings_of(PruneConfig))
+    + tuple(AppSetting(CALIB_PREFIX + s.name, s, "calib") for s in settings_of(CalibConfig)))
+BY_NAME = {f.name: f for f in FIELDS}
+
+
+class _SettingsMethods:
+    """Behaviour of `Settings` (its fields are derived from FIELDS below)."""
 
     def key(self, extra: str = "") -> str:
         """A stable hash: results are cached per key, so a rerun with the same settings is free."""
-        return hashlib.sha256((json.dumps(asdict(self), sort_keys=True) + extra).encode()).hexdigest()[:16]
+        return hashlib.sha256((json.dumps(asdict(self), sort_keys=True) + extra).encode()).hexdigest()[:16]  # type: ignore[call-overload]
 
     def to_query(self) -> dict[str, str]:
-        """Only what differs from the defaults, so shared URLs stay short."""
-        default = Settings()
+        """URL parameters, only those that differ from the defaults, so shared URLs stay short."""
         out = {}
-        for f in fields(self):
+        for f in FIELDS:
             v = getattr(self, f.name)
-            if v != getattr(default, f.name):
-                out[f.name] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+            if v != f.default:
+                out[f.name] = v if f.as_text else f.setting.text(v)
         return out
 
-    def locked(self) -> "Settings":
-        """Demo mode: the default model on the server's own device and dtype, the embedded corpus, and
+    def locked(self) -> Settings:
+        """Demo mode: the default model on the server's own device and dtype, the embedded corpora, and
         sizes within the caps. Applied to every run's settings (URL or widgets), so nothing bypasses it."""
         if not demo():
             return self
         lim = limits()
-        return replace(self, model="default", device="auto", dtype="auto",
-                       corpus=self.corpus if self.corpus in DEMO_CORPORA else DEMO_CORPORA[0],
-                       batch_size=min(self.batch_size, lim.batch), seq_len=min(self.seq_len, lim.seq),
-                       calib=min(self.calib, lim.calib), calib_len=min(self.calib_len, lim.calib_len),
-                       calib_batch_size=min(self.calib_batch_size, lim.calib_batch),
-                       text=self.text[: lim.text_chars])
+        s: Any = self
+        return replace(s, model="default", device="auto", dtype="auto", text=s.text[: lim.text_chars],
+                       **{n: v if v in DEMO_CORPORA else DEMO_CORPORA[0]
+                          for n, v in (("corpus", s.corpus), ("calib_dataset", s.calib_dataset))},
+                       **{n: min(getattr(s, n), hi) for n, (_, hi) in lim.ranges().items() if n != "seed"})
 
 
-CHOICES: dict[str, tuple[str, ...]] = {"source": SOURCES, "split": SPLITS, "device": DEVICE_CHOICES,
-                                       "dtype": DTYPE_CHOICES, "method": METHODS}
+Settings = make_dataclass("Settings", [(f.name, type(f.default), field(default=f.default)) for f in FIELDS],
+                          bases=(_SettingsMethods,), frozen=True)
+Settings.__doc__ = "Everything a run depends on, apart from an uploaded file's bytes: one field per app setting."
 
 
 def _short(raw: str, n: int = 40) -> str:
@@ -129,36 +183,20 @@ def _short(raw: str, n: int = 40) -> str:
 
 
 def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
-    """Settings from URL parameters; a value that does not parse is reported and left at its default."""
-    default = Settings()
+    """Settings from URL parameters (the old names in ALIASES too; the new name wins); a value that does
+    not parse (`Setting.parse`) is reported and left at its default. Unknown parameters are ignored."""
+    given = {ALIASES.get(k, k): k for k in params if k in ALIASES and ALIASES[k] not in params}
+    given.update({k: k for k in params if k in BY_NAME})
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for f in fields(Settings):
-        if f.name not in params:
-            continue
-        raw = params[f.name]
+    for name, param in given.items():
+        f, raw = BY_NAME[name], params[param]
         raw = str(raw[-1] if isinstance(raw, list) and raw else raw)
-        kind = type(getattr(default, f.name))
-        what = f"a valid {kind.__name__}"
         try:
-            if kind is bool:
-                if raw.lower() not in ("1", "0", "true", "false"):
-                    raise ValueError
-                values[f.name] = raw.lower() in ("1", "true")
-            elif f.name in CHOICES:
-                what = "one of " + ", ".join(CHOICES[f.name])
-                if raw not in CHOICES[f.name]:
-                    raise ValueError
-                values[f.name] = raw
-            else:
-                v = kind(raw)
-                if kind is float and not math.isfinite(v):
-                    what = "a finite number"
-                    raise ValueError
-                values[f.name] = v
-        except ValueError:
-            problems.append(f"URL parameter {f.name}={_short(raw)!r} is not {what}; using {getattr(default, f.name)!r}")
-    return replace(default, **values), problems
+            values[name] = raw if f.as_text else f.setting.parse(raw)
+        except ConfigError:
+            problems.append(f"URL parameter {param}={_short(raw)!r} is not {f.expected()}; using {f.default!r}")
+    return Settings(**values), problems
 
 
 def parse_skip(text: str) -> tuple[int, ...]:
@@ -167,8 +205,17 @@ def parse_skip(text: str) -> tuple[int, ...]:
     return parse_layer_list(text)
 
 
+def _engine_values(s: Settings, group: str) -> dict[str, Any]:
+    return {f.setting.name: f.engine_value(getattr(s, f.name)) for f in FIELDS if f.group == group}
+
+
 def prune_config(s: Settings, method: str | None = None, ratio: float | None = None) -> PruneConfig:
     """The engine's config for these settings (raises ConfigError with the engine's message)."""
-    return PruneConfig(method=method or s.method, ratio=s.ratio if ratio is None else ratio,
-                       token_frac=s.token_frac, sample_frac=s.sample_frac, skip_layers=parse_skip(s.skip),
-                       prune_attn=s.attn, prune_mlp=s.mlp, ema=s.ema)
+    values = _engine_values(s, "prune")
+    return PruneConfig(**{**values, "method": method or values["method"],
+                          "ratio": values["ratio"] if ratio is None else ratio})
+
+
+def calib_config(s: Settings) -> CalibConfig:
+    """The calibration these settings ask for (raises ConfigError with the engine's message)."""
+    return CalibConfig(**_engine_values(s, "calib"))

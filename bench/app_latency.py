@@ -6,7 +6,7 @@
    is drawn (median and max of several clicks).
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
-    PYTHONPATH=. .venv/bin/python bench/app_latency.py [--shots assets] [--out bench/results/app_latency.json]
+    .venv/bin/python -m bench.app_latency [--shots assets] [--out bench/results/app_latency.json]
 """
 from __future__ import annotations
 
@@ -17,20 +17,16 @@ import statistics
 import time
 from pathlib import Path
 
-from app.state import Settings
+from app.state import Settings, calib_config
 from tests.browser_util import browser_page, chart_title, open_tab, streamlit_server
 
 
 def warm_cache() -> None:
     """The measured condition is a warm cache: convert the model and calibrate with the app's defaults."""
-    from ppcore import load_model
-    from ppcore.calibrate import calibrate
-    from ppcore.experiment import calibration_windows
+    from ppcore import session
 
     s = Settings()
-    lm = load_model(s.model, s.device, s.dtype)
-    windows, _ = calibration_windows(lm, "wiki-vital", s.calib, s.calib_len, s.seed)
-    calibrate(lm, windows, batch_size=s.calib_batch_size, progress=False)
+    session.calibration(session.open_model(s.model, s.device, s.dtype), calib_config(s), s.seed)
 
 
 def main() -> None:
@@ -59,7 +55,7 @@ def main() -> None:
                    layer_switch_s=switches)
         if args.shots:
             shots(page, Path(args.shots))
-    out["command"] = "PYTHONPATH=. .venv/bin/python bench/app_latency.py"
+    out["command"] = ".venv/bin/python -m bench.app_latency"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

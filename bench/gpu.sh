@@ -11,9 +11,9 @@ export PPCORE_CACHE=${PPCORE_CACHE:-$PWD/.cache/ppcore}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 run() { echo "+ $*" >&2; "$@"; }
 run $PY -m ppcore speed --device cuda --dtype bfloat16 --batch-size 20 --seq-len 512 --repeats 10 \
-    --calib-seqs 100 --quiet --json "$OUT/speed_default.json" | tee "$OUT/speed_default.md"
+    --calib-windows 100 --quiet --json "$OUT/speed_default.json" | tee "$OUT/speed_default.md"
 run $PY -m ppcore speed --model random:llama-7b --device cuda --dtype bfloat16 --batch-size 20 --seq-len 1024 \
-    --repeats 5 --calib-seqs 20 --quiet --json "$OUT/speed_llama7b_shapes.json" | tee "$OUT/speed_llama7b_shapes.md"
+    --repeats 5 --calib-windows 20 --quiet --json "$OUT/speed_llama7b_shapes.json" | tee "$OUT/speed_llama7b_shapes.md"
 run $PY -m ppcore eval --device cuda --method pp --ratio 0.4 --batches 10 --quiet --json "$OUT/eval_pp.json"
 run $PY -m ppcore generate --device cuda --method pp --ratio 0.4 --max-new-tokens 64 --quiet \
     --prompt "The history of the printing press" --prompt "Photosynthesis is the process" \

@@ -5,7 +5,7 @@
    eight header numbers (perplexity dense and pruned with its delta, KL, top-1 agreement, and the FLOPs
    and probe FLOPs ratios over the whole model and over the decoder layers) must equal those of the same
    run done alone: the engine run in this process, the way
-   the app runs it (app.engine.analyse on app.batch.build_batch), formatted as the page formats them.
+   the app runs it (ppcore.session.analyse on app.batch.build_batch), formatted as the page formats them.
    No page may show an error or exception element, and the server's log must hold no traceback.
 2. Memory. R repeated runs over the open sessions, cycling through them (--at-once at a time; one by
    default, so that each reading is of an idle server after one more run): each changes its ratio in
@@ -19,7 +19,7 @@ Bounded in count (--sessions, --repeats) and in time (--timeout: an overall dead
 stops, writes what it has, and exits 2). Loopback only: the server listens on 127.0.0.1 and the
 browser opens nothing else. Exit status 0 when everything holds, 1 when something does not.
 
-    .venv/bin/python bench/load_test.py [--sessions 8] [--repeats 100] [--at-once 1] [--bound-mb 300]
+    .venv/bin/python -m bench.load_test [--sessions 8] [--repeats 100] [--at-once 1] [--bound-mb 300]
         [--timeout 2400] [--out bench/results/load_test.json]
 """
 from __future__ import annotations
@@ -38,13 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app.header import header_metrics as page_metrics  # noqa: E402
-from app.state import Settings  # noqa: E402
-from tests.browser_util import ERROR_SELECTOR, chromium, streamlit_process  # noqa: E402
+from app.header import header_metrics as page_metrics
+from app.state import Settings
+from tests.browser_util import ERROR_SELECTOR, chromium, streamlit_process  # run from the repository root (-m)
 
 METHODS = ("pp", "wanda-sp", "flap", "fullbatch", "ppsp-calib")
 RATIOS = (0.2, 0.3, 0.4, 0.5, 0.25, 0.35, 0.45, 0.15)
@@ -80,7 +76,7 @@ def session_settings(n: int) -> list[Settings]:
         out.append(replace(Settings(), source="corpus" if i % 2 else "examples", batch_size=2 + i % 3,
                            seq_len=(32, 48, 40)[i % 3], method=METHODS[i % len(METHODS)],
                            ratio=round(RATIOS[i % len(RATIOS)] + 0.01 * (i // len(RATIOS)), 2),
-                           calib=CALIB, calib_len=CALIB_LEN, seed=i))
+                           calib_windows=CALIB, calib_seq_len=CALIB_LEN, seed=i))
     return out
 
 
@@ -105,33 +101,33 @@ class Alone:
     """Runs done alone, in this process, exactly as the app runs them (one model, calibration per seed)."""
 
     def __init__(self) -> None:
-        from ppcore import load_model
+        from ppcore import session
 
         s = Settings()
-        self.lm = load_model(s.model, device=s.device, dtype=s.dtype)
+        self.lm = session.open_model(s.model, s.device, s.dtype)
         self.calib: dict[tuple, Any] = {}
         self.cache: dict[str, dict[str, Any]] = {}
 
     def calibration(self, s: Settings):
-        from ppcore.calibrate import calibrate
-        from ppcore.experiment import calibration_windows
+        from app.state import calib_config
+        from ppcore import session
 
-        k = (s.calib, s.calib_len, s.seed, s.calib_batch_size)
-        if k not in self.calib:  # as app.engine.get_calibration
-            windows, _ = calibration_windows(self.lm, "wiki-vital", s.calib, s.calib_len, s.seed)
-            self.calib[k] = calibrate(self.lm, windows, batch_size=s.calib_batch_size, progress=False)
-        return self.calib[k]
+        config = calib_config(s)
+        if (config, s.seed) not in self.calib:  # as app.engine.get_calibration
+            self.calib[config, s.seed] = session.calibration(self.lm, config, s.seed)
+        return self.calib[config, s.seed]
 
     def __call__(self, s: Settings) -> dict[str, Any]:
         from app.batch import build_batch
-        from app.engine import analyse
+        from app.state import prune_config
+        from ppcore import session
 
         key = s.key()
         if key not in self.cache:
             batch = build_batch(self.lm.tokenizer, self.lm.adapter.dims.vocab, s, None)
-            r = analyse(self.lm, self.calibration(s), s, batch, key, lambda v, t: None)
-            summary = r.summary()
-            self.cache[key] = {"summary": summary, "metrics": header_metrics(summary, r.cfg.method)}
+            a = session.analyse(self.lm, self.calibration(s), prune_config(s), batch, ratio=s.ratio, seed=s.seed)
+            summary = a.summary()
+            self.cache[key] = {"summary": summary, "metrics": header_metrics(summary, a.cfg.method)}
         return self.cache[key]
 
 
@@ -450,8 +446,9 @@ def main() -> int:
         code = 2 if timeout else 1
     finally:
         signal.alarm(0)
-    rep["command"] = (f".venv/bin/python bench/load_test.py --sessions {args.sessions} --repeats {args.repeats} "
-                      f"--at-once {args.at_once} --warmup {args.warmup} --window {args.window} --bound-mb {args.bound_mb:g} "
+    rep["command"] = (f".venv/bin/python -m bench.load_test --sessions {args.sessions} --repeats {args.repeats} "
+                      f"--at-once {args.at_once} --warmup {args.warmup} --window {args.window} "
+                      f"--bound-mb {args.bound_mb:g} "
                       f"--timeout {args.timeout:g}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rep, indent=2, ensure_ascii=False))

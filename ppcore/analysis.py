@@ -6,16 +6,18 @@ of every number they show. Nothing here touches the model's weights.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .adapters import Adapter
 from .record import BLOCK_NAMES as BLOCKS, BatchRecord
 
+if TYPE_CHECKING:  # annotations only: analysis reads the LM head, nothing else of an adapter
+    from .adapters import Adapter
 
 
 def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
@@ -38,8 +40,9 @@ def keep_jaccard(a: BatchRecord, b: BatchRecord, block: str) -> list[Optional[fl
 
 
 def kept_fractions(rec: BatchRecord, block: str) -> list[float]:
+    """Per layer, the fraction of the block's heads or channels kept (1.0 where it was not pruned)."""
     _check_block(block)
-    return [getattr(l, block).kept_fraction for l in rec.layers]
+    return [getattr(layer, block).kept_fraction for layer in rec.layers]
 
 
 def kept_matrix(rec: BatchRecord, block: str) -> np.ndarray:
@@ -47,8 +50,8 @@ def kept_matrix(rec: BatchRecord, block: str) -> np.ndarray:
     _check_block(block)
     total = getattr(rec.layers[0], block).total
     m = np.zeros((len(rec.layers), total), dtype=np.int8)
-    for i, l in enumerate(rec.layers):
-        m[i, getattr(l, block).kept] = 1
+    for i, layer in enumerate(rec.layers):
+        m[i, getattr(layer, block).kept] = 1
     return m
 
 
@@ -56,8 +59,8 @@ def probe_token_matrix(rec: BatchRecord, block: str, seq_len: int) -> np.ndarray
     """(layers x token positions) 0/1 matrix of the probe's token picks: how the pick moves by layer."""
     _check_block(block)
     m = np.zeros((len(rec.layers), seq_len), dtype=np.int8)
-    for i, l in enumerate(rec.layers):
-        toks = [t for t in getattr(l, block).probe_tokens if t < seq_len]
+    for i, layer in enumerate(rec.layers):
+        toks = [t for t in getattr(layer, block).probe_tokens if t < seq_len]
         m[i, toks] = 1
     return m
 
@@ -72,27 +75,60 @@ def stability(records: Sequence[BatchRecord], block: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+@dataclass
+class NextTokens:
+    """Next-token agreement between a reference run and another, per position, all on the CPU.
+
+    kl: (B, L) fp32, KL(ref || other) in nats. top1: (B, L) fp32, 1 where the most likely next token
+    agrees. ref_ids / ids: (B, L, k) int32, the k most likely next tokens of each run, most likely
+    first; ref_probs / probs: (B, L, k) fp32, their probabilities. k is 0 when no top-k was asked for.
+    """
+
+    kl: Tensor
+    top1: Tensor
+    ref_ids: Tensor
+    ref_probs: Tensor
+    ids: Tensor
+    probs: Tensor
+
+
 @torch.inference_mode()
-def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, chunk: int = 4) -> tuple[Tensor, Tensor]:
-    """Per position KL(ref || other) in nats and top-1 agreement (0/1), both (B, L) fp32 on the CPU.
+def next_tokens(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, k: int = 0, chunk: int = 4) -> NextTokens:
+    """KL, top-1 agreement and each run's top-k next tokens from two (B, L, D) final hidden states.
 
     The LM head runs a few samples at a time: full-vocabulary logits never exist for the whole batch.
+    Raises ValueError when the shapes differ or k is negative.
     """
     if hidden_ref.shape != hidden.shape:
         raise ValueError(f"hidden shapes differ: {tuple(hidden_ref.shape)} vs {tuple(hidden.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
     B, L = hidden.shape[:2]
     kl = torch.empty(B, L, dtype=torch.float32)
     top1 = torch.empty(B, L, dtype=torch.float32)
+    ids = [torch.empty(B, L, k, dtype=torch.int32) for _ in range(2)]
+    probs = [torch.empty(B, L, k, dtype=torch.float32) for _ in range(2)]
     for s in range(0, B, chunk):
         lp_ref = F.log_softmax(adapter.head(hidden_ref[s:s + chunk]).float(), -1)
         lp = F.log_softmax(adapter.head(hidden[s:s + chunk]).float(), -1)
         kl[s:s + chunk] = (lp_ref.exp() * (lp_ref - lp)).sum(-1).clamp_min(0).cpu()
         top1[s:s + chunk] = (lp_ref.argmax(-1) == lp.argmax(-1)).float().cpu()
-    return kl, top1
+        for j, run in enumerate((lp_ref, lp)):
+            if k:
+                v, i = run.topk(min(k, run.shape[-1]), -1)
+                ids[j][s:s + chunk], probs[j][s:s + chunk] = i.int().cpu(), v.exp().cpu()
+    return NextTokens(kl, top1, ids[0], probs[0], ids[1], probs[1])
+
+
+def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """Per position KL(ref || other) in nats and top-1 agreement (0/1), both (B, L) fp32 on the CPU."""
+    out = next_tokens(adapter, hidden_ref, hidden, 0, chunk)
+    return out.kl, out.top1
 
 
 @torch.inference_mode()
-def top_k_next(adapter: Adapter, hidden: Tensor, sample: int, position: int, k: int = 10) -> tuple[list[int], list[float]]:
+def top_k_next(adapter: Adapter, hidden: Tensor, sample: int, position: int,
+               k: int = 10) -> tuple[list[int], list[float]]:
     """The k most likely next tokens after `position` of `sample`, with their probabilities."""
     B, L = hidden.shape[:2]
     if not (0 <= sample < B and 0 <= position < L):

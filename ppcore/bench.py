@@ -1,131 +1,83 @@
-"""`python -m ppcore bench`: methods x ratios x seeds on one loaded model, interleaved batch by batch.
+"""`python -m ppcore bench`: methods x ratios x seeds on one loaded model, interleaved batch by batch,
+and the official run's own windows with the official figures beside ours.
 
-Every run of a seed advances one batch at a time in turn, so machine noise hits all methods alike.
-Each batch is timed `repeats` times (the first run is the scored one; the others recompute the same
-decisions without touching the history) and the median is kept.
+Every run of a seed advances one batch at a time in turn (`ppcore.scoring.score`), so machine noise
+hits all methods alike. Each batch is timed `repeats` times (the first run is the scored one; the
+others recompute the same decisions without touching the history) and the median is kept.
 """
 from __future__ import annotations
 
 import json
-import math
-import statistics
-import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-from tqdm.auto import tqdm
-
-from .config import CALIB_BATCH_SIZE, PruneConfig
-from .flops import add_flops, flops_ratios
-from .methods import Pruner
+from .bench_report import Row
+from .config import CalibConfig, PruneConfig
 from .experiment import EvalSetup, prepare
-from .loading import Placement
-from .walk import token_nll, walk
+from .scoring import score, scored_runs
 
-
-OFFICIAL_BATCH_SIZE = 20  # the official run's eval and calibration batch size (reference/official_cpu_run)
-
-
-@dataclass
-class _Run:
-    cfg: PruneConfig
-    pruner: Pruner
-    losses: list[float] = field(default_factory=list)
-    secs: list[float] = field(default_factory=list)
-    tokens: int = 0
-    flops: dict[str, int] = field(default_factory=dict)  # summed by key: dense, pruned, probe, head
-
-
-def _timed_batch(setup: EvalSetup, run: _Run, ids: torch.Tensor, repeats: int) -> None:
-    lm = setup.lm
-    cuda = lm.device.type == "cuda"
-    times: list[float] = []
-    for rep in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = walk(lm.adapter, run.pruner, ids, update_history=rep == 0, level="none", timing=False)
-        nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
-        loss = float(nll.double().sum() / mask.double().sum())
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        if rep == 0:
-            run.losses.append(loss)
-            run.tokens += int(mask.sum())
-            add_flops(run.flops, res.flops)
-    run.secs.append(statistics.median(times))
+OFFICIAL_BATCH_SIZE = 20  # the official run's eval and calibration batch size
+LOAD_ARGS = ("model", "device", "dtype", "cache_dir", "placement")  # prepare()'s arguments that pick the model
 
 
 def bench_setup(setup: EvalSetup, cfgs: list[PruneConfig], repeats: int = 1, seed: int = 0,
-                progress: bool = True) -> list[dict[str, Any]]:
-    """Run every config on `setup`'s windows, interleaved batch by batch; one result dict per config."""
-    runs = []
-    for cfg in cfgs:
-        runs.append(_Run(cfg, Pruner(setup.lm.adapter, cfg, setup.calibration() if cfg.needs_calibration else None)))
-    bs = setup.batch_size
-    warm = setup.windows[:bs]
-    for run in runs:  # warm-up: unscored, untimed, no history update
-        walk(setup.lm.adapter, run.pruner, warm, update_history=False, level="none", timing=False)
-    n_batches = setup.windows.shape[0] // bs
-    for b in tqdm(range(n_batches), desc=f"bench seed {seed}", unit="batch", disable=not progress):
-        ids = setup.windows[b * bs:(b + 1) * bs]
-        for run in runs:
-            _timed_batch(setup, run, ids, repeats)
-    out = []
-    for run in runs:
-        out.append({
-            "method": run.cfg.method, "ratio": run.cfg.ratio, "seed": seed,
-            "ppl": math.exp(sum(run.losses) / len(run.losses)), "tokens": run.tokens,
-            "seconds": sum(run.secs), **flops_ratios(run.flops), "flops": dict(run.flops),
-            "batch_loss": run.losses, "batch_seconds": run.secs, "repeats": repeats,
-            "protocol": dict(setup.protocol, config=run.cfg.to_dict(), interleaved=[c.method for c in cfgs]),
-        })
-    return out
+                progress: bool = True) -> list[Row]:
+    """Run every config on `setup`'s windows, interleaved batch by batch, under the official protocol
+    (docs/algorithm.md §9). One JSON-ready row per config: `ScoredRun.figures()` plus seed, repeats and
+    the protocol (with the config and the interleaved methods)."""
+    needs = any(c.needs_calibration for c in cfgs)
+    runs = scored_runs(setup.lm, cfgs, setup.calibration() if needs else None)
+    score(setup.lm, runs, setup.windows, setup.batch_size, repeats=repeats, progress=progress,
+          desc=f"bench seed {seed}")
+    interleaved = [c.method for c in cfgs]
+    return [{**run.figures(), "seed": seed, "repeats": repeats,
+             "protocol": setup.protocol.replace(config=run.cfg.to_dict(), interleaved=interleaved,
+                                                settings={"repeats": repeats}).to_dict()}
+            for run in runs]
 
 
-def configs(methods: list[str], ratios: list[float], flap_bias: str = "official") -> list[PruneConfig]:
-    """One config per method and ratio (dense once, at ratio 0)."""
-    out = []
+def configs(methods: list[str], ratios: list[float], base: PruneConfig = PruneConfig()) -> list[PruneConfig]:
+    """Dense once (first, at ratio 0: every relative figure needs it), then one config per other method
+    and ratio, each `base` with that method and ratio. Raises ConfigError for an invalid combination."""
+    out = [replace(base, method="dense", ratio=0.0)]
     for m in methods:
-        for r in [0.0] if m == "dense" else ratios:
-            out.append(PruneConfig(method=m, ratio=r, flap_bias=flap_bias))
+        if m != "dense":
+            out += [replace(base, method=m, ratio=r) for r in ratios]
     return out
 
 
-def run_bench(methods: list[str], ratios: list[float], seeds: list[int], *, model: str = "default",
-              device: str = "auto", dtype: str = "auto", seq_len: int = 512, batch_size: int = 20,
-              batches: int = 10, calib_seqs: int = 100, repeats: int = 1, flap_bias: str = "official",
-              official_dir: Optional[str] = None, cache_dir: Optional[str] = None,
-              progress: bool = True, placement: Optional[Placement] = None,
-              calib_batch_size: int = CALIB_BATCH_SIZE) -> dict[str, list[dict[str, Any]]]:
-    """The seeded default protocol for every seed, plus the official windows when given.
+def official_rows(setup: EvalSetup, cfgs: list[PruneConfig], official: list[Row], progress: bool = True) -> list[Row]:
+    """`bench_setup` rows on the official windows, each with official_ppl and official_batch_loss (None
+    where the official run has no such method and ratio) from the official `results.json` rows."""
+    rows = bench_setup(setup, cfgs, 1, 0, progress)
+    for row in rows:
+        off = next((o for o in official if o["method"] == row["method"] and abs(o["ratio"] - row["ratio"]) < 1e-9),
+                   None)
+        row["official_ppl"] = off["ppl"] if off else None
+        row["official_batch_loss"] = off.get("batch_loss") if off else None
+    return rows
 
-    The seeded runs calibrate in batches of `calib_batch_size`; the official windows are run as the
-    official protocol ran them (eval and calibration batches of 20), whatever the arguments say. Each
-    row's protocol records the calibration batch size it used.
+
+def run_bench(cfgs: list[PruneConfig], seeds: list[int], *, calib: Optional[CalibConfig] = None, repeats: int = 1,
+              official_dir: Optional[str] = None, progress: bool = True, **setup: Any) -> dict[str, list[Row]]:
+    """The seeded protocol for every seed (none: official windows only), plus the official windows when
+    `official_dir` holds eval_windows.npy, calib_windows.npy and results.json.
+
+    `setup` takes `prepare`'s model and window arguments (model, device, dtype, seq_len, batch_size,
+    batches, cache_dir, placement, calib_len_follows); the seeded runs calibrate as `calib` says. The
+    official windows are run as the official protocol ran them (eval and calibration batches of 20),
+    whatever the arguments say. Returns {"seeded": rows, "official": rows}; each row's protocol records what it used.
     """
-    if "dense" not in methods:
-        methods = ["dense"] + methods  # every relative number needs the dense run of the same batches
-    cfgs = configs(methods, ratios, flap_bias)
-    results: dict[str, list[dict[str, Any]]] = {"seeded": [], "official": []}
+    results: dict[str, list[Row]] = {"seeded": [], "official": []}
     for seed in seeds:
-        setup = prepare(model=model, device=device, dtype=dtype, seq_len=seq_len, batch_size=batch_size,
-                        batches=batches, calib_seqs=calib_seqs, seed=seed, cache_dir=cache_dir, progress=progress,
-                        placement=placement, calib_batch_size=calib_batch_size)
-        results["seeded"] += bench_setup(setup, cfgs, repeats, seed, progress)
+        s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="bench")
+        results["seeded"] += bench_setup(s, cfgs, repeats, seed, progress)
     if official_dir:
         ref = Path(official_dir)
-        setup = prepare(model=model, device=device, dtype=dtype, batch_size=OFFICIAL_BATCH_SIZE,
-                        windows_file=str(ref / "eval_windows.npy"), calib_windows_file=str(ref / "calib_windows.npy"),
-                        cache_dir=cache_dir, progress=progress, placement=placement,
-                        calib_batch_size=OFFICIAL_BATCH_SIZE)
+        s = prepare(**{k: v for k, v in setup.items() if k in LOAD_ARGS}, batch_size=OFFICIAL_BATCH_SIZE,
+                    windows_file=str(ref / "eval_windows.npy"), calib_windows_file=str(ref / "calib_windows.npy"),
+                    calib=CalibConfig(batch_size=OFFICIAL_BATCH_SIZE), progress=progress, front_end="bench")
         official = json.loads((ref / "results.json").read_text())["results"]
-        for row in bench_setup(setup, cfgs, 1, 0, progress):
-            off = next((o for o in official if o["method"] == row["method"]
-                        and abs(o["ratio"] - row["ratio"]) < 1e-9), None)
-            row["official_ppl"] = off["ppl"] if off else None
-            results["official"].append(row)
+        results["official"] = official_rows(s, cfgs, official, progress)
     return results

@@ -1,8 +1,8 @@
 """Tables and the chart of a bench run: mean and standard error over seeds, PRR, official figures.
 
-PRR (performance degradation per unit of runtime reduction) = (ppl - dense ppl) / (1 - seconds /
-dense seconds), per seed on the same batches, then averaged: lower is better. It is undefined when
-a method saves no time.
+PRR (performance degradation per unit of runtime reduction, docs/algorithm.md §9.4; `ppcore.analysis.prr`)
+= (ppl - dense ppl) / (1 - seconds / dense seconds), per seed on the same batches, then averaged: lower
+is better. It is undefined when a method saves no time. Rows are `ppcore.bench` rows (plain dicts).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ Row = dict[str, Any]
 
 
 def mean_se(xs: list[float]) -> tuple[float, Optional[float]]:
-    """Mean and standard error (None for a single value)."""
+    """Mean and standard error std/sqrt(n) (None for a single value), as the paper's tables report them
+    (docs/algorithm.md §9.2)."""
     m = statistics.fmean(xs)
     return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None)
 
@@ -74,13 +75,22 @@ def markdown(rows: list[Row]) -> str:
 
 
 def official_markdown(rows: list[Row]) -> str:
-    """Our perplexity on the official windows beside the official run's."""
-    lines = ["| method | ratio | ours | official | difference |", "|---|---|---|---|---|"]
+    """Our perplexity and per-batch losses on the official windows beside the official run's (rows of
+    `ppcore.bench.official_rows`; a missing official figure, or older rows without batch losses, show '-')."""
+    lines = ["| method | ratio | ours | official | diff | our batch losses | official batch losses |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         off = r.get("official_ppl")
         diff = f"{100 * (r['ppl'] / off - 1):+.2f} %" if off else "-"
-        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['ppl']:.2f} | {off if off else '-'} | {diff} |")
+        ours = _losses(r.get("batch_loss"))
+        theirs = _losses(r.get("official_batch_loss")) if off else "-"
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['ppl']:.2f} | {off or '-'} | {diff} | {ours} "
+                     f"| {theirs} |")
     return "\n".join(lines)
+
+
+def _losses(xs: Optional[list[float]]) -> str:
+    return ", ".join(f"{x:.4f}" for x in xs) if xs else "-"
 
 
 def chart_html(rows: list[Row], title: str) -> str:

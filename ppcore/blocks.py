@@ -1,198 +1,246 @@
-"""The math of one attention block and one MLP block on a (possibly) sliced set of weights.
+"""The two prunable blocks of a decoder layer, attention and MLP, as objects (docs/algorithm.md §1, §4, §5).
 
-Pruning is physical: a keep-set becomes smaller, contiguous weight matrices (`slice_attn`,
-`slice_mlp`), built once per decision and reused; with no keep-set the model's own tensors are
-used as they are, without a copy.
+Everything that differs between the blocks lives here, so the walk, the methods and generation iterate
+over `BLOCKS` and never compare block names: each `Block` knows its unit (a query head or an MLP
+channel) and how many there are, its norm and its final projection (o_proj / down_proj), how to slice
+its weights to a keep-set and run the slice, its FLOPs, its scores, and the key under which records,
+statistics and PP's history file it. The math itself is in `ppcore.slices` and `ppcore.masks`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from .adapters import LayerWeights, ModelDims
+from .adapters import Adapter, LayerWeights, ModelDims
+from .flops import attn_flops, mlp_flops
+from .masks import attention_mask_4d
+from .ratios import heads_pruned, mlp_kept_for_ratio
+from .record import BLOCK_NAMES
+from .scores import head_sums, keep_top_channels, keep_top_heads, ppsp_channels, ppsp_heads
+from .slices import (KV, AttnSlice, MlpSlice, Slice, attn_front, attn_out, head_channels, mlp_front, mlp_out,
+                     slice_attn, slice_mlp)
 
+if TYPE_CHECKING:
+    from .config import PruneConfig
 
-def head_channels(heads: Tensor, head_dim: int) -> Tensor:
-    """Channel indices (in the H*d projection space) of the given heads, in head order."""
-    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
-
-
-def _rows(t: Optional[Tensor], idx: Optional[Tensor]) -> Optional[Tensor]:
-    if t is None or idx is None:
-        return t
-    return t.index_select(0, idx)
+Rotary = Optional[tuple[Tensor, Tensor]]  # (cos, sin), each (B, L, d)
 
 
-@dataclass(frozen=True)
-class AttnSlice:
-    """Attention weights restricted to a set of query heads (and the key/value heads they read)."""
+class Block:
+    """One kind of prunable block. Instances are the singletons `ATTN` and `MLP`; compare them with `is`.
 
-    heads: Optional[Tensor]  # kept query heads, ascending (None = all)
-    n_heads: int
-    n_kv: int
-    q_w: Tensor
-    q_b: Optional[Tensor]
-    k_w: Tensor
-    k_b: Optional[Tensor]
-    v_w: Tensor
-    v_b: Optional[Tensor]
-    o_w: Tensor  # (D_out, n_heads * d)
-    o_b: Optional[Tensor]
-    # Uneven kept heads per kv head: (first q head, end q head) per kept kv head, in order, so each
-    # group runs SDPA's GQA mode on its own kv head without materialising repeated keys/values.
-    groups: Optional[tuple[tuple[int, int], ...]]
-
-
-def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> AttnSlice:
-    """Slice q/o by query heads; keep a key/value head only while one of its query heads is kept."""
-    d = dims.head_dim
-    if heads is None:
-        return AttnSlice(None, dims.num_heads, dims.num_kv_heads, w.q_w, w.q_b, w.k_w, w.k_b,
-                         w.v_w, w.v_b, w.o_w, w.o_b, None)
-    heads = heads.to(w.q_w.device)
-    qi = head_channels(heads, d)
-    kv_of_head = torch.div(heads, dims.group, rounding_mode="floor")
-    needed, counts = torch.unique(kv_of_head, sorted=True, return_counts=True)
-    kvi = head_channels(needed, d)
-    # Heads are sorted, so query heads come grouped by kv head; equal group sizes fit SDPA's GQA mode.
-    sizes = counts.tolist()
-    groups = None
-    if len(set(sizes)) > 1:
-        ends = torch.tensor(sizes).cumsum(0).tolist()
-        groups = tuple((e - n, e) for n, e in zip(sizes, ends))
-    return AttnSlice(
-        heads=heads, n_heads=int(heads.numel()), n_kv=int(needed.numel()),
-        q_w=w.q_w.index_select(0, qi), q_b=_rows(w.q_b, qi),
-        k_w=w.k_w.index_select(0, kvi), k_b=_rows(w.k_b, kvi),
-        v_w=w.v_w.index_select(0, kvi), v_b=_rows(w.v_b, kvi),
-        o_w=w.o_w.index_select(1, qi).contiguous(), o_b=w.o_b, groups=groups,
-    )
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def attn_front(
-    s: AttnSlice,
-    x: Tensor,
-    head_dim: int,
-    rot: Optional[tuple[Tensor, Tensor]],
-    mask: Optional[Tensor],
-    past: Optional[tuple[Tensor, Tensor]] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Input of o_proj for the kept heads, (B, L, n_heads * d), and this call's keys and values.
-
-    `mask` is a boolean (B, 1, L, L_keys) mask (True = attend) or None: plain causal attention, or,
-    with `past` (cached keys and values, (B, n_kv, L_past, d)), attention to every cached key.
-    The returned keys and values (B, n_kv, L_past + L, d) are rotated, before any GQA expansion.
+    Shapes: B samples, L tokens, D hidden size, C the final projection's input width (`channels`), U the
+    number of prunable units (`units`: query heads or MLP channels). Methods raise nothing of their own;
+    torch raises RuntimeError on tensors of the wrong shape.
     """
-    B, L, _ = x.shape
-    if s.n_heads == 0:
-        empty = x.new_zeros(B, 0, L if past is None else past[0].shape[2] + L, head_dim)
-        return x.new_zeros(B, L, 0), empty, empty
-    q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
-    k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
-    v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
-    if rot is not None:
-        cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    causal = mask is None and past is None
-    if s.groups is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=s.n_kv != s.n_heads).transpose(1, 2)
-    else:
-        out = torch.cat([
-            F.scaled_dot_product_attention(q[:, a:b], k[:, g:g + 1], v[:, g:g + 1], attn_mask=mask,
-                                           is_causal=causal, enable_gqa=True).transpose(1, 2)
-            for g, (a, b) in enumerate(s.groups)
-        ], dim=2)
-    return out.reshape(B, L, s.n_heads * head_dim), k, v
 
+    name: ClassVar[str]  # as in records, statistics and PP's history: one of record.BLOCK_NAMES
+    switch: ClassVar[str]  # the PruneConfig field that turns this block's pruning on
 
-def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
-    """The block's final projection on the kept input columns (o_proj / down_proj / fc2).
+    def __repr__(self) -> str:
+        return self.name.upper()
 
-    With nothing kept the output is just the biases; `extra_bias` is FLAP's compensation.
-    """
-    if z.shape[-1] == 0:
-        out = z.new_zeros(*z.shape[:-1], w.shape[0])
-        if b is not None:
-            out = out + b
-    else:
-        out = F.linear(z, w, b)
-    return out if extra_bias is None else out + extra_bias
+    def key(self, layer: int) -> tuple[int, str]:
+        """(layer, name): the key of this block in calibration statistics, PP's history and the walk's clocks."""
+        return (layer, self.name)
 
+    def enabled(self, cfg: "PruneConfig") -> bool:
+        """Whether `cfg` prunes this kind of block at all (`prune_attn` / `prune_mlp`)."""
+        return bool(getattr(cfg, self.switch))
 
-def attn_out(s: AttnSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
-    return project_out(s.o_w, s.o_b, z, extra_bias)
+    # --- sizes -----------------------------------------------------------------------------------
+    def units(self, dims: ModelDims) -> int:
+        """U: query heads (attention) or intermediate channels (MLP)."""
+        raise NotImplementedError
 
+    def channels(self, dims: ModelDims) -> int:
+        """C: the final projection's input width, H*d (attention) or I (MLP) (docs/algorithm.md §3.1)."""
+        raise NotImplementedError
 
-@dataclass(frozen=True)
-class MlpSlice:
-    channels: Optional[Tensor]  # kept intermediate channels (None = all)
-    gate_w: Optional[Tensor]
-    gate_b: Optional[Tensor]
-    up_w: Tensor
-    up_b: Optional[Tensor]
-    down_w: Tensor  # (D_out, kept)
-    down_b: Optional[Tensor]
+    def unit_channels(self, units: Tensor, dims: ModelDims) -> Tensor:
+        """(n,) kept units -> their (m,) channel indices in the final projection's input (docs/algorithm.md §4.2)."""
+        raise NotImplementedError
 
+    # --- weights and the block's math ------------------------------------------------------------
+    def norm(self, w: LayerWeights) -> nn.Module:
+        """The norm in front of the block: (B, L, D) residual -> (B, L, D) block input x."""
+        raise NotImplementedError
 
-def slice_mlp(w: LayerWeights, channels: Optional[Tensor]) -> MlpSlice:
-    if channels is None:
-        return MlpSlice(None, w.gate_w, w.gate_b, w.up_w, w.up_b, w.down_w, w.down_b)
-    ch = channels.to(w.up_w.device)
-    return MlpSlice(
-        channels=ch,
-        gate_w=_rows(w.gate_w, ch), gate_b=_rows(w.gate_b, ch),
-        up_w=w.up_w.index_select(0, ch), up_b=_rows(w.up_b, ch),
-        down_w=w.down_w.index_select(1, ch).contiguous(), down_b=w.down_b,
-    )
+    def final_weight(self, w: LayerWeights) -> Tensor:
+        """W, the final projection's weight (D_out, C): o_proj or down_proj (fc2 on OPT)."""
+        raise NotImplementedError
 
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> Slice:
+        """The weights restricted to the ascending (n,) kept units; None: all, without a copy
+        (docs/algorithm.md §5)."""
+        raise NotImplementedError
 
-def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
-    """Input of down_proj / fc2 for the kept channels: act(gate)*up, or act(fc1)."""
-    up = F.linear(x, s.up_w, s.up_b)
-    if s.gate_w is None:
-        return act(up)
-    return act(F.linear(x, s.gate_w, s.gate_b)) * up
-
-
-def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
-    return project_out(s.down_w, s.down_b, z, extra_bias)
-
-
-def attention_mask_4d(key_valid: Optional[Tensor], L: int, device: torch.device, *,
-                      window: Optional[int] = None, positions: Optional[Tensor] = None) -> Optional[Tensor]:
-    """Causal mask combined with a key-padding mask and a sliding window; None when neither applies.
-
-    Shapes: `key_valid` (B, L) 1/0 or None; `positions` (B, L) or None, each column's token position
-    (default: the column index; the probe passes its tokens' original positions). With `window`, a
-    query at position p sees keys at positions p - window < q <= p, as Hugging Face's sliding-window
-    layers do. Returns a boolean (B or 1, 1, L, L) mask, True = attend. Each query may always attend
-    to itself so that pad rows never see an empty softmax (NaN); their outputs are excluded from
-    every statistic and loss downstream.
-    """
-    if key_valid is None and window is None:
+    def window(self, adapter: Adapter, layer: int) -> Optional[int]:
+        """The layer's sliding attention window in tokens (None: attends to everything, or no attention)."""
         return None
-    if window is None and positions is None:
-        m = torch.ones(L, L, dtype=torch.bool, device=device).tril()[None]
-    else:
-        pos = torch.arange(L, device=device)[None] if positions is None else positions.to(device)
-        q, k = pos[:, :, None], pos[:, None, :]
-        m = k <= q
-        if window is not None:
-            m = m & (k > q - window)
-    if key_valid is not None:
-        m = m & key_valid[:, None, :].bool()
-    m = m | torch.eye(L, dtype=torch.bool, device=device)[None]
-    return m[:, None]
+
+    def front(self, adapter: Adapter, sl: Slice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
+              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
+        """Everything before the final projection on `sl`: x (B, L, D) -> (z (B, L, C_kept), keys and values).
+
+        `rot`, `mask` and `past` (cached keys and values) matter to attention only, whose new keys and
+        values (B, n_kv, L_past + L, d) come back second; the MLP returns None there (docs/algorithm.md §2.4, §5).
+        """
+        raise NotImplementedError
+
+    def out(self, sl: Slice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """The final projection on the kept channels, plus FLAP's compensation `bias` (D,) or None:
+        z (B, L, C_kept) -> (B, L, D) (docs/algorithm.md §5, §8.1c)."""
+        raise NotImplementedError
+
+    def probe_context(self, adapter: Adapter, position_ids: Tensor, xp: Tensor, samples: Tensor, tokens: Tensor,
+                      valid: Optional[Tensor], window: Optional[int]) -> tuple[Rotary, Optional[Tensor]]:
+        """Rotary and mask of PP's probe (xp: (n_b, n_t, D), rows `samples` and columns `tokens` of the batch):
+        the original positions of its tokens, causal among them (docs/algorithm.md §2.4). The MLP needs neither."""
+        return None, None
+
+    # --- cost --------------------------------------------------------------------------------------
+    def flops(self, adapter: Adapter, B: int, L: int, sl: Optional[Slice] = None, with_out: bool = True) -> int:
+        """Analytic FLOPs of the block on B x L tokens: on slice `sl`, or dense when None; without the final
+        projection when `with_out` is False (the probe's cost, docs/algorithm.md §2.5)."""
+        raise NotImplementedError
+
+    # --- scores and keep-sets ----------------------------------------------------------------------
+    def unit_scores(self, channel_scores: Tensor, dims: ModelDims) -> Tensor:
+        """(C,) per-channel scores -> (U,) per-unit scores: summed within a head, as is for MLP channels
+        (Wanda-sp and FLAP, docs/algorithm.md §4.1)."""
+        raise NotImplementedError
+
+    def ppsp(self, energy: Tensor, w_pow4: Tensor, dims: ModelDims) -> Tensor:
+        """PPsp unit scores (U,) from channel energies s (C,) and sum_i W[i, c]^4 (C,) (docs/algorithm.md §4)."""
+        raise NotImplementedError
+
+    def keep_top(self, scores: Tensor, ratio: float, dims: ModelDims, multiple: int) -> Tensor:
+        """The units a pruned block keeps at per-layer ratio `ratio`, ascending (docs/algorithm.md §4.2):
+        heads lose int(ratio * H); MLP channels keep I - int(ratio * I) rounded up to `multiple`."""
+        raise NotImplementedError
+
+
+class AttnBlock(Block):
+    """Self-attention: units are query heads; keys and values follow the heads that read them."""
+
+    name = BLOCK_NAMES[0]
+    switch = "prune_attn"
+
+    def units(self, dims: ModelDims) -> int:
+        return dims.num_heads
+
+    def channels(self, dims: ModelDims) -> int:
+        return dims.num_heads * dims.head_dim
+
+    def unit_channels(self, units: Tensor, dims: ModelDims) -> Tensor:
+        return head_channels(units, dims.head_dim)
+
+    def norm(self, w: LayerWeights) -> nn.Module:
+        return w.attn_norm
+
+    def final_weight(self, w: LayerWeights) -> Tensor:
+        return w.o_w
+
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> AttnSlice:
+        return slice_attn(w, dims, kept)
+
+    def window(self, adapter: Adapter, layer: int) -> Optional[int]:
+        return adapter.windows[layer]
+
+    def front(self, adapter: Adapter, sl: AttnSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
+              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
+        z, k, v = attn_front(sl, x, adapter.dims.head_dim, rot, mask, past)
+        return z, (k, v)
+
+    def out(self, sl: AttnSlice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return attn_out(sl, z, bias)
+
+    def probe_context(self, adapter: Adapter, position_ids: Tensor, xp: Tensor, samples: Tensor, tokens: Tensor,
+                      valid: Optional[Tensor], window: Optional[int]) -> tuple[Rotary, Optional[Tensor]]:
+        rot = None
+        if adapter.uses_rotary:
+            rot = adapter.rotary(xp, position_ids.index_select(0, samples).index_select(1, tokens))
+        # Causal among the probe's tokens at their original positions, and within the layer's window.
+        mask = attention_mask_4d(valid, xp.shape[1], xp.device, window=window,
+                                 positions=None if window is None else tokens[None])
+        return rot, mask
+
+    def flops(self, adapter: Adapter, B: int, L: int, sl: Optional[AttnSlice] = None, with_out: bool = True) -> int:
+        dims = adapter.dims
+        heads, kv = (dims.num_heads, dims.num_kv_heads) if sl is None else (sl.n_heads, sl.n_kv)
+        return attn_flops(B, L, dims, heads, kv, with_out=with_out)
+
+    def unit_scores(self, channel_scores: Tensor, dims: ModelDims) -> Tensor:
+        return head_sums(channel_scores, dims.head_dim)
+
+    def ppsp(self, energy: Tensor, w_pow4: Tensor, dims: ModelDims) -> Tensor:
+        return ppsp_heads(energy, w_pow4, dims.head_dim)
+
+    def keep_top(self, scores: Tensor, ratio: float, dims: ModelDims, multiple: int) -> Tensor:
+        return keep_top_heads(scores, heads_pruned(ratio, dims.num_heads))
+
+
+class MlpBlock(Block):
+    """The MLP: units are intermediate channels (gate/up rows, down_proj columns)."""
+
+    name = BLOCK_NAMES[1]
+    switch = "prune_mlp"
+
+    def norm(self, w: LayerWeights) -> nn.Module:
+        return w.mlp_norm
+
+    def final_weight(self, w: LayerWeights) -> Tensor:
+        return w.down_w
+
+    def units(self, dims: ModelDims) -> int:
+        return dims.intermediate
+
+    def channels(self, dims: ModelDims) -> int:
+        return dims.intermediate
+
+    def unit_channels(self, units: Tensor, dims: ModelDims) -> Tensor:
+        return units  # a unit is a channel
+
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> MlpSlice:
+        return slice_mlp(w, kept)
+
+    def front(self, adapter: Adapter, sl: MlpSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
+              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
+        return mlp_front(sl, x, adapter.act), None
+
+    def out(self, sl: MlpSlice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return mlp_out(sl, z, bias)
+
+    def flops(self, adapter: Adapter, B: int, L: int, sl: Optional[MlpSlice] = None, with_out: bool = True) -> int:
+        dims = adapter.dims
+        channels = dims.intermediate if sl is None else sl.up_w.shape[0]
+        return mlp_flops(B, L, dims, channels, adapter.gated_mlp, with_out=with_out)
+
+    def unit_scores(self, channel_scores: Tensor, dims: ModelDims) -> Tensor:
+        return channel_scores
+
+    def ppsp(self, energy: Tensor, w_pow4: Tensor, dims: ModelDims) -> Tensor:
+        return ppsp_channels(energy, w_pow4)
+
+    def keep_top(self, scores: Tensor, ratio: float, dims: ModelDims, multiple: int) -> Tensor:
+        return keep_top_channels(scores, mlp_kept_for_ratio(ratio, dims.intermediate, multiple))
+
+
+ATTN = AttnBlock()
+MLP = MlpBlock()
+BLOCKS: tuple[Block, ...] = (ATTN, MLP)  # in the order a decoder layer runs them (record.BLOCK_NAMES)
+_BY_NAME: dict[str, Block] = {b.name: b for b in BLOCKS}
+BlockLike = Union[Block, str]
+
+
+def as_block(block: BlockLike) -> Block:
+    """`block` itself, or the block of that name ("attn", "mlp"). Raises ValueError for another name."""
+    if isinstance(block, Block):
+        return block
+    try:
+        return _BY_NAME[block]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown block {block!r}; the blocks are {', '.join(BLOCK_NAMES)}") from None
+

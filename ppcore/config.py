@@ -18,13 +18,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .errors import ConfigError
+from .methods.registry import METHOD_CLASSES, method_class
+from .ratios import adjusted_ratio, heads_pruned, mlp_kept, mlp_kept_for_ratio  # noqa: F401 (re-exported)
 
-METHODS: tuple[str, ...] = ("dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib")
-STATIC_METHODS: frozenset[str] = frozenset({"wanda-sp", "flap", "ppsp-calib"})
+# The method names come from the registry (ppcore/methods/registry.py), in its order.
+METHODS: tuple[str, ...] = tuple(METHOD_CLASSES)
+STATIC_METHODS: frozenset[str] = frozenset(name for name, cls in METHOD_CLASSES.items() if cls.static)
 FLAP_BIAS_MODES: tuple[str, ...] = ("official", "mean", "none")
 
 # Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
-# divides by it (spec 8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
+# divides by it (docs/algorithm.md §8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
 # every protocol; 20 is the official protocol's (and keeps the official windows' numbers exact).
 CALIB_BATCH_SIZE = 20
 MAX_CALIB_BATCH_SIZE = 4096
@@ -125,7 +128,7 @@ class PruneConfig:
     """Everything that decides which heads and channels a run keeps.
 
     `ratio` is the nominal fraction of heads and MLP channels removed, averaged over all decoder
-    layers; pruned layers use `round(N/(N-len(skip)) * ratio, 2)` (spec section 6).
+    layers; pruned layers use `round(N/(N-len(skip)) * ratio, 2)` (docs/algorithm.md §6).
     """
 
     method: str = setting("pp", "the method that decides which heads and channels each batch keeps", choices=METHODS)
@@ -146,8 +149,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_layers", _check_skip(self.skip_layers))
-        if not isinstance(self.method, str) or self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        method_class(self.method)  # ConfigError for a name the registry does not hold
         for name, low, high in (("ratio", True, False), ("token_frac", False, True), ("sample_frac", False, True),
                                 ("ema", True, True)):
             value = _check_fraction(name, getattr(self, name), low_inclusive=low, high_inclusive=high)
@@ -184,7 +186,8 @@ class PruneConfig:
         if r_eff >= 1:
             # The average over all layers cannot be met: every pruned layer would lose everything.
             kept = num_layers - len(self.skip_layers)
-            usable = math.floor(kept / num_layers * 0.995 * 100) / 100  # the largest whose per-layer share rounds below 1
+            # the largest ratio whose per-layer share rounds below 1
+            usable = math.floor(kept / num_layers * 0.995 * 100) / 100
             raise ConfigError(
                 f"ratio {self.ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
                 f"{r_eff:g} of each of the other {kept}: use a ratio of at most {usable:.2f} or skip fewer layers"
@@ -192,7 +195,8 @@ class PruneConfig:
 
     @property
     def is_static(self) -> bool:
-        return self.method in STATIC_METHODS
+        """The method decides once from calibration and reuses its slices (its class says so)."""
+        return method_class(self.method).static
 
     @property
     def prunes(self) -> bool:
@@ -200,8 +204,9 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        """Static methods score calibration statistics; PP starts its history from them."""
-        return self.prunes and (self.is_static or (self.method == "pp" and self.use_history))
+        """A pruning run that reads calibration statistics: the method's class decides (static methods score
+        them; PP starts its history from them)."""
+        return self.prunes and method_class(self.method).needs_calibration(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -222,10 +227,10 @@ MAX_CALIB_WINDOWS = 100_000
 @dataclass(frozen=True)
 class CalibConfig:
     """The calibration pass: which windows the dense model runs to seed PP's history and to score the
-    static baselines (docs/algorithm.md, section 5). Defaults are the official protocol's.
+    static baselines (docs/algorithm.md §7). Defaults are the official protocol's.
 
     The windows are drawn with the run's seed from the dataset's calibration split. `batch_size` is a
-    setting of its own because FLAP's official compensation divides by it (section 8.1c).
+    setting of its own because FLAP's official compensation divides by it (docs/algorithm.md §8.1c).
     Raises ConfigError for a value out of range.
     """
 
@@ -355,30 +360,6 @@ def describe_calibration_batches(windows: int, batch_size: int) -> str:
     if last == batch_size:
         return f"{n} batches of {batch_size}"
     return f"{n} batches: {n - 1} of {batch_size} and 1 of {last}"
-
-
-def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:
-    """Per-layer ratio so that the average over all layers equals `ratio` (spec 6)."""
-    if num_skipped == 0:
-        return ratio
-    return round(num_layers / (num_layers - num_skipped) * ratio, 2)
-
-
-def heads_pruned(r_eff: float, num_heads: int) -> int:
-    """Heads removed in a pruned layer: int() flooring, as the official code does."""
-    return min(int(r_eff * num_heads), num_heads)
-
-
-def mlp_kept(num_pruned: int, channels: int, multiple: int) -> int:
-    """MLP channels kept when `num_pruned` are removed, the kept count rounded UP to `multiple`."""
-    kept = channels - min(num_pruned, channels)
-    if multiple > 1:
-        kept = -(-kept // multiple) * multiple
-    return min(kept, channels)
-
-
-def mlp_kept_for_ratio(r_eff: float, channels: int, multiple: int) -> int:
-    return mlp_kept(int(r_eff * channels), channels, multiple)
 
 
 # The app's interactive default: 16 windows of 128 tokens calibrate in seconds on two CPU cores, where

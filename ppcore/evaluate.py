@@ -1,37 +1,29 @@
-"""Perplexity evaluation of one method on token windows, with the official warm-up protocol."""
+"""Perplexity of one method on token windows, under the official evaluation protocol (docs/algorithm.md §9)."""
 from __future__ import annotations
 
-import math
 import numbers
-import platform
-import sys
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Union
 
-import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from . import __version__
 from .config import PruneConfig
 from .errors import DataError
-from .flops import add_flops, flops_ratios
 from .loading import LoadedModel
-from .methods import Pruner
+from .protocol import Protocol, build_protocol, describe_windows
 from .record import BatchRecord
+from .scoring import score, scored_runs
 from .stats import CalibStats
-from .walk import token_nll, walk
 
 
 @dataclass
 class EvalResult:
     """One method's perplexity on the scored batches, its cost, and the protocol that produced it.
 
-    The four FLOPs figures follow `../shared/BENCHMARKS.md` (`ppcore.flops.flops_ratios` over the
-    scored batches): `flops_ratio` and `probe_flops_ratio` over the whole model's dense FLOPs (LM head
-    included), `decoder_flops_ratio` and `decoder_probe_flops_ratio` over the decoder layers' only
-    (the paper's definition; None when the counts carry no `head`).
+    The four FLOPs figures are `ppcore.flops.flops_ratios` over the scored batches: `flops_ratio` and
+    `probe_flops_ratio` over the whole model's dense FLOPs (LM head included), `decoder_flops_ratio` and
+    `decoder_probe_flops_ratio` over the decoder layers' only (the paper's definition, docs/algorithm.md
+    §9.4; None when the counts carry no `head`). Losses are in nats, times in seconds.
     """
 
     method: str
@@ -44,7 +36,7 @@ class EvalResult:
     decoder_flops_ratio: Optional[float]  # pruned over dense, decoder layers only (the paper's)
     decoder_probe_flops_ratio: Optional[float]  # probe over dense, decoder layers only
     batch_loss: list[float]
-    protocol: dict[str, Any]
+    protocol: Protocol
     batch_seconds: list[float] = field(default_factory=list)
     flops: dict[str, int] = field(default_factory=dict)  # summed over the scored batches: dense, pruned, probe, head
     records: list[BatchRecord] = field(default_factory=list)
@@ -53,6 +45,7 @@ class EvalResult:
         """Everything but the records, as plain JSON-ready values (what `eval --json` writes)."""
         d = asdict(self)
         d.pop("records")
+        d["protocol"] = self.protocol.to_dict()
         return d
 
     def line(self) -> str:
@@ -66,34 +59,9 @@ class EvalResult:
                 f"decoder_probe_flops_ratio={f(self.decoder_probe_flops_ratio)}")
 
 
-def environment() -> dict[str, Any]:
-    import transformers
-
-    return {
-        "ppcore": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "transformers": transformers.__version__, "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def evaluate(
-    lm: LoadedModel,
-    cfg: PruneConfig,
-    windows: Tensor,
-    batch_size: int,
-    calib: Optional[CalibStats] = None,
-    *,
-    warmup: bool = True,
-    level: str = "none",
-    protocol: Optional[dict[str, Any]] = None,
-    progress: bool = True,
-) -> EvalResult:
-    """Score `windows` in batches of `batch_size`; perplexity = exp(mean of batch mean losses).
-
-    With `warmup`, the first batch runs once before scoring: unscored, untimed, no history update
-    (then it is scored again, as the official code does).
-    """
+def check_windows(windows: Any, batch_size: Any) -> None:
+    """Raise DataError unless `windows` is a (N, L) tensor holding at least one full batch of
+    `batch_size` (an integer >= 1) windows of at least 2 tokens."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise DataError(f"batch size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(windows, Tensor) or windows.dim() != 2 or windows.shape[0] < batch_size:
@@ -103,47 +71,22 @@ def evaluate(
         # One token has nothing to predict: the mean loss would be 0/0 and the perplexity NaN.
         raise DataError(f"windows of {windows.shape[1]} token(s) have no next token to score; "
                         "perplexity needs windows of at least 2 tokens")
-    n_batches = windows.shape[0] // batch_size
-    pruner = Pruner(lm.adapter, cfg, calib)
-    records: list[BatchRecord] = []
-    cuda = lm.device.type == "cuda"
-    if warmup:
-        res = walk(lm.adapter, pruner, windows[:batch_size], update_history=False, level=level,
-                   timing=level != "none", phase="warmup", index=0)
-        token_nll(lm.adapter, res.hidden, windows[:batch_size], res.valid)
-        if res.record is not None:
-            records.append(res.record)
-    losses: list[float] = []
-    secs: list[float] = []
-    tokens = 0
-    flops: dict[str, int] = {}  # summed by key over the scored batches (dense, pruned, probe, head)
-    for b in tqdm(range(n_batches), desc=f"{cfg.method} {cfg.ratio:g}", unit="batch", disable=not progress):
-        ids = windows[b * batch_size:(b + 1) * batch_size]
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = walk(lm.adapter, pruner, ids, update_history=True, level=level, timing=level != "none",
-                   phase="scored", index=b)
-        if cuda and res.record is not None:
-            torch.cuda.synchronize()
-        t_head = time.perf_counter()
-        nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
-        loss = float(nll.double().sum() / mask.double().sum())
-        if cuda:
-            torch.cuda.synchronize()
-        t_end = time.perf_counter()
-        secs.append(t_end - t0)
-        losses.append(loss)
-        tokens += int(mask.sum())
-        add_flops(flops, res.flops)
-        if res.record is not None:
-            res.record.loss, res.record.tokens = loss, int(mask.sum())
-            # The unpruned tail (LM head and loss) and the whole batch, beside embed_s and layers_s.
-            res.record.times.update(head_s=t_end - t_head, total_s=t_end - t0)
-            records.append(res.record)
-    ppl = math.exp(sum(losses) / len(losses))
-    return EvalResult(
-        method=cfg.method, ratio=cfg.ratio, ppl=ppl, tokens=tokens, seconds=sum(secs), **flops_ratios(flops),
-        batch_loss=losses, protocol=dict(protocol or {}), batch_seconds=secs, flops=flops, records=records,
-    )
 
+
+def evaluate(lm: LoadedModel, cfg: PruneConfig, windows: Tensor, batch_size: int,
+             calib: Optional[CalibStats] = None, *, warmup: bool = True, level: str = "none",
+             protocol: Union[Protocol, Mapping[str, Any], None] = None, progress: bool = True) -> EvalResult:
+    """Score `windows` (N, L token ids) in N // batch_size batches; perplexity = exp(mean of batch mean losses).
+
+    With `warmup`, the first batch runs once before scoring: unscored, untimed, no history update (then
+    it is scored again, as the official code does; docs/algorithm.md §9.4). `level` ("none", "summary",
+    "full") sets the batch records kept. `protocol` defaults to one describing `lm` and the windows.
+    Raises DataError for windows that hold no full batch or windows shorter than 2 tokens.
+    """
+    check_windows(windows, batch_size)
+    if protocol is None:
+        protocol = build_protocol("eval", lm, describe_windows({}, windows, batch_size), config=cfg.to_dict())
+    run = scored_runs(lm, [cfg], calib)[0]
+    score(lm, [run], windows, batch_size, warmup=warmup, level=level, progress=progress,
+          desc=f"{cfg.method} {cfg.ratio:g}")
+    return EvalResult(**run.figures(), protocol=Protocol.from_dict(protocol), records=run.records)

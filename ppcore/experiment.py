@@ -1,18 +1,19 @@
 """Everything an evaluation needs before the first batch: model, windows, calibration, protocol."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from torch import Tensor
 
 from .calibrate import calibrate
-from .config import CALIB_BATCH_SIZE, PruneConfig, calibration_batches, check_calib_batch_size
-from .data import corpus_text, load_windows, sample_windows, tokenize_text, windows_hash
+from .config import CALIB_BATCH_SIZE, CalibConfig, PruneConfig
+from .data import corpus_text, load_windows, sample_windows, tokenize_text
 from .errors import DataError
-from .evaluate import EvalResult, environment, evaluate
+from .evaluate import EvalResult, evaluate
 from .loading import LoadedModel, Placement, load_model
+from .protocol import Protocol, build_protocol, describe_calibration, describe_windows
 from .stats import CalibStats
 
 
@@ -20,19 +21,24 @@ from .stats import CalibStats
 class EvalSetup:
     """A loaded model, its eval and calibration windows and the protocol that describes them.
 
+    `windows` (batches * batch_size, seq_len) and `calib_windows` (windows, calib seq_len) are token ids.
     `batch_size` batches the scored windows; `calib_batch_size` batches the calibration pass (its own
-    setting: FLAP's official compensation divides by it).
+    setting: FLAP's official compensation divides by it, docs/algorithm.md §8.1c). A dict `protocol` is
+    converted with `Protocol.from_dict`.
     """
 
     lm: LoadedModel
-    windows: Tensor  # (batches * batch_size, seq_len)
+    windows: Tensor
     calib_windows: Tensor
     batch_size: int
-    protocol: dict[str, Any]
+    protocol: Protocol
     cache_dir: Optional[str] = None
     progress: bool = True
     calib_batch_size: int = CALIB_BATCH_SIZE
     _calib: Optional[CalibStats] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.protocol = Protocol.from_dict(self.protocol)
 
     def calibration(self) -> CalibStats:
         """Calibration statistics, computed once (and cached on disk) on first use."""
@@ -42,18 +48,28 @@ class EvalSetup:
         return self._calib
 
     def run(self, cfg: PruneConfig, level: str = "none") -> EvalResult:
-        proto = dict(self.protocol, config=cfg.to_dict())
+        """`evaluate` of `cfg` on these windows (the protocol gains the config); `level` as in `walk`."""
         return evaluate(self.lm, cfg, self.windows, self.batch_size,
                         self.calibration() if cfg.needs_calibration else None,
-                        level=level, protocol=proto, progress=self.progress)
+                        level=level, protocol=self.protocol.replace(config=cfg.to_dict()), progress=self.progress)
 
 
 def calibration_windows(lm: LoadedModel, dataset: str, count: int, seq_len: int, seed: int,
                         cache_dir: Optional[str] = None) -> tuple[Tensor, dict[str, Any]]:
-    """Seeded windows from a corpus's calibration split, and their description for the protocol."""
+    """`count` seeded windows of `seq_len` tokens, (count, seq_len), from a corpus's calibration split,
+    and their source for the protocol (dataset, split, corpus_tokens). Raises DataError for an unusable
+    corpus or a corpus shorter than one window."""
     ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "calibration", cache_dir), cache_dir)
     return sample_windows(ids, count, seq_len, seed), {"dataset": dataset, "split": "calibration",
                                                        "corpus_tokens": int(ids.numel())}
+
+
+def check_corpus(flag: str, name: str) -> None:
+    """Raise DataError unless `name` is wiki-vital, wikitext2 or an existing .txt file (`flag` names the setting)."""
+    if name not in ("wiki-vital", "wikitext2") and not name.lower().endswith(".txt"):
+        raise DataError(f"unknown {flag} {name!r}: use wiki-vital, wikitext2 or a path to a .txt file")
+    if name.lower().endswith(".txt") and not Path(name).expanduser().is_file():
+        raise DataError(f"text file not found: {name}")
 
 
 def prepare(
@@ -64,68 +80,59 @@ def prepare(
     seq_len: int = 512,
     batch_size: int = 20,
     batches: int = 10,
-    calib_seqs: int = 100,
     seed: int = 0,
     windows_file: Optional[str] = None,
     calib_windows_file: Optional[str] = None,
-    calib_dataset: str = "wiki-vital",
     cache_dir: Optional[str] = None,
     progress: bool = True,
     placement: Optional[Placement] = None,
-    calib_batch_size: int = CALIB_BATCH_SIZE,
+    calib: Optional[CalibConfig] = None,
+    calib_len_follows: bool = False,
+    front_end: str = "eval",
 ) -> EvalSetup:
     """Load the model, draw (or read) the eval and calibration windows, and describe it all in a protocol.
 
-    Calibration itself runs on first use (`EvalSetup.calibration`), in batches of `calib_batch_size`
-    windows, whatever the eval batch size.
+    Scored: `batches` batches of `batch_size` windows of `seq_len` tokens drawn with `seed` from
+    `dataset`'s eval split, or the full batches of `windows_file` (.npy). Calibration: `calib` (None: the
+    CalibConfig defaults), drawn with `seed` from its dataset's calibration split, or the windows of
+    `calib_windows_file`; with `calib_len_follows` (or no `calib`) the calibration windows are as long
+    as the scored ones, whatever `calib.seq_len` says (the official protocol has both at 512).
+    Calibration itself runs on first use (`EvalSetup.calibration`), in batches of `calib.batch_size`.
+    `front_end` names the command in the protocol. Raises DataError (bad sizes, files, corpora; checked
+    before the model loads) and ModelLoadError.
     """
-    calib_batch_size = check_calib_batch_size(calib_batch_size)
-    for name, v, lo in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("batches", batches, 1),
-                        ("calib_seqs", calib_seqs, 1)):
+    for name, v, lo in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("batches", batches, 1)):
         if v < lo:
             raise DataError(f"{name} must be at least {lo}, got {v}")
     # Cheap checks first, so a typo fails in a second, not after loading the model.
     for f in (windows_file, calib_windows_file):
         if f and not Path(f).expanduser().is_file():
             raise DataError(f"windows file not found: {f}")
-    for name, given in (("dataset", dataset), ("calib-dataset", calib_dataset)):
-        if given not in ("wiki-vital", "wikitext2") and not given.lower().endswith(".txt"):
-            raise DataError(f"unknown {name} {given!r}: use wiki-vital, wikitext2 or a path to a .txt file")
-        if given.lower().endswith(".txt") and not Path(given).expanduser().is_file():
-            raise DataError(f"text file not found: {given}")
+    check_corpus("dataset", dataset)
+    check_corpus("calib-dataset", (calib or CalibConfig()).dataset)
     lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, placement=placement)
     vocab = lm.adapter.dims.vocab
     if windows_file:
         windows = load_windows(windows_file, vocab)
         if windows.shape[0] < batch_size:
-            raise DataError(f"{Path(windows_file).name} has {windows.shape[0]} windows, fewer than one batch of {batch_size}")
+            raise DataError(f"{Path(windows_file).name} has {windows.shape[0]} windows, "
+                            f"fewer than one batch of {batch_size}")
         windows = windows[: (windows.shape[0] // batch_size) * batch_size]
-        data = {"windows_file": Path(windows_file).name}
+        source: dict[str, Any] = {"windows_file": Path(windows_file).name}
     else:
         ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "eval", cache_dir), cache_dir)
         windows = sample_windows(ids, batches * batch_size, seq_len, seed)
-        data = {"dataset": dataset, "split": "eval", "corpus_tokens": int(ids.numel())}
+        source = {"dataset": dataset, "split": "eval", "corpus_tokens": int(ids.numel())}
+    if calib is None or calib_len_follows:
+        calib = replace(calib or CalibConfig(), seq_len=int(windows.shape[1]))
     if calib_windows_file:
         calib_windows = load_windows(calib_windows_file, vocab)
-        calib = {"windows_file": Path(calib_windows_file).name}
+        calib_section = describe_calibration({"windows_file": Path(calib_windows_file).name}, calib_windows,
+                                             calib.batch_size)
     else:
-        calib_windows, calib = calibration_windows(lm, calib_dataset, calib_seqs, int(windows.shape[1]), seed,
-                                                   cache_dir)
-    data.update(windows=int(windows.shape[0]), seq_len=int(windows.shape[1]), batch_size=batch_size,
-                batches=int(windows.shape[0] // batch_size), windows_sha256_16=windows_hash(windows))
-    n_batches, last = calibration_batches(int(calib_windows.shape[0]), calib_batch_size)
-    calib.update(windows=int(calib_windows.shape[0]), seq_len=int(calib_windows.shape[1]), batch_size=calib_batch_size,
-                 batches=n_batches, last_batch_size=last, windows_sha256_16=windows_hash(calib_windows))
-    protocol = {
-        "model": {"name": lm.name, "fingerprint": lm.fingerprint, "family": lm.adapter.family,
-                  "model_type": lm.model.config.model_type},
-        "data": data,
-        "calibration": calib,
-        "seed": seed,
-        "warmup": "first batch run once before scoring: unscored, untimed, no history update",
-        "ppl": "exp(mean over scored batches of each batch's mean token cross-entropy)",
-        "device": str(lm.device),
-        "dtype": str(lm.dtype).replace("torch.", ""),
-        "environment": environment(),
-    }
-    return EvalSetup(lm, windows, calib_windows, batch_size, protocol, cache_dir, progress, calib_batch_size)
+        calib_windows, calib_source = calibration_windows(lm, calib.dataset, calib.windows, calib.seq_len, seed,
+                                                          cache_dir)
+        calib_section = describe_calibration(calib_source, calib_windows, calib.batch_size, seed)
+    protocol = build_protocol(front_end, lm, describe_windows(source, windows, batch_size),
+                              calibration=calib_section, seed=seed)
+    return EvalSetup(lm, windows, calib_windows, batch_size, protocol, cache_dir, progress, calib.batch_size)

@@ -1,7 +1,8 @@
-"""Analytic FLOPs (2 per multiply-add) of the matrix products a block runs, and the ratios we report.
+"""Analytic FLOPs (2 per multiply-add) of the matrix products a block runs, and the ratios we report
+(docs/algorithm.md §2.5, §9.3).
 
 Attention scores and the weighted sum count the full L x L products that a dense kernel
-computes; norms, activations and softmax are ignored (they are under 1 % here).
+computes; norms, activations and softmax are ignored (they are under 1 % here). Nothing here raises.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .adapters import ModelDims
 
 
 def attn_flops(B: int, L: int, dims: ModelDims, heads: int, kv_heads: int, with_out: bool = True) -> int:
+    """FLOPs of attention on B x L tokens with `heads` query and `kv_heads` key/value heads: q/k/v, scores and
+    weighted sum, and o_proj unless `with_out` is False (the probe stops before it, docs/algorithm.md §2.5)."""
     T, d, D = B * L, dims.head_dim, dims.hidden
     proj = 2 * T * D * d * (heads + 2 * kv_heads)
     scores = 2 * 2 * B * heads * L * L * d
@@ -19,6 +22,8 @@ def attn_flops(B: int, L: int, dims: ModelDims, heads: int, kv_heads: int, with_
 
 
 def mlp_flops(B: int, L: int, dims: ModelDims, channels: int, gated: bool, with_out: bool = True) -> int:
+    """FLOPs of the MLP on B x L tokens with `channels` intermediate channels: gate (if `gated`) and up, and
+    down_proj unless `with_out` is False (docs/algorithm.md §2.5)."""
     T, D = B * L, dims.hidden
     front = 2 * T * D * channels * (2 if gated else 1)
     return front + (2 * T * channels * D if with_out else 0)
@@ -36,7 +41,7 @@ def add_flops(total: dict[str, int], batch: dict[str, int]) -> dict[str, int]:
 
 
 def flops_ratios(flops: dict[str, int]) -> dict[str, Optional[float]]:
-    """The four FLOPs figures of `../shared/BENCHMARKS.md` from summed FLOPs counts.
+    """The four FLOPs figures (docs/cli.md, docs/algorithm.md §9.3) from summed FLOPs counts.
 
     `flops` holds `dense` and `pruned` (whole model, LM head included, embeddings aside), `probe` (the
     probe's FLOPs) and `head` (the part outside the decoder layers, included in both dense and pruned).

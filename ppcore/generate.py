@@ -1,24 +1,26 @@
-"""Greedy generation: pruning decided once on the prompt (prefill), reused while decoding.
+"""Greedy generation: pruning decided once on the prompt (`prefill`), reused while decoding (`decode_one_token`).
 
 The prefill is an ordinary walk that also captures each layer's keep-sets and its keys and values
 (only for the key/value heads the kept query heads read). Each decode step then runs one token per
-sample through the same slices, appending to that cache. Prompts are left-padded so every row's
-next token sits in the same column; the walk runs them with real tokens first (so PP decides as it
-would on the unpadded prompts), and the cache carries each key's position and padding, so decoding
-masks pads and follows each layer's sliding window.
+sample through the same slices with the walk's layer loop (`ppcore.layer_step.run_layers`), appending
+to that cache. Prompts are left-padded so every row's next token sits in the same column; the walk
+runs them with real tokens first (so PP decides as it would on the unpadded prompts), and the cache
+carries each key's position and padding, so decoding masks pads and follows each layer's sliding window.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from . import clock
 from .adapters import Adapter, LayerWeights
-from .blocks import attn_front, attn_out, mlp_front, mlp_out, slice_attn, slice_mlp
+from .blocks import Block
 from .errors import DataError, NonFiniteError
+from .layer_step import LayerHooks, finite_flag, run_layers
+from .masks import decode_key_mask
 from .methods import Decision, Pruner
 from .record import BatchRecord
 from .walk import Capture, walk
@@ -26,24 +28,36 @@ from .walk import Capture, walk
 
 @dataclass
 class Generation:
-    tokens: list[list[int]]  # new tokens per prompt (up to and including an EOS)
+    """New tokens per prompt (up to and including an EOS) and what they cost.
+
+    prefill_s / decode_s: seconds on ppcore.clock; prompt_tokens: real (non-pad) prompt tokens;
+    decode_steps: steps after the first new token; record: the prefill's decisions (None at level "none").
+    """
+
+    tokens: list[list[int]]
     prefill_s: float
     decode_s: float
-    prompt_tokens: int  # real (non-pad) prompt tokens
+    prompt_tokens: int
     decode_steps: int
     batch: int
-    record: Optional[BatchRecord]  # the prefill's decisions
+    record: Optional[BatchRecord]
 
     @property
     def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens per second of prefill (NaN when it took no measurable time)."""
         return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
 
     @property
     def decode_tokens_per_s(self) -> float:
+        """New tokens per second over all samples while decoding (NaN without a decode step)."""
         return self.batch * self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Prompts as (B, L) long ids, left-padded with `pad_id`, and their (B, L) 0/1 mask (L: longest prompt).
+
+    Raises DataError for no prompts or an empty one.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise DataError("every prompt needs at least one token")
     L = max(len(p) for p in prompts)
@@ -55,15 +69,101 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+@dataclass
+class DecodeState:
+    """What decoding carries from step to step: the prefill's capture (decisions and key/value cache), each
+    cached key's token position and realness (B, K), and each row's latest position (B, 1). K grows by one
+    per step. `windows`: the model's distinct sliding windows."""
+
+    capture: Capture
+    key_valid: Tensor
+    key_pos: Tensor
+    pos: Tensor
+    padded: bool
+    windows: tuple[int, ...]
+
+    def advance(self) -> None:
+        """One more token per row: its position, and its key (real) at the end of the cache."""
+        self.pos = self.pos + 1
+        self.key_pos = torch.cat([self.key_pos, self.pos], 1)
+        self.key_valid = torch.cat([self.key_valid, torch.ones_like(self.key_valid[:, :1])], 1)
+
+
+class _StepInputs:
+    """A decode step's `AttnInputs`: the new tokens' rotary and a key mask per sliding window."""
+
+    def __init__(self, rot: Optional[tuple[Tensor, Tensor]], masks: dict[Optional[int], Optional[Tensor]]) -> None:
+        self.rot, self.masks = rot, masks
+
+    def attn_mask(self, window: Optional[int]) -> Optional[Tensor]:
+        return self.masks[window]
+
+    def move_to(self, device: torch.device) -> None:
+        self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
+        self.masks = {w: None if m is None else m.to(device) for w, m in self.masks.items()}
+
+
+class _Reuse(LayerHooks):
+    """A decode step's hooks: the prompt's decisions, with their weights."""
+
+    def __init__(self, pruner: Pruner, capture: Capture) -> None:
+        self.pruner, self.capture = pruner, capture
+
+    def decide(self, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
+        return _with_slice(self.pruner, layer, block, w, self.capture.decisions[layer][block.name])
+
+
+def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor,
+            level: str = "summary") -> tuple[Tensor, DecodeState, Optional[BatchRecord], Tensor]:
+    """The prompt through the walk, deciding every block once; returns the first new token per row (B, 1),
+    the state decoding continues from, the walk's record and a 0-d bool (False: the logits were not finite).
+
+    `ids`, `mask` (B, L): left-padded prompts (`left_pad`). docs/algorithm.md §1-5. Raises what `walk` raises.
+    """
+    dev = adapter.device
+    cap = Capture()
+    res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
+    lg = adapter.head(res.hidden[:, -1:])
+    nxt = lg.argmax(-1).to(dev)  # (B, 1)
+    # The prefill ran in the walk's layout (each row's real tokens first); the cache is in that layout,
+    # so every cached key carries its token position and a flag for real tokens.
+    B, cached = ids.shape[0], cap.kv[0][0].shape[2] if cap.kv else ids.shape[1]
+    key_valid = (torch.ones(B, cached, dtype=torch.bool, device=dev) if cap.valid is None
+                 else cap.valid.to(dev).bool())
+    key_pos = torch.arange(cached, device=dev)[None].expand(B, cached)
+    pos = key_valid.sum(1, keepdim=True) - 1  # (B, 1): position of each prompt's last token
+    windows = tuple(sorted({w for w in adapter.windows if w is not None}))
+    state = DecodeState(cap, key_valid, key_pos, pos, padded=cap.valid is not None, windows=windows)
+    return nxt, state, res.record, finite_flag(lg)
+
+
+def decode_one_token(adapter: Adapter, pruner: Pruner, state: DecodeState, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """One greedy step: `tokens` (B, 1), the latest token of each row, through every layer on the prompt's
+    slices, extending the cache; returns the logits (B, 1, vocab) on the head's device and a 0-d bool
+    (False: the residual or the logits were not finite). Raises nothing of its own."""
+    state.advance()
+    # Keys a new token may see: real ones, and within a sliding layer's window (HF's p - w < q <= p).
+    masks = {w: decode_key_mask(state.key_valid, state.key_pos, state.pos, w, state.padded)
+             for w in (None, *state.windows)}
+    h = adapter.embed(tokens, state.pos)
+    inputs = _StepInputs(adapter.rotary(h, state.pos) if adapter.uses_rotary else None, masks)
+    h, flags = run_layers(adapter, h, inputs, _Reuse(pruner, state.capture), kv=state.capture.kv,
+                          flag_every_layer=False)
+    lg = adapter.head(adapter.final(h))
+    # inf or NaN in the residual or the logits (an fp16 LM head can overflow on finite inputs).
+    dev = state.pos.device
+    return lg, flags[-1].to(dev) & finite_flag(lg).to(dev)
 
 
 @torch.inference_mode()
 def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new_tokens: int = 32,
              pad_id: int = 0, eos_id: Optional[int] = None, level: str = "summary") -> Generation:
-    """Greedy continuation of each prompt; decisions from the prompt, reused for every new token."""
+    """Greedy continuation of each prompt (token ids); decisions from the prompt, reused for every new token.
+
+    Up to `max_new_tokens` per prompt; a row stops after `eos_id`. docs/algorithm.md §1-5 (decided once,
+    on the prompt). Raises DataError (no prompt, an empty one, max_new_tokens < 1, or more tokens than the
+    model's context) and NonFiniteError when a new token's activations or logits are inf or NaN.
+    """
     if max_new_tokens < 1:
         raise DataError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     dims = adapter.dims
@@ -71,85 +171,42 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     if dims.max_positions and ids.shape[1] + max_new_tokens > dims.max_positions:
         raise DataError(f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {dims.max_positions}")
     dev = adapter.device
-    cap = Capture()
-    _sync(dev)
-    t0 = time.perf_counter()
-    res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
-    lg = adapter.head(res.hidden[:, -1:])
-    finite: list[Tensor] = [torch.isfinite(lg.sum(dtype=torch.float32))]  # per token, read once at the end
-    nxt = lg.argmax(-1).to(dev)  # (B, 1)
-    _sync(dev)
-    prefill_s = time.perf_counter() - t0
-
-    # The prefill ran in the walk's layout (each row's real tokens first); the cache is in that layout,
-    # so every cached key carries its token position and a flag for real tokens.
-    B, cached = len(prompts), cap.kv[0][0].shape[2] if cap.kv else ids.shape[1]
-    kval = (torch.ones(B, cached, dtype=torch.bool, device=dev) if cap.valid is None
-            else cap.valid.to(dev).bool())
-    kpos = torch.arange(cached, device=dev)[None].expand(B, cached)
-    pos = kval.sum(1, keepdim=True) - 1  # (B, 1): position of each prompt's last token
-    padded = cap.valid is not None
-    windows = sorted({w for w in adapter.windows if w is not None})
+    t0 = clock.now(dev)
+    nxt, state, record, ok = prefill(adapter, pruner, ids, mask, level)
+    finite: list[Tensor] = [ok]  # per token, read once at the end
+    prefill_s = clock.now(dev) - t0
     out = [nxt]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
     if eos_id is not None:
         done |= nxt[:, 0] == eos_id
-    t1 = time.perf_counter()
+    t1 = clock.now(dev)
     steps = 0
     for _ in range(max_new_tokens - 1):
         if bool(done.all()):
             break
-        pos = pos + 1
-        kpos = torch.cat([kpos, pos], 1)
-        kval = torch.cat([kval, torch.ones_like(kval[:, :1])], 1)
-        # Keys a new token may see: real ones, and within a sliding layer's window (HF's p - w < q <= p).
-        masks: dict[Optional[int], Optional[Tensor]] = {None: kval[:, None, None, :] if padded else None}
-        for w in windows:
-            masks[w] = (kval & (kpos > pos - w))[:, None, None, :]
-        h = adapter.embed(nxt, pos)
-        rot = adapter.rotary(h, pos) if adapter.uses_rotary else None
-        for i in range(dims.num_layers):
-            with adapter.materialized(i) as layer_dev:
-                if h.device != layer_dev:  # dispatched models: follow the layer to its device
-                    h = h.to(layer_dev)
-                    rot = None if rot is None else (rot[0].to(layer_dev), rot[1].to(layer_dev))
-                key_mask = masks[adapter.windows[i]]
-                if key_mask is not None and key_mask.device != h.device:
-                    key_mask = key_mask.to(h.device)
-                w = adapter.layer(i)
-                da, dm = (_with_slice(pruner, i, b, w, cap.decisions[i][b]) for b in ("attn", "mlp"))
-                z, k, v = attn_front(da.slice, w.attn_norm(h), dims.head_dim, rot, key_mask, past=cap.kv[i])
-                cap.kv[i] = (k, v)
-                h = h + attn_out(da.slice, z, da.bias)
-                h = h + mlp_out(dm.slice, mlp_front(dm.slice, w.mlp_norm(h), adapter.act), dm.bias)
-        lg = adapter.head(adapter.final(h))
-        # inf or NaN in the residual or the logits (an fp16 LM head can overflow on finite inputs).
-        ok_h, ok_lg = torch.isfinite(h.sum(dtype=torch.float32)), torch.isfinite(lg.sum(dtype=torch.float32))
-        finite.append(ok_h.to(dev) & ok_lg.to(dev))
+        lg, ok = decode_one_token(adapter, pruner, state, nxt)
+        finite.append(ok)
         nxt = lg.argmax(-1).to(dev)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
             done |= nxt[:, 0] == eos_id
         out.append(nxt)
         steps += 1
-    if finite:
-        ok = torch.stack([f.to(dev) for f in finite])
-        if not bool(ok.all()):
-            raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 1} "
-                                 f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
-    _sync(dev)
-    decode_s = time.perf_counter() - t1
+    ok = torch.stack([f.to(dev) for f in finite])
+    if not bool(ok.all()):
+        raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 1} "
+                             f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
+    decode_s = clock.now(dev) - t1
     new = torch.cat(out, 1).tolist()
     if eos_id is not None:
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
-    return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), res.record)
+    return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), record)
 
 
-def _with_slice(pruner: Pruner, layer: int, block: str, w: LayerWeights, d: Decision) -> Decision:
+def _with_slice(pruner: Pruner, layer: int, block: Block, w: LayerWeights, d: Decision) -> Decision:
     """The prompt's decision with its weights: as captured, or rebuilt for an offloaded layer."""
     if d.slice is not None:
         return d
     if d.kept is None:
         return replace(d, slice=pruner.full_slice(layer, block, w))
-    sl = slice_attn(w, pruner.dims, d.kept) if block == "attn" else slice_mlp(w, d.kept)
-    return replace(d, slice=sl)
+    return replace(d, slice=block.slice(w, pruner.dims, d.kept))

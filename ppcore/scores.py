@@ -1,7 +1,9 @@
-"""Formulas of Probe Pruning and its baselines, on plain tensors (spec sections 2-4, 8).
+"""Formulas of Probe Pruning and its baselines, on plain tensors (docs/algorithm.md §2-4, §8).
 
 Everything here is pure: no model, no state. All arithmetic is fp32 (or fp64 where FLAP's global
-search asks for it), whatever the model dtype.
+search asks for it), whatever the model dtype. Shapes: B samples, L tokens, D hidden size, C a final
+projection's input channels, H heads of d channels. Nothing here raises on its own; torch raises
+RuntimeError for tensors of the wrong shape.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from torch import Tensor
 FUSION_EPS = 1e-6
 
 
-# --- probe selection (spec 2.2-2.3) ------------------------------------------------------------
+# --- probe selection (docs/algorithm.md §2.2-2.3) ----------------------------------------------
 def residual_importance(resid: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """N[b, t] = ||resid[b, t, :]||_2 in fp32; pad positions (valid == 0) get 0."""
+    """Residual importance N (B, L) fp32: N[b, t] = ||resid[b, t, :]||_2 of resid (B, L, D); pad positions
+    (valid (B, L) == 0) get 0. docs/algorithm.md §2.2."""
     n = torch.linalg.vector_norm(resid.float(), ord=2, dim=-1)
     if valid is not None:
         n = n * valid.to(n.dtype)
@@ -24,15 +27,20 @@ def residual_importance(resid: Tensor, valid: Optional[Tensor] = None) -> Tensor
 
 
 def probe_token_count(L: int, frac: float) -> int:
+    """Probe tokens out of L: min(max(ceil(L * frac), 2), L), or L when L < 2 (docs/algorithm.md §2.3)."""
     return min(max(math.ceil(L * frac), 2), L) if L >= 2 else L
 
 
 def probe_sample_count(B: int, frac: float) -> int:
+    """Probe samples out of B: min(max(ceil(B * frac), 1), B) (docs/algorithm.md §2.3)."""
     return min(max(math.ceil(B * frac), 1), B)
 
 
 def select_tokens(N: Tensor, frac: float) -> Tensor:
-    """Top tokens by ||N[:, t]||_2 over the batch, sorted ascending; token 0 forced when <= 10 kept."""
+    """Top tokens (n_t,) by ||N[:, t]||_2 over the batch, sorted ascending; token 0 forced when <= 10 kept.
+
+    `N` (B, L) residual importance. docs/algorithm.md §2.3.
+    """
     L = N.shape[1]
     n_t = probe_token_count(L, frac)
     score = torch.linalg.vector_norm(N, ord=2, dim=0)
@@ -43,15 +51,17 @@ def select_tokens(N: Tensor, frac: float) -> Tensor:
 
 
 def select_samples(N: Tensor, tokens: Tensor, frac: float) -> Tensor:
-    """Top samples by the L2 norm of N over the already-selected tokens only, sorted ascending."""
+    """Top samples (n_b,) by the L2 norm of N (B, L) over the already-selected `tokens` only, sorted
+    ascending (docs/algorithm.md §2.3)."""
     n_b = probe_sample_count(N.shape[0], frac)
     score = torch.linalg.vector_norm(N.index_select(1, tokens), ord=2, dim=1)
     return torch.topk(score, n_b).indices.sort().values
 
 
-# --- fusion (spec 3.3) -------------------------------------------------------------------------
+# --- fusion (docs/algorithm.md §3.3) -------------------------------------------------------------
 def probe_energy(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """P[t, c] = sum_b zp[b, t, c]^2 / (non-pad probe samples at t): (n_t, C) fp32."""
+    """P[t, c] = sum_b zp[b, t, c]^2 / (non-pad probe samples at t): (n_t, C) fp32 from the probe's final
+    projection input `zp` (n_b, n_t, C) and its 0/1 `valid` (n_b, n_t) or None (docs/algorithm.md §3.3)."""
     z2 = zp.float().square()
     if valid is None:
         return z2.sum(0) / zp.shape[0]
@@ -60,57 +70,66 @@ def probe_energy(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
 
 
 def fuse(P: Tensor, G: Tensor) -> Tensor:
-    """Importance-scaled fusion, element-wise per (position, channel)."""
+    """Importance-scaled fusion of probe P and history G, both (n_t, C), element-wise per (position, channel):
+    a = P / (P + G + 1e-6), F = (1 - a) * G + a * P (docs/algorithm.md §3.3)."""
     a_p = P / (P + G + FUSION_EPS)
     return (1 - a_p) * G + a_p * P
 
 
-# --- scores (spec 4, 4.1) ----------------------------------------------------------------------
+# --- scores (docs/algorithm.md §4, §4.1) ---------------------------------------------------------
 def column_pow4(w_fin: Tensor) -> Tensor:
-    """sum_i W[i, c]^4 for the final projection (D_out x C): static, precomputed once per layer."""
+    """(C,) sum_i W[i, c]^4 of the final projection W (D_out, C): static, precomputed once per layer
+    (docs/algorithm.md §4)."""
     return w_fin.float().pow(4).sum(0)
 
 
 def ppsp_channels(s: Tensor, w_pow4: Tensor) -> Tensor:
-    """MLP channel score I_c = s_c * sqrt(sum_i W_ic^4)."""
+    """MLP channel scores (C,): I_c = s_c * sqrt(sum_i W_ic^4), from energies s and `column_pow4`
+    (docs/algorithm.md §4)."""
     return s * w_pow4.sqrt()
 
 
 def ppsp_heads(s: Tensor, w_pow4: Tensor, head_dim: int) -> Tensor:
-    """Head score I_h = sqrt(sum_{c in h} s_c^2 * sum_i W_ic^4) = L2 over (out dim, head channels)."""
+    """Head scores (H,): I_h = sqrt(sum_{c in h} s_c^2 * sum_i W_ic^4) = L2 over (out dim, head channels),
+    from energies s (H*d,) and `column_pow4` (H*d,) (docs/algorithm.md §4)."""
     return (s.square() * w_pow4).view(-1, head_dim).sum(1).sqrt()
 
 
 def wanda_sp_channels(w_fin: Tensor, sq_energy: Tensor) -> Tensor:
-    """Wanda-sp: ||W[:, c]||_1 * sqrt(sum_t H[t, c])."""
+    """Wanda-sp channel scores (C,): ||W[:, c]||_1 * sqrt(sum_t H[t, c]) (docs/algorithm.md §4.1)."""
     return w_fin.float().abs().sum(0) * sq_energy.sqrt()
 
 
 def flap_channels(w_fin: Tensor, fluc: Tensor) -> Tensor:
-    """FLAP's WIFV: fluctuation (summed over positions) times the squared column norm."""
+    """FLAP's WIFV (C,): fluctuation `fluc` (C,), summed over positions, times the squared column norm of
+    W (D_out, C) (docs/algorithm.md §8.1b)."""
     return fluc * w_fin.float().square().sum(0)
 
 
 def head_sums(channel_scores: Tensor, head_dim: int) -> Tensor:
+    """(H*d,) channel scores summed within each head -> (H,) (docs/algorithm.md §4.1)."""
     return channel_scores.view(-1, head_dim).sum(1)
 
 
-# --- keep-sets (spec 4.2) ----------------------------------------------------------------------
+# --- keep-sets (docs/algorithm.md §4.2) ----------------------------------------------------------
 def keep_top_heads(head_scores: Tensor, num_pruned: int) -> Tensor:
-    """Drop the `num_pruned` lowest heads; kept heads sorted ascending."""
+    """Drop the `num_pruned` lowest of the (H,) head scores; the kept heads, sorted ascending (docs/algorithm.md §4.2).
+    Ties: stable sort."""
     order = torch.argsort(head_scores, stable=True)
     return order[num_pruned:].sort().values
 
 
 def keep_top_channels(scores: Tensor, num_kept: int) -> Tensor:
-    """Keep the `num_kept` highest channels, returned sorted ascending (contiguous slices)."""
+    """Keep the `num_kept` highest of the (C,) channel scores, returned sorted ascending (contiguous slices;
+    docs/algorithm.md §4.2). Ties: stable sort."""
     order = torch.argsort(scores, stable=True)
     return order[scores.numel() - num_kept:].sort().values
 
 
-# --- FLAP global allocation (spec 8.1b) --------------------------------------------------------
+# --- FLAP global allocation (docs/algorithm.md §8.1b) --------------------------------------------
 def flap_head_weight(seq_len: int, hidden: int, num_heads: int, gqa: bool) -> float:
-    """FLOPs of one head in units of one MLP channel: (L*D*d*k + 2*L^2*d) / (3*L*D), d = D/H."""
+    """FLOPs of one head in units of one MLP channel: (L*D*d*k + 2*L^2*d) / (3*L*D), d = D/H, k = 2 with
+    grouped-query attention, else 4 (docs/algorithm.md §8.1b)."""
     d = hidden / num_heads
     k = 2 if gqa else 4
     return (seq_len * hidden * d * k + 2 * seq_len**2 * d) / (3 * seq_len * hidden)
@@ -130,7 +149,9 @@ def flap_ratios(
     """Per-module pruning ratios from FLAP's standardised global search.
 
     `attn_metrics[i]` is the (H*d,) WIFV of layer i's o_proj input, `mlp_metrics[i]` the (I,) one of
-    its down_proj input (pruned layers only). Returns (attention ratios, MLP ratios).
+    its down_proj input (pruned layers only). Returns (attention ratios, MLP ratios): per module, the
+    fraction of its units at or below the global threshold (docs/algorithm.md §8.1b). Raises IndexError
+    when both lists are empty.
     """
     parts: list[Tensor] = []
     weights: list[Tensor] = []
@@ -146,7 +167,7 @@ def flap_ratios(
     scores = torch.cat(parts)
     order = torch.argsort(scores, stable=True)
     cum = torch.cumsum(torch.cat(weights)[order], 0)
-    target = torch.tensor(r_eff * float(cum[-1]), dtype=cum.dtype)
+    target = torch.tensor(r_eff * float(cum[-1]), dtype=cum.dtype, device=cum.device)
     index = int(torch.searchsorted(cum, target, right=True).clamp_max(scores.numel() - 1))
     threshold = scores[order][index].float()
 

@@ -1,41 +1,57 @@
 """Latency of every method on one batch: end to end and per block, against FLOPs and HF's forward.
 
-Discipline: every method is warmed up first; methods are interleaved repeat by repeat; medians are
-kept; CUDA is synchronised around every timed region. End-to-end runs take no per-block clock (no
-extra syncs); separate breakdown runs take one per block (probe, decision, full inference).
+Discipline (docs/algorithm.md §9.4): every method is warmed up first; methods are interleaved repeat
+by repeat; medians are kept; every timed region is read on `ppcore.clock`, which synchronises the
+device. End-to-end runs take no per-block clock (no extra syncs); separate breakdown runs take one per
+block (probe, decision, full inference).
 """
 from __future__ import annotations
 
 import statistics
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from .config import PruneConfig
+from .clock import now, timed
+from .config import CalibConfig, PruneConfig
 from .flops import flops_ratios
 from .loading import LoadedModel
 from .methods import Pruner
+from .record import BLOCK_NAMES
 from .stats import CalibStats
 from .walk import walk
 
 
-def _clock(dev: torch.device) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
+def speed_windows(lm: LoadedModel, batch_size: int, seq_len: int, calib: CalibConfig,
+                  cache_dir: Optional[str] = None) -> tuple[Tensor, dict[str, Any], Tensor, dict[str, Any]]:
+    """The timed batch (batch_size, seq_len) from the wiki-vital eval split and `calib.windows` calibration
+    windows of `calib.seq_len` tokens from `calib.dataset`, both drawn with seed 0, each with its source
+    for the protocol. A model without a tokenizer (random weights) gets random tokens: they time the same.
+    """
+    if lm.tokenizer is not None:
+        from .data import corpus_text, sample_windows, tokenize_text
+        from .experiment import calibration_windows
 
-
-def _timed(fn: Callable[[], Any], dev: torch.device) -> float:
-    t0 = _clock(dev)
-    fn()
-    return _clock(dev) - t0
+        ids = tokenize_text(lm.tokenizer, corpus_text("wiki-vital", "eval", cache_dir), cache_dir)
+        batch = sample_windows(ids, batch_size, seq_len, 0)
+        cwin, calib_source = calibration_windows(lm, calib.dataset, calib.windows, calib.seq_len, 0, cache_dir)
+        return batch, {"dataset": "wiki-vital", "split": "eval", "corpus_tokens": int(ids.numel())}, cwin, calib_source
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, lm.adapter.dims.vocab, (batch_size, seq_len), generator=g)
+    cwin = torch.randint(0, lm.adapter.dims.vocab, (calib.windows, calib.seq_len), generator=g)
+    random = {"dataset": "random tokens (the model has no tokenizer)"}
+    return batch, random, cwin, dict(random)
 
 
 def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Optional[CalibStats],
             repeats: int = 5, hf: bool = True) -> dict[str, Any]:
-    """Medians over `repeats` interleaved runs of every config (and HF's own forward) on `ids`."""
+    """Medians over `repeats` interleaved runs of every config (and HF's own forward) on `ids` (B, L).
+
+    Returns {"batch", "repeats", "device", "dtype", "threads", "hf_forward_s", "runs"}: one run per config
+    (dense first, added when missing) with seconds end to end, time_vs_dense, the four FLOPs ratios,
+    embed_s, head_s and per block (layer, attn|mlp) probe_s, decide_s and full_s. Times in seconds.
+    """
     ad, dev = lm.adapter, lm.device
     if not any(c.method == "dense" for c in cfgs):
         cfgs = [PruneConfig(method="dense")] + cfgs
@@ -44,10 +60,10 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     def run(p: Pruner, timing: bool, level: str = "none"):
         with torch.inference_mode():
             res = walk(ad, p, ids, update_history=False, level=level, timing=timing)
-            t0 = _clock(dev) if timing else 0.0
+            t0 = now(dev) if timing else 0.0
             ad.head(res.hidden)
             if res.record is not None:
-                res.record.times["head_s"] = _clock(dev) - t0  # the unpruned LM head
+                res.record.times["head_s"] = now(dev) - t0  # the unpruned LM head
         return res
 
     def hf_forward():
@@ -63,9 +79,9 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     records: list[list] = [[] for _ in cfgs]
     for _ in range(repeats):
         if hf:
-            hf_t.append(_timed(hf_forward, dev))
+            hf_t.append(timed(hf_forward, dev)[1])
         for i, p in enumerate(pruners):
-            e2e[i].append(_timed(lambda: run(p, False), dev))
+            e2e[i].append(timed(lambda: run(p, False), dev)[1])
         for i, p in enumerate(pruners):
             records[i].append(run(p, True, "summary").record)
     out: dict[str, Any] = {"batch": list(ids.shape), "repeats": repeats, "device": str(dev),
@@ -98,7 +114,8 @@ def measure_generation(lm: LoadedModel, cfgs: list[PruneConfig], prompts: Tensor
                        new_tokens: int = 32, repeats: int = 3) -> list[dict[str, Any]]:
     """Prefill and decode tokens/s per method (medians over interleaved repeats, one warm-up each).
 
-    Pruning is decided on the prompt and the kept weights are reused for every decoded token.
+    `prompts` (B, P) token ids. Pruning is decided on the prompt and the kept weights are reused for
+    every decoded token. One row per config (dense first, added when missing).
     """
     from .generate import generate
 
@@ -130,14 +147,15 @@ def generation_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['prefill_tokens_per_s']:.1f} | "
                      f"{r['prefill_tokens_per_s'] / dense['prefill_tokens_per_s']:.2f}x | "
-                     f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}x |")
+                     f"{r['decode_tokens_per_s']:.1f} | "
+                     f"{r['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}x |")
     return "\n".join(lines)
 
 
 def _block_medians(recs: list) -> dict[tuple[int, str], dict[str, float]]:
     out: dict[tuple[int, str], dict[str, float]] = {}
     for layer in range(len(recs[0].layers)):
-        for block in ("attn", "mlp"):
+        for block in BLOCK_NAMES:
             vals = [getattr(r.layers[layer], block).times for r in recs]
             out[(layer, block)] = {k: statistics.median(v.get(k, 0.0) for v in vals)
                                    for k in ("probe_s", "decide_s", "full_s")}
@@ -164,7 +182,7 @@ def summary_markdown(res: dict[str, Any]) -> str:
         pruned = [b for b in r["blocks"] if b["pruned"]]
         over = r["seconds"] and sum(b["probe_s"] + b["decide_s"] for b in r["blocks"]) / r["seconds"]
         eff = {}
-        for blk in ("attn", "mlp"):
+        for blk in BLOCK_NAMES:
             bs = [b for b in pruned if b["block"] == blk]
             if bs:
                 t = sum(b["full_s"] for b in bs) / sum(b["dense_full_s"] for b in bs)

@@ -1,4 +1,4 @@
-"""Activation statistics at the inputs of o_proj and down_proj (spec 3.1-3.4, 8.1a).
+"""Activation statistics at the inputs of o_proj and down_proj (docs/algorithm.md §3.1-3.4, §8.1a).
 
 `CalibStats` is filled by one dense pass over calibration windows and never changes afterwards;
 it is what the static baselines score and what PP's history starts from. `History` is PP's
@@ -12,12 +12,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .record import BLOCK_NAMES as BLOCKS
 
 
 @dataclass
 class BlockStats:
-    """Calibration statistics of one final projection's input x (B x L x C), all fp32.
+    """Calibration statistics of one final projection's input x (B x L x C), all fp32 (docs/algorithm.md §8.1a).
 
     sq:       (L, C) running mean over samples of x^2, per position (PP history init, Wanda-sp).
     mean:     (C,) true mean of x over samples and positions (FLAP's corrected compensation).
@@ -33,13 +32,18 @@ class BlockStats:
 
 
 class StatsAccumulator:
-    """Running calibration statistics, one `BlockStats` per (layer, block)."""
+    """Running calibration statistics, one `BlockStats` per (layer, block name) (docs/algorithm.md §3.2, §8.1a)."""
 
     def __init__(self) -> None:
         self.blocks: dict[tuple[int, str], BlockStats] = {}
 
     @torch.no_grad()
     def update(self, layer: int, block: str, x: Tensor) -> None:
+        """Fold one dense batch's final projection input x (B, L, C) into the block's statistics
+        (docs/algorithm.md §3.2, §8.1a).
+
+        Raises ValueError when L differs from the block's earlier batches.
+        """
         x = x.float()
         B, L, C = x.shape
         st = self.blocks.get((layer, block))
@@ -62,38 +66,50 @@ class StatsAccumulator:
         st.n = n + B
 
     def finish(self, meta: dict) -> "CalibStats":
+        """The statistics gathered so far, with `meta` (key, windows, seq_len, batch_size, ...)."""
         return CalibStats(blocks=self.blocks, meta=meta)
 
 
 @dataclass
 class CalibStats:
+    """A calibration pass's statistics: (layer, block name) -> `BlockStats`, and `meta` (docs/algorithm.md §7).
+
+    Raises KeyError from `get` for a block the pass did not see.
+    """
+
     blocks: dict[tuple[int, str], BlockStats]
     meta: dict = field(default_factory=dict)
 
     def get(self, layer: int, block: str) -> BlockStats:
+        """The statistics of one block ("attn" or "mlp"); KeyError when absent."""
         return self.blocks[(layer, block)]
 
     @property
     def seq_len(self) -> int:
+        """Tokens per calibration window (the rows of every `sq`)."""
         return next(iter(self.blocks.values())).sq.shape[0]
 
     @property
     def batch_size(self) -> int:
+        """The calibration pass's batch size (FLAP's official baseline divides by it, docs/algorithm.md §8.1a).
+        KeyError when the meta lacks it."""
         return int(self.meta["batch_size"])
 
     def to(self, device: torch.device) -> "CalibStats":
+        """A copy with every tensor on `device`."""
         return self.to_layers(lambda _: device)
 
     def to_layers(self, device_of: Callable[[int], torch.device]) -> "CalibStats":
         """Each layer's statistics on that layer's device (a dispatched model spans several)."""
         moved = {
-            (l, b): BlockStats(v.sq.to(device_of(l)), v.mean.to(device_of(l)), v.baseline.to(device_of(l)),
-                               v.fluc.to(device_of(l)), v.n)
-            for (l, b), v in self.blocks.items()
+            (i, b): BlockStats(v.sq.to(device_of(i)), v.mean.to(device_of(i)), v.baseline.to(device_of(i)),
+                               v.fluc.to(device_of(i)), v.n)
+            for (i, b), v in self.blocks.items()
         }
         return CalibStats(moved, dict(self.meta))
 
     def to_tensors(self) -> dict[str, Tensor]:
+        """Flat CPU tensors for safetensors: '<layer>.<block>.<sq|mean|baseline|fluc|n>'."""
         out: dict[str, Tensor] = {}
         for (layer, block), st in self.blocks.items():
             for name in ("sq", "mean", "baseline", "fluc"):
@@ -103,6 +119,7 @@ class CalibStats:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], meta: dict) -> "CalibStats":
+        """The inverse of `to_tensors`; KeyError or ValueError for tensors that are not such a file."""
         blocks: dict[tuple[int, str], BlockStats] = {}
         keys = {tuple(k.split(".")[:2]) for k in tensors}
         for layer_s, block in keys:
@@ -115,20 +132,24 @@ class CalibStats:
 
 
 class History:
-    """PP's historical states: per (layer, block) a (positions x channels) fp32 mean of x^2."""
+    """PP's historical states: per (layer, block name) a (positions x channels) fp32 mean of x^2
+    (docs/algorithm.md §3.1)."""
 
     def __init__(self, calib: Optional[CalibStats], device: Optional[torch.device] = None) -> None:
-        """A copy of the calibration's per-position energies, on `device` or beside each layer's stats."""
+        """A copy of the calibration's per-position energies, on `device` or beside each layer's stats
+        (docs/algorithm.md §3.2)."""
         self.states: dict[tuple[int, str], Tensor] = {}
         if calib is not None:
             for key, st in calib.blocks.items():
                 self.states[key] = st.sq.to(device=device or st.sq.device, dtype=torch.float32, copy=True)
 
     def has(self, layer: int, block: str) -> bool:
+        """Whether the block has a history (it always does when calibration covered it)."""
         return (layer, block) in self.states
 
     def rows(self, layer: int, block: str, tokens: Tensor) -> Tensor:
-        """History at the probe's original positions; positions never seen read as 0."""
+        """History rows (n_t, C) at the probe's original positions `tokens` (n_t,); positions never seen read
+        as 0 (docs/algorithm.md §3.3). KeyError for a block without a history."""
         H = self.states[(layer, block)]
         inside = tokens < H.shape[0]
         G = H.index_select(0, tokens.clamp_max(H.shape[0] - 1))
@@ -137,9 +158,12 @@ class History:
     @torch.no_grad()
     def ema(self, layer: int, block: str, z: Tensor, kept: Optional[Tensor], valid: Optional[Tensor],
             momentum: float) -> None:
-        """H[:L, kept] <- m * H[:L, kept] + (1 - m) * mean_b z^2 (non-pad samples per position).
+        """H[:L, kept] <- m * H[:L, kept] + (1 - m) * mean_b z^2, the mean over each position's non-pad samples
+        (docs/algorithm.md §3.4).
 
-        Pruned channels are neither updated nor decayed; positions with no real token are left alone.
+        `z` (B, L, C_kept) the final projection's input on the kept channels `kept` (C_kept,) (None: all),
+        `valid` (B, L) 0/1 or None. Pruned channels are neither updated nor decayed; positions with no real
+        token are left alone; the history grows when L exceeds its rows. KeyError for a block without one.
         """
         key = (layer, block)
         H = self.states[key]

@@ -1,7 +1,7 @@
 """What cached results depend on besides their inputs: installed package versions and our own code.
 
-Cache keys (converted models, tokenised corpora, calibration statistics) include these, so a new
-library release or an edit to the code that computed an entry never reuses it.
+Cache keys (`ppcore.cache`: converted models, tokenised corpora, calibration statistics) include these,
+so a new library release or an edit to the code that computed an entry never reuses it.
 """
 from __future__ import annotations
 

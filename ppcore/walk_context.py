@@ -1,33 +1,38 @@
 """Per-batch state shared by the walk and the methods: masks, positions, rotary, clocks."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .blocks import attention_mask_4d
+from . import clock
+from .masks import attention_mask_4d
 
 
 @dataclass
 class WalkCtx:
     """One batch in the walk's layout: real tokens first in every row (right-padded), so that column t
-    is token position t of every sample (see `walk.canonical_layout`)."""
+    is token position t of every sample (see `walk.canonical_layout`, docs/algorithm.md §2.3).
+
+    It is the walk's `ppcore.layer_step.AttnInputs`: rotary, the attention mask of each layer's window,
+    and the move to the next layer's device on a dispatched model. Times are seconds on `ppcore.clock`.
+    """
 
     position_ids: Tensor  # (B, L)
     valid: Optional[Tensor]  # (B, L) 1 for real tokens, 0 for pads; None when nothing is padded
     mask4d: Optional[Tensor]  # (B, 1, L, L) bool, or None for plain causal attention (full-attention layers)
-    rot: Optional[tuple[Tensor, Tensor]]  # rotary cos/sin for the full batch (Llama family)
+    rot: Optional[tuple[Tensor, Tensor]]  # rotary cos/sin for the full batch (Llama family), each (B, L, d)
     update_history: bool = True
-    timing: bool = True  # per-block clocks (synchronises CUDA at each reading)
-    cuda: bool = False
-    times: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
+    timing: bool = True  # per-block clocks (synchronise the device at each reading)
+    device: Optional[torch.device] = None  # the device the clock synchronises: the current layer's
+    times: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)  # (layer, block) -> name -> s
     _window_masks: dict[int, Optional[Tensor]] = field(default_factory=dict)
 
     def attn_mask(self, window: Optional[int]) -> Optional[Tensor]:
-        """The full batch's attention mask for a layer with this sliding window (None: full attention).
+        """The full batch's (B, 1, L, L) bool attention mask for a layer with this sliding window (None:
+        full attention); None for plain causal attention. docs/algorithm.md §5.
 
         A window at least as long as the batch changes nothing, so those layers share the plain mask.
         """
@@ -45,15 +50,14 @@ class WalkCtx:
         self.mask4d = None if self.mask4d is None else self.mask4d.to(device)
         self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
         self._window_masks = {w: None if m is None else m.to(device) for w, m in self._window_masks.items()}
+        self.device = device
 
     def now(self) -> float:
-        if not self.timing:
-            return 0.0
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
+        """Seconds on `ppcore.clock` after the device's queued work; 0.0 (and no sync) with timing off."""
+        return clock.now(self.device) if self.timing else 0.0
 
     def add_time(self, layer: int, block: str, **values: float) -> None:
+        """Add seconds to the (layer, block name) slot: probe_s, decide_s, full_s."""
         slot = self.times.setdefault((layer, block), {})
         for k, v in values.items():
             slot[k] = slot.get(k, 0.0) + v

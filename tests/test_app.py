@@ -10,12 +10,14 @@ from streamlit.testing.v1 import AppTest
 
 from app.batch import read_upload, split_text, upload_texts
 from app.views import TABS
-from app.state import Settings, from_query, parse_skip
-from ppcore import ConfigError, DataError, RunRecord
+from app.state import ALIASES, FIELDS, Settings, calib_config, from_query, parse_skip, prune_config
+from ppcore import ConfigError, DataError, PruneConfig, RunRecord
+from ppcore.config import INTERACTIVE_CALIB, CalibConfig, settings_of
+from ppcore.session import TOP_K
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 # Small and fast on 2 CPU cores: 4 example prompts cut to 48 tokens, 8 calibration windows of 64.
-SMALL = dict(batch_size="4", seq_len="48", calib="8", calib_len="64")
+SMALL = dict(batch_size="4", seq_len="48", calib_windows="8", calib_seq_len="64")
 
 
 def start(**params: str) -> AppTest:
@@ -41,7 +43,8 @@ def test_every_view_on_the_default_model():
     at = start()
     ok(at)
     result = at.session_state["result"]
-    assert result.batch.ids.shape == (4, 48) and result.info["layers"] == 30
+    a = result.analysis
+    assert a.batch.ids.shape == (4, 48) and a.info["layers"] == 30
     # The header: FLOPs over the whole model and over the decoder layers only (the paper's count).
     header = {m.label: m.value for m in at.metric}
     summary = result.summary()
@@ -49,7 +52,8 @@ def test_every_view_on_the_default_model():
     assert header["FLOPs / dense (decoder layers)"] == f"{summary['decoder_flops_ratio']:.3f}"
     assert summary["decoder_flops_ratio"] < summary["flops_ratio"] < 1
     assert header["Probe FLOPs / dense (decoder layers)"] == f"{summary['decoder_probe_flops_ratio']:.2%}"
-    assert result.protocol["calibration"]["batch_size"] == 20
+    assert a.protocol["calibration"]["batch_size"] == 20 and a.protocol.front_end == "app"
+    assert a.protocol.settings["calib_windows"] == 8 and a.protocol.settings["skip_layers"] == "0-2"
     t = titles(at)
     # Probe view: the heat map with the probe drawn, and the pick across layers.
     assert any(s.startswith("Layer 3, Attention: residual importance") for s in t)
@@ -75,7 +79,7 @@ def test_every_view_on_the_default_model():
     at.number_input(key="stab_n").set_value(1)
     at.button(key="stab_go").click().run()
     ok(at)
-    assert result.extras["stability"]["attn"].shape == (1, 30)
+    assert result.stability.attn.shape == (1, 30) and result.stability.batches == 2
     assert any("between consecutive batches" in s for s in titles(at))
 
     # Outputs: metrics, the coloured per-token loss, top-k, generation.
@@ -84,10 +88,11 @@ def test_every_view_on_the_default_model():
     assert {"Perplexity, dense", "Perplexity, pp", "Top-1 agreement"} <= labels
     assert any("rgba(214,39,40" in m.value for m in at.markdown)
     assert len(at.dataframe) == 2  # top-k of dense and of pp
+    assert at.text_area(key="gen_prompt").value == a.prompt and a.prompt
     at.number_input(key="gen_tokens").set_value(4)
     at.button(key="gen_go").click().run()
     ok(at)
-    assert result.extras["generation"]["dense"]["tokens"] >= 1
+    assert result.generation.dense.tokens >= 1 and result.generation.prompt == a.prompt
     assert at.session_state["view"] == TABS[2]  # a button press keeps the view open
 
     # Latency.
@@ -95,8 +100,9 @@ def test_every_view_on_the_default_model():
     at.number_input(key="lat_reps").set_value(1)
     at.button(key="lat_go").click().run()
     ok(at)
-    lat = result.extras["latency"]
-    assert [r["method"] for r in lat["runs"]] == ["dense", "pp"] and lat["runs"][1]["flops_ratio"] < 1
+    lat = result.latency
+    assert [r.method for r in lat.runs] == ["dense", "pp"] and lat.runs[1].flops["flops_ratio"] < 1
+    assert {(b.layer, b.block) for b in lat.blocks} == {(i, b) for i in range(30) for b in ("attn", "mlp")}
     assert any(s.startswith("Per layer: pp vs dense") for s in titles(at))
     assert any("Measured on a CPU" in w.value for w in at.warning)
 
@@ -105,9 +111,11 @@ def test_every_view_on_the_default_model():
     at.number_input(key="cmp_reps").set_value(1)
     at.button(key="cmp_go").click().run()
     ok(at)
-    methods = {r["method"] for r in result.extras["compare"]}
+    rows = [r.row() for r in result.comparison]
+    methods = {r["method"] for r in rows}
     assert methods == {"dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib"}
-    assert all(r["decoder_flops_ratio"] <= r["flops_ratio"] for r in result.extras["compare"])
+    assert all(r["decoder_flops_ratio"] <= r["flops_ratio"] for r in rows)
+    assert next(r for r in rows if r["method"] == "dense")["ppl"] == pytest.approx(summary["ppl_dense"])
     assert any("Perplexity against time" in s for s in titles(at))
 
     # Export: the run record round-trips through the engine's loader.
@@ -119,6 +127,45 @@ def test_every_view_on_the_default_model():
                                                              "methods table (CSV)"}
     rec = RunRecord.from_dict(json.loads(json.dumps(result.run_record().to_dict())))
     assert rec.batches[0].method == "pp" and len(rec.batches[0].layers) == 30
+    assert [b.method for b in rec.batches] == ["pp", "dense", "fullbatch", "wanda-sp", "flap", "ppsp-calib"]
+    assert rec.protocol["front_end"] == "app" and rec.protocol["config"] == prune_config(result.settings).to_dict()
+
+    # The result holds no hidden state: no tensor whose last dimension is the model's width.
+    width = a.info["hidden"]
+    assert all(t.shape[-1] != width for t in _tensors(result)), [tuple(t.shape) for t in _tensors(result)]
+    # Top-k was computed at analysis time, for every position, from the same LM head as KL and top-1.
+    assert a.top_dense.ids.shape == (4, 48, TOP_K) and a.top_pruned.probs.shape == (4, 48, TOP_K)
+    assert (a.top_dense.ids[..., 0] == a.top_pruned.ids[..., 0]).float().mean() == pytest.approx(
+        float(a.top1.mean()), abs=1e-6)
+    # The sidebar shows every engine setting, with the setting's help text and the result's value.
+    for f in FIELDS:
+        if f.group != "page":
+            kind = f.setting.kind
+            get = (at.checkbox if kind is bool else at.selectbox if f.setting.choices
+                   else at.number_input if kind in (int, float) else at.text_input)
+            w = get(key=f"s_{f.name}")
+            assert w.help.startswith(f.setting.help) and w.value == getattr(result.settings, f.name), f.name
+
+
+def _tensors(obj, seen=None) -> list:
+    """Every tensor reachable from a result (dataclass fields, dicts, lists, tuples)."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name), seen)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v, seen)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v, seen)]
+    return []
 
 
 def tab(at: AppTest, i: int) -> AppTest:
@@ -155,11 +202,12 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     _run(at)
     assert not at.exception and len(at.error) == 1 and "the batch is empty" in at.error[0].value
     # The next valid run works: two pasted samples of uneven length (padded on the right).
-    at.text_area(key="s_text").set_value("The cat sat on the mat.\nA much longer second sample about the weather today.")
+    at.text_area(key="s_text").set_value("The cat sat on the mat.\n"
+                                         "A much longer second sample about the weather today.")
     _run(at)
     ok(at)
     r = at.session_state["result"]
-    assert r.batch.ids.shape[0] == 2 and r.batch.mask is not None
+    assert r.analysis.batch.ids.shape[0] == 2 and r.analysis.batch.mask is not None
     assert any(s.startswith("Layer 3, Attention") for s in titles(at))
 
 
@@ -182,7 +230,8 @@ def test_batch_parsing():
     assert split_text("one\ntwo\n\nthree", "paragraph") == ["one two", "three"]
     cols, rows = read_upload("t.csv", b"id,body\n1,hello there\n2,second row\n")
     assert cols == ["id", "body"] and len(rows) == 2
-    assert upload_texts("t.csv", b"id,body\n1,hello there\n2,second row\n", "body", "line") == ["hello there", "second row"]
+    assert upload_texts("t.csv", b"id,body\n1,hello there\n2,second row\n", "body", "line") == ["hello there",
+                                                                                               "second row"]
     assert upload_texts("t.jsonl", b'{"q": "x", "n": 1}\n{"q": "y"}\n', "", "line") == ["x", "y"]
     assert upload_texts("t.txt", b"p one\n\np two\n", "", "paragraph") == ["p one", "p two"]
     with pytest.raises(DataError, match="unsupported file type"):
@@ -190,8 +239,8 @@ def test_batch_parsing():
 
 
 def test_settings_round_trip_through_the_url(monkeypatch):
-    s, problems = from_query({"ratio": "0.3", "attn": "0", "batch_size": "x"})
-    assert s.ratio == 0.3 and s.attn is False and s.batch_size == 8 and len(problems) == 1
+    s, problems = from_query({"ratio": "0.3", "prune_attn": "0", "batch_size": "x"})
+    assert s.ratio == 0.3 and s.prune_attn is False and s.batch_size == 8 and len(problems) == 1
     assert from_query(s.to_query())[0] == s and Settings().to_query() == {}
     assert parse_skip("0-2, 5") == (0, 1, 2, 5) and parse_skip("") == ()
     with pytest.raises(ConfigError):
@@ -203,6 +252,32 @@ def test_settings_round_trip_through_the_url(monkeypatch):
     assert locked.model == "default" and locked.batch_size == 8 and locked.seq_len == 128
 
 
+def test_settings_derive_from_the_engine_configs():
+    """Every PruneConfig and CalibConfig setting is an app setting of the same name (calib_ before the
+    calibration ones), with the engine's default (the calibration's: the interactive preset) and parser."""
+    names = {f.name for f in FIELDS}
+    assert {x.name for x in settings_of(PruneConfig)} <= names
+    assert {"calib_" + x.name for x in settings_of(CalibConfig)} <= names
+    assert prune_config(Settings()) == PruneConfig() and calib_config(Settings()) == INTERACTIVE_CALIB
+    # The settings the app could not set before reach the engine.
+    s, problems = from_query({"mlp_multiple": "1", "use_history": "0", "flap_bias": "mean",
+                              "calib_dataset": "wikitext2", "calib_batch_size": "4"})
+    assert problems == [] and prune_config(s) == PruneConfig(mlp_multiple=1, use_history=False, flap_bias="mean")
+    assert calib_config(s) == CalibConfig(dataset="wikitext2", windows=16, seq_len=128, batch_size=4)
+    assert from_query(s.to_query())[0] == s
+    assert s.to_query() == {"mlp_multiple": "1", "use_history": "0", "flap_bias": "mean",
+                            "calib_dataset": "wikitext2", "calib_batch_size": "4"}
+    # Links shared with the old parameter names still work; the engine's name wins over an old one.
+    old, problems = from_query({"skip": "0,1", "attn": "0", "mlp": "1", "calib": "8", "calib_len": "64"})
+    new, _ = from_query({"skip_layers": "0,1", "prune_attn": "0", "prune_mlp": "1", "calib_windows": "8",
+                         "calib_seq_len": "64"})
+    assert problems == [] and old == new and set(ALIASES.values()) <= names
+    assert from_query({"skip": "5", "skip_layers": "4"})[0].skip_layers == "4"
+    s, problems = from_query({"flap_bias": "magic", "mlp_multiple": "x"})
+    assert problems == ["URL parameter flap_bias='magic' is not one of official, mean, none; using 'official'",
+                        "URL parameter mlp_multiple='x' is not a valid int; using 64"]
+
+
 def test_device_map_loads_through_accelerate_with_the_same_numbers():
     """Device 'map' loads the model through accelerate's device_map="auto" and gives the numbers of the
     plain CPU load. The default model fits in this machine's memory, so accelerate keeps it whole;
@@ -212,6 +287,6 @@ def test_device_map_loads_through_accelerate_with_the_same_numbers():
     ok(plain)
     ok(mapped)
     a, b = plain.session_state["result"], mapped.session_state["result"]
-    assert b.settings.device == "map" and b.info["device"] == "cpu"
+    assert b.settings.device == "map" and b.analysis.info["device"] == "cpu"
     assert b.summary() == a.summary()
-    assert [l.attn.kept for l in b.main.layers] == [l.attn.kept for l in a.main.layers]
+    assert [x.attn.kept for x in b.analysis.main.layers] == [x.attn.kept for x in a.analysis.main.layers]

@@ -7,7 +7,7 @@ import pytest
 from tests.browser_util import ERROR_SELECTOR, browser_page, chart_title, chromium_path, open_tab, streamlit_server
 
 # The default batch (8 example prompts, 64 tokens); calibration sized like the AppTest tests so it is cached.
-QUERY = "/?calib=8&calib_len=64"
+QUERY = "/?calib_windows=8&calib_seq_len=64"
 
 
 def test_app_in_a_real_browser(tmp_path):

@@ -16,16 +16,17 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import app.engine as engine
+import ppcore.session as session
 from app import messages
 from app.batch import build_batch, decode_upload, encode_prefix, read_upload, upload_texts
-from app.state import MAX_SKIP_INDEX, Settings, demo, from_query, limits, parse_skip
+from app.state import ALIASES, MAX_SKIP_INDEX, Settings, demo, from_query, limits, parse_skip
 from app.charts import colored_tokens
 from ppcore import ConfigError, DataError, ModelLoadError, PruneConfig
 from ppcore.loading import cache_root
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 # Smaller than tests/test_app.py (the same calibration, so it is shared): these tests are about the page, not the model.
-SMALL = dict(batch_size="2", seq_len="16", calib="8", calib_len="64")
+SMALL = dict(batch_size="2", seq_len="16", calib_windows="8", calib_seq_len="64")
 SERVER_DIRS = [str(Path.home()), str(Path(__file__).resolve().parents[1]), "/root", "/work", "/tmp", "/usr", "/etc"]
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
 
@@ -161,7 +162,8 @@ def test_one_token_samples_give_a_message_not_a_nan_perplexity(local_mode, defau
     s = Settings(source="paste", text="\n".join(one_token), batch_size=4, seq_len=32)
     with pytest.raises(DataError, match="no next token to score"):
         build_batch(tok, vocab, s)
-    mixed = build_batch(tok, vocab, Settings(source="paste", text=one_token[0] + "\nThe cat sat", batch_size=4, seq_len=32))
+    mixed = build_batch(tok, vocab, Settings(source="paste", text=one_token[0] + "\nThe cat sat", batch_size=4,
+                                             seq_len=32))
     assert mixed.lengths[0] == 1 and mixed.lengths[1] >= 2  # one short sample beside longer ones is fine
 
 
@@ -194,7 +196,10 @@ BAD_SETTINGS = [  # (case, URL parameters, what from_query reports)
     ("ratio infinite", {"ratio": "inf"}, "ratio='inf' is not a finite number"),
     ("batch size 1e9", {"batch_size": "1e9"}, "batch_size='1e9' is not a valid int"),
     ("5000-digit integer", {"seed": "9" * 5000}, "is not a valid int"),
-    ("bool 'maybe'", {"attn": "maybe"}, "attn='maybe' is not a valid bool"),
+    ("bool 'maybe'", {"prune_attn": "maybe"}, "prune_attn='maybe' is not a valid bool"),
+    ("old name, bool 'maybe'", {"attn": "maybe"}, "attn='maybe' is not a valid bool"),
+    ("unknown FLAP bias", {"flap_bias": "magic"}, "flap_bias='magic' is not one of official, mean, none"),
+    ("5000-digit calibration windows", {"calib_windows": "9" * 5000}, "is not a valid int"),
 ]
 
 
@@ -203,7 +208,7 @@ def test_bad_url_values_are_reported_and_defaulted(case, params, needle):
     s, problems = from_query(params)
     assert len(problems) == 1 and needle in problems[0]
     assert len(problems[0]) < 200  # the raw value is shortened, never echoed whole
-    name = next(iter(params))
+    name = ALIASES.get(next(iter(params)), next(iter(params)))
     assert getattr(s, name) == getattr(Settings(), name)
 
 
@@ -235,17 +240,20 @@ def test_skip_list_at_the_bound_still_parses():
 def test_demo_lock_cannot_be_bypassed_from_the_url(demo_mode):
     s, problems = from_query({"model": "/etc", "device": "cuda", "dtype": "float16", "source": "corpus",
                               "corpus": "/etc/hosts.txt", "batch_size": "64", "seq_len": "4096", "calib": "256",
-                              "calib_len": "1024", "text": "x" * 500_000})
+                              "calib_len": "1024", "calib_batch_size": "4096", "calib_dataset": "/etc/hosts.txt",
+                              "text": "x" * 500_000})
     locked = s.locked()
     assert problems == []
-    assert (locked.model, locked.device, locked.dtype, locked.corpus) == ("default", "auto", "auto", "wiki-vital")
+    assert (locked.model, locked.device, locked.dtype, locked.corpus, locked.calib_dataset) == (
+        "default", "auto", "auto", "wiki-vital", "wiki-vital")
     lim = limits()
-    assert (locked.batch_size, locked.seq_len, locked.calib, locked.calib_len) == (lim.batch, lim.seq, lim.calib,
-                                                                                   lim.calib_len)
+    assert (locked.batch_size, locked.seq_len, locked.calib_windows, locked.calib_seq_len,
+            locked.calib_batch_size) == (lim.batch, lim.seq, lim.calib_windows, lim.calib_seq_len, lim.calib_batch_size)
     assert len(locked.text) == lim.text_chars
     for hub in ("org/big-model", "wikitext2", "../../etc/passwd.txt"):
         assert Settings(model=hub, corpus=hub).locked().model == "default"
         assert Settings(corpus=hub).locked().corpus == "wiki-vital"
+        assert Settings(calib_dataset=hub).locked().calib_dataset == "wiki-vital"
 
 
 # --- messages --------------------------------------------------------------------------------------------
@@ -290,7 +298,7 @@ def test_token_text_is_escaped_in_html():
 
 def test_generation_prompt_is_capped(default_lm):
     with pytest.raises(DataError, match="over the limit of 128"):
-        engine.generation(default_lm, None, PruneConfig(method="dense"), "word " * 1000, 4, 128)
+        session.generation(default_lm, None, PruneConfig(method="dense"), "word " * 1000, 4, 128)
 
 
 # --- the page, through AppTest -------------------------------------------------------------------------
@@ -309,7 +317,8 @@ def test_bad_uploads_in_the_page_then_a_200_mb_upload_works(local_mode):
     run(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
     r = at.session_state["result"]
-    assert r.batch.ids.shape[0] == 2 and r.batch.description.startswith("2 samples from uploaded big.txt")
+    assert r.analysis.batch.ids.shape[0] == 2
+    assert r.analysis.batch.description.startswith("2 samples from uploaded big.txt")
 
 
 def test_bad_url_gives_warnings_and_one_error_then_recovers(local_mode):
@@ -317,14 +326,14 @@ def test_bad_url_gives_warnings_and_one_error_then_recovers(local_mode):
     assert not at.exception
     assert len(at.warning) == 3  # source, dtype, ratio: reported, then left at their defaults
     one_error(at, f"layer list '0-100000000': index 100000000 is above {MAX_SKIP_INDEX}")
-    at.text_input(key="s_skip").set_value("0-2")
+    at.text_input(key="s_skip_layers").set_value("0-2")
     at.session_state["s_seed"] = -5  # the seed widget shows only for corpus batches; the setting is checked anyway
     run(at)
     one_error(at, "seed -5 is out of range")
     at.session_state["s_seed"] = 0
     run(at)
     assert not at.exception and not at.error
-    assert at.session_state["result"].cfg.skip_layers == (0, 1, 2)
+    assert at.session_state["result"].analysis.cfg.skip_layers == (0, 1, 2)
 
 
 def test_demo_mode_page(demo_mode, monkeypatch):
@@ -334,13 +343,15 @@ def test_demo_mode_page(demo_mode, monkeypatch):
     calib_dir = cache_root() / "calib"
     files_before = set(calib_dir.glob("*")) if calib_dir.is_dir() else set()
     at = start(model="/etc", device="cpu", dtype="float16", source="corpus", corpus="/etc/hosts.txt",
-               batch_size="64", calib="3", calib_len="40")
+               calib_dataset="/etc/hosts.txt", batch_size="64", calib_windows="3", calib_seq_len="40")
     assert not at.exception and not at.error, [e.value for e in at.error]
     r = at.session_state["result"]
     assert r.settings.model == "default" and r.settings.corpus == "wiki-vital" and r.settings.dtype == "auto"
-    assert r.batch.ids.shape == (limits().batch, 16)
+    assert r.settings.calib_dataset == "wiki-vital" and r.analysis.protocol["calibration"]["dataset"] == "wiki-vital"
+    assert r.analysis.batch.ids.shape == (limits().batch, 16)
     assert at.text_input(key="s_model").disabled and at.selectbox(key="s_dtype").disabled
     assert at.selectbox(key="s_corpus").options == ["wiki-vital"]
+    assert at.selectbox(key="s_calib_dataset").options == ["wiki-vital"]
     # A visitor's own calibration setting is computed in memory, never written to the server's disk.
     assert (set(calib_dir.glob("*")) if calib_dir.is_dir() else set()) == files_before
     record = json.dumps(r.run_record().to_dict())
@@ -374,7 +385,7 @@ def test_demo_mode_page(demo_mode, monkeypatch):
     upload(at, "small.txt", b"First sample line.\nSecond sample line here.\n")
     run(at)
     assert not at.exception and not at.error
-    assert at.session_state["result"].batch.ids.shape[0] == 2
+    assert at.session_state["result"].analysis.batch.ids.shape[0] == 2
 
 
 def _weights_digest(lm) -> str:
@@ -422,17 +433,17 @@ def test_out_of_memory_half_way_leaves_the_model_and_other_sessions_untouched(lo
     assert not a.exception and not a.error and a.session_state["result"] is ra
     a.number_input(key="s_ratio").set_value(0.3)
     run(a)
-    assert not a.exception and not a.error and a.session_state["result"].cfg.ratio == 0.3
+    assert not a.exception and not a.error and a.session_state["result"].analysis.cfg.ratio == 0.3
     # And the failing session's next run works.
     run(b)
-    assert not b.exception and not b.error and b.session_state["result"].cfg.ratio == 0.6
+    assert not b.exception and not b.error and b.session_state["result"].analysis.cfg.ratio == 0.6
     assert all(m is lm for m in seen) and _weights_digest(lm) == before
 
 
 def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(local_mode, monkeypatch):
     """What a Stop press does: the browser asks for a rerun with the Stop button pressed, and Streamlit
     stops the running script at its next Streamlit call, here the progress update after each layer
-    (ppcore.walk's on_layer). Simulated by
+    (ppcore.walk's on_layer, which ppcore.session passes on). Simulated by
     sending that rerun request from inside the walk after layer 5; first with the Stop button pressed, then
     with no widget changed (any widget used mid-run stops it too). Then a view that raises: one message,
     and the page stays usable."""
@@ -445,10 +456,10 @@ def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(loca
     assert not at.exception and not at.error
     first = at.session_state["result"]
     assert at.button(key="stop_run").label == "Stop this run"  # drawn with every run
-    real = engine.walk_with_ticks
+    real = session.walk
 
     def stop_at_layer_5(widget_states, reached):
-        def walk_with_ticks(lm, cfg, calib, ids, mask, level, tick=None):
+        def walk(adapter, pruner, ids, mask=None, *, on_layer=None, **kw):
             def ticking(done, total):
                 reached.append(done)
                 if done == 5:
@@ -456,11 +467,11 @@ def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(loca
                     ctx.script_requests.request_rerun(RerunData(query_string=ctx.query_string,
                                                                 widget_states=widget_states,
                                                                 page_script_hash=ctx.page_script_hash))
-                tick(done, total)
+                on_layer(done, total)
 
-            return real(lm, cfg, calib, ids, mask, level, ticking)
+            return real(adapter, pruner, ids, mask, on_layer=ticking, **kw)
 
-        return walk_with_ticks
+        return walk
 
     at.number_input(key="s_ratio").set_value(0.5)
     pressed = at._tree.get_widget_states()  # the page's widgets as the browser would send them, Stop pressed
@@ -469,7 +480,7 @@ def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(loca
     state.trigger_value = True
     for widget_states in (pressed, None):
         reached: list[int] = []
-        monkeypatch.setattr(engine, "walk_with_ticks", stop_at_layer_5(widget_states, reached))
+        monkeypatch.setattr(session, "walk", stop_at_layer_5(widget_states, reached))
         run(at)
         assert not at.exception and not at.error, [e.value for e in at.error]
         assert reached and max(reached) == 5  # stopped at once, after layer 5 of the first walk
@@ -482,7 +493,7 @@ def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(loca
     assert not any("Run stopped" in w.value for w in at.warning)
     run(at)
     assert not at.exception and not at.error and not any("Run stopped" in w.value for w in at.warning)
-    assert at.session_state["result"].cfg.ratio == 0.5
+    assert at.session_state["result"].analysis.cfg.ratio == 0.5
 
     monkeypatch.setattr(probe, "render", lambda r: (_ for _ in ()).throw(ValueError("cannot draw")))
     at.run()
@@ -501,7 +512,7 @@ def test_stop_button_in_a_real_browser(local_mode):
     if chromium_path() is None:
         pytest.skip("chromium not found at /usr/bin/chromium (make test installs it with apt-get)")
     with streamlit_server() as url, browser_page() as page:
-        page.goto(url + "/?calib=8&calib_len=64&batch_size=64&seq_len=1024")
+        page.goto(url + "/?calib_windows=8&calib_seq_len=64&batch_size=64&seq_len=1024")
         page.wait_for_function("() => /\\d+ of 30 layers/.test(document.body.innerText)", timeout=240_000)
         page.get_by_role("button", name="Stop this run").click()
         note = page.get_by_text("Run stopped (at:")

@@ -33,7 +33,7 @@ from ppcore.data import corpus_text, load_windows, sample_windows
 from ppcore.evaluate import evaluate
 from ppcore.integrity import check_finite
 from ppcore.scores import probe_sample_count, probe_token_count
-from ppcore.walk import prepare_batch
+from ppcore.layout import prepare_batch
 from tests.conftest import tiny_llama, tiny_opt
 
 VOCAB, CONTEXT, LAYERS = 128, 256, 4  # all three tiny models
@@ -108,11 +108,11 @@ def real_nll(lm, res, ids):
 
 
 def decisions(rec):
-    return [(b.pruned, b.kept, b.probe_tokens, b.probe_samples) for l in rec.layers for b in (l.attn, l.mlp)]
+    return [(b.pruned, b.kept, b.probe_tokens, b.probe_samples) for lay in rec.layers for b in (lay.attn, lay.mlp)]
 
 
 def scores(rec):
-    return [b.scores for l in rec.layers for b in (l.attn, l.mlp)]
+    return [b.scores for lay in rec.layers for b in (lay.attn, lay.mlp)]
 
 
 def assert_ppcore_error(excinfo, *needles: str):
@@ -233,7 +233,8 @@ def test_empty_or_misshapen_batches(ids, needle):
 
 
 @FAST
-@given(bad=st.one_of(st.integers(-10**6, -1), st.integers(VOCAB, 10**9)), pos=st.integers(0, 11), name=st.sampled_from(MODEL_NAMES))
+@given(bad=st.one_of(st.integers(-10**6, -1), st.integers(VOCAB, 10**9)), pos=st.integers(0, 11),
+       name=st.sampled_from(MODEL_NAMES))
 def test_token_ids_outside_the_vocabulary(bad, pos, name):
     ids = torch.randint(0, VOCAB, (3, 4))
     ids.view(-1)[pos] = bad

@@ -50,8 +50,10 @@ def test_report_prr_and_standard_error():
         {"method": "dense", "ratio": 0.0, "seed": s, "ppl": 10.0, "seconds": 10.0, "flops_ratio": 1.0,
          "probe_flops_ratio": 0.0} for s in (0, 1)
     ] + [
-        {"method": "pp", "ratio": 0.4, "seed": 0, "ppl": 14.0, "seconds": 8.0, "flops_ratio": 0.75, "probe_flops_ratio": 0.01},
-        {"method": "pp", "ratio": 0.4, "seed": 1, "ppl": 16.0, "seconds": 8.0, "flops_ratio": 0.75, "probe_flops_ratio": 0.01},
+        {"method": "pp", "ratio": 0.4, "seed": 0, "ppl": 14.0, "seconds": 8.0, "flops_ratio": 0.75,
+         "probe_flops_ratio": 0.01},
+        {"method": "pp", "ratio": 0.4, "seed": 1, "ppl": 16.0, "seconds": 8.0, "flops_ratio": 0.75,
+         "probe_flops_ratio": 0.01},
         {"method": "fullbatch", "ratio": 0.4, "seed": 0, "ppl": 12.0, "seconds": 11.0, "flops_ratio": 1.2,
          "probe_flops_ratio": 0.5},
     ]
@@ -79,7 +81,7 @@ def test_speed_measure_reports_every_block():
 
 
 def test_cli_bench_and_speed_run(tmp_path):
-    common = ["--seq-len", "32", "--batch-size", "2", "--calib-seqs", "4", "--quiet", "--device", "cpu"]
+    common = ["--seq-len", "32", "--batch-size", "2", "--calib-windows", "4", "--quiet", "--device", "cpu"]
     p = subprocess.run([sys.executable, "-m", "ppcore", "bench", "--methods", "pp,flap", "--ratios", "0.4",
                         "--seeds", "0", "--batches", "1", "--official", "none", "--out-dir", str(tmp_path)] + common,
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -99,3 +101,50 @@ def test_cli_bench_and_speed_run(tmp_path):
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["runs"][1]["method"] == "pp" and speed["calibration"]["batch_size"] == 20
     assert speed["runs"][1]["decoder_flops_ratio"] < speed["runs"][1]["flops_ratio"] < 1
+
+
+def test_bench_official_windows_only_writes_compare_rows(tmp_path, monkeypatch, capsys):
+    """`bench --seeds none --official DIR` is what bench/compare.py --official was: the official windows
+    only, its rows (same keys) in --official-out and the table with per-batch losses beside the official."""
+    import numpy as np
+
+    import ppcore.experiment
+    from ppcore.cli import main
+
+    g = torch.Generator().manual_seed(5)
+    ref = tmp_path / "official"
+    ref.mkdir()
+    np.save(ref / "eval_windows.npy", torch.randint(0, 128, (40, 16), generator=g).numpy())
+    np.save(ref / "calib_windows.npy", torch.randint(0, 128, (20, 16), generator=g).numpy())
+    (ref / "results.json").write_text(json.dumps({"results": [
+        {"method": "dense", "ratio": 0.0, "ppl": 100.0, "batch_loss": [4.6, 4.61]},
+        {"method": "pp", "ratio": 0.5, "ppl": 120.0, "batch_loss": [4.8, 4.79]}]}))
+    monkeypatch.setattr(ppcore.experiment, "load_model", lambda *a, **k: tiny_llama())
+    out = tmp_path / "res" / "official.json"
+    out.parent.mkdir()
+    assert main(["bench", "--seeds", "none", "--official", str(ref), "--methods", "pp,flap", "--ratios", "0.5",
+                 "--skip-layers", "0", "--mlp-multiple", "8", "--official-out", str(out),
+                 "--out-dir", str(tmp_path / "res"), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["ratio"]) for r in rows] == [("dense", 0.0), ("pp", 0.5), ("flap", 0.5)]
+    for r in rows:
+        assert {"method", "ratio", "ppl", "batch_loss", "official_ppl", "official_batch_loss", "flops_ratio",
+                "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio", "seconds",
+                "protocol"} <= set(r)
+        assert len(r["batch_loss"]) == 2 and r["protocol"]["front_end"] == "bench"
+        assert r["protocol"]["data"]["windows_file"] == "eval_windows.npy"
+        assert r["protocol"]["calibration"]["batch_size"] == 20 and r["protocol"]["data"]["batch_size"] == 20
+    assert rows[1]["official_ppl"] == 120.0 and rows[1]["official_batch_loss"] == [4.8, 4.79]
+    assert rows[2]["official_ppl"] is None and rows[2]["official_batch_loss"] is None
+    assert all(r["protocol"]["config"]["skip_layers"] == [0] for r in rows[1:])  # --skip-layers reached every config
+    # The same numbers as one evaluate() per method on those windows (what compare.py ran).
+    lm = tiny_llama()
+    calib = calibrate(lm, torch.from_numpy(np.load(ref / "calib_windows.npy")), 20, cache=False, progress=False)
+    cfg = PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), mlp_multiple=8)
+    alone = evaluate(lm, cfg, torch.from_numpy(np.load(ref / "eval_windows.npy")), 20, calib, progress=False)
+    assert rows[1]["batch_loss"] == pytest.approx(alone.batch_loss, abs=1e-6)
+    table = (tmp_path / "res" / "official.md").read_text()
+    assert "| method | ratio | ours | official | diff | our batch losses | official batch losses |" in table
+    assert "4.8000, 4.7900" in table and "| flap | 50% |" in table
+    assert not (tmp_path / "res" / "bench.json").exists()  # nothing seeded: the seeded files are left alone
+    assert "our batch losses" in capsys.readouterr().out

@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import ppcore.cache as cache
 import ppcore.data as data
 import ppcore.loading as loading
 from ppcore import load_model
-from ppcore.calibrate import calib_key
+from ppcore.cache import calib_key
 from tests.test_checkpoint_mismatch import tiny_checkpoint
 
 WINDOWS = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -32,13 +33,13 @@ pytestmark = pytest.mark.usefixtures("no_network")  # conftest: every load here 
 def reads(monkeypatch):
     """Paths whose bytes were hashed (sha256_file), to tell a memo hit from a re-read."""
     seen: list[Path] = []
-    original = loading.sha256_file
+    original = cache.sha256_file
 
     def counting(path, *a, **k):
         seen.append(Path(path))
         return original(path, *a, **k)
 
-    monkeypatch.setattr(loading, "sha256_file", counting)
+    monkeypatch.setattr(cache, "sha256_file", counting)
     return seen
 
 
@@ -59,7 +60,7 @@ def test_cache_keys_random_models_of_different_depth_differ(tmp_path, monkeypatc
     assert wider.fingerprint != one.fingerprint
     # and so is the torch version, whose random number generator drew the weights
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
-    assert loading.random_fingerprint("random:tiny:1", one.model.config, torch.device("cpu")) != one.fingerprint
+    assert cache.random_fingerprint("random:tiny:1", one.model.config, torch.device("cpu")) != one.fingerprint
 
 
 # --- (b) ---------------------------------------------------------------------------------------------
@@ -83,11 +84,11 @@ def test_cache_keys_fine_tunes_of_one_base_differ(tmp_path, reads):
     assert sizes(a) == sizes(b)  # the collision of issue 9: the same names and sizes
     root = tmp_path / "cache"
     # memo_min_bytes=0 puts every file through the remembered-hash path a multi-GB checkpoint takes
-    fa = loading.fingerprint_folder(a, root, memo_min_bytes=0)
-    fb = loading.fingerprint_folder(b, root, memo_min_bytes=0)
+    fa = cache.fingerprint_folder(a, root, memo_min_bytes=0)
+    fb = cache.fingerprint_folder(b, root, memo_min_bytes=0)
     assert fa != fb
     reads.clear()
-    assert loading.fingerprint_folder(a, root, memo_min_bytes=0) == fa
+    assert cache.fingerprint_folder(a, root, memo_min_bytes=0) == fa
     assert reads == []  # the second time, nothing was re-read: the digests came from cache_root()/hashes
     assert len(list((root / "hashes").glob("*.json"))) == 2 * len(list(a.glob("*.json"))) + 2
     # an in-place rewrite (same size, other content) is noticed through its stat, and hashed again
@@ -98,7 +99,7 @@ def test_cache_keys_fine_tunes_of_one_base_differ(tmp_path, reads):
     save_file(_rewrite, str(weights), metadata={"format": "pt"})
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert weights.stat().st_size == st.st_size
-    assert loading.fingerprint_folder(a, root, memo_min_bytes=0) not in (fa, fb)
+    assert cache.fingerprint_folder(a, root, memo_min_bytes=0) not in (fa, fb)
     # the loader keys calibration on the same content hash
     lm_a = load_model(str(a), device="cpu", cache_dir=root)
     lm_b = load_model(str(b), device="cpu", cache_dir=root)
@@ -136,61 +137,60 @@ def test_cache_keys_tokenizers_that_differ_beyond_the_first_entries_differ(tmp_p
     got = {name: data.tokenize_text(tok, text, tmp_path).tolist()
            for name, tok in (("plain", plain), ("swapped", swapped), ("lower", lower))}
     assert got == want
-    keys = {data.tokens_key(t, text) for t in (plain, swapped, lower)}
+    keys = {cache.tokens_key(t, text) for t in (plain, swapped, lower)}
     assert len(keys) == 3
     # the same tokenizer twice (and an identical one loaded afresh) hits the same entry
-    assert data.tokens_key(plain, text) == data.tokens_key(_word_tokenizer(), text)
+    assert cache.tokens_key(plain, text) == cache.tokens_key(_word_tokenizer(), text)
     assert len(list((tmp_path / "tokens").glob("*.npy"))) == 3
     assert data.tokenize_text(_word_tokenizer(), text, tmp_path).tolist() == want["plain"]
     assert len(list((tmp_path / "tokens").glob("*.npy"))) == 3
     # the tokenizer hash is computed once per object, without touching the tokenizer
     calls: list = []
-    original = data._tokenizer_fingerprint
-    monkeypatch.setattr(data, "_tokenizer_fingerprint", lambda t: calls.append(t) or original(t))
+    original = cache._tokenizer_fingerprint
+    monkeypatch.setattr(cache, "_tokenizer_fingerprint", lambda t: calls.append(t) or original(t))
     fresh = _word_tokenizer()
     attrs = dict(vars(fresh))
-    first, second = data.tokenizer_hash(fresh), data.tokenizer_hash(fresh)
-    assert first == second == data.tokenizer_hash(plain) and len(calls) == 1
+    first, second = cache.tokenizer_hash(fresh), cache.tokenizer_hash(fresh)
+    assert first == second == cache.tokenizer_hash(plain) and len(calls) == 1
     assert vars(fresh).keys() == attrs.keys()
     # another transformers or tokenizers version may split text differently: another key
-    monkeypatch.setattr(data, "package_version", lambda name: "999.0")
-    assert data.tokenizer_hash(_word_tokenizer()) != first
+    monkeypatch.setattr(cache, "package_version", lambda name: "999.0")
+    assert cache.tokenizer_hash(_word_tokenizer()) != first
 
 
 # --- (d) ---------------------------------------------------------------------------------------------
 def _fake_gguf(path: Path, fill: int) -> Path:
-    path.write_bytes(bytes([fill]) * (loading.MEMO_MIN_BYTES + 10))
+    path.write_bytes(bytes([fill]) * (cache.MEMO_MIN_BYTES + 10))
     return path
 
 
 def test_cache_keys_gguf_conversions_by_other_code_or_libraries_differ(tmp_path, monkeypatch, reads):
     root = tmp_path / "cache"
     gguf = _fake_gguf(tmp_path / "m.gguf", 1)
-    folder, fp = loading.gguf_cache_entry(gguf, root)
+    convert = loading._convert  # the conversion the loader keys its cache entries on
+    folder, fp = cache.gguf_cache_entry(gguf, root, convert)
     reads.clear()
-    assert loading.gguf_cache_entry(gguf, root) == (folder, fp)
+    assert cache.gguf_cache_entry(gguf, root, convert) == (folder, fp)
     assert reads == []  # the GGUF's hash is remembered, not recomputed on every load
     (tmp_path / "other").mkdir()
     other = _fake_gguf(tmp_path / "other" / "m.gguf", 2)
-    assert loading.gguf_cache_entry(other, root)[1] != fp  # same name and size, other content
+    assert cache.gguf_cache_entry(other, root, convert)[1] != fp  # same name and size, other content
     changed = {}
-    versions = dict(loading._library_versions())
+    versions = dict(cache._library_versions())
     for lib in ("transformers", "gguf", "torch"):
         with monkeypatch.context() as m:
-            m.setattr(loading, "_library_versions",
+            m.setattr(cache, "_library_versions",
                       lambda lib=lib: tuple({**versions, lib: versions[lib] + ".post1"}.items()))
-            changed[lib] = loading.gguf_cache_entry(gguf, root)
+            changed[lib] = cache.gguf_cache_entry(gguf, root, convert)
     with monkeypatch.context() as m:
-        m.setattr(loading, "CONVERSION_VERSION", loading.CONVERSION_VERSION + 1)
-        changed["version"] = loading.gguf_cache_entry(gguf, root)
+        m.setattr(cache, "CONVERSION_VERSION", cache.CONVERSION_VERSION + 1)
+        changed["version"] = cache.gguf_cache_entry(gguf, root, convert)
 
     def _convert(gguf, out):  # another conversion function (its source differs)
         raise AssertionError("not called")
 
-    with monkeypatch.context() as m:
-        m.setattr(loading, "_convert", _convert)
-        changed["code"] = loading.gguf_cache_entry(gguf, root)
-    assert loading.gguf_cache_entry(gguf, root) == (folder, fp)
+    changed["code"] = cache.gguf_cache_entry(gguf, root, _convert)
+    assert cache.gguf_cache_entry(gguf, root, convert) == (folder, fp)
     for what, (f, p) in changed.items():
         assert f != folder and p != fp, what
     assert len({f for f, _ in changed.values()}) == len(changed)
@@ -198,13 +198,14 @@ def test_cache_keys_gguf_conversions_by_other_code_or_libraries_differ(tmp_path,
 
 def test_cache_keys_default_conversion_is_keyed_by_conversion():
     """The real default model converts into a folder named by its content and the conversion key."""
-    root = loading.cache_root()
+    root = cache.cache_root()
     gguf = loading.find_default_gguf(root)
     folder, fp = loading.convert_gguf(gguf, root)
-    assert folder.name.endswith(f"-c{loading.conversion_key()}") and fp.endswith(f"-c{loading.conversion_key()}")
+    key = cache.conversion_key(loading._convert)
+    assert folder.name.endswith(f"-c{key}") and fp.endswith(f"-c{key}")
     meta = json.loads((folder / "ppcore.json").read_text())
-    assert meta["conversion_key"] == loading.conversion_key()
-    assert meta["sha256_16"] == loading.sha256_file(gguf)[:16] == fp.split("-")[0]
+    assert meta["conversion_key"] == key
+    assert meta["sha256_16"] == cache.sha256_file(gguf)[:16] == fp.split("-")[0]
 
 
 # --- (e) ---------------------------------------------------------------------------------------------
@@ -253,6 +254,21 @@ def test_cache_keys_hub_revisions_differ(hub, tmp_path, monkeypatch):
     assert unpinned_a.fingerprint != unpinned_b.fingerprint
     assert unpinned_a.fingerprint == load_model("org/tiny", device="cpu", cache_dir=root).fingerprint
     assert unpinned_a.fingerprint == (
-        f"hub:org/tiny@content-{loading.fingerprint_folder(repo / 'snapshots' / COMMIT_A, root)}")
+        f"hub:org/tiny@content-{cache.fingerprint_folder(repo / 'snapshots' / COMMIT_A, root)}")
     assert _head_equal(unpinned_a, models[COMMIT_A]) and _head_equal(unpinned_b, models[COMMIT_B])
 
+
+
+# --- (f) ---------------------------------------------------------------------------------------------
+def test_cache_keys_calibration_covers_the_engine_it_runs_through():
+    """The calibration key hashes every module the pass runs through, the adapters' family files included,
+    so an edit to any of them (or to a module split off them later) never reuses old statistics."""
+    import pkgutil
+
+    import ppcore.adapters as adapters
+
+    names = {m.__name__ for m in cache._engine_modules()}
+    families = {f"ppcore.adapters.{info.name}" for info in pkgutil.iter_modules(adapters.__path__)}
+    assert {"ppcore.adapters.base", "ppcore.adapters.llama", "ppcore.adapters.opt"} <= families <= names
+    assert {"ppcore.calibrate", "ppcore.walk", "ppcore.walk_context", "ppcore.blocks", "ppcore.stats"} <= names
+    assert "ppcore.cli" not in names and "ppcore" not in names  # entry points are not engine code

@@ -17,7 +17,7 @@ import ppcore.loading
 from ppcore import ConfigError, DataError, PruneConfig
 from ppcore.calibrate import calibrate
 from ppcore.cli import main
-from ppcore.config import CALIB_BATCH_SIZE
+from ppcore.config import CALIB_BATCH_SIZE, CalibConfig
 from ppcore.evaluate import evaluate
 from ppcore.experiment import prepare
 from tests.conftest import tiny_llama
@@ -61,7 +61,7 @@ def tiny_files(tmp_path):
 
 def _eval(tmp: Path, out: str, *extra: str) -> dict:
     argv = ["eval", "--method", "flap", "--ratio", "0.4", "--skip-layers", "0", "--mlp-multiple", "8",
-            "--batch-size", "4", "--windows", str(tmp / "eval.npy"), "--calib-windows", str(tmp / "calib.npy"),
+            "--batch-size", "4", "--windows", str(tmp / "eval.npy"), "--calib-windows-file", str(tmp / "calib.npy"),
             "--cache-dir", str(tmp / "cache"), "--json", str(tmp / out), "--quiet", *extra]
     assert main(argv) == 0
     return json.loads((tmp / out).read_text())
@@ -105,8 +105,9 @@ def test_calib_batch_size_out_of_range_exits_2(value, capsys, monkeypatch):
 
 
 def test_calib_batch_size_prepare_checks_it():
+    # prepare takes the calibration as a CalibConfig, which refuses the size before anything loads.
     with pytest.raises(ConfigError):
-        prepare(calib_batch_size=0)
+        prepare(calib=CalibConfig(batch_size=0))
 
 
 def test_calib_batch_size_speed_calibrates_with_it_and_records_it(tmp_path, monkeypatch):
@@ -114,7 +115,7 @@ def test_calib_batch_size_speed_calibrates_with_it_and_records_it(tmp_path, monk
     spy = Spy()
     monkeypatch.setattr(ppcore.calibrate, "calibrate", spy.wrap(calibrate))
     common = ["speed", "--methods", "flap", "--ratio", "0.2", "--batch-size", "2", "--seq-len", "16",
-              "--repeats", "1", "--calib-seqs", "8", "--no-hf", "--quiet", "--cache-dir", str(tmp_path)]
+              "--repeats", "1", "--calib-windows", "8", "--no-hf", "--quiet", "--cache-dir", str(tmp_path)]
     assert main(common + ["--calib-batch-size", "4", "--json", str(tmp_path / "four.json")]) == 0
     assert main(common + ["--json", str(tmp_path / "default.json")]) == 0
     four, default = (json.loads((tmp_path / f).read_text()) for f in ("four.json", "default.json"))
@@ -133,7 +134,7 @@ def test_calib_batch_size_generate_calibrates_with_it_and_records_it(default_lm,
     spy = Spy()
     monkeypatch.setattr(ppcore.calibrate, "calibrate", spy.wrap(calibrate))
     common = ["generate", "--prompt", "The capital of France is", "--method", "flap", "--ratio", "0.4",
-              "--max-new-tokens", "1", "--calib-seqs", "4", "--calib-seq-len", "16", "--quiet"]
+              "--max-new-tokens", "1", "--calib-windows", "4", "--calib-seq-len", "16", "--quiet"]
     assert main(common + ["--calib-batch-size", "2", "--json", str(tmp_path / "two.json")]) == 0
     assert main(common + ["--json", str(tmp_path / "default.json")]) == 0
     two, default = (json.loads((tmp_path / f).read_text()) for f in ("two.json", "default.json"))
@@ -152,7 +153,7 @@ def test_calib_batch_size_bench_calibrates_with_it_and_records_it(default_lm, tm
     spy = Spy()
     monkeypatch.setattr(ppcore.experiment, "calibrate", spy.wrap(calibrate))
     assert main(["bench", "--methods", "flap", "--ratios", "0.4", "--seeds", "0", "--seq-len", "16",
-                 "--batch-size", "2", "--batches", "1", "--calib-seqs", "4", "--calib-batch-size", "3",
+                 "--batch-size", "2", "--batches", "1", "--calib-windows", "4", "--calib-batch-size", "3",
                  "--official", "none", "--out-dir", str(tmp_path), "--quiet"]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["seeded"]
     assert [bs for bs, _ in spy.calls] == [3]
@@ -171,33 +172,35 @@ def test_calib_batch_size_app_setting_is_capped_and_checked(monkeypatch):
     s, problems = from_query({"calib_batch_size": "many"})
     assert s.calib_batch_size == CALIB_BATCH_SIZE and len(problems) == 1
     monkeypatch.delenv("PP_DEMO", raising=False)
-    for bad in (0, LOCAL.calib_batch + 1):
+    for bad in (0, LOCAL.calib_batch_size + 1):
         with pytest.raises(DataError, match="calibration batch size"):
             check_settings(Settings(calib_batch_size=bad))
     monkeypatch.setenv("PP_DEMO", "1")
-    assert Settings(calib_batch_size=10_000).locked().calib_batch_size == DEMO_LIMITS.calib_batch
+    assert Settings(calib_batch_size=10_000).locked().calib_batch_size == DEMO_LIMITS.calib_batch_size
     with pytest.raises(DataError, match="calibration batch size"):
-        check_settings(Settings(calib_batch_size=DEMO_LIMITS.calib_batch + 1))
+        check_settings(Settings(calib_batch_size=DEMO_LIMITS.calib_batch_size + 1))
 
 
 def test_calib_batch_size_app_url_and_sidebar(monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     import app.engine as engine
+    import ppcore.session as session
     from app.state import demo
 
     monkeypatch.delenv("PP_DEMO", raising=False)
     if demo():
         pytest.skip("PP_DEMO=1 was set when the app was imported")
     spy = Spy()
-    monkeypatch.setattr(engine, "calibrate", spy.wrap(calibrate))
-    # calib=6: a calibration no other test asks for, so st.cache_resource cannot answer it.
+    monkeypatch.setattr(session, "calibrate", spy.wrap(calibrate))
+    # 6 windows: a calibration no other test asks for, so st.cache_resource cannot answer it.
     at = AppTest.from_file(APP, default_timeout=300)
-    at.query_params.update(dict(batch_size="2", seq_len="16", calib="6", calib_len="32", calib_batch_size="4"))
+    at.query_params.update(dict(batch_size="2", seq_len="16", calib_windows="6", calib_seq_len="32",
+                                calib_batch_size="4"))
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     r = at.session_state["result"]
-    assert r.settings.calib_batch_size == 4 and r.protocol["calibration"]["batch_size"] == 4
+    assert r.settings.calib_batch_size == 4 and r.analysis.protocol["calibration"]["batch_size"] == 4
     assert [bs for bs, _ in spy.calls] == [4]
     assert at.number_input(key="s_calib_batch_size").value == 4
     assert json.loads(json.dumps(r.run_record().to_dict()))["protocol"]["calibration"]["batch_size"] == 4
@@ -206,9 +209,10 @@ def test_calib_batch_size_app_url_and_sidebar(monkeypatch):
     at.button(key="run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     r = at.session_state["result"]
-    assert r.protocol["calibration"]["batch_size"] == CALIB_BATCH_SIZE
+    assert r.analysis.protocol["calibration"]["batch_size"] == CALIB_BATCH_SIZE
     assert [bs for bs, _ in spy.calls] == [4, CALIB_BATCH_SIZE]
-    assert "calibration: 6 windows of 32 tokens in 1 batch of 6 (batch size 20)" in " ".join(m.value for m in at.markdown)
+    assert ("calibration: 6 windows of 32 tokens from wiki-vital, in 1 batch of 6 (batch size 20)"
+            in " ".join(m.value for m in at.markdown))
     _same_stats(spy.calls[0][1], calibrate(engine.get_model("default", "auto", "auto"),
                                            ppcore.experiment.calibration_windows(
                                                engine.get_model("default", "auto", "auto"), "wiki-vital", 6, 32, 0)[0],

@@ -16,8 +16,8 @@ def _run(lm, cfg, calib, batches):
     for ids in batches:
         res = walk(lm.adapter, pruner, ids, level="summary")
         nll, mask = token_nll(lm.adapter, res.hidden, ids, res.valid)
-        out.append((nll.sum().item() / mask.sum().item(), [l.attn.kept for l in res.record.layers],
-                    [l.mlp.kept for l in res.record.layers]))
+        out.append((nll.sum().item() / mask.sum().item(), [lay.attn.kept for lay in res.record.layers],
+                    [lay.mlp.kept for lay in res.record.layers]))
     return out
 
 

@@ -16,7 +16,8 @@ import torch
 from ppcore import PruneConfig, Pruner, load_model, walk
 from ppcore.calibrate import calibrate
 from ppcore.generate import generate
-from ppcore.loading import Placement, cache_root, convert_gguf, find_default_gguf
+from ppcore.cache import cache_root
+from ppcore.loading import Placement, convert_gguf, find_default_gguf
 from ppcore.walk import token_nll
 from tests.conftest import tiny_llama, tiny_opt
 
@@ -127,7 +128,8 @@ def test_walks_leave_the_dispatched_model_as_loaded(pair):
               for n, p in split.model.named_parameters()}
     calib_ids, ids, mask = _batch(split.adapter.dims.vocab)
     calib = calibrate(split, calib_ids, 4, cache=False, progress=False)
-    walk(split.adapter, Pruner(split.adapter, PruneConfig(method="pp", skip_layers=(0,)), calib), ids, mask, level="none")
+    pruner = Pruner(split.adapter, PruneConfig(method="pp", skip_layers=(0,)), calib)
+    walk(split.adapter, pruner, ids, mask, level="none")
     for n, p in split.model.named_parameters():
         dev, value = before[n]
         assert p.device.type == dev, n  # offloaded weights went back to disk

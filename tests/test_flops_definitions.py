@@ -1,12 +1,10 @@
-"""Kind 9, FLOPs as the paper counts them (issue 9; ../shared/BENCHMARKS.md): every report carries
+"""Kind 9, FLOPs as the paper counts them (issue 9; the FLOPs names of docs/results.md): every report carries
 flops_ratio and probe_flops_ratio (whole model, LM head included) and decoder_flops_ratio and
 decoder_probe_flops_ratio (decoder layers only, the paper's definition). Here the four numbers of eval,
 bench and speed equal values computed by hand from the layer shapes and the kept heads and channels."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,7 +190,7 @@ def test_flops_definitions_eval_json_has_all_four(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(ppcore.experiment, "load_model", lambda *a, **k: tiny_llama())
     assert main(["eval", "--method", "pp", "--ratio", "0.5", "--skip-layers", "0", "--mlp-multiple", "8",
                  "--sample-frac", "0.5", "--batch-size", "4", "--calib-batch-size", "4",
-                 "--windows", str(tmp_path / "eval.npy"), "--calib-windows", str(tmp_path / "calib.npy"),
+                 "--windows", str(tmp_path / "eval.npy"), "--calib-windows-file", str(tmp_path / "calib.npy"),
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json"),
                  "--record", str(tmp_path / "rec.json"), "--quiet"]) == 0
     out = json.loads((tmp_path / "out.json").read_text())
@@ -230,13 +228,9 @@ def test_flops_definitions_app_header_shows_both_and_old_records_say_na():
 
 
 def test_flops_definitions_compare_table_shows_both():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    try:
-        import compare
-    finally:
-        sys.path.pop(0)
-    rows = [{"method": "dense", "ratio": 0.0, "ppl": 10.0, "flops_ratio": 1.0, "decoder_flops_ratio": 1.0,
+    """bench/compare.py's one-seed table is bench's now (`python -m ppcore bench --seeds 0`)."""
+    rows = [{"method": "dense", "ratio": 0.0, "seed": 0, "ppl": 10.0, "flops_ratio": 1.0, "decoder_flops_ratio": 1.0,
              "probe_flops_ratio": 0.0, "decoder_probe_flops_ratio": 0.0, "seconds": 2.0},
-            {"method": "pp", "ratio": 0.4, "ppl": 12.0, "flops_ratio": 0.728, "decoder_flops_ratio": 0.657,
+            {"method": "pp", "ratio": 0.4, "seed": 0, "ppl": 12.0, "flops_ratio": 0.728, "decoder_flops_ratio": 0.657,
              "probe_flops_ratio": 0.0116, "decoder_probe_flops_ratio": 0.0143, "seconds": 1.5}]
-    assert "| pp | 40% | 12.00 | 0.728 | 0.657 | 1.16% | 1.43% | 1.5 | 0.750 |" in compare.table(rows, False)
+    assert "| pp | 40% | 12.00 | 1.5 | 0.750 | 0.728 | 0.657 | 1.16% | 1.43% | 8.00 |" in markdown(rows)

@@ -1,6 +1,6 @@
 """The pure formulas of Probe Pruning and its baselines, each against a plain hand-written reference.
 
-References are written out with explicit Python loops (spec sections 2-4, 6, 8.1), never by calling
+References are written out with explicit Python loops (docs/algorithm.md §2-4, §6, §8.1), never by calling
 the torch expression the code uses. ppcore computes in float32, so comparisons use ~1e-6 relative
 tolerances; references are float64.
 """
@@ -38,7 +38,7 @@ def _l2(values) -> float:
     return math.sqrt(sum(float(v) * float(v) for v in values))
 
 
-# --- residual importance (spec 2.2) -----------------------------------------------------------
+# --- residual importance (docs/algorithm.md §2.2) -----------------------------------------------------------
 def test_residual_importance_is_l2_over_hidden():
     r = torch.randn(3, 5, 7, generator=_gen(0), dtype=torch.float64)
     B, L, D = r.shape
@@ -62,7 +62,7 @@ def test_residual_importance_pads_are_zero():
                 assert abs(float(N[b, t]) - expect) <= RTOL32 * expect
 
 
-# --- probe selection (spec 2.3) ----------------------------------------------------------------
+# --- probe selection (docs/algorithm.md §2.3) ----------------------------------------------------------------
 def _ref_token_scores(N: torch.Tensor) -> list[float]:
     B, L = N.shape
     return [_l2(N[b, t] for b in range(B)) for t in range(L)]
@@ -158,7 +158,7 @@ def test_select_samples_size_and_order(B, frac):
 
 
 def test_tokens_are_selected_before_samples():
-    """Tokens are ranked over all samples, then samples over the chosen tokens (spec 12.1).
+    """Tokens are ranked over all samples, then samples over the chosen tokens (docs/algorithm.md §12.1).
 
     The batch is built so that the reverse order (samples first over all tokens, then tokens over
     the chosen sample) gives a different probe.
@@ -195,7 +195,7 @@ def test_selection_sizes_property(B, L, tf, sf, seed):
         assert t[0] == 0
 
 
-# --- fusion (spec 3.3) --------------------------------------------------------------------------
+# --- fusion (docs/algorithm.md §3.3) --------------------------------------------------------------------------
 def test_probe_energy_mean_of_squares():
     z = torch.randn(3, 4, 5, generator=_gen(10), dtype=torch.float64)
     nb, nt, C = z.shape
@@ -236,7 +236,7 @@ def test_fuse_elementwise():
     assert abs(float(F[2, 2]) - float(P[2, 2])) < 1e-5  # no history: (almost) the probe
 
 
-# --- PPsp, Wanda-sp, FLAP metrics (spec 4, 4.1) --------------------------------------------------
+# --- PPsp, Wanda-sp, FLAP metrics (docs/algorithm.md §4, §4.1) --------------------------------------------------
 def _weights(Dout=5, C=12, seed=20):
     return torch.randn(Dout, C, generator=_gen(seed), dtype=torch.float64)
 
@@ -298,7 +298,7 @@ def test_flap_channels_wifv():
     _close(S.flap_channels(W, fluc), ref, rtol=2e-6)
 
 
-# --- FLAP head weight and global allocation (spec 8.1b) ------------------------------------------
+# --- FLAP head weight and global allocation (docs/algorithm.md §8.1b) ------------------------------------------
 def test_flap_head_weight_smollm2_gqa():
     assert abs(S.flap_head_weight(512, 576, 9, gqa=True) - 80.59) <= 0.01
 
@@ -356,10 +356,10 @@ def _ref_flap_ratios(attn, mlp, head_dim, head_weight, r_eff):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("r_eff", [0.22, 0.44, 0.67])
 def test_flap_ratios_match_reference(seed, r_eff):
-    layers, H, d, I = 3, 4, 8, 40
+    layers, H, d, inter = 3, 4, 8, 40
     g = _gen(seed)
     attn = [torch.randn(H * d, generator=g).exp() * (1 + i) for i in range(layers)]
-    mlp = [torch.randn(I, generator=g).exp() * (2 + i) for i in range(layers)]
+    mlp = [torch.randn(inter, generator=g).exp() * (2 + i) for i in range(layers)]
     hw = S.flap_head_weight(16, H * d, H, gqa=False)
     a_r, m_r = S.flap_ratios(attn, mlp, d, hw, r_eff)
     ra, rm, index, cum = _ref_flap_ratios(attn, mlp, d, hw, r_eff)
@@ -367,8 +367,8 @@ def test_flap_ratios_match_reference(seed, r_eff):
     assert m_r == rm
     # The allocation removes the units up to the threshold: just over r_eff of the weighted total.
     # The threshold unit itself may drop out, because the second pass recomputes it in float32 and
-    # compares with the float64 threshold cast to float32 (spec 8.1b: "float edge cases").
-    removed = sum(r * H * hw for r in a_r) + sum(r * I for r in m_r)
+    # compares with the float64 threshold cast to float32 (docs/algorithm.md §8.1b: "float edge cases").
+    removed = sum(r * H * hw for r in a_r) + sum(r * inter for r in m_r)
     assert removed == pytest.approx(cum[index], rel=1e-9) or removed == pytest.approx(cum[index - 1], rel=1e-9)
     assert r_eff * cum[-1] - max(hw, 1.0) - 1e-9 < removed <= r_eff * cum[-1] + max(hw, 1.0) + 1e-9
 
@@ -401,7 +401,7 @@ def test_flap_ratios_mlp_only_and_attn_only():
     assert m_r == [] and a_r == ra
 
 
-# --- ratio adjustment and keep counts (spec 6, 4.2, 12.9) -----------------------------------------
+# --- ratio adjustment and keep counts (docs/algorithm.md §6, §4.2, §12.9) -----------------------------------------
 @pytest.mark.parametrize(
     "layers,heads,channels,ratio,r_eff,n_heads_pruned,kept",
     [
@@ -474,7 +474,7 @@ def test_keep_top_channels_keeps_highest():
         assert S.keep_top_channels(sc, k).tolist() == sorted(ranked[:k])
 
 
-# --- PP history EMA (spec 3.4, 12.5) ----------------------------------------------------------------
+# --- PP history EMA (docs/algorithm.md §3.4, §12.5) ----------------------------------------------------------------
 def _history(H0: torch.Tensor, key=(1, "mlp")) -> History:
     h = History(None, torch.device("cpu"))
     h.states[key] = H0.clone()
@@ -544,7 +544,7 @@ def test_history_rows_at_original_positions():
     assert h.rows(0, "attn", torch.tensor([1, 3])).sum(0).tolist() == [12.0, 14.0, 16.0]
 
 
-# --- calibration statistics (spec 3.2, 8.1a) ---------------------------------------------------------
+# --- calibration statistics (docs/algorithm.md §3.2, §8.1a) ---------------------------------------------------------
 def _ref_fluc(batches: list[torch.Tensor]) -> list[float]:
     """Spec 8.1(a) literally, per position: b and f are (L x C) buffers, n a count; returns sum_t f."""
     _, L, C = batches[0].shape

@@ -44,7 +44,7 @@ def test_pruned_cached_generation_equals_rewalking(name):
         ids = torch.cat([ids, nxt], 1)
         mask = torch.cat([mask, torch.ones_like(nxt)], 1)
     assert gen.tokens == torch.cat(ref, 1).tolist()
-    assert any(len(l.attn.kept) < l.attn.total for l in gen.record.layers)
+    assert any(len(lay.attn.kept) < lay.attn.total for lay in gen.record.layers)
 
 
 def test_pp_generation_decides_on_the_prompt():

@@ -88,7 +88,8 @@ def test_layer_list_cli_exits_2_with_the_parser_message(text, capsys, monkeypatc
         sys.exit(main(["eval", f"--skip-layers={text}"]))
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err == f"python -m ppcore eval: error: {message(text)}\n"
+    # argparse names the flag, then the parser's own ConfigError message, word for word.
+    assert err == f"python -m ppcore eval: error: argument --skip-layers: {message(text)}\n"
 
 
 class _Stop(PPCoreError):
@@ -108,7 +109,7 @@ def test_layer_list_valid_texts_are_the_same_layers_in_cli_and_app(text, layers,
     assert main(["eval", f"--skip-layers={text}", "--ratio", "0.1"]) == 2
     assert "stop here" in capsys.readouterr().err
     assert seen["skip"] == layers
-    assert prune_config(Settings(skip=text)).skip_layers == layers == parse_skip(text)
+    assert prune_config(Settings(skip_layers=text)).skip_layers == layers == parse_skip(text)
 
 
 def test_layer_list_cli_default_is_the_first_three_layers(monkeypatch, capsys):
@@ -153,6 +154,6 @@ def test_layer_list_app_url_and_sidebar_give_the_cli_message(local_mode, monkeyp
         at.run()
         assert _errors(at) == [message(text)], text
     for text in CLI_BAD:
-        at.text_input(key="s_skip").set_value(text)
+        at.text_input(key="s_skip_layers").set_value(text)
         at.button(key="run").click().run()
         assert _errors(at) == [message(text)], text

@@ -157,3 +157,28 @@ def test_make_adapter_refuses_post_ln_opt():
     with pytest.raises(UnsupportedModelError):
         tiny_opt(pre_ln=False)
     assert tiny_opt(pre_ln=True).adapter.family == "opt"  # control
+
+
+def test_check_supported_is_the_one_decision_and_names_the_reason():
+    """Config-level refusals come from ppcore.adapters.check_supported, before any weight is read."""
+    from transformers import GPT2Config
+
+    from ppcore.adapters import LlamaAdapter, check_supported
+
+    assert check_supported(_tiny_llama_config()) is LlamaAdapter
+    with pytest.raises(UnsupportedModelError) as e:
+        check_supported(GPT2Config(n_layer=1), "my-gpt2")
+    assert str(e.value).startswith("my-gpt2: architecture 'gpt2' is not supported; supported model types: "
+                                   "llama, mistral, qwen2, opt (")
+    rope = _tiny_llama_config()
+    rope.rope_parameters = {"rope_type": "made-up", "rope_theta": 10000.0}
+    with pytest.raises(UnsupportedModelError, match="rope type 'made-up' is not supported"):
+        check_supported(rope, "m")
+    act = _tiny_llama_config()
+    act.hidden_act = "softsign"
+    with pytest.raises(UnsupportedModelError, match="^m: activation 'softsign' is not supported; supported: silu"):
+        check_supported(act, "m")
+    heads = _tiny_llama_config()
+    heads.num_key_value_heads = 3
+    with pytest.raises(UnsupportedModelError, match="2 query heads over 3 key/value heads"):
+        check_supported(heads)

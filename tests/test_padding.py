@@ -34,8 +34,8 @@ def _run(lm, cfg, calib, ids, mask):
 
 
 def _decisions(rec):
-    return [(l.attn.kept, l.attn.probe_tokens, l.attn.probe_samples, l.attn.scores,
-             l.mlp.kept, l.mlp.probe_tokens, l.mlp.probe_samples, l.mlp.scores) for l in rec.layers]
+    return [(lay.attn.kept, lay.attn.probe_tokens, lay.attn.probe_samples, lay.attn.scores,
+             lay.mlp.kept, lay.mlp.probe_tokens, lay.mlp.probe_samples, lay.mlp.scores) for lay in rec.layers]
 
 
 def test_pad_content_changes_nothing():
@@ -172,8 +172,8 @@ def test_padding_on_either_side_of_one_sample_on_the_default_model(default_lm):
         mask_t = None if mask is None else torch.tensor(mask)
         res = walk(lm.adapter, Pruner(lm.adapter, cfg, calib), ids_t, mask_t, level="summary")
         nll, m = token_nll(lm.adapter, res.hidden, ids_t, res.valid)
-        out[key] = (float(nll.sum() / m.sum()), [l.attn.kept for l in res.record.layers],
-                    [l.mlp.kept for l in res.record.layers])
+        out[key] = (float(nll.sum() / m.sum()), [lay.attn.kept for lay in res.record.layers],
+                    [lay.mlp.kept for lay in res.record.layers])
     for key, value in out.items():
         assert value[1:] == out["none"][1:], key
         assert abs(value[0] - out["none"][0]) < 1e-5, (key, value[0], out["none"][0])

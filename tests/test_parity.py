@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ppcore import PruneConfig, Pruner, logits, walk
-from ppcore.blocks import attn_front, attn_out, head_channels, mlp_front, mlp_out, slice_attn, slice_mlp
+from ppcore.slices import attn_front, attn_out, head_channels, mlp_front, mlp_out, slice_attn, slice_mlp
 from tests.conftest import tiny_llama, tiny_opt
 
 TINY = {"llama-gqa": lambda: tiny_llama(), "qwen2-bias": lambda: tiny_llama(bias=True), "opt": lambda: tiny_opt()}
@@ -58,7 +58,7 @@ def test_ratio_zero_equals_dense(name, method):
     ids = torch.randint(0, 128, (4, 20), generator=torch.Generator().manual_seed(4))
     cfg = PruneConfig(method=method, ratio=0.0, use_history=False)
     res = walk(lm.adapter, Pruner(lm.adapter, cfg), ids, level="summary")
-    assert all(len(l.attn.kept) == l.attn.total for l in res.record.layers)
+    assert all(len(lay.attn.kept) == lay.attn.total for lay in res.record.layers)
     assert torch.equal(logits(lm.adapter, res.hidden), _walk_logits(lm, ids))
 
 
@@ -117,7 +117,8 @@ def test_walk_never_mutates_the_model():
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     ids = torch.randint(0, 128, (4, 20))
     for method in ("pp", "fullbatch"):
-        walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method=method, ratio=0.5, skip_layers=(0,), use_history=False)), ids)
+        cfg = PruneConfig(method=method, ratio=0.5, skip_layers=(0,), use_history=False)
+        walk(lm.adapter, Pruner(lm.adapter, cfg), ids)
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())

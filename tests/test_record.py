@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ppcore import PruneConfig, Pruner, RunRecord, walk
+from ppcore.protocol import Protocol
 from ppcore.record import BatchRecord
 from tests.conftest import tiny_llama
 
@@ -38,7 +39,7 @@ def _l2(values) -> float:
 
 
 def _ref_probe(importance: list[list[float]]) -> tuple[list[int], list[int]]:
-    """Tokens ranked over all samples, then samples over the chosen tokens (spec 2.3)."""
+    """Tokens ranked over all samples, then samples over the chosen tokens (docs/algorithm.md §2.3)."""
     Bn, Ln = len(importance), len(importance[0])
     tok = [_l2(importance[b][t] for b in range(Bn)) for t in range(Ln)]
     tokens = sorted(sorted(range(Ln), key=lambda t: tok[t], reverse=True)[:N_T])
@@ -55,8 +56,8 @@ def test_batch_fields(batch_record):
     assert len(r.layers) == LAYERS
     assert 0 < r.flops["pruned"] < r.flops["dense"]
     assert r.flops["probe"] > 0
-    block_dense = sum(getattr(l, b).flops["dense"] for l in r.layers for b in ("attn", "mlp"))
-    block_pruned = sum(getattr(l, b).flops["pruned"] for l in r.layers for b in ("attn", "mlp"))
+    block_dense = sum(getattr(lay, b).flops["dense"] for lay in r.layers for b in ("attn", "mlp"))
+    block_pruned = sum(getattr(lay, b).flops["pruned"] for lay in r.layers for b in ("attn", "mlp"))
     head = 2 * B * L * HIDDEN * 128  # the LM head, never pruned
     assert r.flops["dense"] == block_dense + head
     assert r.flops["pruned"] == block_pruned + head
@@ -120,7 +121,8 @@ def test_attn_and_mlp_rank_different_residuals(batch_record):
 
 
 def test_run_record_round_trip(batch_record, tmp_path):
-    protocol = {"model": "tiny-llama", "method": "pp", "ratio": 0.5, "skip_layers": [0], "seq_len": L}
+    protocol = Protocol(front_end="eval", model={"name": "tiny-llama"}, data={"seq_len": L},
+                        config=PruneConfig(method="pp", ratio=0.5, skip_layers=(0,)).to_dict())
     scored = dataclasses.replace(batch_record, loss=4.8125, tokens=B * (L - 1), phase="scored", index=2)
     run = RunRecord(protocol, [scored])
     path = tmp_path / "run.json"
@@ -134,7 +136,8 @@ def test_run_record_round_trip(batch_record, tmp_path):
 
     raw = json.loads(path.read_text())
     assert {"protocol", "batches"} <= set(raw)
-    assert raw["protocol"] == protocol
+    assert raw["protocol"] == protocol.to_dict() and loaded.protocol == protocol
+    assert isinstance(loaded.protocol, Protocol) and raw["protocol"]["config"]["skip_layers"] == [0]
     assert len(raw["batches"]) == 1
     b = raw["batches"][0]
     assert {"input_ids", "layers"} <= set(b)
@@ -146,3 +149,15 @@ def test_run_record_round_trip(batch_record, tmp_path):
             assert {"probe_tokens", "probe_samples", "kept", "scores", "times"} <= set(blk)
     assert b["layers"][1]["attn"]["kept"] == batch_record.layers[1].attn.kept
     assert b["layers"][0]["mlp"]["probe_tokens"] == []
+
+
+def test_run_record_with_an_older_free_form_protocol_loads(batch_record, tmp_path):
+    """Records written before Protocol existed hold a free-form dict: it loads, every key kept."""
+    old = {"model": "tiny-llama", "method": "pp", "ratio": 0.5, "skip_layers": [0], "seq_len": L}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema": 2, "protocol": old, "batches": [batch_record.to_dict()]}))
+    loaded = RunRecord.load(path)
+    assert isinstance(loaded.protocol, Protocol)
+    assert {k: loaded.protocol[k] for k in old} == old  # mapping-style reads, as on the dict
+    assert loaded.protocol.get("method") == "pp" and loaded.protocol.front_end == "unknown"
+    assert RunRecord(old, loaded.batches).protocol == loaded.protocol  # a dict given directly converts the same

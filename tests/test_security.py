@@ -31,7 +31,8 @@ def test_custom_code_checkpoint_is_refused(tmp_path):
     """A hub-style checkpoint that needs its own modelling code (auto_map) is refused before any of it runs."""
     folder = tmp_path / "custom"
     lm = tiny_llama()
-    lm.model.config.auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    lm.model.config.auto_map = {"AutoConfig": "configuration_x.XConfig",
+                                "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     lm.model.save_pretrained(folder)
     _tokenizer_into(folder)
     marker = tmp_path / "code_ran"

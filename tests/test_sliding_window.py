@@ -19,7 +19,8 @@ COMMON = dict(vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_
 
 
 def _model(kind: str, window: int = 8):
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
 
     torch.manual_seed(0)
     if kind == "mistral":
@@ -105,8 +106,8 @@ def test_sliding_window_calibration_and_pruned_runs_past_the_window():
     # A window as long as the batch changes nothing at all: the same numbers as no window.
     wide = _model("mistral", window=24)
     rec_wide = walk(wide.adapter, Pruner(wide.adapter, cfg), ids, level="full").record
-    assert [l.attn.kept for l in rec_wide.layers] == [l.attn.kept for l in rec_full.layers]
-    assert [l.attn.energy_probe for l in rec_wide.layers] == [l.attn.energy_probe for l in rec_full.layers]
+    assert [lay.attn.kept for lay in rec_wide.layers] == [lay.attn.kept for lay in rec_full.layers]
+    assert [lay.attn.energy_probe for lay in rec_wide.layers] == [lay.attn.energy_probe for lay in rec_full.layers]
 
 
 def test_sliding_window_probe_attention_matches_a_written_out_reference():

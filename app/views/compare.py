@@ -4,9 +4,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ppcore import session
+
 from .. import charts
-from ..engine import Result
+from ..result import Result
 from ..state import limits
+
+FORMATS = {"ppl": "{:.2f}", "ppl_increase": "{:+.2f}", "seconds": "{:.3f}", "time_vs_dense": "{:.3f}",
+           "flops_ratio": "{:.3f}", "decoder_flops_ratio": "{:.3f}", "probe_flops_ratio": "{:.2%}",
+           "decoder_probe_flops_ratio": "{:.2%}", "prr": "{:.2f}"}
+
+
+def table(r: Result) -> pd.DataFrame:
+    """One row per method and ratio (also the CSV export); empty before the comparison ran."""
+    return pd.DataFrame([row.row() for row in r.comparison or []])
 
 
 def render(r: Result, start_compare) -> None:
@@ -20,15 +31,10 @@ def render(r: Result, start_compare) -> None:
     reps = c3.number_input("Repeats", 1, min(10, limits().repeats), 2, key="cmp_reps")
     if st.button("Compare all methods", key="cmp_go"):
         start_compare(ratios_text if sweep else None, int(reps))
-    rows = r.extras.get("compare")
-    if not rows:
-        st.info(f"Press **Compare all methods** to run {', '.join(['dense', 'pp', 'fullbatch', 'wanda-sp', 'flap', 'ppsp-calib'])} "
-                f"at ratio {r.settings.ratio:.2f} on this batch.")
+    if not r.comparison:
+        st.info(f"Press **Compare all methods** to run {', '.join(session.METHODS)} at ratio {r.analysis.ratio:.2f} "
+                "on this batch.")
         return
-    df = pd.DataFrame(rows)
-    st.dataframe(df.style.format({"ppl": "{:.2f}", "ppl_increase": "{:+.2f}", "seconds": "{:.3f}",
-                                  "time_vs_dense": "{:.3f}", "flops_ratio": "{:.3f}", "decoder_flops_ratio": "{:.3f}",
-                                  "probe_flops_ratio": "{:.2%}", "decoder_probe_flops_ratio": "{:.2%}",
-                                  "prr": "{:.2f}"}, na_rep="—"),
-                 hide_index=True, width="stretch")
+    df = table(r)
+    st.dataframe(df.style.format(FORMATS, na_rep="—"), hide_index=True, width="stretch")
     st.plotly_chart(charts.compare_scatter(df), width="stretch", key="cmp_chart")

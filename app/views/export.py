@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from ..engine import Result
-from . import channels, latency, outputs
+from ..result import Result
+from . import channels, compare, latency, outputs
 
 
 def render(r: Result) -> None:
@@ -15,14 +14,14 @@ def render(r: Result) -> None:
                "detail, then dense and the baselines. ppcore.RunRecord.load() reads it back. Every chart also "
                "has Plotly's PNG download (camera icon).")
     rec = json.dumps(r.run_record().to_dict())
-    st.download_button("Run record (JSON)", rec, file_name=f"run_{r.cfg.method}_{r.key}.json",
+    st.download_button("Run record (JSON)", rec, file_name=f"run_{r.analysis.cfg.method}_{r.key}.json",
                        mime="application/json", key="dl_record")
     tables = {"layers": channels.layer_table(r), "tokens": outputs.token_table(r)}
-    if r.extras.get("latency"):
-        tables["latency"] = latency.layer_times(r.extras["latency"])
-        tables["latency summary"] = latency.summary_table(r.extras["latency"])
-    if r.extras.get("compare"):
-        tables["methods"] = pd.DataFrame(r.extras["compare"])
+    if r.latency is not None:
+        tables["latency"] = latency.layer_times(r.latency)
+        tables["latency summary"] = latency.summary_table(r.latency)
+    if r.comparison:
+        tables["methods"] = compare.table(r)
     for name, df in tables.items():
         slug = name.replace(" ", "_")
         st.download_button(f"{name} table (CSV)", df.to_csv(index=False), file_name=f"{slug}_{r.key}.csv",

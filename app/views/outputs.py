@@ -4,67 +4,66 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ppcore.analysis import top_k_next
+from ppcore import session
 
 from .. import charts
-from ..engine import Result
+from ..result import Result
 from ..state import demo, limits
+from .controls import count_and_button
 
 
 def token_table(r: Result) -> pd.DataFrame:
     """Per predicted token: dense and pruned loss, KL and top-1 agreement (also the CSV export)."""
+    a = r.analysis
     rows = []
-    m = r.nll_mask
+    m = a.nll_mask
     for b in range(m.shape[0]):
         for t in range(m.shape[1]):
             if m[b, t] > 0:
-                rows.append({"sample": b, "position": t + 1, "token": r.batch.tokens[b][t + 1],
-                             "loss_dense": float(r.nll_dense[b, t]), "loss_pruned": float(r.nll_pruned[b, t]),
-                             "kl_dense_pruned": float(r.kl[b, t]), "top1_agree": int(r.top1[b, t])})
+                rows.append({"sample": b, "position": t + 1, "token": a.batch.tokens[b][t + 1],
+                             "loss_dense": float(a.nll_dense[b, t]), "loss_pruned": float(a.nll_pruned[b, t]),
+                             "kl_dense_pruned": float(a.kl[b, t]), "top1_agree": int(a.top1[b, t])})
     return pd.DataFrame(rows)
 
 
-def render(r: Result, lm, start_generation) -> None:
+def render(r: Result, start_generation) -> None:
     st.caption("Batch metrics are in the header: perplexity of both, KL(dense ‖ pruned) and top-1 agreement "
                "over every real position of the batch. Below, one sample at a time.")
-    _per_token(r, lm)
+    _per_token(r)
     st.subheader("Greedy continuation")
     st.caption("Pruning is decided once on the prompt (the prefill) and the same heads and channels are reused for "
                "every generated token.")
-    n = r.batch.lengths[0]
-    default = lm.tokenizer.decode(r.batch.ids[0, : min(n, 24)].tolist())
-    prompt = st.text_area("Prompt", value=default, key="gen_prompt", height=80,
+    prompt = st.text_area("Prompt", value=r.analysis.prompt, key="gen_prompt", height=80,
                           max_chars=limits().text_chars if demo() else None)
-    c1, c2 = st.columns([1, 3])
-    new = c1.number_input("New tokens", 1, limits().new_tokens, 20, key="gen_tokens")
-    if c1.button("Generate with both", key="gen_go"):
-        start_generation(prompt, int(new))
-    g = r.extras.get("generation")
-    if g:
-        c2.markdown(f"**Prompt:** {g['prompt']}")
-        c2.markdown(f"**Dense:** …{g['dense']['text']}")
-        c2.markdown(f"**{r.cfg.method}:** …{g['pruned']['text']}")
-        c2.caption(f"dense prefill {g['dense']['prefill_s']:.3f} s, decode {g['dense']['decode_s']:.3f} s; "
-                   f"pruned prefill {g['pruned']['prefill_s']:.3f} s, decode {g['pruned']['decode_s']:.3f} s")
+    out = count_and_button("New tokens", limits().new_tokens, 20, "gen_tokens", "Generate with both", "gen_go",
+                           lambda n: start_generation(prompt, n))
+    g = r.generation
+    if g is not None:
+        out.markdown(f"**Prompt:** {g.prompt}")
+        out.markdown(f"**Dense:** …{g.dense.text}")
+        out.markdown(f"**{r.analysis.cfg.method}:** …{g.pruned.text}")
+        out.caption(f"dense prefill {g.dense.prefill_s:.3f} s, decode {g.dense.decode_s:.3f} s; "
+                    f"pruned prefill {g.pruned.prefill_s:.3f} s, decode {g.pruned.decode_s:.3f} s")
 
 
 @st.fragment
-def _per_token(r: Result, lm) -> None:
+def _per_token(r: Result) -> None:
     """Per-token views for one sample; a fragment: switching sample or position reruns only this."""
+    a = r.analysis
     st.subheader("Per-token loss")
-    B = r.batch.ids.shape[0]
+    B = a.batch.ids.shape[0]
     b = st.selectbox("Sample", list(range(B)), key="out_sample",
-                     format_func=lambda i: f"{i}: " + "".join(r.batch.tokens[i][:12]).strip()[:60] + "…")
-    n = r.batch.lengths[b]
-    toks = r.batch.tokens[b][:n]
-    dense = [None] + [float(v) for v in r.nll_dense[b, : n - 1]]
-    pruned = [None] + [float(v) for v in r.nll_pruned[b, : n - 1]]
+                     format_func=lambda i: f"{i}: " + "".join(a.batch.tokens[i][:12]).strip()[:60] + "…")
+    n = a.batch.lengths[b]
+    toks = a.batch.tokens[b][:n]
+    dense = [None] + [float(v) for v in a.nll_dense[b, : n - 1]]
+    pruned = [None] + [float(v) for v in a.nll_pruned[b, : n - 1]]
     diff = [None] + [p - d for p, d in zip(pruned[1:], dense[1:])]
     vmax = max([v for v in dense + pruned if v is not None] or [1.0])
     dmax = max([abs(v) for v in diff if v is not None] or [1.0])
     st.markdown("**Dense** (red = high loss on that token)")
     st.markdown(charts.colored_tokens(toks, dense, vmax, False), unsafe_allow_html=True)
-    st.markdown(f"**{r.cfg.method}**")
+    st.markdown(f"**{a.cfg.method}**")
     st.markdown(charts.colored_tokens(toks, pruned, vmax, False), unsafe_allow_html=True)
     st.markdown("**Difference** (red: pruned is worse, green: better)")
     st.markdown(charts.colored_tokens(toks, diff, dmax, True), unsafe_allow_html=True)
@@ -73,12 +72,12 @@ def _per_token(r: Result, lm) -> None:
     st.subheader("Next-token top-k")
     c1, c2 = st.columns([3, 1])
     pos = c1.slider("After position", 0, n - 1, min(n - 1, n // 2), key="out_pos")
-    k = c2.number_input("k", 1, 50, 10, key="out_k")
+    k = c2.number_input("k", 1, session.TOP_K, 10, key="out_k",
+                        help=f"up to {session.TOP_K}: the candidates kept per position")
     c1.caption(f"Context ends with: …{''.join(toks[max(0, pos - 8): pos + 1])!r}"
                + (f"; actual next token {toks[pos + 1]!r}" if pos + 1 < n else ""))
-    cols = st.columns(2)
-    for col, (name, h) in zip(cols, (("dense", r.hidden_dense), (r.cfg.method, r.hidden_pruned))):
-        ids, probs = top_k_next(lm.adapter, h, b, pos, int(k))
+    for col, (name, top) in zip(st.columns(2), (("dense", a.top_dense), (a.cfg.method, a.top_pruned))):
+        rows = top.at(b, pos, int(k))
         col.markdown(f"**{name}**")
-        col.dataframe(pd.DataFrame({"token": [repr(lm.tokenizer.decode([i])) for i in ids], "probability": probs}),
+        col.dataframe(pd.DataFrame({"token": [repr(t) for t, _ in rows], "probability": [p for _, p in rows]}),
                       hide_index=True, width="stretch")

@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ppcore.analysis import probe_token_matrix
+from ppcore import session
 
 from .. import charts
-from ..engine import Result
+from ..result import Result
 
 BLOCK_LABELS = {"attn": "Attention", "mlp": "MLP"}
 
 
 def first_pruned_layer(r: Result) -> int:
-    return next((i for i, l in enumerate(r.main.layers) if l.attn.pruned or l.mlp.pruned), 0)
+    return next((i for i, layer in enumerate(r.analysis.main.layers) if layer.attn.pruned or layer.mlp.pruned), 0)
 
 
 def _step(delta: int, n: int) -> None:
@@ -24,8 +24,9 @@ def render(r: Result) -> None:
     st.caption("Residual importance is the norm of each token's residual stream entering the block. PP probes the "
                "tokens with the largest importance (red ticks above), then the samples (red ticks on the left), "
                "runs only that probe through the block with all weights, and scores heads and channels from it.")
-    if not r.main.layers[first_pruned_layer(r)].attn.probe_tokens and not r.main.layers[first_pruned_layer(r)].mlp.probe_tokens:
-        st.info(f"Method '{r.cfg.method}' uses no probe: the map shows residual importance only. "
+    first = r.analysis.main.layers[first_pruned_layer(r)]
+    if not first.attn.probe_tokens and not first.mlp.probe_tokens:
+        st.info(f"Method '{r.analysis.cfg.method}' uses no probe: the map shows residual importance only. "
                 "Choose pp or fullbatch to see probe picks.")
     _panel(r)
 
@@ -33,7 +34,8 @@ def render(r: Result) -> None:
 @st.fragment
 def _panel(r: Result) -> None:
     """A fragment: changing the layer, block or sample redraws this panel only, from the stored record."""
-    n = len(r.main.layers)
+    a = r.analysis
+    n = len(a.main.layers)
     if "probe_layer" not in st.session_state:
         st.session_state["probe_layer"] = first_pruned_layer(r)
     st.session_state["probe_layer"] = min(st.session_state["probe_layer"], n - 1)
@@ -43,7 +45,7 @@ def _panel(r: Result) -> None:
     c2.button("▶", key="probe_next", on_click=_step, args=(1, n), help="next layer")
     block = c3.radio("Block", ["attn", "mlp"], horizontal=True, key="probe_block", format_func=BLOCK_LABELS.get)
     layer = st.session_state["probe_layer"]
-    rec = getattr(r.main.layers[layer], block)
+    rec = getattr(a.main.layers[layer], block)
     m1, m2, m3 = st.columns(3)
     m1.metric("Probe tokens", len(rec.probe_tokens))
     m2.metric("Probe samples", len(rec.probe_samples))
@@ -52,16 +54,16 @@ def _panel(r: Result) -> None:
     if rec.importance is None:
         st.info("No importance grid in this record.")
         return
-    title = f"Layer {layer}, {BLOCK_LABELS[block]}: residual importance ({r.cfg.method})"
-    st.plotly_chart(charts.importance_heatmap(rec.importance, r.batch.tokens, rec.probe_tokens, rec.probe_samples, title),
+    tokens = a.batch.tokens
+    title = f"Layer {layer}, {BLOCK_LABELS[block]}: residual importance ({a.cfg.method})"
+    st.plotly_chart(charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title),
                     width="stretch", key="probe_heatmap")
-    samples = list(range(len(r.batch.tokens)))
     default = rec.probe_samples[0] if rec.probe_samples else 0
-    b = st.selectbox("Sample shown with its tokens", samples, index=default, key="probe_sample",
+    b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
-    st.plotly_chart(charts.token_strip(rec.importance[b], r.batch.tokens[b], rec.probe_tokens,
+    st.plotly_chart(charts.token_strip(rec.importance[b], tokens[b], rec.probe_tokens,
                                        f"Sample {b}: importance per token (red: probe tokens)"),
                     width="stretch", key="probe_strip")
-    st.plotly_chart(charts.pick_by_layer(probe_token_matrix(r.main, block, r.batch.ids.shape[1]),
+    st.plotly_chart(charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
                                          f"How the probe's token pick moves across layers ({BLOCK_LABELS[block]})"),
                     width="stretch", key="probe_moves")

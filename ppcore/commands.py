@@ -1,0 +1,253 @@
+"""The commands of `python -m ppcore` (`COMMANDS`): each reads its parsed options (`ppcore.cli`), builds the
+configs, runs the engine and prints and writes its results. User errors raise PPCoreError (exit 2).
+
+Every result a command writes carries a `ppcore.protocol.Protocol` (front_end = the command name).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .config import METHODS, CalibConfig, PruneConfig, settings_of
+from .errors import PPCoreError
+from .flags import given, read_settings
+from .record import RunRecord
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel, Placement
+
+OFFICIAL_GUESS = Path("../shared/reference/official_cpu_run")  # where the official run sits beside a checkout
+
+
+class CalibWindowsFile(str):
+    """A .npy path given to --calib-windows, which took a file before it took a count."""
+
+
+def count_or_file(raw: str) -> Any:
+    """--calib-windows's text: a count (CalibConfig's parse), or a .npy path (`CalibWindowsFile`)."""
+    if raw.strip().lower().endswith(".npy"):
+        return CalibWindowsFile(raw)
+    return next(s for s in settings_of(CalibConfig) if s.name == "windows").parse(raw)
+
+
+def _placement(a: argparse.Namespace) -> Optional[Placement]:
+    """The accelerate placement the model flags ask for, or None for one device."""
+    from .loading import Placement
+
+    if a.device_map is None:
+        if a.max_memory or a.offload_folder:
+            raise PPCoreError("--max-memory and --offload-folder need --device-map (e.g. --device-map auto)")
+        return None
+    return Placement(a.device_map, Placement.parse_max_memory(a.max_memory) if a.max_memory else None,
+                     a.offload_folder)
+
+
+def _load(a: argparse.Namespace) -> LoadedModel:
+    from .loading import load_model
+
+    return load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
+
+
+def _prune_config(a: argparse.Namespace, **fixed: Any) -> PruneConfig:
+    """The PruneConfig the options say, with `fixed` fields (e.g. method) set by the command."""
+    return PruneConfig(**read_settings(a, PruneConfig, skip=tuple(fixed)), **fixed)
+
+
+def _calib_config(a: argparse.Namespace) -> CalibConfig:
+    return CalibConfig(**read_settings(a, CalibConfig))
+
+
+def _follows(a: argparse.Namespace) -> bool:
+    """True when --calib-seq-len was not given: calibration windows as long as the scored ones."""
+    return "calib_seq_len" not in given(a)
+
+
+def _writable(*paths: Optional[str]) -> None:
+    for path in paths:
+        if path and not Path(path).expanduser().resolve().parent.is_dir():
+            raise PPCoreError(f"cannot write {path}: its folder does not exist")
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from . import experiment
+
+    calib_file = a.calib_windows_file
+    if isinstance(a.calib_windows, CalibWindowsFile):  # the old spelling of --calib-windows-file
+        if calib_file:
+            raise PPCoreError("give the calibration windows file once (--calib-windows-file)")
+        calib_file, a.calib_windows = str(a.calib_windows), CalibConfig().windows
+    cfg = _prune_config(a)
+    calib = _calib_config(a)
+    _writable(a.json, a.record)
+    setup = experiment.prepare(
+        model=a.model, device=a.device, dtype=a.dtype, dataset=a.dataset, seq_len=a.seq_len,
+        batch_size=a.batch_size, batches=a.batches, seed=a.seed, windows_file=a.windows,
+        calib_windows_file=calib_file, cache_dir=a.cache_dir, progress=not a.quiet, placement=_placement(a),
+        calib=calib, calib_len_follows=_follows(a), front_end="eval",
+    )
+    res = setup.run(cfg, level=a.record_level if a.record else "none")
+    print(res.line())
+    if a.json:
+        Path(a.json).write_text(json.dumps(res.summary(), indent=1))
+    if a.record:
+        RunRecord(res.protocol, res.records).save(a.record)
+    return 0
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PPCoreError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _numbers(text: str, name: str, kind: type) -> list[Any]:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PPCoreError(f"--{name} expects comma-separated {kind.__name__}s, got {text!r}") from None
+
+
+def _official_dir(text: str) -> Optional[str]:
+    if text == "auto":
+        return str(OFFICIAL_GUESS) if (OFFICIAL_GUESS / "results.json").is_file() else None
+    if text == "none":
+        return None
+    if not (Path(text) / "results.json").is_file():
+        raise PPCoreError(f"--official {text}: no results.json there")
+    return text
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import configs, run_bench
+    from .bench_report import chart_html, markdown, official_markdown
+
+    base = _prune_config(a, method="pp", ratio=PruneConfig().ratio)
+    cfgs = configs(_methods(a.methods), _numbers(a.ratios, "ratios", float), base)  # validates before loading
+    seeds = [] if a.seeds.strip().lower() in ("none", "") else _numbers(a.seeds, "seeds", int)
+    calib = _calib_config(a)
+    official = _official_dir(a.official)
+    if not seeds and not official:
+        raise PPCoreError("nothing to run: --seeds none needs the official windows (--official DIR)")
+    official_out = a.official_out or (str(Path(a.out_dir) / "official.json") if not seeds else None)
+    _writable(official_out)
+    res = run_bench(cfgs, seeds, calib=calib, repeats=a.repeats, official_dir=official, progress=not a.quiet,
+                    calib_len_follows=_follows(a), model=a.model, device=a.device, dtype=a.dtype,
+                    seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, cache_dir=a.cache_dir,
+                    placement=_placement(a))
+    parts = []
+    if res["seeded"]:
+        parts.append(markdown(res["seeded"]))
+    if res["official"]:
+        parts.append(f"Official windows (`{official}`):\n\n" + official_markdown(res["official"]))
+    text = "\n\n".join(parts)
+    if res["seeded"]:
+        out = Path(a.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(res, indent=1))
+        (out / "bench.md").write_text(text + "\n")
+        (out / "bench.html").write_text(chart_html(res["seeded"], "Perplexity vs runtime"))
+    if official_out and res["official"]:
+        Path(official_out).write_text(json.dumps(res["official"], indent=1))
+        Path(official_out).with_suffix(".md").write_text(official_markdown(res["official"]) + "\n")
+    print(text)
+    return 0
+
+
+def _calibrate(a: argparse.Namespace, lm: LoadedModel, calib: CalibConfig, windows: Any, source: dict[str, Any],
+               seed: int) -> tuple[Any, dict[str, Any]]:
+    """Calibration statistics of `windows` in batches of `calib.batch_size`, and their protocol section."""
+    from .calibrate import calibrate
+    from .protocol import describe_calibration
+
+    stats = calibrate(lm, windows, calib.batch_size, cache_dir=a.cache_dir, progress=not a.quiet)
+    return stats, describe_calibration(source, windows, calib.batch_size, seed)
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from .experiment import calibration_windows
+    from .generate import generate
+    from .methods import Pruner
+    from .protocol import build_protocol
+
+    cfg = _prune_config(a)
+    calib = _calib_config(a)
+    if a.max_new_tokens < 1:
+        raise PPCoreError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
+    _writable(a.json)
+    lm = _load(a)
+    tok = lm.tokenizer
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in a.prompt]
+    if any(not p for p in prompts):
+        raise PPCoreError("every --prompt needs some text")
+    stats = calib_info = None
+    if cfg.needs_calibration:
+        windows, source = calibration_windows(lm, calib.dataset, calib.windows, calib.seq_len, a.seed, a.cache_dir)
+        stats, calib_info = _calibrate(a, lm, calib, windows, source, a.seed)
+    runs = [PruneConfig(method="dense")] + ([cfg] if cfg.method != "dense" else [])
+    report = []
+    for c in runs:
+        gen = generate(lm.adapter, Pruner(lm.adapter, c, stats), prompts,
+                       a.max_new_tokens, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
+        texts = [tok.decode(t, skip_special_tokens=True) for t in gen.tokens]
+        label = c.method if c.method == "dense" else f"{c.method} {c.ratio:g}"
+        print(f"== {label}: prefill {gen.prefill_tokens_per_s:.1f} tok/s, decode {gen.decode_tokens_per_s:.1f} tok/s")
+        for prompt, text in zip(a.prompt, texts):
+            print(f"{prompt}|{text}")
+        report.append({"method": c.method, "ratio": c.ratio, "texts": texts, "tokens": gen.tokens,
+                       "prefill_tokens_per_s": gen.prefill_tokens_per_s,
+                       "decode_tokens_per_s": gen.decode_tokens_per_s, "prefill_s": gen.prefill_s,
+                       "decode_s": gen.decode_s})
+    if a.json:
+        protocol = build_protocol("generate", lm, {"prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts]},
+                                  config=cfg.to_dict(), calibration=calib_info, seed=a.seed, scores_perplexity=False,
+                                  settings={"max_new_tokens": a.max_new_tokens})
+        Path(a.json).write_text(json.dumps({"prompts": a.prompt, "calibration": calib_info, "runs": report,
+                                            "protocol": protocol.to_dict()}, indent=1))
+    return 0
+
+
+def _cmd_speed(a: argparse.Namespace) -> int:
+    from .bench import configs
+    from .protocol import build_protocol, describe_windows
+    from .speed import generation_markdown, measure, measure_generation, speed_windows, summary_markdown
+
+    cfgs = configs(_methods(a.methods), [a.ratio], _prune_config(a, method="pp"))
+    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2:
+        raise PPCoreError("--repeats and --batch-size must be >= 1 and --seq-len >= 2")
+    calib = _calib_config(a)
+    if _follows(a):
+        calib = replace(calib, seq_len=a.seq_len)
+    _writable(a.json)
+    lm = _load(a)
+    batch, source, cwin, calib_source = speed_windows(lm, a.batch_size, a.seq_len, calib, a.cache_dir)
+    stats, calib_info = _calibrate(a, lm, calib, cwin, calib_source, 0)
+    res = measure(lm, cfgs, batch, stats, repeats=a.repeats, hf=not a.no_hf)
+    res["model"] = lm.name
+    res["calibration"] = calib_info
+    res["protocol"] = build_protocol(
+        "speed", lm, describe_windows(source, batch, a.batch_size), calibration=calib_info, seed=0,
+        scores_perplexity=False, settings={"repeats": a.repeats, "hf": not a.no_hf, "generate": a.generate},
+        configs=[c.to_dict() for c in cfgs]).to_dict()
+    print(summary_markdown(res))
+    if a.generate > 0:
+        res["generation"] = measure_generation(lm, cfgs, batch[:, :min(64, a.seq_len)], stats, a.generate,
+                                               repeats=min(a.repeats, 3))
+        print("\n" + generation_markdown(res["generation"]))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    print(json.dumps(_load(a).info(), indent=1))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "speed": _cmd_speed, "info": _cmd_info,
+}

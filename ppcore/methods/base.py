@@ -1,0 +1,100 @@
+"""What a method is: the `Method` base class and the `Decision` it returns for one block.
+
+How to add a method
+-------------------
+1. One file in ``ppcore/methods/`` holding a subclass of `Method`: override `decide` (and, where the method
+   needs them, `prepare`, `observe`, `needs_calibration`, `static`).
+2. One line in ``ppcore/methods/registry.py``: ``"my-method": MyMethod,``. The name then exists for
+   `PruneConfig`, the CLI and the app.
+The `Pruner` builds one instance per run, and asks it only about the blocks the config prunes (the
+skipped layers and switched-off blocks keep everything without asking); `self.run` is that Pruner: the
+adapter, the config, the model's dims, the calibration statistics, r_eff and the cached full slices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+from torch import Tensor
+
+from ..adapters import LayerWeights
+from ..blocks import Block
+from ..slices import Slice
+from ..stats import History
+from ..walk_context import WalkCtx
+
+if TYPE_CHECKING:
+    from ..config import PruneConfig
+    from .pruner import Pruner
+
+
+@dataclass(frozen=True)
+class Energies:
+    """PP's per-channel activation energies of one block, each (C,) fp32, summed over the probe's positions
+    (docs/algorithm.md §3.3): the probe's own, the history's at the same positions (None without a
+    history), and the fused energy the PPsp score uses."""
+
+    probe: Tensor
+    history: Optional[Tensor]
+    fused: Tensor
+
+
+@dataclass(kw_only=True)
+class Decision:
+    """What one block keeps for one batch, and why (docs/algorithm.md §4.2, §5).
+
+    Units are query heads (attention) or intermediate channels (MLP); index tensors are long, ascending,
+    on the model's device; `scores` (U,) fp32 per unit.
+    """
+
+    slice: Optional[Slice]  # the weights to run; None only in a generation capture of an offloaded layer
+    kept: Optional[Tensor] = None  # kept units; None = all of them
+    bias: Optional[Tensor] = None  # FLAP's compensation (D,), added to the block output (docs/algorithm.md §8.1c)
+    pruned: bool = False  # whether the method decided (False: skipped layer, switched-off block, dense)
+    probe_tokens: Optional[Tensor] = None  # probe's token positions (docs/algorithm.md §2.3)
+    probe_samples: Optional[Tensor] = None  # probe's samples (docs/algorithm.md §2.3)
+    scores: Optional[Tensor] = None
+    energies: Optional[Energies] = None
+    probe_flops: int = 0
+
+
+class Method:
+    """One pruning method, per run: decides each pruned block's keep-set from the block's input.
+
+    Class attributes: `static` (decides once from calibration and reuses its slices) and `calib_hint`
+    (appended to the error when calibration statistics are missing). Raises nothing of its own unless
+    a subclass says so.
+    """
+
+    static: ClassVar[bool] = False
+    calib_hint: ClassVar[str] = ""
+
+    def __init__(self, run: "Pruner") -> None:
+        self.run = run
+        self.history: Optional[History] = None  # PP's per-run state (docs/algorithm.md §3.1); None elsewhere
+
+    @classmethod
+    def needs_calibration(cls, cfg: "PruneConfig") -> bool:
+        """Whether a pruning run of this method with `cfg` reads calibration statistics (docs/algorithm.md §7)."""
+        return False
+
+    def prepare(self) -> None:
+        """Work that reads every layer, once, before a walk's first layer (FLAP's global allocation)."""
+
+    def decide(self, ctx: WalkCtx, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
+        """The keep-set of one pruned block: `resid` (B, L, D) the residual entering it, `x` (B, L, D) its
+        normed input, both in the walk's layout (`ctx`)."""
+        raise NotImplementedError
+
+    def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:
+        """After the block's full inference: `z` (B, L, C_kept) is its final projection's input
+        (PP's history update, docs/algorithm.md §3.4)."""
+
+    def decision(self, layer: int, block: Block, w: LayerWeights, kept: Tensor, *, bias: Optional[Tensor] = None,
+                 **fields) -> Decision:
+        """The decision that keeps units `kept` (n,) of this block: a slice of them, or the full weights (and no
+        bias) when every unit is kept. `fields` are the other `Decision` fields (scores, probe picks, ...)."""
+        run = self.run
+        if kept.numel() == block.units(run.dims):
+            return Decision(slice=run.full_slice(layer, block, w), pruned=True, **fields)
+        return Decision(slice=block.slice(w, run.dims, kept), kept=kept, bias=bias, pruned=True, **fields)

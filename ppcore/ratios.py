@@ -1,0 +1,38 @@
+"""How many heads and MLP channels a pruned layer keeps (docs/algorithm.md §4.2, §6).
+
+Pure integer arithmetic with no imports, so that `config` and the methods can both use it without
+importing each other. `ppcore.config` re-exports every name here.
+"""
+from __future__ import annotations
+
+
+def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:
+    """Per-layer ratio r_eff, so that the average over all `num_layers` equals `ratio` (docs/algorithm.md §6).
+
+    `round(num_layers / (num_layers - num_skipped) * ratio, 2)`; `ratio` itself when nothing is skipped.
+    Raises ZeroDivisionError when every layer is skipped (PruneConfig.check_layers refuses that first).
+    """
+    if num_skipped == 0:
+        return ratio
+    return round(num_layers / (num_layers - num_skipped) * ratio, 2)
+
+
+def heads_pruned(r_eff: float, num_heads: int) -> int:
+    """Heads removed from a pruned layer: `int(r_eff * num_heads)` (the official code's flooring), at most
+    `num_heads` (docs/algorithm.md §4.2)."""
+    return min(int(r_eff * num_heads), num_heads)
+
+
+def mlp_kept(num_pruned: int, channels: int, multiple: int) -> int:
+    """MLP channels kept when `num_pruned` of `channels` are removed, the kept count rounded UP to a multiple
+    of `multiple` and capped at `channels` (docs/algorithm.md §4.2). `multiple` 1 means no rounding."""
+    kept = channels - min(num_pruned, channels)
+    if multiple > 1:
+        kept = -(-kept // multiple) * multiple
+    return min(kept, channels)
+
+
+def mlp_kept_for_ratio(r_eff: float, channels: int, multiple: int) -> int:
+    """MLP channels kept at per-layer ratio `r_eff`: `mlp_kept(int(r_eff * channels), channels, multiple)`
+    (docs/algorithm.md §4.2)."""
+    return mlp_kept(int(r_eff * channels), channels, multiple)

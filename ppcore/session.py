@@ -1,0 +1,359 @@
+"""The facade: a drawing front end's (the Streamlit app's) one door into the engine.
+
+Every number a view shows comes from here, as dataclasses of run records, CPU tensors of per-token
+numbers and tables. Nothing returned holds the model or a (B, L, D) hidden state, so a result can live
+in a session and be redrawn without the model. The caller holds the model (`open_model`) and the
+calibration (`calibration`), cached as it likes, and passes them to each computation:
+
+- `analyse`: the chosen method and dense on one batch (records, per-token losses, KL, top-1, top-k);
+- `baselines`: the oracle (fullbatch) and the static baselines at the same ratio;
+- `comparison`: every method at one or more ratios (perplexity, time, FLOPs ratios, PRR; ppcore.session_timing);
+- `stability`: consecutive batches through one Pruner (PP's history evolves, docs/algorithm.md §3.4);
+- `generation`: dense and pruned greedy continuations of a prompt;
+- `latency`: dense against the chosen method, per block (docs/algorithm.md §9.4; ppcore.session_timing).
+
+A `Progress` callback takes (fraction done in [0, 1], text) and runs after every layer; one that raises
+stops the computation there, and the exception passes through. The engine never writes the model's
+weights, so a stopped or failed computation leaves the shared model as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+from torch import Tensor
+
+from . import clock
+from .analysis import (keep_jaccard, kept_fractions, kept_matrix, masked_mean, next_tokens, perplexity,
+                       probe_token_matrix)
+from .analysis import stability as keep_set_stability
+from .calibrate import calibrate
+from .config import METHODS, CalibConfig, PruneConfig, describe_calibration_batches
+from .data import corpus_text, sample_windows, tokenize_text
+from .errors import DataError
+from .experiment import calibration_windows
+from .flops import flops_ratios
+from .generate import generate
+from .loading import LoadedModel, Placement, load_model
+from .methods import Pruner
+from .protocol import Protocol, build_protocol, describe_calibration
+from .record import BLOCK_NAMES, BatchRecord, RunRecord
+from .stats import CalibStats
+from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
+from .walk import WalkResult, token_nll, walk
+
+__all__ = [
+    "BASELINES", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration", "CompareRow",
+    "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse", "baselines",
+    "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
+    "layer_table", "open_model", "probe_token_matrix", "stability",
+]
+
+BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
+DEVICES = ("auto", "cpu", "cuda", "map")  # map: accelerate spreads the model over GPUs, CPU and disk
+TOP_K = 20  # next-token candidates kept per position: a view may show up to this many
+FRONT_END = "app"
+Progress = Callable[[float, str], None]
+
+
+def _quiet(fraction: float, text: str) -> None:
+    """The default progress callback: says nothing."""
+
+
+# --- inputs: model, calibration, batch -------------------------------------------------------------------
+
+def open_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """`ppcore.load_model`, with device "map" meaning accelerate's device_map="auto" (a model too big for
+    one device, spread over the GPUs, the CPU and disk). Raises ModelLoadError, UnsupportedModelError."""
+    if device == "map":
+        return load_model(spec, dtype=dtype, placement=Placement("auto"))
+    return load_model(spec, device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration statistics (docs/algorithm.md §7) with what produced them: the config, the seed that
+    drew the windows from the dataset's calibration split, and the protocol's calibration section."""
+
+    stats: CalibStats
+    config: CalibConfig
+    seed: int
+    protocol: dict[str, Any]
+
+
+def calibration_text(config: CalibConfig) -> str:
+    """'16 windows of 128 tokens from wiki-vital, in 1 batch of 16 (batch size 20)': for pages."""
+    return (f"{config.windows} windows of {config.seq_len} tokens from {config.dataset}, in "
+            f"{describe_calibration_batches(config.windows, config.batch_size)}")
+
+
+def calibration(lm: LoadedModel, config: CalibConfig, seed: int, cache: bool = True) -> Calibration:
+    """Calibrate `lm` on `config.windows` seeded windows of `config.seq_len` tokens from `config.dataset`'s
+    calibration split, in batches of `config.batch_size` (FLAP's official compensation divides by it,
+    docs/algorithm.md §8.1). With `cache`, the engine also keeps the statistics on disk.
+    Raises DataError for an unknown dataset or one too short for the windows."""
+    windows, source = calibration_windows(lm, config.dataset, config.windows, config.seq_len, seed)
+    stats = calibrate(lm, windows, batch_size=config.batch_size, progress=False, cache=cache)
+    return Calibration(stats, config, seed, describe_calibration(source, windows, config.batch_size, seed))
+
+
+def _eval_tokens(tokenizer: Any, corpus: str) -> Tensor:
+    return tokenize_text(tokenizer, corpus_text(corpus, "eval"))
+
+
+def corpus_windows(tokenizer: Any, corpus: str, count: int, seq_len: int, seed: int) -> Tensor:
+    """`count` seeded windows of `seq_len` tokens from the eval split of `corpus` (wiki-vital, wikitext2 or
+    a .txt path): (count, seq_len) long. Raises DataError for an unknown or too short corpus."""
+    return sample_windows(_eval_tokens(tokenizer, corpus), count, seq_len, seed)
+
+
+@dataclass
+class Batch:
+    """One batch as a front end built it. ids: (B, L) long token ids, right-padded; mask: (B, L) 0/1, None
+    when nothing is padded; description: where the samples came from (protocol, captions); tokens: per
+    sample, the text of each position ('' for pads)."""
+
+    ids: Tensor
+    mask: Optional[Tensor]
+    description: str
+    tokens: list[list[str]]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Real tokens per sample."""
+        return [int(r.sum()) for r in self.mask] if self.mask is not None else [self.ids.shape[1]] * self.ids.shape[0]
+
+
+def _stats(calib: Optional[Calibration]) -> Optional[CalibStats]:
+    return None if calib is None else calib.stats
+
+
+def _ticks(progress: Progress, lo: float, hi: float, label: str) -> Callable[[int, int], None]:
+    """The walk's on_layer: progress from `lo` to `hi` over the layers."""
+    def tick(done: int, total: int) -> None:
+        progress(lo + (hi - lo) * done / total, f"{label}: {done} of {total} layers")
+    return tick
+
+
+def _walk(lm: LoadedModel, cfg: PruneConfig, calib: Optional[Calibration], ids: Tensor, mask: Optional[Tensor],
+          level: str, tick: Optional[Callable[[int, int], None]] = None) -> WalkResult:
+    """One batch through a fresh Pruner."""
+    pruner = Pruner(lm.adapter, cfg, _stats(calib))
+    return walk(lm.adapter, pruner, ids, mask, level=level, on_layer=tick)
+
+
+# --- the analysis of one batch ---------------------------------------------------------------------------
+
+@dataclass
+class TopK:
+    """The TOP_K most likely next tokens at every position of one run, most likely first: ids (B, L, k)
+    int32 and probs (B, L, k) fp32, with texts: token id -> its decoded text, for every id in `ids`."""
+
+    ids: Tensor
+    probs: Tensor
+    texts: dict[int, str]
+
+    def at(self, sample: int, position: int, k: int) -> list[tuple[str, float]]:
+        """(text, probability) of the k most likely tokens after `position` of `sample`. Raises IndexError
+        outside the batch, ValueError for k outside 1..TOP_K."""
+        B, L, kept = self.ids.shape
+        if not (0 <= sample < B and 0 <= position < L):
+            raise IndexError(f"(sample {sample}, position {position}) outside the batch ({B} x {L})")
+        if not 1 <= k <= kept:
+            raise ValueError(f"k must lie in 1..{kept}, got {k}")
+        ids, probs = self.ids[sample, position, :k].tolist(), self.probs[sample, position, :k].tolist()
+        return [(self.texts[i], p) for i, p in zip(ids, probs)]
+
+
+@dataclass
+class Analysis:
+    """The chosen method and dense on one batch, with what the views draw from them.
+
+    cfg: the run's PruneConfig; ratio: the ratio asked for (cfg.ratio is 0 for dense), used by the
+    baselines and the comparison. info: `LoadedModel.info()`. main: the chosen method's record at level
+    "full" (importance grids, energies); dense: dense's record (the same object when the method is dense).
+    nll_dense, nll_pruned, nll_mask: (B, L-1) fp32 per-token losses in nats and their 0/1 mask. kl, top1:
+    (B, L) fp32 KL(dense || pruned) in nats and top-1 agreement. top_dense, top_pruned: next-token top-k.
+    prompt: the batch's first sample's first 24 tokens, as text (a default generation prompt).
+    seconds: wall seconds of each walk, by method. All tensors are on the CPU.
+    """
+
+    cfg: PruneConfig
+    ratio: float
+    info: dict[str, Any]
+    batch: Batch
+    main: BatchRecord
+    dense: BatchRecord
+    nll_dense: Tensor
+    nll_pruned: Tensor
+    nll_mask: Tensor
+    kl: Tensor
+    top1: Tensor
+    top_dense: TopK
+    top_pruned: TopK
+    prompt: str
+    protocol: Protocol
+    seconds: dict[str, float]
+
+    @property
+    def valid(self) -> Optional[Tensor]:
+        """(B, L) fp32 0/1 of real positions, None when nothing is padded."""
+        return None if self.batch.mask is None else self.batch.mask.float()
+
+    def summary(self) -> dict[str, Optional[float]]:
+        """The header's numbers: perplexities, KL (nats), top-1 agreement (fraction), and the four FLOPs
+        figures of `ppcore.flops.flops_ratios` (whole model and decoder layers only)."""
+        m = self.nll_mask
+        return {
+            "ppl_dense": perplexity(self.nll_dense, m), "ppl_pruned": perplexity(self.nll_pruned, m),
+            "kl": masked_mean(self.kl, self.valid), "top1": masked_mean(self.top1, self.valid),
+            **flops_ratios(self.main.flops),
+        }
+
+    def run_record(self, others: Mapping[str, BatchRecord] | None = None) -> RunRecord:
+        """The run record: the chosen method's batch, then dense (unless it is the method), then `others`
+        (the baselines), with this analysis's protocol."""
+        batches = [self.main] + ([] if self.cfg.method == "dense" else [self.dense]) + list((others or {}).values())
+        return RunRecord(self.protocol.to_dict(), batches)
+
+
+def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, batch: Batch, *,
+            ratio: Optional[float] = None, seed: Optional[int] = None, settings: Optional[dict[str, Any]] = None,
+            progress: Progress = _quiet) -> Analysis:
+    """Walk `batch` with `cfg` (level "full") and with dense, and compare their outputs: per-token losses,
+    KL, top-1 agreement and each run's next-token top-k (docs/algorithm.md §9.3). `ratio`: the ratio
+    asked for (default cfg.ratio); `seed` and `settings` go into the protocol (front_end "app").
+
+    Raises ConfigError for a config the model cannot take (e.g. a skipped layer past its last),
+    DataError for a bad batch, NonFiniteError when activations overflow.
+    """
+    seconds: dict[str, float] = {}
+    ids, mask = batch.ids, batch.mask
+
+    def run(c: PruneConfig, level: str, lo: float, hi: float, label: str) -> WalkResult:
+        res, seconds[c.method] = clock.timed(lambda: _walk(lm, c, calib, ids, mask, level,
+                                                            _ticks(progress, lo, hi, label)), lm.device)
+        return res
+
+    label = f"{cfg.method} at ratio {cfg.ratio:.2f}"
+    progress(0.1, label)
+    main = run(cfg, "full", 0.1, 0.45, label)
+    progress(0.45, "dense reference")
+    dense = main if cfg.method == "dense" else run(PruneConfig(method="dense"), "summary", 0.45, 0.85,
+                                                   "dense reference")
+    progress(0.85, "losses, KL and top-1 agreement")
+    ad, tok = lm.adapter, lm.tokenizer
+    nll_d, m = token_nll(ad, dense.hidden, ids, dense.valid)
+    nll_p, _ = token_nll(ad, main.hidden, ids, main.valid)
+    nt = next_tokens(ad, dense.hidden, main.hidden, TOP_K)
+    texts = {i: tok.decode([i]) for i in set(nt.ref_ids.flatten().tolist()) | set(nt.ids.flatten().tolist())}
+    # One batch, no warm-up: the perplexity is that batch's, so the protocol states no warm-up.
+    protocol = build_protocol(FRONT_END, lm, {"source": batch.description, "shape": list(ids.shape)},
+                              config=cfg.to_dict(), calibration=None if calib is None else calib.protocol,
+                              seed=seed, settings=settings).replace(warmup=None)
+    assert main.record is not None and dense.record is not None  # levels "full" and "summary" record
+    return Analysis(cfg, cfg.ratio if ratio is None else ratio, lm.info(), batch, main.record, dense.record,
+                    nll_d.cpu(), nll_p.cpu(), m.cpu(), nt.kl, nt.top1, TopK(nt.ref_ids, nt.ref_probs, texts),
+                    TopK(nt.ids, nt.probs, texts), tok.decode(ids[0, : min(batch.lengths[0], 24)].tolist()),
+                    protocol, seconds)
+
+
+def layer_table(main: BatchRecord, others: Mapping[str, BatchRecord]) -> list[dict[str, Any]]:
+    """Per block and layer: the kept fraction of `main`, and the Jaccard of its keep-set with each of
+    `others` (None where neither pruned that block): rows of layer, block, kept_fraction, jaccard_<method>."""
+    rows = []
+    for block in BLOCK_NAMES:
+        jac = {m: keep_jaccard(main, rec, block) for m, rec in others.items()}
+        for i, f in enumerate(kept_fractions(main, block)):
+            rows.append({"layer": i, "block": block, "kept_fraction": f,
+                         **{f"jaccard_{m}": j[i] for m, j in jac.items()}})
+    return rows
+
+
+# --- on request: baselines, stability, generation ------------------------------------------------------------
+
+def baselines(lm: LoadedModel, calib: Optional[Calibration], a: Analysis,
+              progress: Progress = _quiet) -> dict[str, BatchRecord]:
+    """The oracle (fullbatch) and the static baselines (docs/algorithm.md §8) at the analysis's ratio, on
+    its batch, level "summary": {method: record}, the analysed method left out. Raises as `analyse`."""
+    out: dict[str, BatchRecord] = {}
+    todo = [m for m in BASELINES if m != a.cfg.method]
+    for i, m in enumerate(todo):
+        label, lo, hi = f"baseline {m} at ratio {a.ratio:.2f}", i / len(todo), (i + 1) / len(todo)
+        progress(lo, label)
+        res = _walk(lm, replace(a.cfg, method=m, ratio=a.ratio), calib, a.batch.ids, a.batch.mask, "summary",
+                    _ticks(progress, lo, hi, label))
+        assert res.record is not None
+        out[m] = res.record
+    progress(1.0, "done")
+    return out
+
+
+@dataclass
+class Stability:
+    """Keep-set Jaccard between consecutive batches through one Pruner: attn and mlp are (batches - 1,
+    layers) arrays, NaN where the block was not pruned; batches: how many batches ran."""
+
+    attn: np.ndarray
+    mlp: np.ndarray
+    batches: int
+
+    def mean(self, block: str) -> float:
+        """Mean Jaccard over pruned layers and batch pairs (NaN when nothing was pruned)."""
+        mat = getattr(self, block)
+        return float(np.nanmean(mat)) if np.isfinite(mat).any() else float("nan")
+
+
+def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus: str, seed: int,
+              extra_batches: int, progress: Progress = _quiet) -> Stability:
+    """The analysis's batch, then `extra_batches` windows of the same shape from `corpus`'s eval split
+    (seeds seed+1, seed+2, ...), all through ONE Pruner, so that PP's history evolves from batch to batch.
+    Raises DataError for an unknown or too short corpus."""
+    pruner = Pruner(lm.adapter, a.cfg, _stats(calib))
+    B, L = a.batch.ids.shape
+    tokens = _eval_tokens(lm.tokenizer, corpus)
+    recs = [walk(lm.adapter, pruner, a.batch.ids, a.batch.mask, level="summary").record]
+    for k in range(extra_batches):
+        progress((k + 1) / (extra_batches + 1), f"batch {k + 2} of {extra_batches + 1}")
+        recs.append(walk(lm.adapter, pruner, sample_windows(tokens, B, L, seed + 1 + k), level="summary").record)
+    return Stability(**{b: keep_set_stability(recs, b) for b in BLOCK_NAMES}, batches=len(recs))
+
+
+@dataclass
+class Continuation:
+    """One greedy continuation: its text, its token count, prefill and decode wall seconds."""
+
+    text: str
+    tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+@dataclass
+class GenerationPair:
+    """The prompt, and its greedy continuations by dense and by the pruned model."""
+
+    prompt: str
+    dense: Continuation
+    pruned: Continuation
+
+
+def generation(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, prompt: str, max_new_tokens: int,
+               max_prompt_tokens: Optional[int] = None) -> GenerationPair:
+    """Greedy continuations of `prompt` by dense and by `cfg`, pruning decided on the prompt (the prefill)
+    and reused for every new token. Raises DataError for an empty prompt, one over `max_prompt_tokens`,
+    or one that with `max_new_tokens` exceeds the model's context."""
+    tok = lm.tokenizer
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise DataError("the prompt is empty: type a few words to continue")
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise DataError(f"the prompt has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten it")
+    out = []
+    for c in (PruneConfig(method="dense"), cfg):
+        g = generate(lm.adapter, Pruner(lm.adapter, c, _stats(calib)), [ids], max_new_tokens,
+                     pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
+        out.append(Continuation(tok.decode(g.tokens[0], skip_special_tokens=True), len(g.tokens[0]), g.prefill_s,
+                                g.decode_s))
+    return GenerationPair(prompt, *out)
