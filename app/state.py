@@ -27,7 +27,6 @@ DEMO = os.environ.get("PP_DEMO", "") == "1"
 DEMO_BATCH, DEMO_SEQ, DEMO_CALIB, DEMO_NEW_TOKENS = 8, 128, INTERACTIVE_CALIB.windows, 32
 SOURCES = ("examples", "paste", "upload", "corpus")
 SPLITS = ("line", "paragraph")
-DEVICE_CHOICES = DEVICES
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEMO_CORPORA = ("wiki-vital",)  # embedded: no hub download, no file path
 MAX_SKIP_INDEX = MAX_LAYER_INDEX  # skipped-layer indices: the engine's bound (ppcore.config.parse_layer_list)
@@ -91,7 +90,7 @@ class PageSettings:
     model: str = setting("default", "'default' (embedded SmolLM2-135M-Instruct), a hub id, a local checkpoint "
                          "folder or a .gguf path")
     device: str = setting("auto", "map: a model too big for one device, spread by accelerate over the GPUs, the "
-                          "CPU and disk (offloaded layers are loaded one at a time)", choices=DEVICE_CHOICES)
+                          "CPU and disk (offloaded layers are loaded one at a time)", choices=DEVICES)
     dtype: str = setting("auto", "the weights' dtype; auto: the checkpoint's, float32 on a CPU", choices=DTYPE_CHOICES)
     source: str = setting("examples", "where the batch's samples come from", choices=SOURCES)
     text: str = setting("", "the pasted text")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .record import BLOCK_NAMES as BLOCKS, BatchRecord
+from .record import BLOCK_NAMES, BatchRecord
 
 if TYPE_CHECKING:  # annotations only: analysis reads the LM head, nothing else of an adapter
     from .adapters import Adapter
@@ -166,5 +166,5 @@ def prr(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float) -> O
 
 
 def _check_block(block: str) -> None:
-    if block not in BLOCKS:
+    if block not in BLOCK_NAMES:
         raise ValueError(f"block must be 'attn' or 'mlp', got {block!r}")

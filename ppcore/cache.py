@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .versions import package_version, source_hash
 
 if TYPE_CHECKING:
@@ -42,10 +43,15 @@ WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt")  # the files of a che
 def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
     """Where ppcore keeps converted models, hashes, tokens and calibration statistics (created if missing).
 
-    `cache_dir`, else $PPCORE_CACHE, else ~/.cache/ppcore.
+    `cache_dir`, else $PPCORE_CACHE, else ~/.cache/ppcore. Raises ConfigError when it cannot be created
+    (a file in the way, no permission).
     """
     root = Path(cache_dir or os.environ.get("PPCORE_CACHE") or Path.home() / ".cache" / "ppcore")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot use {root} as the cache folder ({e.strerror or e}): give a writable folder "
+                          "with --cache-dir or PPCORE_CACHE") from None
     return root
 
 

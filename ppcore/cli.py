@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="wiki-vital", help="wiki-vital, wikitext2 or a path to a .txt file")
     _add_batch_args(e)
     e.add_argument("--seed", type=int, default=0, help="draws the scored and the calibration windows")
-    e.add_argument("--windows", default=None, help=".npy token windows to score instead of sampling")
+    e.add_argument("--windows-file", "--windows", dest="windows", default=None, metavar="FILE",
+                   help=".npy token windows to score instead of sampling (--windows: the older spelling)")
     _add_calib_args(e, True, parse={"windows": count_or_file})
     e.add_argument("--calib-windows-file", default=None, help=".npy calibration windows instead of sampling")
     e.add_argument("--json", default=None, help="write the result object here")

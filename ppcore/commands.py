@@ -127,14 +127,24 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench_report import chart_html, markdown, official_markdown
 
     base = _prune_config(a, method="pp", ratio=PruneConfig().ratio)
-    cfgs = configs(_methods(a.methods), _numbers(a.ratios, "ratios", float), base)  # validates before loading
+    methods, ratios = _methods(a.methods), _numbers(a.ratios, "ratios", float)
+    if not ratios and any(m != "dense" for m in methods):
+        raise PPCoreError(f"--ratios {a.ratios!r} gives no ratio: give one or more, e.g. --ratios 0.2,0.4")
+    cfgs = configs(methods, ratios, base)  # validates before loading
     seeds = [] if a.seeds.strip().lower() in ("none", "") else _numbers(a.seeds, "seeds", int)
     calib = _calib_config(a)
     official = _official_dir(a.official)
     if not seeds and not official:
         raise PPCoreError("nothing to run: --seeds none needs the official windows (--official DIR)")
+    if a.repeats < 1:
+        raise PPCoreError(f"--repeats must be at least 1 (timed runs per batch), got {a.repeats}")
     official_out = a.official_out or (str(Path(a.out_dir) / "official.json") if not seeds else None)
     _writable(official_out)
+    if seeds:  # the results folder, before hours of work rather than after
+        try:
+            Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PPCoreError(f"--out-dir {a.out_dir}: cannot create it ({e.strerror or e})") from None
     res = run_bench(cfgs, seeds, calib=calib, repeats=a.repeats, official_dir=official, progress=not a.quiet,
                     calib_len_follows=_follows(a), model=a.model, device=a.device, dtype=a.dtype,
                     seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, cache_dir=a.cache_dir,
@@ -217,8 +227,8 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     from .speed import generation_markdown, measure, measure_generation, speed_windows, summary_markdown
 
     cfgs = configs(_methods(a.methods), [a.ratio], _prune_config(a, method="pp"))
-    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2:
-        raise PPCoreError("--repeats and --batch-size must be >= 1 and --seq-len >= 2")
+    if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2 or a.generate < 0:
+        raise PPCoreError("--repeats and --batch-size must be >= 1, --seq-len >= 2 and --generate >= 0")
     calib = _calib_config(a)
     if _follows(a):
         calib = replace(calib, seq_len=a.seq_len)

@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import ConfigError
 from .methods.registry import METHOD_CLASSES, method_class
-from .ratios import adjusted_ratio, heads_pruned, mlp_kept, mlp_kept_for_ratio  # noqa: F401 (re-exported)
+from .ratios import (adjusted_ratio, calibration_batches, heads_pruned, mlp_kept,  # noqa: F401 (re-exported)
+                     mlp_kept_for_ratio)
 
 # The method names come from the registry (ppcore/methods/registry.py), in its order.
 METHODS: tuple[str, ...] = tuple(METHOD_CLASSES)
@@ -43,9 +44,10 @@ _LAYER_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 class Setting:
     """One user-facing setting of a config dataclass, as `settings_of` derives it from a field.
 
-    `name` is the field's name (also the app's URL parameter), `flag` the CLI flag without dashes
-    (booleans that default to True are switched off by `--no-<flag>`), `parse` turns text from the CLI
-    or a URL into a value (raising ConfigError), `text` turns a value back into that text form.
+    `name` is the field's name (the app's URL parameter; `calib_<name>` for CalibConfig's), `flag` the
+    CLI flag without dashes (booleans that default to True are switched off by `--no-<flag>`), `parse`
+    turns text from the CLI or a URL into a value (raising ConfigError), `text` turns a value back into
+    that text form.
     """
 
     name: str
@@ -200,6 +202,7 @@ class PruneConfig:
 
     @property
     def prunes(self) -> bool:
+        """Whether this run removes anything: a method other than dense, at a ratio above 0."""
         return self.method != "dense" and self.ratio > 0
 
     @property
@@ -209,12 +212,14 @@ class PruneConfig:
         return self.prunes and method_class(self.method).needs_calibration(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what protocols record; skip_layers as a list)."""
         d = asdict(self)
         d["skip_layers"] = list(self.skip_layers)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruneConfig":
+        """The config `to_dict()` wrote (unknown keys ignored); raises ConfigError for an invalid value."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "skip_layers" in known:
             known["skip_layers"] = tuple(known["skip_layers"])
@@ -253,6 +258,7 @@ class CalibConfig:
         object.__setattr__(self, "batch_size", check_calib_batch_size(self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what protocols record)."""
         return asdict(self)
 
 
@@ -345,13 +351,6 @@ def check_calib_batch_size(value: Any) -> int:
     return int(value)
 
 
-def calibration_batches(windows: int, batch_size: int) -> tuple[int, int]:
-    """(number of calibration batches, size of the last one) for `windows` windows in batches of `batch_size`:
-    the last batch is smaller when the windows do not fill it, and FLAP's official compensation sees that."""
-    n = -(-windows // batch_size)
-    return n, windows - (n - 1) * batch_size
-
-
 def describe_calibration_batches(windows: int, batch_size: int) -> str:
     """'5 batches of 20', '1 batch of 16 (batch size 20)', '2 batches: 20 and 10' (for protocols and pages)."""
     n, last = calibration_batches(windows, batch_size)
@@ -362,7 +361,8 @@ def describe_calibration_batches(windows: int, batch_size: int) -> str:
     return f"{n} batches: {n - 1} of {batch_size} and 1 of {last}"
 
 
-# The app's interactive default: 16 windows of 128 tokens calibrate in seconds on two CPU cores, where
-# the official 100 x 512 take minutes; the app says which one a result used. Everything else is the
-# engine's default.
-INTERACTIVE_CALIB = CalibConfig(windows=16, seq_len=128)
+# The app's interactive default: 40 windows of 128 tokens calibrate in seconds on two CPU cores, where
+# the official 100 x 512 take minutes; the app says which one a result used. 40 makes two batches of the
+# official 20: FLAP's fluctuation statistic needs at least two (its update skips the first batch, as the
+# official code's does). Everything else is the engine's default.
+INTERACTIVE_CALIB = CalibConfig(windows=40, seq_len=128)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 from torch import Tensor
 
 from .data import windows_hash
+from .ratios import calibration_batches
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -30,9 +31,11 @@ class Protocol:
     """Everything needed to reproduce a result.
 
     model: name, fingerprint, family, model_type. config: `PruneConfig.to_dict()` of the run (None where
-    a record holds several configs, e.g. `bench`). data: what was scored (dataset or source, windows,
-    seq_len, batch_size, batches, windows_sha256_16). calibration: `CalibConfig.to_dict()` plus seed,
-    batches, last_batch_size and windows_sha256_16; None when no statistics were used. front_end: "eval",
+    one result covers several configs: `speed` lists them under `configs`). data: what was scored
+    (dataset or source, windows, seq_len, batch_size, batches, windows_sha256_16). calibration: the
+    calibration windows as `describe_calibration` gives them (their source, windows, seq_len,
+    batch_size, batches, last_batch_size, windows_sha256_16, seed); None when the run drew no
+    calibration windows. front_end: "eval",
     "bench", "speed", "generate" or "app"; settings: that front end's own settings, when it has any.
     warmup and ppl: the warm-up and perplexity definitions (docs/algorithm.md §9.3, §9.4) where the
     front end scores perplexity, else None.
@@ -129,10 +132,7 @@ def describe_calibration(source: dict[str, Any], windows: Tensor, batch_size: in
     §8.1c: FLAP's official compensation divides by the batch size); plus the seed that drew the
     windows, when given."""
     out = describe_windows(source, windows, batch_size)
-    # config.calibration_batches's arithmetic: config imports the methods, which import the records and
-    # so this module; importing config here would close that loop.
-    n = -(-out["windows"] // batch_size)
-    out["batches"], out["last_batch_size"] = n, out["windows"] - (n - 1) * batch_size
+    out["batches"], out["last_batch_size"] = calibration_batches(out["windows"], batch_size)
     if seed is not None:
         out["seed"] = seed
     return out

@@ -1,4 +1,5 @@
-"""How many heads and MLP channels a pruned layer keeps (docs/algorithm.md §4.2, §6).
+"""How many heads and MLP channels a pruned layer keeps (docs/algorithm.md §4.2, §6), and how many
+batches a calibration pass runs (§8.1c).
 
 Pure integer arithmetic with no imports, so that `config` and the methods can both use it without
 importing each other. `ppcore.config` re-exports every name here.
@@ -36,3 +37,10 @@ def mlp_kept_for_ratio(r_eff: float, channels: int, multiple: int) -> int:
     """MLP channels kept at per-layer ratio `r_eff`: `mlp_kept(int(r_eff * channels), channels, multiple)`
     (docs/algorithm.md §4.2)."""
     return mlp_kept(int(r_eff * channels), channels, multiple)
+
+
+def calibration_batches(windows: int, batch_size: int) -> tuple[int, int]:
+    """(number of calibration batches, size of the last one) for `windows` windows in batches of `batch_size`:
+    the last batch is smaller when the windows do not fill it, and FLAP's official compensation sees that."""
+    n = -(-windows // batch_size)
+    return n, windows - (n - 1) * batch_size

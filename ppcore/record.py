@@ -69,7 +69,7 @@ class LayerRecord:
 class BatchRecord:
     """One batch: what every layer decided, and the batch as the walk ran it.
 
-    `input_ids` and `attention_mask` are in the walk's layout (`ppcore.walk.canonical_layout`): each
+    `input_ids` and `attention_mask` are in the walk's layout (`ppcore.layout.canonical_layout`): each
     row's real tokens first, pad-only columns dropped, so `probe_tokens` and the columns of
     `importance` are token positions whatever side the caller padded.
     """

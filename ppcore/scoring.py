@@ -31,15 +31,15 @@ from .walk import token_nll, walk
 class ScoredRun:
     """One config's pruner and what its scored batches gave, batch by batch.
 
-    losses: each scored batch's mean token cross-entropy (nats); seconds: each batch's wall time (s,
+    batch_loss: each scored batch's mean token cross-entropy (nats); batch_seconds: each batch's wall time (s,
     the median over repeats); tokens: scored tokens; flops: counts summed by key over the scored
     batches (dense, pruned, probe, head); records: the warm-up and scored batch records (level != none).
     """
 
     cfg: PruneConfig
     pruner: Pruner
-    losses: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)
+    batch_seconds: list[float] = field(default_factory=list)
     tokens: int = 0
     flops: dict[str, int] = field(default_factory=dict)
     records: list[BatchRecord] = field(default_factory=list)
@@ -47,14 +47,14 @@ class ScoredRun:
     @property
     def ppl(self) -> float:
         """exp(mean of the batch mean losses): docs/algorithm.md §9.3 (a mean of batch means, not token-weighted)."""
-        return math.exp(sum(self.losses) / len(self.losses))
+        return math.exp(sum(self.batch_loss) / len(self.batch_loss))
 
     def figures(self) -> dict[str, Any]:
         """method, ratio, ppl, tokens, seconds (sum over batches), the four FLOPs ratios
         (`ppcore.flops.flops_ratios`), flops, batch_loss and batch_seconds: JSON-ready."""
         return {"method": self.cfg.method, "ratio": self.cfg.ratio, "ppl": self.ppl, "tokens": self.tokens,
-                "seconds": sum(self.seconds), **flops_ratios(self.flops), "flops": dict(self.flops),
-                "batch_loss": list(self.losses), "batch_seconds": list(self.seconds)}
+                "seconds": sum(self.batch_seconds), **flops_ratios(self.flops), "flops": dict(self.flops),
+                "batch_loss": list(self.batch_loss), "batch_seconds": list(self.batch_seconds)}
 
 
 def warm_up(lm: LoadedModel, run: ScoredRun, ids: Tensor, level: str = "none") -> None:
@@ -90,14 +90,14 @@ def score_batch(lm: LoadedModel, run: ScoredRun, ids: Tensor, index: int, *, lev
         times.append(t_end - t0)
         if not first:
             continue
-        run.losses.append(loss)
+        run.batch_loss.append(loss)
         run.tokens += int(mask.sum())
         add_flops(run.flops, res.flops)
         if res.record is not None:
             res.record.loss, res.record.tokens = loss, int(mask.sum())
             res.record.times.update(head_s=t_end - t_head, total_s=t_end - t0)
             run.records.append(res.record)
-    run.seconds.append(statistics.median(times))
+    run.batch_seconds.append(statistics.median(times))
 
 
 def score(lm: LoadedModel, runs: list[ScoredRun], windows: Tensor, batch_size: int, *, warmup: bool = True,

@@ -83,7 +83,7 @@ class Calibration:
 
 
 def calibration_text(config: CalibConfig) -> str:
-    """'16 windows of 128 tokens from wiki-vital, in 1 batch of 16 (batch size 20)': for pages."""
+    """'40 windows of 128 tokens from wiki-vital, in 2 batches of 20': for pages."""
     return (f"{config.windows} windows of {config.seq_len} tokens from {config.dataset}, in "
             f"{describe_calibration_batches(config.windows, config.batch_size)}")
 

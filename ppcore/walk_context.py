@@ -14,7 +14,7 @@ from .masks import attention_mask_4d
 @dataclass
 class WalkCtx:
     """One batch in the walk's layout: real tokens first in every row (right-padded), so that column t
-    is token position t of every sample (see `walk.canonical_layout`, docs/algorithm.md §2.3).
+    is token position t of every sample (see `layout.canonical_layout`, docs/algorithm.md §2.3).
 
     It is the walk's `ppcore.layer_step.AttnInputs`: rotary, the attention mask of each layer's window,
     and the move to the next layer's device on a dispatched model. Times are seconds on `ppcore.clock`.

@@ -263,7 +263,8 @@ def test_settings_derive_from_the_engine_configs():
     s, problems = from_query({"mlp_multiple": "1", "use_history": "0", "flap_bias": "mean",
                               "calib_dataset": "wikitext2", "calib_batch_size": "4"})
     assert problems == [] and prune_config(s) == PruneConfig(mlp_multiple=1, use_history=False, flap_bias="mean")
-    assert calib_config(s) == CalibConfig(dataset="wikitext2", windows=16, seq_len=128, batch_size=4)
+    assert calib_config(s) == CalibConfig(dataset="wikitext2", windows=INTERACTIVE_CALIB.windows,
+                                          seq_len=INTERACTIVE_CALIB.seq_len, batch_size=4)
     assert from_query(s.to_query())[0] == s
     assert s.to_query() == {"mlp_multiple": "1", "use_history": "0", "flap_bias": "mean",
                             "calib_dataset": "wikitext2", "calib_batch_size": "4"}

@@ -61,7 +61,8 @@ def tiny_files(tmp_path):
 
 def _eval(tmp: Path, out: str, *extra: str) -> dict:
     argv = ["eval", "--method", "flap", "--ratio", "0.4", "--skip-layers", "0", "--mlp-multiple", "8",
-            "--batch-size", "4", "--windows", str(tmp / "eval.npy"), "--calib-windows-file", str(tmp / "calib.npy"),
+            "--batch-size", "4", "--windows-file", str(tmp / "eval.npy"),
+            "--calib-windows-file", str(tmp / "calib.npy"),
             "--cache-dir", str(tmp / "cache"), "--json", str(tmp / out), "--quiet", *extra]
     assert main(argv) == 0
     return json.loads((tmp / out).read_text())

@@ -190,7 +190,7 @@ def test_flops_definitions_eval_json_has_all_four(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(ppcore.experiment, "load_model", lambda *a, **k: tiny_llama())
     assert main(["eval", "--method", "pp", "--ratio", "0.5", "--skip-layers", "0", "--mlp-multiple", "8",
                  "--sample-frac", "0.5", "--batch-size", "4", "--calib-batch-size", "4",
-                 "--windows", str(tmp_path / "eval.npy"), "--calib-windows-file", str(tmp_path / "calib.npy"),
+                 "--windows-file", str(tmp_path / "eval.npy"), "--calib-windows-file", str(tmp_path / "calib.npy"),
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json"),
                  "--record", str(tmp_path / "rec.json"), "--quiet"]) == 0
     out = json.loads((tmp_path / "out.json").read_text())

@@ -9,9 +9,7 @@ from ppcore import session
 from .. import charts
 from ..result import Result
 from ..state import limits
-from .controls import count_and_button
-
-BLOCKS = {"attn": "Attention heads", "mlp": "MLP channels"}
+from .controls import BLOCK_TEXT, block_radio, count_and_button
 
 
 def layer_table(r: Result) -> pd.DataFrame:
@@ -30,7 +28,7 @@ def render(r: Result, start_stability) -> None:
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.lines(table, "layer", "kept_fraction", "block", "Kept fraction per layer", "kept fraction",
                                  [0, 1.05]), width="stretch", key="kept_frac")
-    block = c2.radio("Agreement for", list(BLOCKS), format_func=BLOCKS.get, horizontal=True, key="jac_block")
+    block = block_radio(c2, "Agreement for", "jac_block", long=True, horizontal=True)
     jcols = [c for c in table.columns if c.startswith("jaccard_")]
     long = table[table.block == block].melt(id_vars="layer", value_vars=jcols, var_name="against", value_name="jaccard")
     long["against"] = long["against"].str.replace("jaccard_", "", regex=False)
@@ -45,9 +43,9 @@ def render(r: Result, start_stability) -> None:
                            start_stability)
     stab = r.stability
     if stab is not None:
-        for b in BLOCKS:
+        for b in BLOCK_TEXT:
             out.plotly_chart(charts.stability_chart(getattr(stab, b), b), width="stretch", key=f"stab_{b}")
-            out.caption(f"{BLOCKS[b]}: mean Jaccard over pruned layers and {stab.batches - 1} batch pairs = "
+            out.caption(f"{BLOCK_TEXT[b].long}: mean Jaccard over pruned layers and {stab.batches - 1} batch pairs = "
                         f"{stab.mean(b):.3f}")
 
 
@@ -59,13 +57,13 @@ def _scores(r: Result) -> None:
     c1, c2 = st.columns([3, 1])
     pruned = [i for i, layer in enumerate(layers) if layer.attn.pruned or layer.mlp.pruned] or [0]
     layer = c1.slider("Layer", 0, len(layers) - 1, pruned[0], key="score_layer")
-    block = c2.radio("Block", list(BLOCKS), format_func=BLOCKS.get, key="score_block")
+    block = block_radio(c2, "Block", "score_block", long=True)
     rec = getattr(layers[layer], block)
     if rec.scores is None:
         why = "skipped or dense" if not rec.pruned else "not recorded"
         st.info(f"Layer {layer} has no scores for this block ({why}).")
         return
-    unit = "head" if block == "attn" else "channel"
+    unit = BLOCK_TEXT[block].unit
     st.plotly_chart(charts.scores_chart(rec.scores, rec.kept, unit,
                                         f"Layer {layer}: {r.analysis.cfg.method} scores, kept vs pruned"),
                     width="stretch", key="scores_chart")

@@ -1,10 +1,33 @@
-"""Controls shared by the views. Streamlit only; no engine import."""
+"""Controls and labels shared by the views."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
+
+from ppcore.record import BLOCK_NAMES
+
+
+@dataclass(frozen=True)
+class BlockText:
+    """How the page names one block kind and its pruned units."""
+
+    short: str  # "Attention"
+    long: str  # "Attention heads"
+    unit: str  # "head"
+
+
+# Keyed by the record's block names, in the order the layer runs them.
+BLOCK_TEXT: dict[str, BlockText] = dict(zip(BLOCK_NAMES, (BlockText("Attention", "Attention heads", "head"),
+                                                          BlockText("MLP", "MLP channels", "channel"))))
+
+
+def block_radio(where: DeltaGenerator, label: str, key: str, long: bool = False, horizontal: bool = False) -> str:
+    """A radio over the two block kinds; returns the chosen block's record name ("attn" or "mlp")."""
+    return where.radio(label, list(BLOCK_TEXT), horizontal=horizontal, key=key,
+                       format_func=lambda b: BLOCK_TEXT[b].long if long else BLOCK_TEXT[b].short)
 
 
 def count_and_button(label: str, high: int, default: int, key: str, button: str, button_key: str,

@@ -10,7 +10,7 @@ from . import channels, compare, latency, outputs
 
 
 def render(r: Result) -> None:
-    st.caption("The run record follows the schema in README.md ('Run record'): the chosen method's batch at full "
+    st.caption("The run record follows the schema in docs/run-record.md: the chosen method's batch at full "
                "detail, then dense and the baselines. ppcore.RunRecord.load() reads it back. Every chart also "
                "has Plotly's PNG download (camera icon).")
     rec = json.dumps(r.run_record().to_dict())

@@ -8,8 +8,8 @@ from ppcore import session
 
 from .. import charts
 from ..result import Result
+from .controls import BLOCK_TEXT, block_radio
 
-BLOCK_LABELS = {"attn": "Attention", "mlp": "MLP"}
 
 
 def first_pruned_layer(r: Result) -> int:
@@ -43,19 +43,19 @@ def _panel(r: Result) -> None:
     c0.button("◀", key="probe_prev", on_click=_step, args=(-1, n), help="previous layer")
     c1.slider("Layer", 0, n - 1, key="probe_layer")
     c2.button("▶", key="probe_next", on_click=_step, args=(1, n), help="next layer")
-    block = c3.radio("Block", ["attn", "mlp"], horizontal=True, key="probe_block", format_func=BLOCK_LABELS.get)
+    block = block_radio(c3, "Block", "probe_block", horizontal=True)
     layer = st.session_state["probe_layer"]
     rec = getattr(a.main.layers[layer], block)
     m1, m2, m3 = st.columns(3)
     m1.metric("Probe tokens", len(rec.probe_tokens))
     m2.metric("Probe samples", len(rec.probe_samples))
-    unit = "heads" if block == "attn" else "channels"
+    unit = BLOCK_TEXT[block].unit + "s"
     m3.metric(f"Kept {unit}", f"{len(rec.kept)} / {rec.total}", help=None if rec.pruned else "this block is not pruned")
     if rec.importance is None:
         st.info("No importance grid in this record.")
         return
     tokens = a.batch.tokens
-    title = f"Layer {layer}, {BLOCK_LABELS[block]}: residual importance ({a.cfg.method})"
+    title = f"Layer {layer}, {BLOCK_TEXT[block].short}: residual importance ({a.cfg.method})"
     st.plotly_chart(charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title),
                     width="stretch", key="probe_heatmap")
     default = rec.probe_samples[0] if rec.probe_samples else 0
@@ -65,5 +65,5 @@ def _panel(r: Result) -> None:
                                        f"Sample {b}: importance per token (red: probe tokens)"),
                     width="stretch", key="probe_strip")
     st.plotly_chart(charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
-                                         f"How the probe's token pick moves across layers ({BLOCK_LABELS[block]})"),
+                                         f"How the probe's token pick moves across layers ({BLOCK_TEXT[block].short})"),
                     width="stretch", key="probe_moves")

@@ -1,19 +1,44 @@
 """`flap`: FLAP's fluctuation metric, standardised global allocation and compensation bias (docs/algorithm.md §8.1)."""
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import TYPE_CHECKING, Optional
 
 from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import ATTN, BLOCKS, MLP, Block
 from ..scores import flap_channels, flap_head_weight, flap_ratios
+from ..stats import CalibStats
 from .static import Choice, StaticMethod
+
+if TYPE_CHECKING:
+    from .pruner import Pruner
+
+
+def check_fluctuation(calib: CalibStats) -> None:
+    """Warn (UserWarning) about statistics whose fluctuation is zero everywhere (docs/algorithm.md §8.1a): the
+    official update leaves it untouched on the first calibration batch, so a calibration that ran in one
+    batch gives FLAP a metric of zeros, and FLAP then prunes nothing, as the official code would."""
+    if any(bool(st.fluc.any()) for st in calib.blocks.values()):
+        return
+    windows, batch = calib.meta.get("windows"), calib.meta.get("batch_size")
+    ran = f"its {windows} windows in one batch (batch size {batch})" if windows and batch else "in one batch"
+    warnings.warn(f"FLAP needs at least two calibration batches: its fluctuation statistic skips the first batch "
+                  f"(as the official code does), and this calibration ran {ran}, so FLAP prunes nothing. "
+                  f"Calibrate on more windows or with a smaller calibration batch size "
+                  f"(e.g. --calib-batch-size {max(1, (windows or 2) // 2)})", UserWarning, stacklevel=3)
 
 
 class Flap(StaticMethod):
     """Plans every pruned block at once in `prepare` (the global allocation reads every layer), then runs as
-    any static method. Raises KeyError from `choose` for a block the plan does not cover (none, by design)."""
+    any static method. Warns when the calibration cannot support FLAP (`check_fluctuation`). Raises
+    KeyError from `choose` for a block the plan does not cover (none, by design)."""
+
+    def __init__(self, run: "Pruner") -> None:
+        super().__init__(run)
+        if run.cfg.prunes and run.calib is not None:
+            check_fluctuation(run.calib)
 
     def prepare(self) -> None:
         """The allocation, once (docs/algorithm.md §8.1b)."""
