@@ -187,6 +187,12 @@ def _header(r: Result) -> None:
                 f"batch: {a.batch.description}, {tuple(a.batch.ids.shape)} · method **{a.cfg.method}** at ratio "
                 f"{a.cfg.ratio:.2f}, skipped layers {list(a.cfg.skip_layers)} · calibration: "
                 f"{session.calibration_text(calib_config(r.settings))}")
+    calib = calib_config(r.settings)
+    if calib.windows <= calib.batch_size:  # ppcore.methods.flap.check_fluctuation warns the same in the engine
+        st.warning(f"This calibration runs in one batch ({calib.windows} windows, batch size {calib.batch_size}): "
+                   "FLAP's fluctuation statistic skips the first calibration batch, as the official code does, so "
+                   "FLAP prunes nothing here (its rows equal dense). Use more windows or a smaller calibration "
+                   "batch size for FLAP.", icon="⚠️")
     metrics = header_metrics(r.summary(), a.cfg.method)
     for row in (metrics[:4], metrics[4:]):
         for col, m in zip(st.columns(4), row):

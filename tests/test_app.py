@@ -54,6 +54,8 @@ def test_every_view_on_the_default_model():
     assert header["Probe FLOPs / dense (decoder layers)"] == f"{summary['decoder_probe_flops_ratio']:.2%}"
     assert a.protocol["calibration"]["batch_size"] == 20 and a.protocol.front_end == "app"
     assert a.protocol.settings["calib_windows"] == 8 and a.protocol.settings["skip_layers"] == "0-2"
+    # 8 windows in batches of 20 are one calibration batch: the page says FLAP prunes nothing with it.
+    assert any("FLAP prunes nothing here" in w.value for w in at.warning)
     t = titles(at)
     # Probe view: the heat map with the probe drawn, and the pick across layers.
     assert any(s.startswith("Layer 3, Attention: residual importance") for s in t)
