@@ -18,8 +18,8 @@ from .masks import attention_mask_4d
 from .ratios import heads_pruned, mlp_kept_for_ratio
 from .record import BLOCK_NAMES
 from .scores import head_sums, keep_top_channels, keep_top_heads, ppsp_channels, ppsp_heads
-from .slices import (KV, AttnSlice, MlpSlice, Slice, attn_front, attn_out, head_channels, mlp_front, mlp_out,
-                     slice_attn, slice_mlp)
+from .slices import (AttnSlice, Buffers, KVStore, MlpSlice, Slice, attn_front, attn_out, head_channels, mlp_front,
+                     mlp_out, slice_attn, slice_mlp)
 
 if TYPE_CHECKING:
     from .config import PruneConfig
@@ -71,9 +71,10 @@ class Block:
         """W, the final projection's weight (D_out, C): o_proj or down_proj (fc2 on OPT)."""
         raise NotImplementedError
 
-    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> Slice:
-        """The weights restricted to the ascending (n,) kept units; None: all, without a copy
-        (docs/algorithm.md §5)."""
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
+              buffers: Optional[Buffers] = None) -> Slice:
+        """The weights restricted to the ascending (n,) kept units; None: all, without a copy. `buffers`: a run's
+        reusable tensors for the copies, whose previous slice no longer runs (docs/algorithm.md §5)."""
         raise NotImplementedError
 
     def window(self, adapter: Adapter, layer: int) -> Optional[int]:
@@ -81,11 +82,11 @@ class Block:
         return None
 
     def front(self, adapter: Adapter, sl: Slice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
-              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
-        """Everything before the final projection on `sl`: x (B, L, D) -> (z (B, L, C_kept), keys and values).
+              store: Optional[tuple[KVStore, int]] = None) -> Tensor:
+        """Everything before the final projection on `sl`: x (B, L, D) -> z (B, L, C_kept).
 
-        `rot`, `mask` and `past` (cached keys and values) matter to attention only, whose new keys and
-        values (B, n_kv, L_past + L, d) come back second; the MLP returns None there (docs/algorithm.md §2.4, §5).
+        `rot`, `mask` and `store` (where keys and values go and come from: a `KVStore` and the layer) matter
+        to attention only (docs/algorithm.md §2.4, §5). No host-device sync.
         """
         raise NotImplementedError
 
@@ -94,10 +95,11 @@ class Block:
         z (B, L, C_kept) -> (B, L, D) (docs/algorithm.md §5, §8.1c)."""
         raise NotImplementedError
 
-    def probe_context(self, adapter: Adapter, position_ids: Tensor, xp: Tensor, samples: Tensor, tokens: Tensor,
+    def probe_context(self, rot: Rotary, xp: Tensor, samples: Tensor, tokens: Tensor,
                       valid: Optional[Tensor], window: Optional[int]) -> tuple[Rotary, Optional[Tensor]]:
         """Rotary and mask of PP's probe (xp: (n_b, n_t, D), rows `samples` and columns `tokens` of the batch):
-        the original positions of its tokens, causal among them (docs/algorithm.md §2.4). The MLP needs neither."""
+        the batch's rotary `rot` at its tokens' original positions, causal among them (docs/algorithm.md §2.4).
+        The MLP needs neither. No host-device sync."""
         return None, None
 
     # --- cost --------------------------------------------------------------------------------------
@@ -143,25 +145,25 @@ class AttnBlock(Block):
     def final_weight(self, w: LayerWeights) -> Tensor:
         return w.o_w
 
-    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> AttnSlice:
-        return slice_attn(w, dims, kept)
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
+              buffers: Optional[Buffers] = None) -> AttnSlice:
+        return slice_attn(w, dims, kept, buffers)
 
     def window(self, adapter: Adapter, layer: int) -> Optional[int]:
         return adapter.windows[layer]
 
     def front(self, adapter: Adapter, sl: AttnSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
-              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
-        z, k, v = attn_front(sl, x, adapter.dims.head_dim, rot, mask, past)
-        return z, (k, v)
+              store: Optional[tuple[KVStore, int]] = None) -> Tensor:
+        return attn_front(sl, x, adapter.dims.head_dim, rot, mask, store)
 
     def out(self, sl: AttnSlice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
         return attn_out(sl, z, bias)
 
-    def probe_context(self, adapter: Adapter, position_ids: Tensor, xp: Tensor, samples: Tensor, tokens: Tensor,
+    def probe_context(self, rot: Rotary, xp: Tensor, samples: Tensor, tokens: Tensor,
                       valid: Optional[Tensor], window: Optional[int]) -> tuple[Rotary, Optional[Tensor]]:
-        rot = None
-        if adapter.uses_rotary:
-            rot = adapter.rotary(xp, position_ids.index_select(0, samples).index_select(1, tokens))
+        if rot is not None:  # the batch's cos and sin at the probe's rows and columns: the same values, not recomputed
+            rot = (rot[0].index_select(0, samples).index_select(1, tokens),
+                   rot[1].index_select(0, samples).index_select(1, tokens))
         # Causal among the probe's tokens at their original positions, and within the layer's window.
         mask = attention_mask_4d(valid, xp.shape[1], xp.device, window=window,
                                  positions=None if window is None else tokens[None])
@@ -203,12 +205,13 @@ class MlpBlock(Block):
     def unit_channels(self, units: Tensor, dims: ModelDims) -> Tensor:
         return units  # a unit is a channel
 
-    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor]) -> MlpSlice:
-        return slice_mlp(w, kept)
+    def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
+              buffers: Optional[Buffers] = None) -> MlpSlice:
+        return slice_mlp(w, kept, buffers)
 
     def front(self, adapter: Adapter, sl: MlpSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
-              past: Optional[KV] = None) -> tuple[Tensor, Optional[KV]]:
-        return mlp_front(sl, x, adapter.act), None
+              store: Optional[tuple[KVStore, int]] = None) -> Tensor:
+        return mlp_front(sl, x, adapter.act)
 
     def out(self, sl: MlpSlice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
         return mlp_out(sl, z, bias)

@@ -1,11 +1,13 @@
 """Greedy generation: pruning decided once on the prompt (`prefill`), reused while decoding (`decode_one_token`).
 
-The prefill is an ordinary walk that also captures each layer's keep-sets and its keys and values
-(only for the key/value heads the kept query heads read). Each decode step then runs one token per
-sample through the same slices with the walk's layer loop (`ppcore.layer_step.run_layers`), appending
-to that cache. Prompts are left-padded so every row's next token sits in the same column; the walk
-runs them with real tokens first (so PP decides as it would on the unpadded prompts), and the cache
-carries each key's position and padding, so decoding masks pads and follows each layer's sliding window.
+The prefill is an ordinary walk that also captures each layer's keep-sets and its keys and values.
+Each decode step then runs one token per sample through the same slices with the walk's layer loop
+(`ppcore.layer_step.run_layers`), writing one column of a cache allocated once for the whole
+continuation (`ppcore.kv_cache.KVCache`); no step synchronises host and device, and whether every
+row has reached its EOS is asked only every `EOS_CHECK_EVERY` steps. Prompts are left-padded so every
+row's next token sits in the same column; the walk runs them with real tokens first (so PP decides as
+it would on the unpadded prompts), and the cache carries each key's position and padding, so decoding
+masks pads and follows each layer's sliding window.
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from .layer_step import LayerHooks, finite_flag, run_layers
 from .masks import decode_key_mask
 from .methods import Decision, Pruner
 from .record import BatchRecord
+from .kv_cache import KVCache
 from .walk import Capture, walk
+
+EOS_CHECK_EVERY = 8  # decode steps between two checks of whether every row has ended (a host sync)
 
 
 @dataclass
@@ -71,22 +76,15 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class DecodeState:
-    """What decoding carries from step to step: the prefill's capture (decisions and key/value cache), each
-    cached key's token position and realness (B, K), and each row's latest position (B, 1). K grows by one
-    per step. `windows`: the model's distinct sliding windows."""
+    """What decoding carries from step to step: the prefill's decisions, the preallocated key/value cache
+    (with each cached key's token position and realness) and each row's latest position (B, 1).
+    `windows`: the model's distinct sliding windows."""
 
-    capture: Capture
-    key_valid: Tensor
-    key_pos: Tensor
+    decisions: list[dict[str, Decision]]
+    cache: KVCache
     pos: Tensor
     padded: bool
     windows: tuple[int, ...]
-
-    def advance(self) -> None:
-        """One more token per row: its position, and its key (real) at the end of the cache."""
-        self.pos = self.pos + 1
-        self.key_pos = torch.cat([self.key_pos, self.pos], 1)
-        self.key_valid = torch.cat([self.key_valid, torch.ones_like(self.key_valid[:, :1])], 1)
 
 
 class _StepInputs:
@@ -106,17 +104,18 @@ class _StepInputs:
 class _Reuse(LayerHooks):
     """A decode step's hooks: the prompt's decisions, with their weights."""
 
-    def __init__(self, pruner: Pruner, capture: Capture) -> None:
-        self.pruner, self.capture = pruner, capture
+    def __init__(self, pruner: Pruner, decisions: list[dict[str, Decision]]) -> None:
+        self.pruner, self.decisions = pruner, decisions
 
     def decide(self, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
-        return _with_slice(self.pruner, layer, block, w, self.capture.decisions[layer][block.name])
+        return _with_slice(self.pruner, layer, block, w, self.decisions[layer][block.name])
 
 
-def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor,
-            level: str = "summary") -> tuple[Tensor, DecodeState, Optional[BatchRecord], Tensor]:
+def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor, level: str = "summary",
+            new_tokens: int = 1) -> tuple[Tensor, DecodeState, Optional[BatchRecord], Tensor]:
     """The prompt through the walk, deciding every block once; returns the first new token per row (B, 1),
-    the state decoding continues from, the walk's record and a 0-d bool (False: the logits were not finite).
+    the state decoding continues from (its cache room for `new_tokens` - 1 more tokens), the walk's record
+    and a 0-d bool (False: the logits were not finite).
 
     `ids`, `mask` (B, L): left-padded prompts (`left_pad`). docs/algorithm.md §1-5. Raises what `walk` raises.
     """
@@ -133,22 +132,26 @@ def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor,
     key_pos = torch.arange(cached, device=dev)[None].expand(B, cached)
     pos = key_valid.sum(1, keepdim=True) - 1  # (B, 1): position of each prompt's last token
     windows = tuple(sorted({w for w in adapter.windows if w is not None}))
-    state = DecodeState(cap, key_valid, key_pos, pos, padded=cap.valid is not None, windows=windows)
+    cache = KVCache(cap.kv, key_valid, key_pos, cached + max(new_tokens - 1, 0))
+    state = DecodeState(cap.decisions, cache, pos, padded=cap.valid is not None, windows=windows)
     return nxt, state, res.record, finite_flag(lg)
 
 
 def decode_one_token(adapter: Adapter, pruner: Pruner, state: DecodeState, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """One greedy step: `tokens` (B, 1), the latest token of each row, through every layer on the prompt's
-    slices, extending the cache; returns the logits (B, 1, vocab) on the head's device and a 0-d bool
-    (False: the residual or the logits were not finite). Raises nothing of its own."""
-    state.advance()
+    slices, writing one column of the cache; returns the logits (B, 1, vocab) on the head's device and a 0-d
+    bool (False: the residual or the logits were not finite). Raises IndexError when the cache is full.
+    No host-device sync."""
+    cache = state.cache
+    state.pos = state.pos + 1
+    cache.add_key(state.pos)
     # Keys a new token may see: real ones, and within a sliding layer's window (HF's p - w < q <= p).
-    masks = {w: decode_key_mask(state.key_valid, state.key_pos, state.pos, w, state.padded)
+    masks = {w: decode_key_mask(cache.key_valid, cache.key_pos, state.pos, w, state.padded)
              for w in (None, *state.windows)}
     h = adapter.embed(tokens, state.pos)
     inputs = _StepInputs(adapter.rotary(h, state.pos) if adapter.uses_rotary else None, masks)
-    h, flags = run_layers(adapter, h, inputs, _Reuse(pruner, state.capture), kv=state.capture.kv,
-                          flag_every_layer=False)
+    h, flags = run_layers(adapter, h, inputs, _Reuse(pruner, state.decisions), store=cache, flag_every_layer=False)
+    cache.commit()
     lg = adapter.head(adapter.final(h))
     # inf or NaN in the residual or the logits (an fp16 LM head can overflow on finite inputs).
     dev = state.pos.device
@@ -172,7 +175,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
         raise DataError(f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {dims.max_positions}")
     dev = adapter.device
     t0 = clock.now(dev)
-    nxt, state, record, ok = prefill(adapter, pruner, ids, mask, level)
+    nxt, state, record, ok = prefill(adapter, pruner, ids, mask, level, max_new_tokens)
     finite: list[Tensor] = [ok]  # per token, read once at the end
     prefill_s = clock.now(dev) - t0
     out = [nxt]
@@ -182,7 +185,8 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     t1 = clock.now(dev)
     steps = 0
     for _ in range(max_new_tokens - 1):
-        if bool(done.all()):
+        # Whether every row has ended costs a host sync: asked every few tokens, and only with an EOS.
+        if eos_id is not None and steps % EOS_CHECK_EVERY == 0 and bool(done.all()):
             break
         lg, ok = decode_one_token(adapter, pruner, state, nxt)
         finite.append(ok)
@@ -200,6 +204,8 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
     new = torch.cat(out, 1).tolist()
     if eos_id is not None:
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
+        # Steps after the last row's EOS (run until the next check) are not counted as decoded tokens.
+        steps = min(steps, max(len(row) for row in new) - 1)
     return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), record)
 
 

@@ -3,7 +3,7 @@
 For every layer: follow a dispatched model to the layer's device, then for each block in `BLOCKS`
 (attention, then MLP) take its normed input, ask the caller's `LayerHooks` for the block's decision,
 run the block's front and final projection on the decision's slice and add the residual
-(docs/algorithm.md §2.1, §5). Keys and values go to a cache when one is given. A finite flag per layer
+(docs/algorithm.md §2.1, §5). Keys and values go to a `KVStore` when one is given. A finite flag per layer
 (or only after the last) lets the caller check for inf and NaN with one host sync per batch.
 
 The walk's extra work (deciding, observing, FLOPs, records, clocks) lives in its hooks; a decode step's
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .adapters import Adapter, LayerWeights
 from .blocks import BLOCKS, Block
-from .slices import KV
+from .slices import KVStore
 
 if TYPE_CHECKING:
     from .methods import Decision
@@ -60,14 +60,14 @@ def finite_flag(h: Tensor) -> Tensor:
 
 
 def run_layers(adapter: Adapter, h: Tensor, inputs: AttnInputs, hooks: LayerHooks, *,
-               kv: Optional[list[KV]] = None, flag_every_layer: bool = True) -> tuple[Tensor, list[Tensor]]:
+               store: Optional[KVStore] = None, flag_every_layer: bool = True) -> tuple[Tensor, list[Tensor]]:
     """Run every decoder layer on `h` (B, L, D); returns the last layer's output and the finite flags.
 
-    `kv`: per layer, the cached keys and values (B, n_kv, L_past, d) that attention continues from;
-    layer i's new keys and values replace entry i, or are appended when the list is shorter (the walk's
-    capture starts from an empty list). `flag_every_layer`: one `finite_flag` per layer (the walk names
-    the first bad layer), or only the last layer's (a decode step: inf and NaN reach the last layer).
-    docs/algorithm.md §2.1, §5. Raises whatever the hooks raise (e.g. a cancelled run).
+    `store`: where each layer's attention puts its keys and values and finds the cached ones it continues
+    from (the walk's capture, generation's cache), or None. `flag_every_layer`: one `finite_flag` per
+    layer (the walk names the first bad layer), or only the last layer's (a decode step: inf and NaN reach
+    the last layer). docs/algorithm.md §2.1, §5. Raises whatever the hooks raise (e.g. a cancelled run).
+    The loop itself never synchronises host and device.
     """
     flags: list[Tensor] = []
     n = adapter.dims.num_layers
@@ -77,16 +77,13 @@ def run_layers(adapter: Adapter, h: Tensor, inputs: AttnInputs, hooks: LayerHook
                 h = h.to(layer_dev)
                 inputs.move_to(layer_dev)
             w = adapter.layer(i)
-            past = kv[i] if kv is not None and i < len(kv) else None
             for block in BLOCKS:
                 resid = h
                 x = block.norm(w)(h)
                 d = hooks.decide(i, block, w, resid, x)
-                z, new_kv = block.front(adapter, d.slice, x, inputs.rot,
-                                        inputs.attn_mask(block.window(adapter, i)), past)
-                h = resid + block.out(d.slice, z, d.bias)
-                if new_kv is not None and kv is not None:
-                    kv[i:i + 1] = [new_kv]
+                z = block.front(adapter, d.slice, x, inputs.rot, inputs.attn_mask(block.window(adapter, i)),
+                                None if store is None else (store, i))
+                h = block.out(d.slice, z, d.bias).add_(resid)  # the block's own output tensor: no new allocation
                 hooks.ran(i, block, d, resid, z)
             if flag_every_layer or i == n - 1:
                 flags.append(finite_flag(h))

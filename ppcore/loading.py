@@ -85,7 +85,8 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What `ppcore info` prints: name, family, fingerprint, device, dtype, sizes (`ModelDims`), the
-        parameter count and, when dispatched, how many modules sit on each device."""
+        parameter count and bytes, the bytes of weight copies the engine keeps per loaded model (none) and,
+        when dispatched, how many modules sit on each device."""
         d = self.adapter.dims
         placement = getattr(self.model, "hf_device_map", None)
         return {
@@ -95,6 +96,10 @@ class LoadedModel:
             "head_dim": d.head_dim, "intermediate": d.intermediate, "vocab": d.vocab,
             "max_positions": d.max_positions,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
+            # The engine reads the model's own tensors and keeps no re-laid-out copy of them per model; what a
+            # run copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
+            "extra_weight_bytes": 0,
             "device_map": _count_devices(placement) if placement else None,
         }
 

@@ -7,7 +7,7 @@ used as they are, without a copy. Nothing here reads the model or writes to a we
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +31,32 @@ def _rows(t: Optional[Tensor], idx: Optional[Tensor]) -> Optional[Tensor]:
     return t.index_select(0, idx)
 
 
+Buffers = dict[str, Tensor]  # a run's reusable slice tensors by weight name: only ever tensors `_gather` allocated
+
+
+def _gather(src: Tensor, dim: int, idx: Tensor, buffers: Optional[Buffers], name: str) -> Tensor:
+    """src.index_select(dim, idx): written into buffers[name] when that has the result's shape, dtype and device
+    (no allocation), else a new tensor, kept in `buffers` for the next slice. The model's tensors are only read."""
+    if buffers is None:
+        return src.index_select(dim, idx)
+    buf = buffers.get(name)
+    shape = src.shape[:dim] + (idx.numel(),) + src.shape[dim + 1:]
+    if buf is not None and buf.shape == shape and buf.dtype == src.dtype and buf.device == src.device:
+        return torch.index_select(src, dim, idx, out=buf)
+    buffers[name] = out = src.index_select(dim, idx)
+    return out
+
+
 @dataclass(frozen=True)
 class AttnSlice:
-    """Attention weights restricted to a set of query heads and the key/value heads they read
-    (docs/algorithm.md §4.2 grouped-query attention, §5).
+    """Attention weights restricted to a set of query heads (docs/algorithm.md §4.2 grouped-query attention, §5).
 
     Weights in PyTorch layout (out x in), on the layer's device: q_w (n_heads*d, D), k_w and v_w
-    (n_kv*d, D), o_w (D_out, n_heads*d); biases match their rows or are None.
+    (n_kv*d, D), o_w (D_out, n_heads*d); biases match their rows or are None. Every shape follows from the
+    number of kept heads alone, never from which heads they are, so slicing needs no host-device sync:
+    with one key/value head per query head (multi-head attention) k and v keep the kept heads' rows; with
+    grouped-query attention they keep every key/value head, as the official code does, and `kv_index`
+    says which one each kept query head reads.
     """
 
     heads: Optional[Tensor]  # kept query heads, ascending (None = all)
@@ -51,17 +70,20 @@ class AttnSlice:
     v_b: Optional[Tensor]
     o_w: Tensor  # (D_out, n_heads * d)
     o_b: Optional[Tensor]
-    # Uneven kept heads per kv head: (first q head, end q head) per kept kv head, in order, so each
-    # group runs SDPA's GQA mode on its own kv head without materialising repeated keys/values.
-    groups: Optional[tuple[tuple[int, int], ...]]
+    # (n_heads,) long: the key/value head of each kept query head, or None when SDPA's own grouping holds
+    # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are expanded to one per
+    # kept query head right after the projection (an index_select on the device, no sync).
+    kv_index: Optional[Tensor]
 
 
-def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> AttnSlice:
-    """Slice q and o by query heads; keep a key/value head only while one of its query heads is kept.
+def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor],
+               buffers: Optional[Buffers] = None) -> AttnSlice:
+    """Slice q and o by query heads; k and v by the same heads (multi-head) or not at all (grouped-query).
 
-    `heads` (n,) long, ascending, or None for every head (the model's own tensors, no copy).
+    `heads` (n,) long, ascending, or None for every head (the model's own tensors, no copy). `buffers`: the
+    run's reusable tensors for the copies (a previous slice's, no longer running), or None for new ones.
     docs/algorithm.md §4.2 (grouped-query attention), §5. Raises nothing; indices out of range fail
-    in `index_select` (IndexError / RuntimeError).
+    in `index_select` (IndexError / RuntimeError). No host-device sync.
     """
     d = dims.head_dim
     if heads is None:
@@ -69,21 +91,20 @@ def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor]) -> Att
                          w.v_w, w.v_b, w.o_w, w.o_b, None)
     heads = heads.to(w.q_w.device)
     qi = head_channels(heads, d)
-    kv_of_head = torch.div(heads, dims.group, rounding_mode="floor")
-    needed, counts = torch.unique(kv_of_head, sorted=True, return_counts=True)
-    kvi = head_channels(needed, d)
-    # Heads are sorted, so query heads come grouped by kv head; equal group sizes fit SDPA's GQA mode.
-    sizes = counts.tolist()
-    groups = None
-    if len(set(sizes)) > 1:
-        ends = torch.tensor(sizes).cumsum(0).tolist()
-        groups = tuple((e - n, e) for n, e in zip(sizes, ends))
+    n = int(heads.numel())  # a shape, known without reading the tensor
+    if dims.group == 1:
+        k_w, v_w = _gather(w.k_w, 0, qi, buffers, "k_w"), _gather(w.v_w, 0, qi, buffers, "v_w")
+        k_b, v_b = _rows(w.k_b, qi), _rows(w.v_b, qi)
+        n_kv, kv_index = n, None
+    else:
+        # Which key/value heads the kept query heads read depends on the data; keeping them all keeps the
+        # shapes static (the official code and its FLOPs count keep them too).
+        k_w, k_b, v_w, v_b = w.k_w, w.k_b, w.v_w, w.v_b
+        n_kv, kv_index = dims.num_kv_heads, torch.div(heads, dims.group, rounding_mode="floor")
     return AttnSlice(
-        heads=heads, n_heads=int(heads.numel()), n_kv=int(needed.numel()),
-        q_w=w.q_w.index_select(0, qi), q_b=_rows(w.q_b, qi),
-        k_w=w.k_w.index_select(0, kvi), k_b=_rows(w.k_b, kvi),
-        v_w=w.v_w.index_select(0, kvi), v_b=_rows(w.v_b, kvi),
-        o_w=w.o_w.index_select(1, qi).contiguous(), o_b=w.o_b, groups=groups,
+        heads=heads, n_heads=n, n_kv=n_kv,
+        q_w=_gather(w.q_w, 0, qi, buffers, "q_w"), q_b=_rows(w.q_b, qi), k_w=k_w, k_b=k_b, v_w=v_w, v_b=v_b,
+        o_w=_gather(w.o_w, 1, qi, buffers, "o_w"), o_b=w.o_b, kv_index=kv_index,
     )
 
 
@@ -93,7 +114,15 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-KV = tuple[Tensor, Tensor]  # rotated keys and values, each (B, n_kv, L_keys, d)
+KV = tuple[Tensor, Tensor]  # rotated keys and values, each (B, heads, L_keys, d)
+
+
+class KVStore(Protocol):
+    """Where attention's keys and values go: the walk's capture, or generation's preallocated cache."""
+
+    def extend(self, layer: int, k: Tensor, v: Tensor) -> KV:
+        """Store this call's keys and values (B, h, L, d) for `layer`; return every key and value the new
+        queries attend to (the cached ones first), each (B, h, L_keys, d)."""
 
 
 def attn_front(
@@ -102,41 +131,39 @@ def attn_front(
     head_dim: int,
     rot: Optional[tuple[Tensor, Tensor]],
     mask: Optional[Tensor],
-    past: Optional[KV] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Input of o_proj for the kept heads, (B, L, n_heads * d), and this call's keys and values.
+    store: Optional[tuple[KVStore, int]] = None,
+) -> Tensor:
+    """Input of o_proj for the kept heads, (B, L, n_heads * d).
 
     `x` (B, L, D) normed block input; `rot` the rotary (cos, sin), each (B, L, d), or None; `mask` a
-    boolean (B or 1, 1, L, L_keys) mask (True = attend) or None: plain causal attention, or, with
-    `past` (cached keys and values, (B, n_kv, L_past, d)), attention to every cached key.
-    The returned keys and values (B, n_kv, L_past + L, d) are rotated, before any GQA expansion.
-    With no head kept, the input is (B, L, 0) and keys and values are empty. docs/algorithm.md §2.4, §5.
-    Raises RuntimeError (from torch) on shapes that do not fit the slice.
+    boolean (B or 1, 1, L, L_keys) mask (True = attend) or None: plain causal attention when the keys are
+    this call's own, else attention to every key. `store` (a `KVStore`, the layer): where this call's
+    rotated keys and values go (one per kept query head when the slice has a `kv_index`), and which keys
+    the queries see (cached ones included). With no head kept, the input is (B, L, 0).
+    docs/algorithm.md §2.4, §5. Raises RuntimeError (from torch) on shapes that do not fit the slice.
+    No host-device sync.
     """
     B, L, _ = x.shape
     if s.n_heads == 0:
-        empty = x.new_zeros(B, 0, L if past is None else past[0].shape[2] + L, head_dim)
-        return x.new_zeros(B, L, 0), empty, empty
+        if store is not None:
+            empty = x.new_zeros(B, 0, L, head_dim)
+            store[0].extend(store[1], empty, empty)
+        return x.new_zeros(B, L, 0)
     q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
     k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     if rot is not None:
         cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    causal = mask is None and past is None
-    if s.groups is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=s.n_kv != s.n_heads).transpose(1, 2)
-    else:
-        out = torch.cat([
-            F.scaled_dot_product_attention(q[:, a:b], k[:, g:g + 1], v[:, g:g + 1], attn_mask=mask,
-                                           is_causal=causal, enable_gqa=True).transpose(1, 2)
-            for g, (a, b) in enumerate(s.groups)
-        ], dim=2)
-    return out.reshape(B, L, s.n_heads * head_dim), k, v
+        # q * cos + rotate_half(q) * sin, the same operations in the same order, in place where the tensor is ours.
+        q = q.mul(cos).add_(rotate_half(q).mul_(sin))
+        k = k.mul(cos).add_(rotate_half(k).mul_(sin))
+    if s.kv_index is not None:
+        k, v = k.index_select(1, s.kv_index), v.index_select(1, s.kv_index)
+    if store is not None:
+        k, v = store[0].extend(store[1], k, v)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == L,
+                                         enable_gqa=k.shape[1] != s.n_heads).transpose(1, 2)
+    return out.reshape(B, L, s.n_heads * head_dim)
 
 
 def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
@@ -175,17 +202,18 @@ class MlpSlice:
     down_b: Optional[Tensor]
 
 
-def slice_mlp(w: LayerWeights, channels: Optional[Tensor]) -> MlpSlice:
+def slice_mlp(w: LayerWeights, channels: Optional[Tensor], buffers: Optional[Buffers] = None) -> MlpSlice:
     """Slice gate and up by rows and down by columns: `channels` (n,) long ascending, or None for all
-    (the model's own tensors, no copy). docs/algorithm.md §5. Indices out of range fail in torch."""
+    (the model's own tensors, no copy); `buffers` as in `slice_attn`. docs/algorithm.md §5. Indices out of
+    range fail in torch. No host-device sync."""
     if channels is None:
         return MlpSlice(None, w.gate_w, w.gate_b, w.up_w, w.up_b, w.down_w, w.down_b)
     ch = channels.to(w.up_w.device)
     return MlpSlice(
         channels=ch,
-        gate_w=_rows(w.gate_w, ch), gate_b=_rows(w.gate_b, ch),
-        up_w=w.up_w.index_select(0, ch), up_b=_rows(w.up_b, ch),
-        down_w=w.down_w.index_select(1, ch).contiguous(), down_b=w.down_b,
+        gate_w=None if w.gate_w is None else _gather(w.gate_w, 0, ch, buffers, "gate_w"), gate_b=_rows(w.gate_b, ch),
+        up_w=_gather(w.up_w, 0, ch, buffers, "up_w"), up_b=_rows(w.up_b, ch),
+        down_w=_gather(w.down_w, 1, ch, buffers, "down_w"), down_b=w.down_b,
     )
 
 
@@ -197,7 +225,8 @@ def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor
     up = F.linear(x, s.up_w, s.up_b)
     if s.gate_w is None:
         return act(up)
-    return act(F.linear(x, s.gate_w, s.gate_b)) * up
+    # In place on tensors computed here: the same arithmetic as act(gate) * up, without two more allocations.
+    return act(F.linear(x, s.gate_w, s.gate_b)).mul_(up)
 
 
 def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:
@@ -206,3 +235,17 @@ def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tens
 
 
 Slice = Union[AttnSlice, MlpSlice]
+
+
+def copied_bytes(sl: Slice) -> int:
+    """Bytes of the weight copies a slice holds: its gathered tensors, never the model's own (an unpruned
+    slice holds none; a grouped-query slice shares the model's k and v)."""
+    if isinstance(sl, AttnSlice):
+        if sl.heads is None:
+            return 0
+        owned = [sl.q_w, sl.q_b, sl.o_w] + ([sl.k_w, sl.k_b, sl.v_w, sl.v_b] if sl.kv_index is None else [])
+    else:
+        if sl.channels is None:
+            return 0
+        owned = [sl.gate_w, sl.gate_b, sl.up_w, sl.up_b, sl.down_w]
+    return sum(t.numel() * t.element_size() for t in owned if t is not None)

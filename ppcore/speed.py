@@ -87,9 +87,10 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     out: dict[str, Any] = {"batch": list(ids.shape), "repeats": repeats, "device": str(dev),
                            "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                            "hf_forward_s": statistics.median(hf_t) if hf else None, "runs": []}
+    held = [p.held_bytes() for p in pruners]  # after the runs: static slices and per-batch buffers exist
     dense_blocks = _block_medians(records[0])
     dense_s = statistics.median(e2e[0])
-    for cfg, times, recs in zip(cfgs, e2e, records):
+    for cfg, times, recs, held_bytes in zip(cfgs, e2e, records, held):
         blocks = _block_medians(recs)
         fl = recs[0].flops
         layers = []
@@ -106,6 +107,7 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
             **flops_ratios(fl), "flops": dict(fl),
             "embed_s": statistics.median(r.times["embed_s"] for r in recs),
             "head_s": statistics.median(r.times["head_s"] for r in recs), "blocks": layers,
+            "probe_decide_s": statistics.median(_probe_decide_s(r) for r in recs), "held_bytes": held_bytes,
         })
     return out
 
@@ -152,6 +154,12 @@ def generation_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _probe_decide_s(rec) -> float:
+    """Seconds one timed walk spent probing and deciding, over every block."""
+    return sum(getattr(layer, b).times.get(k, 0.0) for layer in rec.layers for b in BLOCK_NAMES
+               for k in ("probe_s", "decide_s"))
+
+
 def _block_medians(recs: list) -> dict[tuple[int, str], dict[str, float]]:
     out: dict[tuple[int, str], dict[str, float]] = {}
     for layer in range(len(recs[0].layers)):
@@ -195,4 +203,7 @@ def summary_markdown(res: dict[str, Any]) -> str:
                      f"{r['time_vs_dense'] / r['flops_ratio']:.3f} | {r['probe_flops_ratio']:.2%} | "
                      f"{'-' if dec_probe is None else f'{dec_probe:.2%}'} | {over:.2%} | "
                      f"{eff.get('attn', '-')}, {eff.get('mlp', '-')} |")
+    held = ", ".join(f"{r['method']} {r['held_bytes'] / 2**20:.1f} MiB" for r in res["runs"] if "held_bytes" in r)
+    if held:
+        lines += ["", f"weight copies held per run (the loaded model holds none): {held}"]
     return "\n".join(lines)

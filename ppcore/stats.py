@@ -147,10 +147,13 @@ class History:
         """Whether the block has a history (it always does when calibration covered it)."""
         return (layer, block) in self.states
 
-    def rows(self, layer: int, block: str, tokens: Tensor) -> Tensor:
+    def rows(self, layer: int, block: str, tokens: Tensor, width: Optional[int] = None) -> Tensor:
         """History rows (n_t, C) at the probe's original positions `tokens` (n_t,); positions never seen read
-        as 0 (docs/algorithm.md §3.3). KeyError for a block without a history."""
+        as 0 (docs/algorithm.md §3.3). `width`: a bound on the positions (the batch's L), which, when the
+        history has that many rows, spares the masking. KeyError for a block without a history."""
         H = self.states[(layer, block)]
+        if width is not None and width <= H.shape[0]:
+            return H.index_select(0, tokens)
         inside = tokens < H.shape[0]
         G = H.index_select(0, tokens.clamp_max(H.shape[0] - 1))
         return G * inside[:, None].to(G.dtype)

@@ -50,11 +50,18 @@ class WalkResult:
 @dataclass
 class Capture:
     """What generation reuses after the prompt: each layer's decisions (by block name) and its keys and values
-    (B, n_kv, L_walk, d) in the walk's layout, and which cached key columns are real tokens (B, L_walk) or None."""
+    (B, heads, L_walk, d) in the walk's layout, and which cached key columns are real tokens (B, L_walk) or None.
+
+    It is the walk's `ppcore.slices.KVStore`: attention hands it each layer's keys and values."""
 
     decisions: list[dict[str, Decision]] = field(default_factory=list)
     kv: list[KV] = field(default_factory=list)
     valid: Optional[Tensor] = None
+
+    def extend(self, layer: int, k: Tensor, v: Tensor) -> KV:
+        """Keep the prompt's keys and values of `layer` (layers arrive in order); they are all it attends to."""
+        self.kv.append((k, v))
+        return k, v
 
 
 class _WalkHooks(LayerHooks):
@@ -80,7 +87,8 @@ class _WalkHooks(LayerHooks):
 
     def ran(self, layer: int, block: Block, d: Decision, resid: Tensor, z: Tensor) -> None:
         ctx = self.ctx
-        ctx.add_time(layer, block.name, full_s=ctx.now() - self._t0)
+        if ctx.timing:
+            ctx.add_time(layer, block.name, full_s=ctx.now() - self._t0)
         self.pruner.observe(ctx, layer, block, z, d)
         bf = block_flops(self.adapter, block, d, self.B, self.L)
         for name in bf:
@@ -91,9 +99,10 @@ class _WalkHooks(LayerHooks):
     def layer_done(self, layer: int) -> None:
         if self.capture is not None:
             # An offloaded layer's slices would pin its weights in memory: keep only the keep-sets.
-            decided = self._decided
-            self.capture.decisions.append({b: replace(d, slice=None) for b, d in decided.items()}
-                                          if self.adapter.offloaded(layer) else decided)
+            # Generation reads keep-sets and slices only: the probe's per-position energies are not kept.
+            offloaded = self.adapter.offloaded(layer)
+            self.capture.decisions.append({b: replace(d, energies=None, slice=None if offloaded else d.slice)
+                                           for b, d in self._decided.items()})
         if self.level != "none":
             self.layers.append(LayerRecord(**self._blocks))
         self._blocks, self._decided = {}, {}
@@ -140,7 +149,8 @@ def walk(
     mask_for_pos = valid if valid is not None else torch.ones(B, L, device=dev)
     pos = adapter.position_ids(mask_for_pos)
     ctx = WalkCtx(position_ids=pos, valid=valid, mask4d=attention_mask_4d(valid, L, dev), rot=None,
-                  update_history=update_history, timing=timing or level != "none", device=dev)
+                  update_history=update_history, timing=timing or level != "none", device=dev,
+                  keeps_decisions=capture is not None)
     if capture is not None:
         capture.valid = valid
     t_start = ctx.now()
@@ -150,7 +160,7 @@ def walk(
     t_embed = ctx.now()
     pruner.prepare()  # FLAP's global allocation reads every layer once, before any is materialised
     hooks = _WalkHooks(adapter, pruner, ctx, level, capture, on_layer)
-    h, finite = run_layers(adapter, h, ctx, hooks, kv=None if capture is None else capture.kv)
+    h, finite = run_layers(adapter, h, ctx, hooks, store=capture)
     t_layers = ctx.now()
     try:
         check_finite_layers(finite, adapter.dtype)

@@ -25,6 +25,7 @@ class WalkCtx:
     mask4d: Optional[Tensor]  # (B, 1, L, L) bool, or None for plain causal attention (full-attention layers)
     rot: Optional[tuple[Tensor, Tensor]]  # rotary cos/sin for the full batch (Llama family), each (B, L, d)
     update_history: bool = True
+    keeps_decisions: bool = False  # the walk hands its decisions on (generation): no slice may be overwritten
     timing: bool = True  # per-block clocks (synchronise the device at each reading)
     device: Optional[torch.device] = None  # the device the clock synchronises: the current layer's
     times: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)  # (layer, block) -> name -> s

@@ -67,7 +67,10 @@ def hand_counts(lm: LoadedModel, rec) -> dict[str, int]:
     for layer in rec.layers:
         a, m = layer.attn, layer.mlp
         dense += attn(s, B, L, s["H"], s["KV"]) + mlp(s, B, L, s["C"])
-        pruned += attn(s, B, L, len(a.kept), len({h // group for h in a.kept})) + mlp(s, B, L, len(m.kept))
+        # Grouped-query attention keeps every key/value head (static shapes, as the official code counts them);
+        # multi-head attention keeps the kept heads' own.
+        kv = len(a.kept) if group == 1 else s["KV"]
+        pruned += attn(s, B, L, len(a.kept), kv) + mlp(s, B, L, len(m.kept))
         if a.probe_tokens:
             probe += attn(s, len(a.probe_samples), len(a.probe_tokens), s["H"], s["KV"], out=False)
         if m.probe_tokens:

@@ -8,7 +8,8 @@ from ppcore import PruneConfig, Pruner, logits, walk
 from ppcore.slices import attn_front, attn_out, head_channels, mlp_front, mlp_out, slice_attn, slice_mlp
 from tests.conftest import tiny_llama, tiny_opt
 
-TINY = {"llama-gqa": lambda: tiny_llama(), "qwen2-bias": lambda: tiny_llama(bias=True), "opt": lambda: tiny_opt()}
+TINY = {"llama-gqa": lambda: tiny_llama(), "qwen2-bias": lambda: tiny_llama(bias=True), "opt": lambda: tiny_opt(),
+        "llama-mha": lambda: tiny_llama(kv_heads=6)}
 
 
 def _hf_logits(lm, ids, mask=None):
@@ -76,12 +77,12 @@ def test_sliced_attention_equals_masked_dense(name):
         kept = torch.tensor(heads)
         with torch.inference_mode():
             full = slice_attn(w, dims, None)
-            z = attn_front(full, x, dims.head_dim, rot, None)[0]
+            z = attn_front(full, x, dims.head_dim, rot, None)
             mask = torch.zeros(z.shape[-1])
             mask[head_channels(kept, dims.head_dim)] = 1
             ref = attn_out(full, z * mask)
             sl = slice_attn(w, dims, kept)
-            got = attn_out(sl, attn_front(sl, x, dims.head_dim, rot, None)[0])
+            got = attn_out(sl, attn_front(sl, x, dims.head_dim, rot, None))
         assert sl.q_w.shape[0] == len(heads) * dims.head_dim
         assert (got - ref).abs().max().item() <= 1e-5
 
@@ -104,21 +105,31 @@ def test_sliced_mlp_equals_masked_dense(name):
     assert (got - ref).abs().max().item() <= 1e-5
 
 
-def test_kv_head_dropped_only_when_all_its_query_heads_are():
+def test_attention_slices_have_static_shapes():
+    """A slice's shapes follow from the number of kept heads only (no host sync to build it): grouped-query
+    attention keeps every kv head and maps each kept query head to its own; multi-head slices k and v alike."""
     lm = tiny_llama()  # 6 query heads over 2 kv heads: heads 0-2 read kv 0, heads 3-5 read kv 1
     dims, w = lm.adapter.dims, lm.adapter.layer(0)
-    assert slice_attn(w, dims, torch.tensor([0, 1, 2])).n_kv == 1
-    assert slice_attn(w, dims, torch.tensor([2, 3])).n_kv == 2
-    assert slice_attn(w, dims, torch.tensor([4])).k_w.shape[0] == dims.head_dim
+    for heads, kv in (([0, 1, 2], [0, 0, 0]), ([2, 3], [0, 1]), ([4], [1])):
+        sl = slice_attn(w, dims, torch.tensor(heads))
+        assert sl.n_kv == 2 and sl.k_w.shape[0] == 2 * dims.head_dim and sl.kv_index.tolist() == kv
+    mha = tiny_llama(kv_heads=6)
+    sl = slice_attn(mha.adapter.layer(0), mha.adapter.dims, torch.tensor([1, 4]))
+    assert sl.n_kv == 2 and sl.kv_index is None and sl.k_w.shape[0] == 2 * mha.adapter.dims.head_dim
 
 
-def test_walk_never_mutates_the_model():
-    lm = tiny_llama()
+@pytest.mark.parametrize("name", list(TINY))
+def test_walk_never_mutates_the_model(name):
+    """Per-batch slices are written into reused buffers: never into the model's tensors (grouped-query slices
+    keep the model's k and v, multi-head and MLP slices copy theirs)."""
+    lm = TINY[name]()
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    ids = torch.randint(0, 128, (4, 20))
+    g = torch.Generator().manual_seed(2)
     for method in ("pp", "fullbatch"):
         cfg = PruneConfig(method=method, ratio=0.5, skip_layers=(0,), use_history=False)
-        walk(lm.adapter, Pruner(lm.adapter, cfg), ids)
+        pruner = Pruner(lm.adapter, cfg)
+        for _ in range(3):  # later batches write into the buffers of earlier ones
+            walk(lm.adapter, pruner, torch.randint(0, 128, (4, 20), generator=g))
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block
-from ..slices import Slice
+from ..slices import Buffers, Slice
 from ..stats import History
 from ..walk_context import WalkCtx
 
@@ -30,13 +30,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Energies:
-    """PP's per-channel activation energies of one block, each (C,) fp32, summed over the probe's positions
-    (docs/algorithm.md §3.3): the probe's own, the history's at the same positions (None without a
-    history), and the fused energy the PPsp score uses."""
+    """PP's per-channel activation energies of one block (docs/algorithm.md §3.3), kept per probe position so that
+    a walk without a record never reduces them: `probe_rows` and `history_rows` (n_t, C) fp32 (history None
+    without one), `fused` (C,) the fused energy the PPsp score used. `probe` and `history` sum the rows
+    over the probe's positions (C,)."""
 
-    probe: Tensor
-    history: Optional[Tensor]
+    probe_rows: Tensor
+    history_rows: Optional[Tensor]
     fused: Tensor
+
+    @property
+    def probe(self) -> Tensor:
+        """(C,) the probe's own energy, summed over its positions."""
+        return self.probe_rows.sum(0)
+
+    @property
+    def history(self) -> Optional[Tensor]:
+        """(C,) the history's energy at the probe's positions, or None without a history."""
+        return None if self.history_rows is None else self.history_rows.sum(0)
 
 
 @dataclass(kw_only=True)
@@ -78,6 +89,10 @@ class Method:
         """Whether a pruning run of this method with `cfg` reads calibration statistics (docs/algorithm.md §7)."""
         return False
 
+    def held_slices(self) -> list[Slice]:
+        """The slices this run keeps between batches (a static method's decisions); none by default."""
+        return []
+
     def prepare(self) -> None:
         """Work that reads every layer, once, before a walk's first layer (FLAP's global allocation)."""
 
@@ -91,10 +106,11 @@ class Method:
         (PP's history update, docs/algorithm.md §3.4)."""
 
     def decision(self, layer: int, block: Block, w: LayerWeights, kept: Tensor, *, bias: Optional[Tensor] = None,
-                 **fields) -> Decision:
+                 buffers: Optional[Buffers] = None, **fields) -> Decision:
         """The decision that keeps units `kept` (n,) of this block: a slice of them, or the full weights (and no
-        bias) when every unit is kept. `fields` are the other `Decision` fields (scores, probe picks, ...)."""
+        bias) when every unit is kept. `buffers`: reusable tensors for the slice (see `Pruner.slice_buffers`).
+        `fields` are the other `Decision` fields (scores, probe picks, ...)."""
         run = self.run
         if kept.numel() == block.units(run.dims):
             return Decision(slice=run.full_slice(layer, block, w), pruned=True, **fields)
-        return Decision(slice=block.slice(w, run.dims, kept), kept=kept, bias=bias, pruned=True, **fields)
+        return Decision(slice=block.slice(w, run.dims, kept, buffers), kept=kept, bias=bias, pruned=True, **fields)

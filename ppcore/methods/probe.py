@@ -66,23 +66,22 @@ class ProbeMethod(Method):
         if window is not None and window >= x.shape[1]:
             window = None  # no two tokens of this batch are a window apart
         p = self.probe(ctx, layer, block, resid, x, window)
-        zp = block.front(ad, full, p.x, p.rot, p.mask)[0]
+        zp = block.front(ad, full, p.x, p.rot, p.mask)
         probe_flops = block.flops(ad, p.x.shape[0], p.x.shape[1], with_out=False)
         P = probe_energy(zp, p.valid)
         t1 = ctx.now()
-        e_probe = P.sum(0)
-        e_hist = None
+        G = None
         if self.history is not None and self.history.has(layer, block.name):
-            G = self.history.rows(layer, block.name, p.tokens)
-            e_hist = G.sum(0)
+            G = self.history.rows(layer, block.name, p.tokens, x.shape[1])
             s = fuse(P, G).sum(0)
         else:
-            s = e_probe
+            s = P.sum(0)
         scores = block.ppsp(s, self._pow4_of(layer, block, w), dims)
         kept = block.keep_top(scores, run.r_eff, dims, run.cfg.mlp_multiple)
-        d = self.decision(layer, block, w, kept, probe_tokens=p.tokens, probe_samples=p.samples, scores=scores,
-                          energies=Energies(e_probe, e_hist, s), probe_flops=probe_flops)
-        ctx.add_time(layer, block.name, probe_s=t1 - t0, decide_s=ctx.now() - t1)
+        d = self.decision(layer, block, w, kept, buffers=run.slice_buffers(ctx, block), probe_tokens=p.tokens,
+                          probe_samples=p.samples, scores=scores, energies=Energies(P, G, s), probe_flops=probe_flops)
+        if ctx.timing:
+            ctx.add_time(layer, block.name, probe_s=t1 - t0, decide_s=ctx.now() - t1)
         return d
 
     def _pow4_of(self, layer: int, block: Block, w: LayerWeights) -> Tensor:
@@ -117,7 +116,7 @@ class PP(ProbeMethod):
         samples = select_samples(N, tokens, cfg.sample_frac)
         xp = x.index_select(0, samples).index_select(1, tokens)
         valid = None if ctx.valid is None else ctx.valid.index_select(0, samples).index_select(1, tokens)
-        rot, mask = block.probe_context(self.run.adapter, ctx.position_ids, xp, samples, tokens, valid, window)
+        rot, mask = block.probe_context(ctx.rot, xp, samples, tokens, valid, window)
         return Probe(xp, valid, rot, mask, tokens, samples)
 
     def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:

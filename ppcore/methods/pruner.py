@@ -14,7 +14,7 @@ from ..adapters import Adapter, LayerWeights, ModelDims
 from ..blocks import BLOCKS, BlockLike, as_block
 from ..errors import ConfigError
 from ..ratios import adjusted_ratio, heads_pruned, mlp_kept_for_ratio
-from ..slices import Slice
+from ..slices import Buffers, Slice, copied_bytes
 from ..stats import CalibStats, History
 from ..walk_context import WalkCtx
 from .base import Decision, Method
@@ -85,6 +85,7 @@ class Pruner:
         # from then on, so this pruner refuses further batches rather than decide from it.
         self.poisoned: Optional[str] = None
         self._full: dict[tuple[int, str], Slice] = {}
+        self._buffers: dict[str, Buffers] = {}
         self.method: Method = method_cls(self)
 
     @property
@@ -117,6 +118,22 @@ class Pruner:
         if self.cacheable(layer):
             self._full[key] = sl
         return sl
+
+    def held_bytes(self) -> int:
+        """Bytes of weight copies this run holds now: a static method's kept slices, and the one reusable set of
+        per-batch slice tensors per block kind (`slice_buffers`). The loaded model itself holds no copies."""
+        buffers = sum(t.numel() * t.element_size() for b in self._buffers.values() for t in b.values())
+        return buffers + sum(copied_bytes(sl) for sl in self.method.held_slices())
+
+    def slice_buffers(self, ctx: WalkCtx, block: BlockLike) -> Optional[Buffers]:
+        """Tensors a per-batch slice of this kind of block may be written into, or None for new ones.
+
+        The walk runs one block at a time, so when a layer's block is decided the same block of the layer
+        before has finished: one set of copies per block kind serves every layer (no allocation per batch
+        and layer). Not when the walk keeps its decisions (`ctx.keeps_decisions`: generation reuses them)."""
+        if ctx.keeps_decisions:
+            return None
+        return self._buffers.setdefault(as_block(block).name, {})
 
     def full_decision(self, layer: int, block: BlockLike, w: LayerWeights) -> Decision:
         """Keep everything, undecided (`pruned` False)."""

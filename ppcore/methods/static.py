@@ -14,6 +14,7 @@ from torch import Tensor
 from ..adapters import LayerWeights
 from ..blocks import Block
 from ..scores import column_pow4, wanda_sp_channels
+from ..slices import Slice
 from ..walk_context import WalkCtx
 from .base import Decision, Method
 
@@ -53,6 +54,10 @@ class StaticMethod(Method):
     def choose(self, layer: int, block: Block, w: LayerWeights) -> Choice:
         """This block's keep-set from the calibration statistics."""
         raise NotImplementedError
+
+    def held_slices(self) -> list[Slice]:
+        """Every cached decision's slice: the kept weights, copied once per run."""
+        return [d.slice for d in self._decisions.values() if d.slice is not None]
 
     def decide(self, ctx: WalkCtx, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
         """The block's choice as a decision; the batch (`resid`, `x`) is not read."""
