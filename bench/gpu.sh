@@ -10,6 +10,11 @@ mkdir -p "$OUT"
 export PPCORE_CACHE=${PPCORE_CACHE:-$PWD/.cache/ppcore}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 run() { echo "+ $*" >&2; "$@"; }
+# No host-device sync in the layer loop for any method: CUDA's sync debug mode raises at the first one.
+run $PY -m pytest -q tests/test_syncs.py -k gpu 2>&1 | tee "$OUT/syncs.txt"
+run $PY -m ppcore speed --device cuda --dtype bfloat16 --batch-size 8 --seq-len 64 --repeats 10 \
+    --calib-windows 40 --calib-seq-len 64 --generate 32 --quiet --json "$OUT/speed_default_8x64.json" \
+    | tee "$OUT/speed_default_8x64.md"
 run $PY -m ppcore speed --device cuda --dtype bfloat16 --batch-size 20 --seq-len 512 --repeats 10 \
     --calib-windows 100 --quiet --json "$OUT/speed_default.json" | tee "$OUT/speed_default.md"
 run $PY -m ppcore speed --model random:llama-7b --device cuda --dtype bfloat16 --batch-size 20 --seq-len 1024 \

@@ -64,7 +64,8 @@ def probe_energy(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     projection input `zp` (n_b, n_t, C) and its 0/1 `valid` (n_b, n_t) or None (docs/algorithm.md §3.3)."""
     z2 = zp.float().square()
     if valid is None:
-        return z2.sum(0) / zp.shape[0]
+        # One sample (the usual probe): its squares are the mean already (a sum of one term, divided by 1).
+        return z2[0] if zp.shape[0] == 1 else z2.sum(0) / zp.shape[0]
     v = valid.to(z2.dtype)
     return (z2 * v[..., None]).sum(0) / v.sum(0).clamp_min(1.0)[:, None]
 
@@ -72,8 +73,10 @@ def probe_energy(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
 def fuse(P: Tensor, G: Tensor) -> Tensor:
     """Importance-scaled fusion of probe P and history G, both (n_t, C), element-wise per (position, channel):
     a = P / (P + G + 1e-6), F = (1 - a) * G + a * P (docs/algorithm.md §3.3)."""
-    a_p = P / (P + G + FUSION_EPS)
-    return (1 - a_p) * G + a_p * P
+    # The formula's operations in its order, on two temporaries instead of seven.
+    a_p = torch.add(P, G).add_(FUSION_EPS)
+    torch.div(P, a_p, out=a_p)
+    return torch.rsub(a_p, 1).mul_(G).add_(a_p.mul_(P))
 
 
 # --- scores (docs/algorithm.md §4, §4.1) ---------------------------------------------------------

@@ -22,13 +22,21 @@ if TYPE_CHECKING:
 @dataclass
 class Timing:
     """One method on the batch (`ppcore.speed.measure`: warm-up, interleaved repeats, medians): seconds,
-    time over dense's, and the four FLOPs ratios of `ppcore.flops.flops_ratios` by name."""
+    time over dense's, the four FLOPs ratios of `ppcore.flops.flops_ratios` by name, the seconds of a timed
+    run spent probing and deciding, and the bytes of weight copies the run holds (`Pruner.held_bytes`)."""
 
     method: str
     ratio: float
     seconds: float
     time_vs_dense: float
     flops: dict[str, Optional[float]]
+    probe_decide_s: float = 0.0
+    held_bytes: int = 0
+
+    @property
+    def probe_decide_share(self) -> float:
+        """Probing and deciding over the end-to-end time (0 for dense and the static methods)."""
+        return self.probe_decide_s / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -59,8 +67,8 @@ class Latency:
 
 
 def _timings(measured: dict[str, Any]) -> list[Timing]:
-    return [Timing(x["method"], x["ratio"], x["seconds"], x["time_vs_dense"], {k: x.get(k) for k in RATIO_NAMES})
-            for x in measured["runs"]]
+    return [Timing(x["method"], x["ratio"], x["seconds"], x["time_vs_dense"], {k: x.get(k) for k in RATIO_NAMES},
+                   x.get("probe_decide_s", 0.0), x.get("held_bytes", 0)) for x in measured["runs"]]
 
 
 def latency(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, repeats: int) -> Latency:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .adapters import LayerWeights, ModelDims
+from .linear import linear
 
 
 def head_channels(heads: Tensor, head_dim: int) -> Tensor:
@@ -149,9 +150,9 @@ def attn_front(
             empty = x.new_zeros(B, 0, L, head_dim)
             store[0].extend(store[1], empty, empty)
         return x.new_zeros(B, L, 0)
-    q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
-    k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
-    v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    q = linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
+    k = linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    v = linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     if rot is not None:
         cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
         # q * cos + rotate_half(q) * sin, the same operations in the same order, in place where the tensor is ours.
@@ -177,7 +178,7 @@ def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[
         if b is not None:
             out = out + b
     else:
-        out = F.linear(z, w, b)
+        out = linear(z, w, b)
     return out if extra_bias is None else out + extra_bias
 
 
@@ -222,11 +223,11 @@ def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor
 
     `x` (B, L, D) -> (B, L, kept). docs/algorithm.md §2.4, §5. Raises nothing beyond torch.
     """
-    up = F.linear(x, s.up_w, s.up_b)
+    up = linear(x, s.up_w, s.up_b)
     if s.gate_w is None:
         return act(up)
     # In place on tensors computed here: the same arithmetic as act(gate) * up, without two more allocations.
-    return act(F.linear(x, s.gate_w, s.gate_b)).mul_(up)
+    return act(linear(x, s.gate_w, s.gate_b)).mul_(up)
 
 
 def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:

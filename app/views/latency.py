@@ -22,13 +22,16 @@ def layer_times(lat: session.Latency) -> pd.DataFrame:
 
 
 def summary_table(lat: session.Latency) -> pd.DataFrame:
-    """One row per method: median seconds, time against dense, and the four FLOPs figures (whole model, LM
-    head included, which is what wall time pays; and decoder layers only, the paper's definition)."""
+    """One row per method: median seconds, time against dense, the four FLOPs figures (whole model, LM
+    head included, which is what wall time pays; and decoder layers only, the paper's definition), the
+    share of the time spent probing and deciding, and the weight copies the run holds."""
     return pd.DataFrame([{"method": t.method, "ratio": t.ratio, "seconds (median)": t.seconds,
                           "time / dense": t.time_vs_dense, "FLOPs / dense (whole model)": t.flops["flops_ratio"],
                           "FLOPs / dense (decoder layers)": t.flops["decoder_flops_ratio"],
                           "probe FLOPs / dense (whole model)": t.flops["probe_flops_ratio"],
-                          "probe FLOPs / dense (decoder layers)": t.flops["decoder_probe_flops_ratio"]}
+                          "probe FLOPs / dense (decoder layers)": t.flops["decoder_probe_flops_ratio"],
+                          "probe + decide share of its time": t.probe_decide_share,
+                          "weight copies held (MiB)": t.held_bytes / 2**20}
                          for t in lat.runs])
 
 

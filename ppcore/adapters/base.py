@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..linear import linear
+
 # Each may overwrite its argument (in place where torch has the kernel): the engine only passes a tensor it
 # has just computed and owns, and saves an allocation of the MLP's widest activation per block.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -233,8 +235,11 @@ class Adapter:
     def head(self, h: Tensor) -> Tensor:
         """Logits (..., vocab) of final hidden states (..., D): the LM head on its own device (the result
         stays there)."""
+        head = self.lm_head
         with self._guard():
-            return self.lm_head(h)
+            if type(head) is nn.Linear and not hasattr(head, "_hf_hook"):  # a plain, resident LM head
+                return linear(h, head.weight, head.bias)  # fast for a decode step's few rows on the CPU
+            return head(h)
 
     # --- shared ------------------------------------------------------------------------------
     @property
