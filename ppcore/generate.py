@@ -143,8 +143,9 @@ def decode_one_token(adapter: Adapter, pruner: Pruner, state: DecodeState, token
     bool (False: the residual or the logits were not finite). Raises IndexError when the cache is full.
     No host-device sync."""
     cache = state.cache
-    state.pos = state.pos + 1
-    cache.add_key(state.pos)
+    pos = state.pos + 1
+    cache.add_key(pos)  # raises IndexError when full, before any state changes
+    state.pos = pos
     # Keys a new token may see: real ones, and within a sliding layer's window (HF's p - w < q <= p).
     masks = {w: decode_key_mask(cache.key_valid, cache.key_pos, state.pos, w, state.padded)
              for w in (None, *state.windows)}
@@ -196,16 +197,16 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
             done |= nxt[:, 0] == eos_id
         out.append(nxt)
         steps += 1
-    ok = torch.stack([f.to(dev) for f in finite])
-    if not bool(ok.all()):
-        raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 1} "
-                             f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
-    decode_s = clock.now(dev) - t1
+    decode_s = clock.now(dev) - t1  # every step run, those after the last EOS (until the next check) included
     new = torch.cat(out, 1).tolist()
     if eos_id is not None:
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
-        # Steps after the last row's EOS (run until the next check) are not counted as decoded tokens.
-        steps = min(steps, max(len(row) for row in new) - 1)
+    # Finiteness of the tokens returned (finite[i] is new token i + 1's): steps run after every row ended
+    # produce nothing, so they cannot fail the generation.
+    ok = torch.stack([f.to(dev) for f in finite[:max(len(row) for row in new)]])
+    if not bool(ok.all()):
+        raise NonFiniteError(f"generation became non-finite (inf or NaN) at new token {int((~ok).nonzero()[0, 0]) + 1} "
+                             f"in {str(adapter.dtype).replace('torch.', '')}; load the model in bfloat16 or float32")
     return Generation(new, prefill_s, decode_s, int(sum(len(p) for p in prompts)), steps, len(prompts), record)
 
 

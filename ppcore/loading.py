@@ -83,6 +83,20 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    def extra_weight_bytes(self) -> int:
+        """Bytes of tensors held by this object or its adapter (directly, or in a dict, list or tuple) that
+        are not the model's own parameters or buffers: copies the engine would keep per loaded model."""
+        own = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers()]}
+        found: dict[int, int] = {}
+        for holder in (self, self.adapter):
+            for value in vars(holder).values():
+                items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                    else (value,)
+                for t in items:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own:
+                        found[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(found.values())
+
     def info(self) -> dict[str, Any]:
         """What `ppcore info` prints: name, family, fingerprint, device, dtype, sizes (`ModelDims`), the
         parameter count and bytes, the bytes of weight copies the engine keeps per loaded model (none) and,
@@ -97,9 +111,9 @@ class LoadedModel:
             "max_positions": d.max_positions,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
-            # The engine reads the model's own tensors and keeps no re-laid-out copy of them per model; what a
-            # run copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
-            "extra_weight_bytes": 0,
+            # Tensors the engine keeps beside the model (none today: it reads the model's own); what a run
+            # copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
+            "extra_weight_bytes": self.extra_weight_bytes(),
             "device_map": _count_devices(placement) if placement else None,
         }
 

@@ -72,8 +72,8 @@ class AttnSlice:
     o_w: Tensor  # (D_out, n_heads * d)
     o_b: Optional[Tensor]
     # (n_heads,) long: the key/value head of each kept query head, or None when SDPA's own grouping holds
-    # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are expanded to one per
-    # kept query head right after the projection (an index_select on the device, no sync).
+    # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are cached per key/value
+    # head and expanded to one per kept query head just before attention (an index_select, no sync).
     kv_index: Optional[Tensor]
 
 
@@ -139,8 +139,9 @@ def attn_front(
     `x` (B, L, D) normed block input; `rot` the rotary (cos, sin), each (B, L, d), or None; `mask` a
     boolean (B or 1, 1, L, L_keys) mask (True = attend) or None: plain causal attention when the keys are
     this call's own, else attention to every key. `store` (a `KVStore`, the layer): where this call's
-    rotated keys and values go (one per kept query head when the slice has a `kv_index`), and which keys
-    the queries see (cached ones included). With no head kept, the input is (B, L, 0).
+    rotated keys and values go (one per key/value head of the slice), and which keys the queries see
+    (cached ones included); a slice's `kv_index` expands them to one per kept query head afterwards.
+    With no head kept, the input is (B, L, 0).
     docs/algorithm.md §2.4, §5. Raises RuntimeError (from torch) on shapes that do not fit the slice.
     No host-device sync.
     """
@@ -158,10 +159,10 @@ def attn_front(
         # q * cos + rotate_half(q) * sin, the same operations in the same order, in place where the tensor is ours.
         q = q.mul(cos).add_(rotate_half(q).mul_(sin))
         k = k.mul(cos).add_(rotate_half(k).mul_(sin))
+    if store is not None:  # cached as computed: one per key/value head, as small as a dense cache
+        k, v = store[0].extend(store[1], k, v)
     if s.kv_index is not None:
         k, v = k.index_select(1, s.kv_index), v.index_select(1, s.kv_index)
-    if store is not None:
-        k, v = store[0].extend(store[1], k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == L,
                                          enable_gqa=k.shape[1] != s.n_heads).transpose(1, 2)
     return out.reshape(B, L, s.n_heads * head_dim)

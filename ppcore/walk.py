@@ -59,7 +59,11 @@ class Capture:
     valid: Optional[Tensor] = None
 
     def extend(self, layer: int, k: Tensor, v: Tensor) -> KV:
-        """Keep the prompt's keys and values of `layer` (layers arrive in order); they are all it attends to."""
+        """Keep the prompt's keys and values of `layer` (layers arrive in order); they are all it attends to.
+        Raises ValueError for a capture that already holds another walk's layers."""
+        if layer != len(self.kv):
+            raise ValueError(f"capture holds {len(self.kv)} layers' keys and values, got layer {layer}: "
+                             "use a new Capture")
         self.kv.append((k, v))
         return k, v
 

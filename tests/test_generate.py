@@ -53,3 +53,22 @@ def test_pp_generation_decides_on_the_prompt():
     gen = generate(lm.adapter, Pruner(lm.adapter, cfg), [[5, 6, 7, 8, 9, 10]], max_new_tokens=4, eos_id=None)
     assert len(gen.tokens[0]) == 4
     assert gen.record.layers[1].attn.probe_tokens  # the probe ran on the prompt
+
+
+def test_eos_rows_end_at_their_eos_and_later_steps_are_ignored():
+    """Rows reaching EOS at different steps: each is cut after its EOS, the rest continue, and the steps run
+    until the next EOS check (every EOS_CHECK_EVERY tokens) change nothing that is returned."""
+    from ppcore.generate import EOS_CHECK_EVERY
+
+    lm = tiny_llama()
+    pruner = Pruner(lm.adapter, PruneConfig(method="dense"))
+    prompts = [[5, 9, 14, 3], [7, 7, 2], [1, 2, 3, 4, 5, 6]]
+    free = generate(lm.adapter, pruner, prompts, max_new_tokens=12).tokens
+    eos = free[0][2]  # the third token of row 0 ends it; other rows end wherever they produce it, if at all
+    got = generate(lm.adapter, pruner, prompts, max_new_tokens=12, eos_id=eos)
+    for row, ref in zip(got.tokens, free):
+        expected = ref[: ref.index(eos) + 1] if eos in ref else ref
+        assert row == expected
+    assert len(got.tokens[0]) == free[0].index(eos) + 1 <= 3
+    # The loop stops only at a check (after a multiple of EOS_CHECK_EVERY steps) or after all 11 steps.
+    assert got.decode_steps == 11 or got.decode_steps % EOS_CHECK_EVERY == 0

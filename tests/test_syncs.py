@@ -86,26 +86,32 @@ def test_no_sync_per_decoded_token(monkeypatch, name):
     assert totals[0] == totals[1]
 
 
+def _strict(fn):
+    """`fn` under CUDA's sync debug mode "error": the first synchronising call inside raises."""
+    def wrapper(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return wrapper
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_no_sync_in_the_layer_loop_on_a_gpu(monkeypatch):
-    """On a real device: CUDA raises inside the layer loop at the first synchronising call."""
-    lm, calib, ids, mask = _setup("llama-gqa")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_sync_in_the_layer_loop_or_a_decode_step_on_a_gpu(monkeypatch, name):
+    """On a real device: CUDA raises inside the layer loop or a decode step at the first synchronising call."""
+    lm, calib, ids, mask = _setup(name)
     from ppcore.adapters import make_adapter
 
     dev = torch.device("cuda")
     lm.model.to(dev)
     ad = make_adapter(lm.model)
-    run_layers = WALK.run_layers
-
-    def strict(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return run_layers(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(WALK, "run_layers", strict)
+    monkeypatch.setattr(WALK, "run_layers", _strict(WALK.run_layers))
+    monkeypatch.setattr(GENERATE, "decode_one_token", _strict(GENERATE.decode_one_token))
     for method in METHODS:
         pruner = Pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev))
         for m in (None, mask.to(dev)):
             walk(ad, pruner, ids.to(dev), m, level="none", timing=False)
+        generate(ad, Pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev)),
+                 [ids[0, :9].tolist(), ids[1].tolist()], 6, level="none")

@@ -60,15 +60,20 @@ from torch import Tensor, nn
 
 from ..linear import linear
 
-# Each may overwrite its argument (in place where torch has the kernel): the engine only passes a tensor it
-# has just computed and owns, and saves an allocation of the MLP's widest activation per block.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "silu": lambda x: F.silu(x, inplace=True),
-    "swish": lambda x: F.silu(x, inplace=True),
-    "relu": lambda x: F.relu(x, inplace=True),
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+# The same functions overwriting their argument where torch has the kernel: the engine's `Adapter.act` passes
+# only a tensor it has just computed and owns, and saves an allocation of the MLP's widest activation.
+_IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": lambda x: F.silu(x, inplace=True),
+    "swish": lambda x: F.silu(x, inplace=True),
+    "relu": lambda x: F.relu(x, inplace=True),
 }
 
 
@@ -159,7 +164,9 @@ class Adapter:
         self.dims = self.dims_of(self.config)
         # Each layer's sliding attention window as the HF config defines it (None: full attention).
         self.windows: tuple[Optional[int], ...] = self._windows()
-        self.act: Callable[[Tensor], Tensor] = ACTIVATIONS[self.activation_of(self.config)]
+        name = self.activation_of(self.config)
+        # May overwrite its argument (see _IN_PLACE): pass only a tensor nobody else reads.
+        self.act: Callable[[Tensor], Tensor] = _IN_PLACE.get(name, ACTIVATIONS[name])
         # Placement, read once: with accelerate's device_map each layer has its own execution device,
         # and layers offloaded to the CPU or disk hold meta tensors until materialised.
         n = self.dims.num_layers
@@ -237,7 +244,8 @@ class Adapter:
         stays there)."""
         head = self.lm_head
         with self._guard():
-            if type(head) is nn.Linear and not hasattr(head, "_hf_hook"):  # a plain, resident LM head
+            plain = not (hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks)
+            if type(head) is nn.Linear and plain:  # a plain, resident LM head with no hooks
                 return linear(h, head.weight, head.bias)  # fast for a decode step's few rows on the CPU
             return head(h)
 
