@@ -78,7 +78,7 @@ def test_extra_weight_bytes_counts_a_copy_kept_beside_the_model():
     assert lm.info()["extra_weight_bytes"] == w.numel() * 4
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 16), (1, 16), (16,), (0, 16), (70, 16)])
+@pytest.mark.parametrize("shape", [(2, 2, 16), (3, 16), (1, 16), (16,), (0, 16), (3, 5, 16), (70, 16)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_f_linear(shape, bias):
     """The skinny path (few rows on the CPU) computes F.linear's product; more rows are F.linear itself."""
