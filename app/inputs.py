@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import streamlit as st
 
+from ppcore import session
+
 from .batch import UPLOAD_TYPES, read_upload
 from .state import BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo, from_query, limits
 
@@ -63,6 +65,37 @@ def widget(where: Any, name: str, disabled: bool = False) -> None:
         where.text_input(label, key=key, help=help, disabled=disabled)
 
 
+OTHER_MODEL = "another model…"  # the model picker's entry for a hub id, a folder or a .gguf path
+
+
+def _model_picker(disabled: bool = False) -> None:
+    """The embedded models by name, or any other model typed in; the chosen model's licence under it.
+
+    The setting itself stays `model` (key s_model): a named choice writes it, OTHER_MODEL shows its text input."""
+    named = session.named_models()
+    current = st.session_state.get("s_model", "default")
+    if st.session_state.get("_model_for_choice") != current:  # the URL, or the text input, set another model
+        st.session_state["s_model_choice"] = current if current in named else OTHER_MODEL
+    st.selectbox("Model", [*named, OTHER_MODEL], key="s_model_choice", disabled=disabled,
+                 format_func=lambda n: f"{n}: {named[n]}" if n in named else n,
+                 help="A model shipped in PyPI wheels (converted once on first use, then cached), or another one")
+    choice = st.session_state["s_model_choice"]
+    if choice == OTHER_MODEL:
+        if st.session_state.get("s_model") in named:
+            st.session_state["s_model"] = ""  # the text input starts empty, not on a named model
+        widget(st, "model", disabled)
+    else:
+        st.session_state["s_model"] = choice
+    st.session_state["_model_for_choice"] = st.session_state.get("s_model")
+    terms = session.licence(st.session_state.get("s_model", ""))
+    if terms is not None:
+        line, path = terms
+        st.caption(f"Licence: {line}")
+        if path is not None:
+            st.download_button("Licence terms (HTML)", path.read_bytes(), file_name=path.name, mime="text/html",
+                               key="licence_terms", width="stretch")
+
+
 def _row(names: tuple[str, ...], disabled: bool = False) -> None:
     """One line of the sidebar: one setting across, or several side by side."""
     for where, name in zip(st.columns(len(names)) if len(names) > 1 else [st], names):
@@ -108,7 +141,7 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
                     help="Prune the batch with these settings and refresh every view")
     upload: Optional[tuple[str, bytes]] = None
     with sb.expander("Model", expanded=False):
-        _row(("model",), disabled=is_demo)
+        _model_picker(disabled=is_demo)
         _row(("device", "dtype"), disabled=is_demo)
         if is_demo:
             st.caption("Demo mode: the model, device and dtype are locked to the default; batches are capped.")

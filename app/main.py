@@ -64,6 +64,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             calib_cfg = calib_config(s)
             check_settings(s)
             step(0.05, f"loading model {s.model!r} (cached after the first load)")
+            session.prepare(s.model, lambda v, text: step(0.05, text))  # a first load's joining and conversion
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)

@@ -87,8 +87,8 @@ def limits() -> Limits:
 class PageSettings:
     """The app's own settings: which model, and where the batch comes from."""
 
-    model: str = setting("default", "'default' (embedded SmolLM2-135M-Instruct), a hub id, a local checkpoint "
-                         "folder or a .gguf path")
+    model: str = setting("default", "'default' (embedded SmolLM2-135M-Instruct), 'gemma3-270m' (embedded "
+                         "Gemma-3-270M), a hub id, a local checkpoint folder or a .gguf path")
     device: str = setting("auto", "map: a model too big for one device, spread by accelerate over the GPUs, the "
                           "CPU and disk (offloaded layers are loaded one at a time)", choices=DEVICES)
     dtype: str = setting("auto", "the weights' dtype; auto: the checkpoint's, float32 on a CPU", choices=DTYPE_CHOICES)

@@ -32,7 +32,7 @@ def _fmt(m: float, se: Optional[float], digits: int = 2) -> str:
 
 
 def aggregate(rows: list[Row]) -> list[Row]:
-    """One entry per (method, ratio): ppl, time, the four FLOPs figures and PRR over seeds."""
+    """One entry per (method, ratio): ppl, time, the four FLOPs figures, the achieved ratios and PRR over seeds."""
     dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
     keys: list[tuple[str, float]] = []
     for r in rows:
@@ -53,23 +53,28 @@ def aggregate(rows: list[Row]) -> list[Row]:
             "decoder_flops_ratio": _mean_or_none([r.get("decoder_flops_ratio") for r in group]),
             "probe_flops_ratio": statistics.fmean(r["probe_flops_ratio"] for r in group),
             "decoder_probe_flops_ratio": _mean_or_none([r.get("decoder_probe_flops_ratio") for r in group]),
+            "heads_removed": _mean_or_none([r.get("heads_removed") for r in group]),
+            "channels_removed": _mean_or_none([r.get("channels_removed") for r in group]),
             "prr": mean_se(prr) if method != "dense" and len(prr) == len(group) and prr else None,
         })
     return out
 
 
 def markdown(rows: list[Row]) -> str:
-    """The seeded table: FLOPs over the whole model (LM head in: what wall time pays) and over the decoder
-    layers only (the paper's definition), for the pruned model and for the probe."""
-    lines = ["| method | ratio | perplexity | seconds | time / dense | FLOPs / dense (model) | FLOPs / dense "
-             "(decoder) | probe FLOPs (model) | probe FLOPs (decoder) | PRR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The seeded table: the nominal ratio and the achieved one (heads / MLP channels removed), FLOPs over the
+    whole model (LM head in: what wall time pays) and over the decoder layers only (the paper's definition),
+    for the pruned model and for the probe."""
+    lines = ["| method | ratio | removed: heads / channels | perplexity | seconds | time / dense | FLOPs / dense "
+             "(model) | FLOPs / dense (decoder) | probe FLOPs (model) | probe FLOPs (decoder) | PRR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in aggregate(rows):
         tvd = _fmt(*a["time_vs_dense"], digits=3) if a["time_vs_dense"] else "-"
         prr = _fmt(*a["prr"]) if a["prr"] else ("-" if a["method"] == "dense" else "n/a (no time saved)")
         dec = "-" if a["decoder_flops_ratio"] is None else f"{a['decoder_flops_ratio']:.3f}"
         dec_probe = "-" if a["decoder_probe_flops_ratio"] is None else f"{a['decoder_probe_flops_ratio']:.2%}"
-        lines.append(f"| {a['method']} | {a['ratio']:.0%} | {_fmt(*a['ppl'])} | {_fmt(*a['seconds'], 1)} | {tvd} | "
+        removed = " / ".join("-" if a[k] is None else f"{a[k]:.1%}" for k in ("heads_removed", "channels_removed"))
+        lines.append(f"| {a['method']} | {a['ratio']:.0%} | {removed} | {_fmt(*a['ppl'])} | {_fmt(*a['seconds'], 1)} | "
+                     f"{tvd} | "
                      f"{a['flops_ratio']:.3f} | {dec} | {a['probe_flops_ratio']:.2%} | {dec_probe} | {prr} |")
     return "\n".join(lines)
 

@@ -67,6 +67,10 @@ class Block:
         """The norm in front of the block: (B, L, D) residual -> (B, L, D) block input x."""
         raise NotImplementedError
 
+    def post_norm(self, w: LayerWeights) -> Optional[nn.Module]:
+        """The norm on the block's output before the residual add (Gemma 3), or None: (B, L, D) in and out."""
+        raise NotImplementedError
+
     def final_weight(self, w: LayerWeights) -> Tensor:
         """W, the final projection's weight (D_out, C): o_proj or down_proj (fc2 on OPT)."""
         raise NotImplementedError
@@ -142,6 +146,9 @@ class AttnBlock(Block):
     def norm(self, w: LayerWeights) -> nn.Module:
         return w.attn_norm
 
+    def post_norm(self, w: LayerWeights) -> Optional[nn.Module]:
+        return w.attn_post_norm
+
     def final_weight(self, w: LayerWeights) -> Tensor:
         return w.o_w
 
@@ -154,7 +161,7 @@ class AttnBlock(Block):
 
     def front(self, adapter: Adapter, sl: AttnSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
               store: Optional[tuple[KVStore, int]] = None) -> Tensor:
-        return attn_front(sl, x, adapter.dims.head_dim, rot, mask, store)
+        return attn_front(sl, x, adapter.dims.head_dim, rot, mask, store, scale=adapter.dims.attn_scale)
 
     def out(self, sl: AttnSlice, z: Tensor, bias: Optional[Tensor]) -> Tensor:
         return attn_out(sl, z, bias)
@@ -192,6 +199,9 @@ class MlpBlock(Block):
 
     def norm(self, w: LayerWeights) -> nn.Module:
         return w.mlp_norm
+
+    def post_norm(self, w: LayerWeights) -> Optional[nn.Module]:
+        return w.mlp_post_norm
 
     def final_weight(self, w: LayerWeights) -> Tensor:
         return w.down_w

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .config import METHODS, CalibConfig, PruneConfig, settings_of
+from .embedded import embedded_model
 from .errors import PPCoreError
 from .flags import given, read_settings
 from .record import RunRecord
@@ -112,11 +113,19 @@ def _numbers(text: str, name: str, kind: type) -> list[Any]:
         raise PPCoreError(f"--{name} expects comma-separated {kind.__name__}s, got {text!r}") from None
 
 
-def _official_dir(text: str) -> Optional[str]:
+def _official_dir(text: str, model: str) -> Optional[str]:
+    """The official run's folder: found beside the checkout for 'auto' (only for the default model, whose token
+    ids its windows are), none for 'none', else the given folder. Raises PPCoreError for a folder without
+    results.json, or an explicit folder with another model (its windows would be another vocabulary's ids)."""
+    default = getattr(embedded_model(str(model).strip()), "name", None) == "default"
     if text == "auto":
-        return str(OFFICIAL_GUESS) if (OFFICIAL_GUESS / "results.json").is_file() else None
+        return str(OFFICIAL_GUESS) if default and (OFFICIAL_GUESS / "results.json").is_file() else None
     if text == "none":
         return None
+    if not default:
+        raise PPCoreError(f"--official {text}: the official run's windows are token ids of the default model "
+                          f"(SmolLM2-135M-Instruct); they mean nothing to --model {model}. Drop --official, or use "
+                          "--official none")
     if not (Path(text) / "results.json").is_file():
         raise PPCoreError(f"--official {text}: no results.json there")
     return text
@@ -133,7 +142,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     cfgs = configs(methods, ratios, base)  # validates before loading
     seeds = [] if a.seeds.strip().lower() in ("none", "") else _numbers(a.seeds, "seeds", int)
     calib = _calib_config(a)
-    official = _official_dir(a.official)
+    official = _official_dir(a.official, a.model)
     if not seeds and not official:
         raise PPCoreError("nothing to run: --seeds none needs the official windows (--official DIR)")
     if a.repeats < 1:

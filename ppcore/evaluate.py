@@ -35,10 +35,13 @@ class EvalResult:
     probe_flops_ratio: float  # probe over dense, whole model
     decoder_flops_ratio: Optional[float]  # pruned over dense, decoder layers only (the paper's)
     decoder_probe_flops_ratio: Optional[float]  # probe over dense, decoder layers only
+    heads_removed: Optional[float]  # achieved: fraction of all query heads not kept (ppcore.ratios.achieved_ratios)
+    channels_removed: Optional[float]  # achieved: fraction of all MLP channels not kept
     batch_loss: list[float]
     protocol: Protocol
     batch_seconds: list[float] = field(default_factory=list)
     flops: dict[str, int] = field(default_factory=dict)  # summed over the scored batches: dense, pruned, probe, head
+    units: dict[str, int] = field(default_factory=dict)  # heads and MLP channels, all and kept, summed over batches
     records: list[BatchRecord] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -56,7 +59,8 @@ class EvalResult:
         return (f"{self.method} ratio={self.ratio:g} ppl={self.ppl:.3f} tokens={self.tokens} "
                 f"seconds={self.seconds:.2f} flops_ratio={f(self.flops_ratio)} "
                 f"decoder_flops_ratio={f(self.decoder_flops_ratio)} probe_flops_ratio={f(self.probe_flops_ratio)} "
-                f"decoder_probe_flops_ratio={f(self.decoder_probe_flops_ratio)}")
+                f"decoder_probe_flops_ratio={f(self.decoder_probe_flops_ratio)} heads_removed={f(self.heads_removed)} "
+                f"channels_removed={f(self.channels_removed)}")
 
 
 def check_windows(windows: Any, batch_size: Any) -> None:

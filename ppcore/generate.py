@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import clock
-from .adapters import Adapter, LayerWeights
+from .adapters import Adapter, LayerWeights, Rotaries
 from .blocks import Block
 from .errors import DataError, NonFiniteError
 from .layer_step import LayerHooks, finite_flag, run_layers
@@ -90,14 +90,14 @@ class DecodeState:
 class _StepInputs:
     """A decode step's `AttnInputs`: the new tokens' rotary and a key mask per sliding window."""
 
-    def __init__(self, rot: Optional[tuple[Tensor, Tensor]], masks: dict[Optional[int], Optional[Tensor]]) -> None:
+    def __init__(self, rot: Optional[Rotaries], masks: dict[Optional[int], Optional[Tensor]]) -> None:
         self.rot, self.masks = rot, masks
 
     def attn_mask(self, window: Optional[int]) -> Optional[Tensor]:
         return self.masks[window]
 
     def move_to(self, device: torch.device) -> None:
-        self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
+        self.rot = None if self.rot is None else {k: (c.to(device), s.to(device)) for k, (c, s) in self.rot.items()}
         self.masks = {w: None if m is None else m.to(device) for w, m in self.masks.items()}
 
 
@@ -150,7 +150,7 @@ def decode_one_token(adapter: Adapter, pruner: Pruner, state: DecodeState, token
     masks = {w: decode_key_mask(cache.key_valid, cache.key_pos, state.pos, w, state.padded)
              for w in (None, *state.windows)}
     h = adapter.embed(tokens, state.pos)
-    inputs = _StepInputs(adapter.rotary(h, state.pos) if adapter.uses_rotary else None, masks)
+    inputs = _StepInputs(adapter.rotary(h, state.pos), masks)
     h, flags = run_layers(adapter, h, inputs, _Reuse(pruner, state.decisions), store=cache, flag_every_layer=False)
     cache.commit()
     lg = adapter.head(adapter.final(h))

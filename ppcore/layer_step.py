@@ -2,9 +2,10 @@
 
 For every layer: follow a dispatched model to the layer's device, then for each block in `BLOCKS`
 (attention, then MLP) take its normed input, ask the caller's `LayerHooks` for the block's decision,
-run the block's front and final projection on the decision's slice and add the residual
-(docs/algorithm.md §2.1, §5). Keys and values go to a `KVStore` when one is given. A finite flag per layer
-(or only after the last) lets the caller check for inf and NaN with one host sync per batch.
+run the block's front and final projection on the decision's slice, its post-norm where the family has
+one, and add the residual (docs/algorithm.md §2.1, §5). Keys and values go to a `KVStore` when one is
+given. A finite flag per layer (or only after the last) lets the caller check for inf and NaN with one host
+sync per batch.
 
 The walk's extra work (deciding, observing, FLOPs, records, clocks) lives in its hooks; a decode step's
 hooks only hand back the prompt's decisions.
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 import torch
 from torch import Tensor
 
-from .adapters import Adapter, LayerWeights
+from .adapters import Adapter, LayerWeights, Rotaries
 from .blocks import BLOCKS, Block
 from .slices import KVStore
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 class AttnInputs(Protocol):
     """What attention needs besides its input: rotary and masks for the batch, on the current layer's device."""
 
-    rot: Optional[tuple[Tensor, Tensor]]  # (cos, sin), each (B, L, d), or None (no rotary)
+    rot: Optional[Rotaries]  # {rotary kind: (cos, sin)}, each (B, L, d), or None (no rotary)
 
     def attn_mask(self, window: Optional[int]) -> Optional[Tensor]:
         """Bool mask (B or 1, 1, L, L_keys) for a layer with this sliding window; None: plain causal."""
@@ -77,13 +78,18 @@ def run_layers(adapter: Adapter, h: Tensor, inputs: AttnInputs, hooks: LayerHook
                 h = h.to(layer_dev)
                 inputs.move_to(layer_dev)
             w = adapter.layer(i)
+            rot = adapter.layer_rotary(inputs.rot, i)
             for block in BLOCKS:
                 resid = h
                 x = block.norm(w)(h)
                 d = hooks.decide(i, block, w, resid, x)
-                z = block.front(adapter, d.slice, x, inputs.rot, inputs.attn_mask(block.window(adapter, i)),
+                z = block.front(adapter, d.slice, x, rot, inputs.attn_mask(block.window(adapter, i)),
                                 None if store is None else (store, i))
-                h = block.out(d.slice, z, d.bias).add_(resid)  # the block's own output tensor: no new allocation
+                out = block.out(d.slice, z, d.bias)
+                post = block.post_norm(w)
+                if post is not None:  # a norm on the block's output before the residual add (Gemma 3)
+                    out = post(out)
+                h = out.add_(resid)  # the block's own output tensor: no new allocation
                 hooks.ran(i, block, d, resid, z)
             if flag_every_layer or i == n - 1:
                 flags.append(finite_flag(h))

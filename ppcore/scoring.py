@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .clock import now
 from .config import PruneConfig
 from .flops import add_flops, flops_ratios
+from .ratios import achieved_ratios
 from .loading import LoadedModel
 from .methods import Pruner
 from .record import BatchRecord
@@ -43,6 +44,7 @@ class ScoredRun:
     tokens: int = 0
     flops: dict[str, int] = field(default_factory=dict)
     records: list[BatchRecord] = field(default_factory=list)
+    units: dict[str, int] = field(default_factory=dict)  # heads and MLP channels, all and kept, summed over batches
 
     @property
     def ppl(self) -> float:
@@ -51,9 +53,11 @@ class ScoredRun:
 
     def figures(self) -> dict[str, Any]:
         """method, ratio, ppl, tokens, seconds (sum over batches), the four FLOPs ratios
-        (`ppcore.flops.flops_ratios`), flops, batch_loss and batch_seconds: JSON-ready."""
+        (`ppcore.flops.flops_ratios`), the achieved ratios (`ppcore.ratios.achieved_ratios`), flops, units,
+        batch_loss and batch_seconds: JSON-ready."""
         return {"method": self.cfg.method, "ratio": self.cfg.ratio, "ppl": self.ppl, "tokens": self.tokens,
-                "seconds": sum(self.batch_seconds), **flops_ratios(self.flops), "flops": dict(self.flops),
+                "seconds": sum(self.batch_seconds), **flops_ratios(self.flops), **achieved_ratios(self.units),
+                "flops": dict(self.flops), "units": dict(self.units),
                 "batch_loss": list(self.batch_loss), "batch_seconds": list(self.batch_seconds)}
 
 
@@ -93,6 +97,7 @@ def score_batch(lm: LoadedModel, run: ScoredRun, ids: Tensor, index: int, *, lev
         run.batch_loss.append(loss)
         run.tokens += int(mask.sum())
         add_flops(run.flops, res.flops)
+        add_flops(run.units, res.units)
         if res.record is not None:
             res.record.loss, res.record.tokens = loss, int(mask.sum())
             res.record.times.update(head_s=t_end - t_head, total_s=t_end - t0)

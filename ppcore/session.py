@@ -19,6 +19,7 @@ weights, so a stopped or failed computation leaves the shared model as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -35,7 +36,8 @@ from .errors import DataError
 from .experiment import calibration_windows
 from .flops import flops_ratios
 from .generate import generate
-from .loading import LoadedModel, Placement, load_model
+from .embedded import EMBEDDED, EmbeddedModel, embedded_model, terms_file
+from .loading import LoadedModel, Placement, load_model, prepare_model
 from .methods import Pruner
 from .protocol import Protocol, build_protocol, describe_calibration
 from .record import BLOCK_NAMES, BatchRecord, RunRecord
@@ -47,7 +49,7 @@ __all__ = [
     "BASELINES", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration", "CompareRow",
     "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse", "baselines",
     "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
-    "layer_table", "open_model", "probe_token_matrix", "stability",
+    "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix", "stability",
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
@@ -62,6 +64,28 @@ def _quiet(fraction: float, text: str) -> None:
 
 
 # --- inputs: model, calibration, batch -------------------------------------------------------------------
+
+def named_models() -> dict[str, str]:
+    """The embedded models a front end offers by name: {name: title} ('default' first)."""
+    return {name: m.title for name, m in EMBEDDED.items()}
+
+
+def licence(spec: str) -> Optional[tuple[str, Optional[Path]]]:
+    """(licence line, path of its full text or None) of an embedded model, or None for any other spec."""
+    m: Optional[EmbeddedModel] = embedded_model(str(spec).strip())
+    if m is None:
+        return None
+    from .cache import cache_root
+
+    return m.licence, terms_file(m, cache_root())
+
+
+def prepare(spec: str, progress: Optional[Progress] = None) -> None:
+    """An embedded model's slow first-time work (joining its parts, converting it once), reported through
+    `progress(fraction, text)` (fraction 0); a no-op otherwise and once done. Raises ModelLoadError."""
+    say = progress or _quiet
+    prepare_model(spec, progress=lambda text: say(0.0, text))
+
 
 def open_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """`ppcore.load_model`, with device "map" meaning accelerate's device_map="auto" (a model too big for

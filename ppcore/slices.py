@@ -11,7 +11,7 @@ from typing import Callable, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .adapters import LayerWeights, ModelDims
 from .linear import linear
@@ -75,6 +75,10 @@ class AttnSlice:
     # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are cached per key/value
     # head and expanded to one per kept query head just before attention (an index_select, no sync).
     kv_index: Optional[Tensor]
+    # Per-head RMSNorms on q and k over d (Gemma 3), applied before rotary; the model's modules (shared by every
+    # head, so a slice needs no copy of them), or None.
+    q_norm: Optional[nn.Module] = None
+    k_norm: Optional[nn.Module] = None
 
 
 def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor],
@@ -89,7 +93,7 @@ def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor],
     d = dims.head_dim
     if heads is None:
         return AttnSlice(None, dims.num_heads, dims.num_kv_heads, w.q_w, w.q_b, w.k_w, w.k_b,
-                         w.v_w, w.v_b, w.o_w, w.o_b, None)
+                         w.v_w, w.v_b, w.o_w, w.o_b, None, w.q_norm, w.k_norm)
     heads = heads.to(w.q_w.device)
     qi = head_channels(heads, d)
     n = int(heads.numel())  # a shape, known without reading the tensor
@@ -105,7 +109,7 @@ def slice_attn(w: LayerWeights, dims: ModelDims, heads: Optional[Tensor],
     return AttnSlice(
         heads=heads, n_heads=n, n_kv=n_kv,
         q_w=_gather(w.q_w, 0, qi, buffers, "q_w"), q_b=_rows(w.q_b, qi), k_w=k_w, k_b=k_b, v_w=v_w, v_b=v_b,
-        o_w=_gather(w.o_w, 1, qi, buffers, "o_w"), o_b=w.o_b, kv_index=kv_index,
+        o_w=_gather(w.o_w, 1, qi, buffers, "o_w"), o_b=w.o_b, kv_index=kv_index, q_norm=w.q_norm, k_norm=w.k_norm,
     )
 
 
@@ -133,6 +137,7 @@ def attn_front(
     rot: Optional[tuple[Tensor, Tensor]],
     mask: Optional[Tensor],
     store: Optional[tuple[KVStore, int]] = None,
+    scale: Optional[float] = None,
 ) -> Tensor:
     """Input of o_proj for the kept heads, (B, L, n_heads * d).
 
@@ -141,6 +146,7 @@ def attn_front(
     this call's own, else attention to every key. `store` (a `KVStore`, the layer): where this call's
     rotated keys and values go (one per key/value head of the slice), and which keys the queries see
     (cached ones included); a slice's `kv_index` expands them to one per kept query head afterwards.
+    `scale` multiplies q.k (None: 1 / sqrt(d)); a slice's q/k norms run on each head before rotary.
     With no head kept, the input is (B, L, 0).
     docs/algorithm.md §2.4, §5. Raises RuntimeError (from torch) on shapes that do not fit the slice.
     No host-device sync.
@@ -151,8 +157,13 @@ def attn_front(
             empty = x.new_zeros(B, 0, L, head_dim)
             store[0].extend(store[1], empty, empty)
         return x.new_zeros(B, L, 0)
-    q = linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim).transpose(1, 2)
-    k = linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    q = linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim)
+    k = linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim)
+    if s.q_norm is not None:  # over d, per head and token: the same before or after the transpose
+        q = s.q_norm(q)
+    if s.k_norm is not None:
+        k = s.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     if rot is not None:
         cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
@@ -164,7 +175,7 @@ def attn_front(
     if s.kv_index is not None:
         k, v = k.index_select(1, s.kv_index), v.index_select(1, s.kv_index)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == L,
-                                         enable_gqa=k.shape[1] != s.n_heads).transpose(1, 2)
+                                         enable_gqa=k.shape[1] != s.n_heads, scale=scale).transpose(1, 2)
     return out.reshape(B, L, s.n_heads * head_dim)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from .clock import now, timed
 from .config import CalibConfig, PruneConfig
 from .flops import flops_ratios
+from .head_chunks import run_head
 from .loading import LoadedModel
 from .methods import Pruner
 from .record import BLOCK_NAMES
@@ -61,14 +62,15 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
         with torch.inference_mode():
             res = walk(ad, p, ids, update_history=False, level=level, timing=timing)
             t0 = now(dev) if timing else 0.0
-            ad.head(res.hidden)
+            run_head(ad, res.hidden)  # block by block: a 262k vocabulary's logits do not fit at once
             if res.record is not None:
                 res.record.times["head_s"] = now(dev) - t0  # the unpruned LM head
         return res
 
-    def hf_forward():
+    def hf_forward():  # HF's decoder, then the same blockwise LM head as the walk's (its logits would not fit)
         with torch.inference_mode():
-            lm.model(input_ids=ids.to(dev), use_cache=False)
+            out = lm.model.base_model(input_ids=ids.to(dev), use_cache=False)
+            run_head(ad, out.last_hidden_state)
 
     for p in pruners:  # warm-up: allocator, kernels, static slices
         run(p, False)

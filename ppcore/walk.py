@@ -18,6 +18,7 @@ from torch import Tensor
 from .adapters import Adapter, LayerWeights
 from .blocks import Block
 from .errors import NonFiniteError
+from .head_chunks import head_blocks
 from .layer_step import LayerHooks, run_layers
 from .layout import Layout, canonical_layout, prepare_batch, to_caller_layout
 from .masks import attention_mask_4d
@@ -39,12 +40,15 @@ class WalkResult:
     valid: (B, L) 0/1 in the caller's layout, or None when nothing was padded.
     flops: this batch's FLOPs counts: dense, pruned (whole model, LM head in), probe, head (see flops_ratios).
     record: what every block decided (None at level "none").
+    units: prunable units over all decoder layers, {"attn", "attn_kept", "mlp", "mlp_kept"}: query heads and MLP
+    channels, and how many of them the blocks kept (`ppcore.ratios.achieved_ratios`).
     """
 
     hidden: Tensor
     valid: Optional[Tensor]
     flops: dict[str, int]
     record: Optional[BatchRecord]
+    units: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +83,7 @@ class _WalkHooks(LayerHooks):
         self.B, self.L = B, L
         head = B * L * adapter.outside_flops_per_token()
         self.flops = {"dense": head, "pruned": head, "probe": 0, "head": head}
+        self.units = {"attn": 0, "attn_kept": 0, "mlp": 0, "mlp_kept": 0}
         self.layers: list[LayerRecord] = []
         self._blocks: dict[str, BlockRecord] = {}
         self._decided: dict[str, Decision] = {}
@@ -95,6 +100,9 @@ class _WalkHooks(LayerHooks):
             ctx.add_time(layer, block.name, full_s=ctx.now() - self._t0)
         self.pruner.observe(ctx, layer, block, z, d)
         bf = block_flops(self.adapter, block, d, self.B, self.L)
+        total = block.units(self.adapter.dims)
+        self.units[block.name] += total
+        self.units[f"{block.name}_kept"] += total if d.kept is None else int(d.kept.shape[0])  # a shape: no sync
         for name in bf:
             self.flops[name] += bf[name]
         if self.level != "none":
@@ -181,7 +189,8 @@ def walk(
             layers=hooks.layers, times={"embed_s": t_embed - t_start, "layers_s": t_layers - t_embed},
         )
         record.flops = dict(hooks.flops)
-    return WalkResult(to_caller_layout(hidden, layout), layout.caller_valid, hooks.flops, record)
+        record.units = dict(hooks.units)
+    return WalkResult(to_caller_layout(hidden, layout), layout.caller_valid, hooks.flops, record, hooks.units)
 
 
 def check_finite_layers(flags: list[Tensor], dtype: torch.dtype) -> None:
@@ -238,24 +247,24 @@ def logits(adapter: Adapter, hidden: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Optional[Tensor],
-              chunk: int = 4) -> tuple[Tensor, Tensor]:
+def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-token NLL of predicting token t+1 from position t, (B, L-1) fp32, and its 0/1 mask.
 
-    The LM head runs a few samples at a time so that full-vocabulary logits never exist for the
-    whole batch at once. Pad targets (and predictions from pads) are masked out. `hidden` (B, L, D),
+    The LM head runs a block at a time (`ppcore.head_chunks.head_blocks`: a few samples, or a run of one
+    sample's tokens for a large vocabulary) so that full-vocabulary logits never exist for the whole batch
+    at once. Pad targets (and predictions from pads) are masked out. `hidden` (B, L, D),
     `input_ids` (B, L), `valid` (B, L) 0/1 or None; nats. docs/algorithm.md §9.3. Raises NonFiniteError
     when the loss holds inf or NaN (an overflowing LM head).
     """
     ids = input_ids.to(hidden.device)
     B, L = ids.shape
     nll = torch.empty(B, max(L - 1, 0), device=hidden.device, dtype=torch.float32)
-    for s in range(0, B, chunk):
-        lg = adapter.head(hidden[s:s + chunk, :-1]).float()  # on the head's device when dispatched
+    for s, t in head_blocks(B, max(L - 1, 0), adapter.dims.vocab):
+        lg = adapter.head(hidden[s, :-1][:, t]).float()  # on the head's device when dispatched
         # Flat (tokens x vocab) layout: the (N, C, L) layout's kernel loses ~1e-4 of accuracy here.
-        target = ids[s:s + chunk, 1:].reshape(-1).to(lg.device)
+        target = ids[s, 1:][:, t].reshape(-1).to(lg.device)
         flat = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target, reduction="none")
-        nll[s:s + chunk] = flat.view(lg.shape[0], -1).to(nll.device)
+        nll[s, t] = flat.view(lg.shape[0], -1).to(nll.device)
     if valid is None:
         mask = torch.ones_like(nll)
     else:

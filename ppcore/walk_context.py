@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import clock
+from .adapters import Rotaries
 from .masks import attention_mask_4d
 
 
@@ -23,7 +24,7 @@ class WalkCtx:
     position_ids: Tensor  # (B, L)
     valid: Optional[Tensor]  # (B, L) 1 for real tokens, 0 for pads; None when nothing is padded
     mask4d: Optional[Tensor]  # (B, 1, L, L) bool, or None for plain causal attention (full-attention layers)
-    rot: Optional[tuple[Tensor, Tensor]]  # rotary cos/sin for the full batch (Llama family), each (B, L, d)
+    rot: Optional[Rotaries]  # rotary {kind: (cos, sin)} for the full batch, each (B, L, d); None without rotary
     update_history: bool = True
     keeps_decisions: bool = False  # the walk hands its decisions on (generation): no slice may be overwritten
     timing: bool = True  # per-block clocks (synchronise the device at each reading)
@@ -49,7 +50,7 @@ class WalkCtx:
         self.position_ids = self.position_ids.to(device)
         self.valid = None if self.valid is None else self.valid.to(device)
         self.mask4d = None if self.mask4d is None else self.mask4d.to(device)
-        self.rot = None if self.rot is None else (self.rot[0].to(device), self.rot[1].to(device))
+        self.rot = None if self.rot is None else {k: (c.to(device), s.to(device)) for k, (c, s) in self.rot.items()}
         self._window_masks = {w: None if m is None else m.to(device) for w, m in self._window_masks.items()}
         self.device = device
 

@@ -42,6 +42,27 @@ def tiny_llama(seed: int = 0, bias: bool = False, kv_heads: int = 2, layers: int
     return _finish(model, "tiny-qwen2" if bias else "tiny-llama")
 
 
+def tiny_gemma3(seed: int = 0, layers: int = 4, window: int = 8, kv_heads: int = 1) -> LoadedModel:
+    """Gemma 3 text model: 4 query heads over `kv_heads` key/value heads (1, as in Gemma-3-270M), head_dim 16,
+    local layers with a `window`-token sliding window and a global layer every third, two rotary bases,
+    q/k norms and a norm after each block, all norm gains random (HF initialises them to zero)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
+    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=16, query_pre_attn_scalar=24,
+                           sliding_window=window, layer_types=types, max_position_embeddings=256, rms_norm_eps=1e-6,
+                           tie_word_embeddings=True, pad_token_id=0,
+                           rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.08 if p.dim() == 2 else 0.3)
+    return _finish(model, "tiny-gemma3")
+
+
 def tiny_opt(seed: int = 0, pre_ln: bool = True, layers: int = 4, proj_dim: int = 64) -> LoadedModel:
     """OPT with hidden 64; `proj_dim` != 64 gives it project_in / project_out around the decoder."""
     from transformers import OPTConfig, OPTForCausalLM

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.batch import read_upload, split_text, upload_texts
+from app.inputs import OTHER_MODEL
 from app.views import TABS
 from app.state import ALIASES, FIELDS, Settings, calib_config, from_query, parse_skip, prune_config
 from ppcore import ConfigError, DataError, PruneConfig, RunRecord
@@ -184,6 +185,7 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     at = start(ratio="1.5")  # out of range, from a shared URL
     assert not at.exception
     assert len(at.error) == 1 and "ratio must lie in [0, 1)" in at.error[0].value
+    at.selectbox(key="s_model_choice").set_value(OTHER_MODEL).run()
     at.text_input(key="s_model").set_value("/nonexistent/model")
     at.number_input(key="s_ratio").set_value(0.4)
     _run(at)
@@ -194,7 +196,7 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     at.text_input(key="s_model").set_value(str(bert))
     _run(at)
     assert not at.exception and len(at.error) == 1 and "not supported" in at.error[0].value
-    at.text_input(key="s_model").set_value("default")
+    at.selectbox(key="s_model_choice").set_value("default")
     at.number_input(key="s_batch_size").set_value(500)
     _run(at)
     assert not at.exception and len(at.error) == 1 and "batch size 500 is out of range" in at.error[0].value
@@ -216,7 +218,9 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
 def test_unreadable_upload_is_reported():
     at = start(source="upload", model="/nonexistent/first")  # no model work needed for upload errors
     assert not at.exception
-    at.text_input(key="s_model").set_value("default")
+    assert at.selectbox(key="s_model_choice").value == OTHER_MODEL
+    assert at.text_input(key="s_model").value == "/nonexistent/first"
+    at.selectbox(key="s_model_choice").set_value("default")
     _run(at)
     assert len(at.error) == 1 and "no file uploaded" in at.error[0].value
     at.get("file_uploader")[0].upload("bad.jsonl", b'{"text": "fine"}\n{not json', "application/json")

@@ -349,7 +349,7 @@ def test_demo_mode_page(demo_mode, monkeypatch):
     assert r.settings.model == "default" and r.settings.corpus == "wiki-vital" and r.settings.dtype == "auto"
     assert r.settings.calib_dataset == "wiki-vital" and r.analysis.protocol["calibration"]["dataset"] == "wiki-vital"
     assert r.analysis.batch.ids.shape == (limits().batch, 16)
-    assert at.text_input(key="s_model").disabled and at.selectbox(key="s_dtype").disabled
+    assert at.selectbox(key="s_model_choice").disabled and at.selectbox(key="s_dtype").disabled
     assert at.selectbox(key="s_corpus").options == ["wiki-vital"]
     assert at.selectbox(key="s_calib_dataset").options == ["wiki-vital"]
     # A visitor's own calibration setting is computed in memory, never written to the server's disk.

@@ -62,7 +62,7 @@ def test_report_prr_and_standard_error():
     assert agg["pp"]["prr"][0] == pytest.approx(25.0)  # (15 - 10) / (1 - 0.8)
     assert agg["fullbatch"]["prr"] is None  # slower than dense: no runtime saved
     table = markdown(rows)
-    assert "| pp | 40% | 15.00 ± 1.00 |" in table and "n/a (no time saved)" in table
+    assert "| pp | 40% | - / - | 15.00 ± 1.00 |" in table and "n/a (no time saved)" in table
     assert "plotly" in chart_html(rows, "t").lower()
 
 

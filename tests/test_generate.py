@@ -8,9 +8,10 @@ import torch
 from ppcore import PruneConfig, Pruner, logits, walk
 from ppcore.calibrate import calibrate
 from ppcore.generate import generate, left_pad
-from tests.conftest import tiny_llama, tiny_opt
+from tests.conftest import tiny_gemma3, tiny_llama, tiny_opt
 
-MODELS = {"llama-gqa": tiny_llama, "qwen2-bias": lambda: tiny_llama(bias=True), "opt": tiny_opt}
+MODELS = {"llama-gqa": tiny_llama, "qwen2-bias": lambda: tiny_llama(bias=True), "opt": tiny_opt,
+          "gemma3": lambda: tiny_gemma3(window=5)}  # windows shorter than prompt + new tokens
 
 
 @pytest.mark.parametrize("name", list(MODELS))

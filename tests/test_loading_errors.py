@@ -88,7 +88,7 @@ def test_unsupported_architecture_lists_supported(tmp_path, cache):
     assert "gpt2" in msg
     for mt in ("llama", "mistral", "qwen2", "opt"):
         assert mt in msg
-    assert set(SUPPORTED) == {"llama", "mistral", "qwen2", "opt"}
+    assert set(SUPPORTED) == {"llama", "mistral", "qwen2", "opt", "gemma3_text"}
 
 
 @pytest.mark.parametrize("auto_map", [
@@ -169,7 +169,7 @@ def test_check_supported_is_the_one_decision_and_names_the_reason():
     with pytest.raises(UnsupportedModelError) as e:
         check_supported(GPT2Config(n_layer=1), "my-gpt2")
     assert str(e.value).startswith("my-gpt2: architecture 'gpt2' is not supported; supported model types: "
-                                   "llama, mistral, qwen2, opt (")
+                                   "llama, mistral, qwen2, opt, gemma3_text (")
     rope = _tiny_llama_config()
     rope.rope_parameters = {"rope_type": "made-up", "rope_theta": 10000.0}
     with pytest.raises(UnsupportedModelError, match="rope type 'made-up' is not supported"):

@@ -6,10 +6,10 @@ import torch
 
 from ppcore import PruneConfig, Pruner, logits, walk
 from ppcore.slices import attn_front, attn_out, head_channels, mlp_front, mlp_out, slice_attn, slice_mlp
-from tests.conftest import tiny_llama, tiny_opt
+from tests.conftest import tiny_gemma3, tiny_llama, tiny_opt
 
 TINY = {"llama-gqa": lambda: tiny_llama(), "qwen2-bias": lambda: tiny_llama(bias=True), "opt": lambda: tiny_opt(),
-        "llama-mha": lambda: tiny_llama(kv_heads=6)}
+        "llama-mha": lambda: tiny_llama(kv_heads=6), "gemma3": lambda: tiny_gemma3()}
 
 
 def _hf_logits(lm, ids, mask=None):
@@ -70,7 +70,7 @@ def test_sliced_attention_equals_masked_dense(name):
     w = ad.layer(1)
     x = torch.randn(2, 16, dims.hidden, generator=torch.Generator().manual_seed(5))
     pos = torch.arange(16).expand(2, 16)
-    rot = ad.rotary(x, pos) if ad.uses_rotary else None
+    rot = ad.layer_rotary(ad.rotary(x, pos), 1)
     # Uneven kept heads per kv group exercise the expanded-kv path as well as SDPA's GQA mode.
     for heads in ([0, 2, 3], [1, 4], [0, 1, 2, 3], [2]):
         heads = [h for h in heads if h < dims.num_heads]

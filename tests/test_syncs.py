@@ -16,7 +16,7 @@ from ppcore import PruneConfig, Pruner, walk
 from ppcore.calibrate import calibrate
 from ppcore.config import METHODS
 from ppcore.generate import generate
-from tests.conftest import tiny_llama, tiny_opt
+from tests.conftest import tiny_gemma3, tiny_llama, tiny_opt
 from tests.sync_count import patch_syncs
 from tests.test_sliding_window import _model
 
@@ -25,7 +25,7 @@ WALK = importlib.import_module("ppcore.walk")
 GENERATE = importlib.import_module("ppcore.generate")
 
 MODELS = {"llama-gqa": tiny_llama, "llama-mha": lambda: tiny_llama(kv_heads=6), "opt": tiny_opt,
-          "mistral-window": lambda: _model("mistral", window=8)}
+          "mistral-window": lambda: _model("mistral", window=8), "gemma3": tiny_gemma3}
 
 
 def _setup(name: str):

@@ -6,7 +6,8 @@ a model is supported (`check_supported`, `check_layout`, `make_adapter`).
 """
 from __future__ import annotations
 
-from .base import ACTIVATIONS, Adapter, LayerWeights, ModelDims, execution_device
+from .base import ACTIVATIONS, Adapter, LayerWeights, ModelDims, Rotaries, execution_device
+from .gemma3 import Gemma3Adapter
 from .llama import LlamaAdapter
 from .opt import OPTAdapter
 from .support import FAMILIES, check_layout, check_supported, make_adapter, register, supported_types
@@ -14,10 +15,12 @@ from .support import FAMILIES, check_layout, check_supported, make_adapter, regi
 # The family registry (model_type -> adapter class): one line per family.
 register(LlamaAdapter)  # llama, mistral, qwen2
 register(OPTAdapter)  # pre-LN OPT
+register(Gemma3Adapter)  # gemma3_text
 
 SUPPORTED = supported_types()  # the model types, in registration order
 
 __all__ = [
-    "ACTIVATIONS", "Adapter", "FAMILIES", "LayerWeights", "LlamaAdapter", "ModelDims", "OPTAdapter", "SUPPORTED",
+    "ACTIVATIONS", "Adapter", "FAMILIES", "Gemma3Adapter", "LayerWeights", "LlamaAdapter", "ModelDims", "OPTAdapter",
+    "Rotaries", "SUPPORTED",
     "check_layout", "check_supported", "execution_device", "make_adapter", "register", "supported_types",
 ]

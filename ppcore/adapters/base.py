@@ -16,8 +16,8 @@ Class attributes to set:
   ``summary``      one phrase for the "supported model types" message ("pre-LN OPT").
   ``uses_rotary``  True: the walker applies `rotary`'s cos/sin to q and k (rotary positions).
   ``gated_mlp``    True: the MLP is ``down(act(gate(x)) * up(x))``; False: ``down(act(up(x)))``.
-  ``qk_norm``      True only if the walk applies per-head q/k norms; a model that has them while this is
-                   False is refused (the walk would skip them).
+  ``qk_norm``      True only if the walk applies per-head q/k norms (`LayerWeights.q_norm`/``k_norm``); a
+                   model that has them while this is False is refused (the walk would skip them).
 
 Class methods to override (they read the config only, so a config is checked before weights load):
   ``dims_of(config) -> ModelDims``        sizes and head counts (see `ModelDims`).
@@ -33,9 +33,13 @@ Methods to override (B: batch, L: tokens, D: hidden size, all tensors on the lay
   ``_final(h)``                           (B, L, D) -> (B, L, D_out): final norm (and project-out) before
                                           the LM head.
 Optional overrides:
-  ``_rotary(h, position_ids)``            (cos, sin), each (B, L, head_dim), or None (default: None).
+  ``_rotary(h, position_ids, kind)``      (cos, sin), each (B, L, head_dim), of one rotary kind, or None
+                                          (default: None).
+  ``_rope_kinds()``                       per layer, the name of its rotary table ("default" for all layers by
+                                          default; Gemma 3's local and global layers use two).
   ``_windows()``                          per layer, its sliding attention window in tokens, or None for
                                           full causal attention (default: all None).
+  ``_head(h)``                            logits of final hidden states (default: the output embedding).
   ``_extra_proj_flops_per_token()``       FLOPs per token of projections outside the layers (default 0).
 
 Tests to add for a family (tiny random models built from the family's HF config, no downloads):
@@ -59,6 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linear import linear
+
+Rotaries = dict[str, tuple[Tensor, Tensor]]  # rotary kind -> (cos, sin), each (B, L, head_dim)
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
@@ -84,7 +90,10 @@ class LayerWeights:
     With D = hidden, H = query heads, K = key/value heads, d = head_dim, I = MLP width:
     q_w (H*d, D), k_w and v_w (K*d, D), o_w (D, H*d), up_w and gate_w (I, D), down_w (D, I); each bias
     is None or the matching (out,) vector. ``gate_w`` is None for a family without a gated MLP
-    (OPT's fc1 is ``up_w``, its fc2 ``down_w``). The norms are the modules themselves (called on (B, L, D)).
+    (OPT's fc1 is ``up_w``, its fc2 ``down_w``). The norms are the modules themselves (called on (B, L, D)):
+    ``attn_norm``/``mlp_norm`` before each block; ``attn_post_norm``/``mlp_post_norm`` on a block's output
+    before the residual add, and ``q_norm``/``k_norm`` on each head's q and k (over d) before rotary, or None
+    where the family has none (Gemma 3 has all four, docs/algorithm.md §2.1).
     """
 
     attn_norm: nn.Module
@@ -103,16 +112,24 @@ class LayerWeights:
     down_b: Optional[Tensor]
     gate_w: Optional[Tensor]  # None for OPT (no gated MLP)
     gate_b: Optional[Tensor]
+    attn_post_norm: Optional[nn.Module] = None  # on o_proj's output, before the residual add (Gemma 3)
+    mlp_post_norm: Optional[nn.Module] = None  # on down_proj's output, before the residual add (Gemma 3)
+    q_norm: Optional[nn.Module] = None  # per head, over d, before rotary (Gemma 3)
+    k_norm: Optional[nn.Module] = None
 
     @classmethod
     def of(cls, attn_norm: nn.Module, mlp_norm: nn.Module, q: nn.Module, k: nn.Module, v: nn.Module,
-           o: nn.Module, up: nn.Module, down: nn.Module, gate: Optional[nn.Module] = None) -> "LayerWeights":
-        """The views of a layer from its norm modules and its nn.Linear projections (``gate`` None: no gated MLP)."""
+           o: nn.Module, up: nn.Module, down: nn.Module, gate: Optional[nn.Module] = None, *,
+           attn_post_norm: Optional[nn.Module] = None, mlp_post_norm: Optional[nn.Module] = None,
+           q_norm: Optional[nn.Module] = None, k_norm: Optional[nn.Module] = None) -> "LayerWeights":
+        """The views of a layer from its norm modules and its nn.Linear projections (``gate`` None: no gated MLP;
+        the post-block and q/k norms None where the family has none)."""
         return cls(attn_norm=attn_norm, mlp_norm=mlp_norm,
                    q_w=q.weight, k_w=k.weight, v_w=v.weight, o_w=o.weight,
                    q_b=q.bias, k_b=k.bias, v_b=v.bias, o_b=o.bias,
                    up_w=up.weight, up_b=up.bias, down_w=down.weight, down_b=down.bias,
-                   gate_w=None if gate is None else gate.weight, gate_b=None if gate is None else gate.bias)
+                   gate_w=None if gate is None else gate.weight, gate_b=None if gate is None else gate.bias,
+                   attn_post_norm=attn_post_norm, mlp_post_norm=mlp_post_norm, q_norm=q_norm, k_norm=k_norm)
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,8 @@ class ModelDims:
     """A model's sizes, read from its config: counts, and widths in channels.
 
     ``head_dim`` is the width of one attention head; ``intermediate`` the MLP width; ``max_positions``
-    the longest sequence the config declares (0 where it declares none).
+    the longest sequence the config declares (0 where it declares none); ``attn_scale`` the factor on
+    q.k in attention (None: 1 / sqrt(head_dim); Gemma 3: query_pre_attn_scalar ** -0.5).
     """
 
     num_layers: int
@@ -131,6 +149,7 @@ class ModelDims:
     intermediate: int
     vocab: int
     max_positions: int
+    attn_scale: Optional[float] = None
 
     @property
     def group(self) -> int:
@@ -164,6 +183,8 @@ class Adapter:
         self.dims = self.dims_of(self.config)
         # Each layer's sliding attention window as the HF config defines it (None: full attention).
         self.windows: tuple[Optional[int], ...] = self._windows()
+        # Each layer's rotary table (Gemma 3: "full_attention" / "sliding_attention", other bases).
+        self.rope_kinds: tuple[str, ...] = self._rope_kinds()
         name = self.activation_of(self.config)
         # May overwrite its argument (see _IN_PLACE): pass only a tensor nobody else reads.
         self.act: Callable[[Tensor], Tensor] = _IN_PLACE.get(name, ACTIVATIONS[name])
@@ -208,8 +229,19 @@ class Adapter:
     def _final(self, h: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    def _rotary(self, h: Tensor, position_ids: Tensor, kind: str) -> Optional[tuple[Tensor, Tensor]]:
         return None
+
+    def _rope_kinds(self) -> tuple[str, ...]:
+        """Per layer, the name of its rotary table (one table, "default", unless the family has several)."""
+        return ("default",) * self.dims.num_layers
+
+    def _head(self, h: Tensor) -> Tensor:
+        head = self.lm_head
+        plain = not (hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks)
+        if type(head) is nn.Linear and plain:  # a plain, resident LM head with no hooks
+            return linear(h, head.weight, head.bias)  # fast for a decode step's few rows on the CPU
+        return head(h)
 
     def _windows(self) -> tuple[Optional[int], ...]:
         """Per layer, the sliding window of its attention (None = full causal attention)."""
@@ -232,22 +264,29 @@ class Adapter:
         with self._guard():
             return self._final(h)
 
-    def rotary(self, h: Tensor, position_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
-        """Rotary (cos, sin), each (B, L, head_dim), on h's device (the rotary module may sit on another
-        device when dispatched); None for a family without rotary positions."""
+    def rotary(self, h: Tensor, position_ids: Tensor) -> Optional[Rotaries]:
+        """Every rotary table the layers use, {kind: (cos, sin)}, each (B, L, head_dim), on h's device (the
+        rotary module may sit on another device when dispatched); None for a family without rotary
+        positions. `layer_rotary` picks a layer's."""
+        if not self.uses_rotary:
+            return None
+        out: Rotaries = {}
         with self._guard():
-            rot = self._rotary(h, position_ids)
-        return None if rot is None else (rot[0].to(h.device), rot[1].to(h.device))
+            for kind in dict.fromkeys(self.rope_kinds):
+                cos, sin = self._rotary(h, position_ids, kind)
+                out[kind] = (cos.to(h.device), sin.to(h.device))
+        return out
+
+    def layer_rotary(self, rots: Optional[Rotaries], i: int) -> Optional[tuple[Tensor, Tensor]]:
+        """Layer i's (cos, sin) out of `rotary`'s tables, or None without rotary positions."""
+        return None if rots is None else rots[self.rope_kinds[i]]
 
     def head(self, h: Tensor) -> Tensor:
         """Logits (..., vocab) of final hidden states (..., D): the LM head on its own device (the result
-        stays there)."""
-        head = self.lm_head
+        stays there). For many rows at once use `ppcore.head_chunks.head_chunks`: a 262k-token vocabulary
+        makes a whole batch's logits too large to hold."""
         with self._guard():
-            plain = not (hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks)
-            if type(head) is nn.Linear and plain:  # a plain, resident LM head with no hooks
-                return linear(h, head.weight, head.bias)  # fast for a decode step's few rows on the CPU
-            return head(h)
+            return self._head(h)
 
     # --- shared ------------------------------------------------------------------------------
     @property

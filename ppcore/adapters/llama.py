@@ -86,7 +86,7 @@ class LlamaAdapter(Adapter):
     def _final(self, h: Tensor) -> Tensor:
         return self.model.model.norm(h)
 
-    def _rotary(self, h: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def _rotary(self, h: Tensor, position_ids: Tensor, kind: str) -> tuple[Tensor, Tensor]:
         return self.model.model.rotary_emb(h, position_ids)
 
 

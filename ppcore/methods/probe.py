@@ -116,7 +116,8 @@ class PP(ProbeMethod):
         samples = select_samples(N, tokens, cfg.sample_frac)
         xp = x.index_select(0, samples).index_select(1, tokens)
         valid = None if ctx.valid is None else ctx.valid.index_select(0, samples).index_select(1, tokens)
-        rot, mask = block.probe_context(ctx.rot, xp, samples, tokens, valid, window)
+        rot, mask = block.probe_context(self.run.adapter.layer_rotary(ctx.rot, layer), xp, samples, tokens, valid,
+                                        window)
         return Probe(xp, valid, rot, mask, tokens, samples)
 
     def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:
@@ -135,5 +136,6 @@ class FullBatch(ProbeMethod):
               window: Optional[int]) -> Probe:
         """Every sample and token, with the batch's own rotary and mask."""
         B, L = x.shape[:2]
-        return Probe(x, ctx.valid, ctx.rot, ctx.attn_mask(window), tokens=torch.arange(L, device=x.device),
+        return Probe(x, ctx.valid, self.run.adapter.layer_rotary(ctx.rot, layer), ctx.attn_mask(window),
+                     tokens=torch.arange(L, device=x.device),
                      samples=torch.arange(B, device=x.device))

