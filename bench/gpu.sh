@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A complete GPU benchmark on one GPU, in under 5 minutes: the default model (speed, one
-# perplexity run, generation) and a Llama with LLaMA-2-7B shapes and random weights (speed).
+# perplexity run, generation), Gemma-3-270M (speed) and a Llama with LLaMA-2-7B shapes and random
+# weights (speed).
 # Usage: bench/gpu.sh [OUT_DIR]   (needs `make setup` first, or PY pointing at a python with ppcore's deps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ run $PY -m ppcore speed --device cuda --dtype bfloat16 --batch-size 20 --seq-len
     --calib-windows 100 --quiet --json "$OUT/speed_default.json" | tee "$OUT/speed_default.md"
 run $PY -m ppcore speed --model random:llama-7b --device cuda --dtype bfloat16 --batch-size 20 --seq-len 1024 \
     --repeats 5 --calib-windows 20 --quiet --json "$OUT/speed_llama7b_shapes.json" | tee "$OUT/speed_llama7b_shapes.md"
+run $PY -m ppcore speed --model gemma3-270m --device cuda --dtype bfloat16 --batch-size 20 --seq-len 512 \
+    --repeats 5 --calib-windows 40 --quiet --json "$OUT/speed_gemma3.json" | tee "$OUT/speed_gemma3.md"
 run $PY -m ppcore eval --device cuda --method pp --ratio 0.4 --batches 10 --quiet --json "$OUT/eval_pp.json"
 run $PY -m ppcore generate --device cuda --method pp --ratio 0.4 --max-new-tokens 64 --quiet \
     --prompt "The history of the printing press" --prompt "Photosynthesis is the process" \

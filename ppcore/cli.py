@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=5)
     _add_calib_args(sp, True)
     sp.add_argument("--no-hf", action="store_true", help="skip timing HF's own forward")
+    sp.add_argument("--per-layer", action="store_true",
+                    help="also print each pruning method's per-layer table: time ratio against FLOPs ratio")
     sp.add_argument("--generate", type=int, default=0, metavar="N",
                     help="also time generation of N new tokens from 64-token prompts (prefill and decode tok/s)")
     sp.add_argument("--json", default=None)

@@ -233,7 +233,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 def _cmd_speed(a: argparse.Namespace) -> int:
     from .bench import configs
     from .protocol import build_protocol, describe_windows
-    from .speed import generation_markdown, measure, measure_generation, speed_windows, summary_markdown
+    from .speed import (generation_markdown, measure, measure_generation, per_layer_markdown, speed_windows,
+                        summary_markdown)
 
     cfgs = configs(_methods(a.methods), [a.ratio], _prune_config(a, method="pp"))
     if a.repeats < 1 or a.batch_size < 1 or a.seq_len < 2 or a.generate < 0:
@@ -253,6 +254,10 @@ def _cmd_speed(a: argparse.Namespace) -> int:
         scores_perplexity=False, settings={"repeats": a.repeats, "hf": not a.no_hf, "generate": a.generate},
         configs=[c.to_dict() for c in cfgs]).to_dict()
     print(summary_markdown(res))
+    if a.per_layer:
+        for c in cfgs:
+            if c.method != "dense":
+                print("\n" + per_layer_markdown(res, c.method))
     if a.generate > 0:
         res["generation"] = measure_generation(lm, cfgs, batch[:, :min(64, a.seq_len)], stats, a.generate,
                                                repeats=min(a.repeats, 3))

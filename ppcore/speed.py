@@ -17,6 +17,7 @@ from .clock import now, timed
 from .config import CalibConfig, PruneConfig
 from .flops import flops_ratios
 from .head_chunks import run_head
+from .ratios import achieved_ratios
 from .loading import LoadedModel
 from .methods import Pruner
 from .record import BLOCK_NAMES
@@ -106,7 +107,7 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
         out["runs"].append({
             "method": cfg.method, "ratio": cfg.ratio, "seconds": statistics.median(times),
             "time_vs_dense": statistics.median(times) / dense_s,
-            **flops_ratios(fl), "flops": dict(fl),
+            **flops_ratios(fl), "flops": dict(fl), **achieved_ratios(recs[0].units),
             "embed_s": statistics.median(r.times["embed_s"] for r in recs),
             "head_s": statistics.median(r.times["head_s"] for r in recs), "blocks": layers,
             "probe_decide_s": statistics.median(_probe_decide_s(r) for r in recs), "held_bytes": held_bytes,
@@ -184,10 +185,10 @@ def summary_markdown(res: dict[str, Any]) -> str:
         dense = next(r for r in res["runs"] if r["method"] == "dense")
         lines.append(f"HF forward {res['hf_forward_s']:.3f} s; dense walk {dense['seconds']:.3f} s "
                      f"({dense['seconds'] / res['hf_forward_s']:.3f} x HF)")
-    lines += ["", "| method | ratio | seconds | time / dense | FLOPs / dense (model) | FLOPs / dense (decoder) | "
-              "time / FLOPs ratio (model) | probe FLOPs (model) | probe FLOPs (decoder) | probe + decide share | "
-              "pruned blocks: full time / dense full time ÷ FLOPs ratio (attn, mlp) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | ratio | removed: heads / channels | seconds | time / dense | FLOPs / dense (model) | "
+              "FLOPs / dense (decoder) | time / FLOPs ratio (model) | probe FLOPs (model) | probe FLOPs (decoder) | "
+              "probe + decide share | pruned blocks: full time / dense full time ÷ FLOPs ratio (attn, mlp) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         pruned = [b for b in r["blocks"] if b["pruned"]]
         over = r["seconds"] and sum(b["probe_s"] + b["decide_s"] for b in r["blocks"]) / r["seconds"]
@@ -200,7 +201,9 @@ def summary_markdown(res: dict[str, Any]) -> str:
                 eff[blk] = f"{t / f:.2f}"
         dec = r.get("decoder_flops_ratio")
         dec_probe = r.get("decoder_probe_flops_ratio")
-        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['seconds']:.3f} | {r['time_vs_dense']:.3f} | "
+        removed = " / ".join("-" if r.get(k) is None else f"{r[k]:.1%}" for k in ("heads_removed", "channels_removed"))
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {removed} | {r['seconds']:.3f} | "
+                     f"{r['time_vs_dense']:.3f} | "
                      f"{r['flops_ratio']:.3f} | {'-' if dec is None else f'{dec:.3f}'} | "
                      f"{r['time_vs_dense'] / r['flops_ratio']:.3f} | {r['probe_flops_ratio']:.2%} | "
                      f"{'-' if dec_probe is None else f'{dec_probe:.2%}'} | {over:.2%} | "
@@ -208,4 +211,24 @@ def summary_markdown(res: dict[str, Any]) -> str:
     held = ", ".join(f"{r['method']} {r['held_bytes'] / 2**20:.1f} MiB" for r in res["runs"] if "held_bytes" in r)
     if held:
         lines += ["", f"weight copies held per run (the loaded model holds none): {held}"]
+    return "\n".join(lines)
+
+
+def per_layer_markdown(res: dict[str, Any], method: str) -> str:
+    """One row per decoder layer for `method`'s run in a `measure` result: for attention and the MLP, the
+    block's FLOPs ratio, its full inference's time over dense's, and that time ratio ÷ the FLOPs ratio (1:
+    the block's time falls exactly as its FLOPs; skipped layers show 1.000 FLOPs). Raises StopIteration
+    when the result has no run of `method`."""
+    run = next(r for r in res["runs"] if r["method"] == method)
+    rows = {(b["layer"], b["block"]): b for b in run["blocks"]}
+    lines = [f"{method} at {run['ratio']:.0%}, per layer (full inference only: probe and decision excluded)", "",
+             "| layer | attn FLOPs ratio | attn time ratio | attn ÷ FLOPs | mlp FLOPs ratio | mlp time ratio | "
+             "mlp ÷ FLOPs |", "|---|---|---|---|---|---|---|"]
+    for layer in sorted({k[0] for k in rows}):
+        cells = []
+        for blk in BLOCK_NAMES:
+            b = rows[(layer, blk)]
+            t = b["full_s"] / b["dense_full_s"] if b["dense_full_s"] else float("nan")
+            cells += [f"{b['flops_ratio']:.3f}", f"{t:.3f}", f"{t / b['flops_ratio']:.2f}"]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

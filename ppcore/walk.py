@@ -18,7 +18,7 @@ from torch import Tensor
 from .adapters import Adapter, LayerWeights
 from .blocks import Block
 from .errors import NonFiniteError
-from .head_chunks import head_blocks
+from .head_chunks import LOGITS_BUDGET, head_blocks
 from .layer_step import LayerHooks, run_layers
 from .layout import Layout, canonical_layout, prepare_batch, to_caller_layout
 from .masks import attention_mask_4d
@@ -241,7 +241,17 @@ def _block_record(adapter: Adapter, ctx: WalkCtx, layer: int, block: Block, d: D
 
 def logits(adapter: Adapter, hidden: Tensor) -> Tensor:
     """The LM head on the walk's output: (B, L, D) -> (B, L, vocab) logits, on the head's device
-    (docs/algorithm.md §9.3)."""
+    (docs/algorithm.md §9.3).
+
+    Raises ValueError when they would exceed `ppcore.head_chunks.LOGITS_BUDGET` elements (a 262k vocabulary
+    on a 20 x 512 batch: 10 GiB): take what is needed block by block instead (`token_nll` for losses,
+    `head_blocks` for the slices).
+    """
+    n = hidden[..., :1].numel() * adapter.dims.vocab
+    if n > LOGITS_BUDGET:
+        raise ValueError(f"the logits of {tuple(hidden.shape[:-1])} positions over a vocabulary of "
+                         f"{adapter.dims.vocab:,} would hold {n:,} values (over {LOGITS_BUDGET:,}): compute them "
+                         "block by block (ppcore.head_chunks.head_blocks), or token_nll for losses")
     with torch.inference_mode():
         return adapter.head(hidden)
 

@@ -17,7 +17,7 @@ from ppcore.bench_report import aggregate, chart_html, markdown
 from ppcore.calibrate import calibrate
 from ppcore.evaluate import evaluate
 from ppcore.experiment import EvalSetup
-from ppcore.speed import measure, summary_markdown
+from ppcore.speed import measure, per_layer_markdown, summary_markdown
 from tests.conftest import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,12 @@ def test_speed_measure_reports_every_block():
     assert any(b["probe_s"] > 0 for b in pp["blocks"] if b["pruned"])
     assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0 and pp["head_s"] > 0 and pp["embed_s"] > 0
     assert "| pp | 50% |" in summary_markdown(res)
+    # Achieved next to nominal: layer 0 skipped, r_eff = round(0.5 * L / (L - 1), 2) in the others.
+    dims, n = setup.lm.adapter.dims, setup.lm.adapter.dims.num_layers
+    r_eff = round(0.5 * n / (n - 1), 2)
+    assert pp["heads_removed"] == pytest.approx((n - 1) * int(r_eff * dims.num_heads) / (n * dims.num_heads))
+    table = per_layer_markdown(res, "pp").splitlines()
+    assert len(table) == 4 + n and table[4].startswith("| 0 | 1.000 |")  # layer 0 skipped: dense FLOPs
     assert pp["decoder_flops_ratio"] < pp["flops_ratio"] and pp["decoder_probe_flops_ratio"] > pp["probe_flops_ratio"]
 
 
@@ -94,13 +100,14 @@ def test_cli_bench_and_speed_run(tmp_path):
     assert all(r["protocol"]["calibration"]["batch_size"] == 20 for r in res["seeded"])
     pp = res["seeded"][1]
     assert pp["decoder_flops_ratio"] < pp["flops_ratio"] < 1
-    p = subprocess.run([sys.executable, "-m", "ppcore", "speed", "--methods", "pp", "--repeats", "1",
+    p = subprocess.run([sys.executable, "-m", "ppcore", "speed", "--methods", "pp", "--repeats", "1", "--per-layer",
                         "--json", str(tmp_path / "speed.json")] + common,
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["runs"][1]["method"] == "pp" and speed["calibration"]["batch_size"] == 20
     assert speed["runs"][1]["decoder_flops_ratio"] < speed["runs"][1]["flops_ratio"] < 1
+    assert "pp at 40%, per layer" in p.stdout and "| removed: heads / channels |" in p.stdout
 
 
 def test_bench_official_windows_only_writes_compare_rows(tmp_path, monkeypatch, capsys):

