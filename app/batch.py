@@ -190,18 +190,22 @@ def encode_prefix(tokenizer: Any, text: str, n: int) -> list[int]:
         size *= 4
 
 
-def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[str, bytes]] = None) -> Batch:
+def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[str, bytes]] = None,
+                bos: Optional[int] = None) -> Batch:
+    """The batch the settings describe: corpus windows, or the first `s.batch_size` texts cut to `s.seq_len`
+    tokens (right-padded, with a mask when uneven), each starting with `bos` when given (`LoadedModel.bos_id`:
+    Gemma 3). Raises DataError for an empty or unusable batch."""
     check_settings(s)  # also here, for callers that skip run_analysis: the demo lock holds for every batch
     if s.source == "corpus":
-        windows = corpus_windows(tokenizer, s.corpus, s.batch_size, s.seq_len, s.seed)
+        windows = corpus_windows(tokenizer, s.corpus, s.batch_size, s.seq_len, s.seed, bos)
         return _finish(tokenizer, windows, None,
                        f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")
     texts, desc = texts_for(s, upload)
     encoded: list[list[int]] = []
     for t in texts:  # only as many texts as the batch needs are tokenized
-        e = encode_prefix(tokenizer, t, s.seq_len)
+        e = encode_prefix(tokenizer, t, s.seq_len - (bos is not None))
         if e:
-            encoded.append(e)
+            encoded.append(e if bos is None else [bos, *e])
             if len(encoded) == s.batch_size:
                 break
     if not encoded:

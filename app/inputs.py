@@ -81,9 +81,7 @@ def _model_picker(disabled: bool = False) -> None:
                  help="A model shipped in PyPI wheels (converted once on first use, then cached), or another one")
     choice = st.session_state["s_model_choice"]
     if choice == OTHER_MODEL:
-        if st.session_state.get("s_model") in named:
-            st.session_state["s_model"] = ""  # the text input starts empty, not on a named model
-        widget(st, "model", disabled)
+        widget(st, "model", disabled)  # starts on the current model: the settings stay runnable until edited
     else:
         st.session_state["s_model"] = choice
     st.session_state["_model_for_choice"] = st.session_state.get("s_model")
@@ -93,7 +91,7 @@ def _model_picker(disabled: bool = False) -> None:
         st.caption(f"Licence: {line}")
         if path is not None:
             st.download_button("Licence terms (HTML)", path.read_bytes(), file_name=path.name, mime="text/html",
-                               key="licence_terms", width="stretch")
+                               key="licence_terms", width="stretch", on_click="ignore")  # no rerun: a run goes on
 
 
 def _row(names: tuple[str, ...], disabled: bool = False) -> None:

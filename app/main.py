@@ -67,7 +67,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             session.prepare(s.model, lambda v, text: step(0.05, text))  # a first load's joining and conversion
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
-            batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload)
+            batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload, lm.bos_id)
             step(0.1, f"calibration: {session.calibration_text(calib_cfg)} (cached)")
             _, calib = _model_and_calib(s)
             analysis = session.analyse(lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s),

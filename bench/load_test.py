@@ -124,7 +124,7 @@ class Alone:
 
         key = s.key()
         if key not in self.cache:
-            batch = build_batch(self.lm.tokenizer, self.lm.adapter.dims.vocab, s, None)
+            batch = build_batch(self.lm.tokenizer, self.lm.adapter.dims.vocab, s, None, self.lm.bos_id)
             a = session.analyse(self.lm, self.calibration(s), prune_config(s), batch, ratio=s.ratio, seed=s.seed)
             summary = a.summary()
             self.cache[key] = {"summary": summary, "metrics": header_metrics(summary, a.cfg.method)}

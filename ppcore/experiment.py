@@ -60,7 +60,7 @@ def calibration_windows(lm: LoadedModel, dataset: str, count: int, seq_len: int,
     and their source for the protocol (dataset, split, corpus_tokens). Raises DataError for an unusable
     corpus or a corpus shorter than one window."""
     ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "calibration", cache_dir), cache_dir)
-    return sample_windows(ids, count, seq_len, seed), {"dataset": dataset, "split": "calibration",
+    return sample_windows(ids, count, seq_len, seed, lm.bos_id), {"dataset": dataset, "split": "calibration",
                                                        "corpus_tokens": int(ids.numel())}
 
 
@@ -121,8 +121,9 @@ def prepare(
         source: dict[str, Any] = {"windows_file": Path(windows_file).name}
     else:
         ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "eval", cache_dir), cache_dir)
-        windows = sample_windows(ids, batches * batch_size, seq_len, seed)
-        source = {"dataset": dataset, "split": "eval", "corpus_tokens": int(ids.numel())}
+        windows = sample_windows(ids, batches * batch_size, seq_len, seed, lm.bos_id)
+        source = {"dataset": dataset, "split": "eval", "corpus_tokens": int(ids.numel()),
+                  **({"bos": lm.bos_id} if lm.bos_id is not None else {})}
     if calib is None or calib_len_follows:
         calib = replace(calib or CalibConfig(), seq_len=int(windows.shape[1]))
     if calib_windows_file:

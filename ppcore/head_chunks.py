@@ -14,6 +14,8 @@ from torch import Tensor
 from .adapters import Adapter
 
 LOGITS_BUDGET = 1 << 27  # logits elements held at once: 512 MiB in fp32
+LOGITS_LIMIT = 1 << 30  # `ppcore.logits` refuses more at once (4 GiB in fp32; a 20 x 512 batch of the default
+# model is 0.5 G values, of Gemma 3's 262k vocabulary 2.7 G)
 MAX_SAMPLES = 4  # whole samples per block when they fit (the default model's 20 x 512 losses: 4 samples a block)
 
 

@@ -85,6 +85,20 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def bos_id(self) -> Optional[int]:
+        """The token every window and prompt starts with, for a family trained with one on every sequence
+        (`Adapter.prepend_bos`: Gemma 3, whose loss is about twice as high without it), else None (the
+        official protocol's windows start anywhere in the text)."""
+        if not self.adapter.prepend_bos or self.tokenizer is None:
+            return None
+        return getattr(self.tokenizer, "bos_token_id", None)
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """A prompt's token ids with `bos_id` in front (unless it is already there, or there is none)."""
+        bos = self.bos_id
+        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
+
     def extra_weight_bytes(self) -> int:
         """Bytes of tensors held by this object or its adapter (directly, or in a dict, list or tuple) that
         are not the model's own parameters or buffers: copies the engine would keep per loaded model."""

@@ -130,10 +130,12 @@ def keep_top_channels(scores: Tensor, num_kept: int) -> Tensor:
 
 
 # --- FLAP global allocation (docs/algorithm.md §8.1b) --------------------------------------------
-def flap_head_weight(seq_len: int, hidden: int, num_heads: int, gqa: bool) -> float:
-    """FLOPs of one head in units of one MLP channel: (L*D*d*k + 2*L^2*d) / (3*L*D), d = D/H, k = 2 with
-    grouped-query attention, else 4 (docs/algorithm.md §8.1b)."""
-    d = hidden / num_heads
+def flap_head_weight(seq_len: int, hidden: int, num_heads: int, gqa: bool, head_dim: Optional[int] = None) -> float:
+    """FLOPs of one head in units of one MLP channel: (L*D*d*k + 2*L^2*d) / (3*L*D), d the head width
+    (`head_dim`; D/H as in the official code when not given, which is the same on Llama-shaped models but not on
+    Gemma 3, whose heads are 256 wide at D = 640 over 4 heads), k = 2 with grouped-query attention, else 4
+    (docs/algorithm.md §8.1b)."""
+    d = head_dim if head_dim is not None else hidden / num_heads
     k = 2 if gqa else 4
     return (seq_len * hidden * d * k + 2 * seq_len**2 * d) / (3 * seq_len * hidden)
 

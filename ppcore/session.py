@@ -126,10 +126,12 @@ def _eval_tokens(tokenizer: Any, corpus: str) -> Tensor:
     return tokenize_text(tokenizer, corpus_text(corpus, "eval"))
 
 
-def corpus_windows(tokenizer: Any, corpus: str, count: int, seq_len: int, seed: int) -> Tensor:
+def corpus_windows(tokenizer: Any, corpus: str, count: int, seq_len: int, seed: int,
+                   bos: Optional[int] = None) -> Tensor:
     """`count` seeded windows of `seq_len` tokens from the eval split of `corpus` (wiki-vital, wikitext2 or
-    a .txt path): (count, seq_len) long. Raises DataError for an unknown or too short corpus."""
-    return sample_windows(_eval_tokens(tokenizer, corpus), count, seq_len, seed)
+    a .txt path): (count, seq_len) long, each starting with `bos` when given (`LoadedModel.bos_id`).
+    Raises DataError for an unknown or too short corpus."""
+    return sample_windows(_eval_tokens(tokenizer, corpus), count, seq_len, seed, bos)
 
 
 @dataclass
@@ -279,7 +281,8 @@ def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, bat
     assert main.record is not None and dense.record is not None  # levels "full" and "summary" record
     return Analysis(cfg, cfg.ratio if ratio is None else ratio, lm.info(), batch, main.record, dense.record,
                     nll_d.cpu(), nll_p.cpu(), m.cpu(), nt.kl, nt.top1, TopK(nt.ref_ids, nt.ref_probs, texts),
-                    TopK(nt.ids, nt.probs, texts), tok.decode(ids[0, : min(batch.lengths[0], 24)].tolist()),
+                    TopK(nt.ids, nt.probs, texts),
+                    tok.decode(ids[0, : min(batch.lengths[0], 24)].tolist(), skip_special_tokens=True),
                     protocol, seconds)
 
 
@@ -340,7 +343,8 @@ def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus
     recs = [walk(lm.adapter, pruner, a.batch.ids, a.batch.mask, level="summary").record]
     for k in range(extra_batches):
         progress((k + 1) / (extra_batches + 1), f"batch {k + 2} of {extra_batches + 1}")
-        recs.append(walk(lm.adapter, pruner, sample_windows(tokens, B, L, seed + 1 + k), level="summary").record)
+        recs.append(walk(lm.adapter, pruner, sample_windows(tokens, B, L, seed + 1 + k, lm.bos_id),
+                         level="summary").record)
     return Stability(**{b: keep_set_stability(recs, b) for b in BLOCK_NAMES}, batches=len(recs))
 
 
@@ -372,6 +376,7 @@ def generation(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, 
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         raise DataError("the prompt is empty: type a few words to continue")
+    ids = lm.with_bos(ids)
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         raise DataError(f"the prompt has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten it")
     out = []

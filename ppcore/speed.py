@@ -36,7 +36,7 @@ def speed_windows(lm: LoadedModel, batch_size: int, seq_len: int, calib: CalibCo
         from .experiment import calibration_windows
 
         ids = tokenize_text(lm.tokenizer, corpus_text("wiki-vital", "eval", cache_dir), cache_dir)
-        batch = sample_windows(ids, batch_size, seq_len, 0)
+        batch = sample_windows(ids, batch_size, seq_len, 0, lm.bos_id)
         cwin, calib_source = calibration_windows(lm, calib.dataset, calib.windows, calib.seq_len, 0, cache_dir)
         return batch, {"dataset": "wiki-vital", "split": "eval", "corpus_tokens": int(ids.numel())}, cwin, calib_source
     g = torch.Generator().manual_seed(0)
@@ -48,7 +48,8 @@ def speed_windows(lm: LoadedModel, batch_size: int, seq_len: int, calib: CalibCo
 
 def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Optional[CalibStats],
             repeats: int = 5, hf: bool = True) -> dict[str, Any]:
-    """Medians over `repeats` interleaved runs of every config (and HF's own forward) on `ids` (B, L).
+    """Medians over `repeats` interleaved runs of every config (and HF's forward: its decoder and the blockwise
+    LM head) on `ids` (B, L).
 
     Returns {"batch", "repeats", "device", "dtype", "threads", "hf_forward_s", "runs"}: one run per config
     (dense first, added when missing) with seconds end to end, time_vs_dense, the four FLOPs ratios,
@@ -68,7 +69,9 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
                 res.record.times["head_s"] = now(dev) - t0  # the unpruned LM head
         return res
 
-    def hf_forward():  # HF's decoder, then the same blockwise LM head as the walk's (its logits would not fit)
+    # HF's reference: its decoder (HF's own modules and kernels), then the same blockwise LM head as the walk's (a
+    # 262k vocabulary's logits for a whole batch would not fit). Before 0.4.0 it was HF's whole forward.
+    def hf_forward():
         with torch.inference_mode():
             out = lm.model.base_model(input_ids=ids.to(dev), use_cache=False)
             run_head(ad, out.last_hidden_state)
@@ -183,7 +186,8 @@ def summary_markdown(res: dict[str, Any]) -> str:
              f"{res['threads']} threads, median of {res['repeats']}"]
     if res["hf_forward_s"]:
         dense = next(r for r in res["runs"] if r["method"] == "dense")
-        lines.append(f"HF forward {res['hf_forward_s']:.3f} s; dense walk {dense['seconds']:.3f} s "
+        lines.append(f"HF forward (its decoder + the blockwise LM head) {res['hf_forward_s']:.3f} s; dense walk "
+                     f"{dense['seconds']:.3f} s "
                      f"({dense['seconds'] / res['hf_forward_s']:.3f} x HF)")
     lines += ["", "| method | ratio | removed: heads / channels | seconds | time / dense | FLOPs / dense (model) | "
               "FLOPs / dense (decoder) | time / FLOPs ratio (model) | probe FLOPs (model) | probe FLOPs (decoder) | "
@@ -229,6 +233,7 @@ def per_layer_markdown(res: dict[str, Any], method: str) -> str:
         for blk in BLOCK_NAMES:
             b = rows[(layer, blk)]
             t = b["full_s"] / b["dense_full_s"] if b["dense_full_s"] else float("nan")
-            cells += [f"{b['flops_ratio']:.3f}", f"{t:.3f}", f"{t / b['flops_ratio']:.2f}"]
+            per_flop = f"{t / b['flops_ratio']:.2f}" if b["flops_ratio"] else "-"  # a block pruned away entirely
+            cells += [f"{b['flops_ratio']:.3f}", f"{t:.3f}", per_flop]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

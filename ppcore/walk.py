@@ -18,7 +18,7 @@ from torch import Tensor
 from .adapters import Adapter, LayerWeights
 from .blocks import Block
 from .errors import NonFiniteError
-from .head_chunks import LOGITS_BUDGET, head_blocks
+from .head_chunks import LOGITS_LIMIT, MAX_SAMPLES, head_blocks
 from .layer_step import LayerHooks, run_layers
 from .layout import Layout, canonical_layout, prepare_batch, to_caller_layout
 from .masks import attention_mask_4d
@@ -243,25 +243,26 @@ def logits(adapter: Adapter, hidden: Tensor) -> Tensor:
     """The LM head on the walk's output: (B, L, D) -> (B, L, vocab) logits, on the head's device
     (docs/algorithm.md §9.3).
 
-    Raises ValueError when they would exceed `ppcore.head_chunks.LOGITS_BUDGET` elements (a 262k vocabulary
-    on a 20 x 512 batch: 10 GiB): take what is needed block by block instead (`token_nll` for losses,
+    Raises ValueError when they would exceed `ppcore.head_chunks.LOGITS_LIMIT` values (a 262k vocabulary on
+    a 20 x 512 batch: 10 GiB): take what is needed block by block instead (`token_nll` for losses,
     `head_blocks` for the slices).
     """
     n = hidden[..., :1].numel() * adapter.dims.vocab
-    if n > LOGITS_BUDGET:
+    if n > LOGITS_LIMIT:
         raise ValueError(f"the logits of {tuple(hidden.shape[:-1])} positions over a vocabulary of "
-                         f"{adapter.dims.vocab:,} would hold {n:,} values (over {LOGITS_BUDGET:,}): compute them "
+                         f"{adapter.dims.vocab:,} would hold {n:,} values (over {LOGITS_LIMIT:,}): compute them "
                          "block by block (ppcore.head_chunks.head_blocks), or token_nll for losses")
     with torch.inference_mode():
         return adapter.head(hidden)
 
 
 @torch.inference_mode()
-def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Optional[Tensor],
+              chunk: int = MAX_SAMPLES) -> tuple[Tensor, Tensor]:
     """Per-token NLL of predicting token t+1 from position t, (B, L-1) fp32, and its 0/1 mask.
 
-    The LM head runs a block at a time (`ppcore.head_chunks.head_blocks`: a few samples, or a run of one
-    sample's tokens for a large vocabulary) so that full-vocabulary logits never exist for the whole batch
+    The LM head runs a block at a time (`ppcore.head_chunks.head_blocks`: up to `chunk` samples, or a run of
+    one sample's tokens for a large vocabulary) so that full-vocabulary logits never exist for the whole batch
     at once. Pad targets (and predictions from pads) are masked out. `hidden` (B, L, D),
     `input_ids` (B, L), `valid` (B, L) 0/1 or None; nats. docs/algorithm.md §9.3. Raises NonFiniteError
     when the loss holds inf or NaN (an overflowing LM head).
@@ -269,7 +270,7 @@ def token_nll(adapter: Adapter, hidden: Tensor, input_ids: Tensor, valid: Option
     ids = input_ids.to(hidden.device)
     B, L = ids.shape
     nll = torch.empty(B, max(L - 1, 0), device=hidden.device, dtype=torch.float32)
-    for s, t in head_blocks(B, max(L - 1, 0), adapter.dims.vocab):
+    for s, t in head_blocks(B, max(L - 1, 0), adapter.dims.vocab, max_samples=chunk):
         lg = adapter.head(hidden[s, :-1][:, t]).float()  # on the head's device when dispatched
         # Flat (tokens x vocab) layout: the (N, C, L) layout's kernel loses ~1e-4 of accuracy here.
         target = ids[s, 1:][:, t].reshape(-1).to(lg.device)

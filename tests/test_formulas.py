@@ -313,6 +313,9 @@ def test_flap_head_weight_mha_k4():
     d = D / H
     assert S.flap_head_weight(L, D, H, gqa=False) == pytest.approx((L * D * d * 4 + 2 * L * L * d) / (3 * L * D))
     assert S.flap_head_weight(L, D, H, gqa=False) != pytest.approx(S.flap_head_weight(L, D, H, gqa=True))
+    # Heads wider than D / H (Gemma-3-270M: 4 heads of 256 at D = 640): the real width counts.
+    assert S.flap_head_weight(512, 640, 4, gqa=True, head_dim=256) == pytest.approx(
+        (512 * 640 * 256 * 2 + 2 * 512 * 512 * 256) / (3 * 512 * 640))
 
 
 def _ref_zscore64(row: list[float]) -> list[float]:

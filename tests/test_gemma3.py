@@ -117,7 +117,8 @@ def _use_parts(monkeypatch, model, paths):
 
 
 def _left_in(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """Files in the cache but the (empty) lock file that serialises joins."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".join.lock")
 
 
 def test_parts_join_into_the_cache_once(tmp_path, monkeypatch):
@@ -236,3 +237,78 @@ def test_gemma3_variants_the_walk_cannot_run_are_refused(change, reason):
         setattr(cfg, k, v)
     with pytest.raises(UnsupportedModelError, match=reason):
         check_supported(cfg, "my-gemma")
+
+
+def test_concurrent_joins_and_a_killed_one(tmp_path, monkeypatch):
+    """Two sessions joining at once get the same verified file; a killed join's temporary file is swept."""
+    import threading
+
+    model, paths = _fake_parts(tmp_path)
+    _use_parts(monkeypatch, model, paths)
+    root = tmp_path / "cache"
+    stale = root / "gguf" / model.sha256[:16] / "m.gguf.12345.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a join")
+    outs, errors = [], []
+
+    def join():
+        try:
+            outs.append(emb.find_gguf(model, root))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(outs)) == 1
+    assert outs[0].read_bytes() == b"".join(p.read_bytes() for p in paths)
+    assert _left_in(root) == [str(outs[0].relative_to(root))]
+
+
+def test_an_installed_part_without_its_file(tmp_path, monkeypatch):
+    model, paths = _fake_parts(tmp_path)
+    monkeypatch.setattr(emb, "local_wheel_file", lambda package, inner, root: None)
+    monkeypatch.setattr(emb.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(ModelLoadError, match="installed package fake-part0==1.0 lacks its file"):
+        emb.find_gguf(model, tmp_path / "cache")
+
+
+def test_official_windows_only_with_the_default_model(tmp_path, capsys):
+    """The official run's windows are the default model's token ids: refused for Gemma, before any loading."""
+    from ppcore.cli import main
+
+    (tmp_path / "results.json").write_text("{}")
+    assert main(["bench", "--model", "gemma3-270m", "--official", str(tmp_path), "--seeds", "none"]) == 2
+    assert "mean nothing to --model gemma3-270m" in capsys.readouterr().err
+    assert main(["bench", "--model", "gemma3-270m", "--seeds", "none"]) == 2  # auto finds none for it
+    assert "default model only" in capsys.readouterr().err
+
+
+def test_multimodal_gemma3_gets_a_hint():
+    from transformers import Gemma3Config
+
+    from ppcore import UnsupportedModelError
+    from ppcore.adapters import check_supported
+
+    with pytest.raises(UnsupportedModelError, match="only the text-only ones"):
+        check_supported(Gemma3Config(), "google/gemma-3-4b-it")
+
+
+def test_windows_and_prompts_start_with_bos():
+    """Gemma 3 is trained with <bos> on every sequence: corpus windows get it in front of seq_len - 1 tokens."""
+    from ppcore.data import sample_windows
+
+    ids = torch.arange(100, 200)
+    w = sample_windows(ids, 3, 8, seed=0, bos=2)
+    assert w.shape == (3, 8) and bool((w[:, 0] == 2).all()) and bool((w[:, 1:] >= 100).all())
+    assert bool((w[:, 2:] - w[:, 1:-1] == 1).all())  # the rest is one run of the corpus
+    assert torch.equal(sample_windows(ids, 3, 8, seed=0), sample_windows(ids, 3, 8, seed=0, bos=None))
+
+
+@needs_gemma
+def test_real_model_bos(gemma_lm):
+    assert gemma_lm.bos_id == 2 and gemma_lm.with_bos([5, 6]) == [2, 5, 6] and gemma_lm.with_bos([2, 5]) == [2, 5]
+    windows, _ = calibration_windows(gemma_lm, "wiki-vital", 2, 16, seed=0)
+    assert windows[:, 0].tolist() == [2, 2]

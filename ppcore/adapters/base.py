@@ -16,6 +16,8 @@ Class attributes to set:
   ``summary``      one phrase for the "supported model types" message ("pre-LN OPT").
   ``uses_rotary``  True: the walker applies `rotary`'s cos/sin to q and k (rotary positions).
   ``gated_mlp``    True: the MLP is ``down(act(gate(x)) * up(x))``; False: ``down(act(up(x)))``.
+  ``prepend_bos``  True for a family trained with its BOS token at the start of every sequence (Gemma 3):
+                   corpus windows and prompts then start with it (`LoadedModel.bos_id`).
   ``qk_norm``      True only if the walk applies per-head q/k norms (`LayerWeights.q_norm`/``k_norm``); a
                    model that has them while this is False is refused (the walk would skip them).
 
@@ -176,6 +178,7 @@ class Adapter:
     uses_rotary: bool = False
     gated_mlp: bool = False
     qk_norm: bool = False
+    prepend_bos: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -283,7 +286,7 @@ class Adapter:
 
     def head(self, h: Tensor) -> Tensor:
         """Logits (..., vocab) of final hidden states (..., D): the LM head on its own device (the result
-        stays there). For many rows at once use `ppcore.head_chunks.head_chunks`: a 262k-token vocabulary
+        stays there). For many rows at once use `ppcore.head_chunks.head_blocks` / `run_head`: a 262k-token vocabulary
         makes a whole batch's logits too large to hold."""
         with self._guard():
             return self._head(h)

@@ -33,6 +33,7 @@ class Gemma3Adapter(LlamaAdapter):
     uses_rotary = True
     gated_mlp = True
     qk_norm = True
+    prepend_bos = True  # trained with <bos> on every sequence: without it the loss about doubles
 
     @classmethod
     def dims_of(cls, config: Any) -> ModelDims:

@@ -15,6 +15,9 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import ACTIVATIONS, Adapter
 
+# Model types close to a supported one, and what to use instead.
+HINTS = {"gemma3": ". This is a multimodal Gemma 3 checkpoint (image and text); only the text-only ones "
+                   "(model type gemma3_text: gemma-3-270m, gemma-3-1b) are supported"}
 FAMILIES: dict[str, type[Adapter]] = {}  # model_type -> adapter class; filled by register() in __init__.py
 
 
@@ -54,7 +57,8 @@ def check_supported(config: Any, name: Optional[str] = None) -> type[Adapter]:
     family = FAMILIES.get(model_type)
     if family is None:
         raise UnsupportedModelError(
-            f"{who}architecture {model_type!r} is not supported; supported model types: {_listing()}")
+            f"{who}architecture {model_type!r} is not supported; supported model types: {_listing()}"
+            + HINTS.get(model_type, ""))
     reason = family.unsupported(config)
     if reason:
         raise UnsupportedModelError(who + reason)

@@ -67,7 +67,7 @@ class Flap(StaticMethod):
                     if run.prunes_block(i, block):
                         metric[(i, block)] = flap_channels(block.final_weight(w), run.calib.get(i, block.name).fluc)
         keys = {b: [k for k in metric if k[1] is b] for b in BLOCKS}
-        hw = flap_head_weight(run.calib.seq_len, dims.hidden, dims.num_heads, dims.gqa)
+        hw = flap_head_weight(run.calib.seq_len, dims.hidden, dims.num_heads, dims.gqa, dims.head_dim)
         # The global allocation compares every block's metric: gather them on one device for it.
         here = ad.device
         a_r, m_r = flap_ratios([metric[k].to(here) for k in keys[ATTN]], [metric[k].to(here) for k in keys[MLP]],
