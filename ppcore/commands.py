@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -47,8 +48,10 @@ def _placement(a: argparse.Namespace) -> Optional[Placement]:
 
 
 def _load(a: argparse.Namespace) -> LoadedModel:
-    from .loading import load_model
+    from .loading import load_model, prepare_model
 
+    if not getattr(a, "quiet", False):  # a first load's joining and conversion, said on stderr as it goes
+        prepare_model(a.model, a.cache_dir, progress=lambda text: print(text, file=sys.stderr, flush=True))
     return load_model(a.model, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir, placement=_placement(a))
 
 

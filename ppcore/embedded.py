@@ -87,8 +87,9 @@ ALIASES = {"smollm2-135m": "default"}
 
 
 def embedded_model(spec: str) -> Optional[EmbeddedModel]:
-    """The embedded model `spec` names ('default', 'smollm2-135m', 'gemma3-270m'), or None."""
-    return EMBEDDED.get(ALIASES.get(spec, spec))
+    """The embedded model `spec` names ('default', 'smollm2-135m', 'gemma3-270m'; any case), or None."""
+    key = spec.strip().lower()
+    return EMBEDDED.get(ALIASES.get(key, key))
 
 
 def terms_file(model: EmbeddedModel, root: Path) -> Optional[Path]:

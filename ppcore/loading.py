@@ -14,6 +14,7 @@ decided by `ppcore.adapters.check_supported`, before any weight is read.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import shutil
@@ -181,6 +182,9 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     dt = resolve_dtype(dtype, dev)
     root = cache_root(cache_dir)
     spec = str(spec).strip()
+    if not spec:
+        raise ModelLoadError(f"no model given: name one of {', '.join(repr(n) for n in MODEL_NAMES)}, a hub id, a "
+                             "local checkpoint folder or a .gguf file")
     revision: Optional[str] = None
     embedded = embedded_model(spec)
     if embedded is not None:
@@ -209,9 +213,11 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         folder, source = Path(spec), "hub:" + spec
         fingerprint = hub_fingerprint(spec, revision) if revision else ""
     else:
+        close = difflib.get_close_matches(spec.lower().replace("_", "-"), MODEL_NAMES, 1, 0.6)
         raise ModelLoadError(
-            f"model {spec!r} not found: give {', '.join(repr(n) for n in MODEL_NAMES)}, a hub id like "
-            "'HuggingFaceTB/SmolLM2-135M', a local checkpoint folder or a .gguf file"
+            f"model {spec!r} not found" + (f" (did you mean {close[0]!r}?)" if close else "") + ": give "
+            f"{', '.join(repr(n) for n in MODEL_NAMES)}, a hub id like 'HuggingFaceTB/SmolLM2-135M', a local "
+            "checkpoint folder or a .gguf file"
         )
     dispatch = None if placement is None else _dispatch_kwargs(placement, root, fingerprint or "hub:" + spec)
     if progress is not None:

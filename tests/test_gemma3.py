@@ -312,3 +312,11 @@ def test_real_model_bos(gemma_lm):
     assert gemma_lm.bos_id == 2 and gemma_lm.with_bos([5, 6]) == [2, 5, 6] and gemma_lm.with_bos([2, 5]) == [2, 5]
     windows, _ = calibration_windows(gemma_lm, "wiki-vital", 2, 16, seed=0)
     assert windows[:, 0].tolist() == [2, 2]
+
+
+def test_model_names_forgive_case_and_suggest(tmp_path):
+    assert emb.embedded_model(" Gemma3-270M ") is GEMMA and emb.embedded_model("SmolLM2-135M").name == "default"
+    with pytest.raises(ModelLoadError, match="did you mean 'gemma3-270m'"):
+        load_model("gemma3_270", cache_dir=tmp_path)
+    with pytest.raises(ModelLoadError, match="no model given"):
+        load_model("  ", cache_dir=tmp_path)
