@@ -207,9 +207,9 @@ def test_whole_batch_logits_over_the_budget_are_refused():
     from ppcore import logits
     from tests.conftest import tiny_gemma3
 
-    lm = tiny_gemma3()  # vocabulary 128: refused from 2**27 / 128 = 1,048,576 positions on
+    lm = tiny_gemma3()  # vocabulary 128: refused from 2**30 / 128 = 8,388,608 positions on
     with pytest.raises(ValueError, match="block by block"):
-        logits(lm.adapter, torch.zeros(1025, 1024, 64))
+        logits(lm.adapter, torch.zeros(1, 1, 64).expand(8193, 1024, 64))  # refused before any product
     assert logits(lm.adapter, torch.zeros(2, 3, 64)).shape == (2, 3, 128)
 
 
