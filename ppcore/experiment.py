@@ -1,6 +1,7 @@
 """Everything an evaluation needs before the first batch: model, windows, calibration, protocol."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -119,6 +120,11 @@ def prepare(
                             f"fewer than one batch of {batch_size}")
         windows = windows[: (windows.shape[0] // batch_size) * batch_size]
         source: dict[str, Any] = {"windows_file": Path(windows_file).name}
+        if lm.bos_id is not None and not bool((windows[:, 0] == lm.bos_id).all()):
+            # Scored as given (the user's windows), but such a model is far off without it (algorithm.md §9.1).
+            warnings.warn(f"{Path(windows_file).name}: some windows do not start with {lm.name}'s <bos> token "
+                          f"(id {lm.bos_id}), which this model was trained with on every sequence; its losses "
+                          "will be much higher than on windows that do", stacklevel=2)
     else:
         ids = tokenize_text(lm.tokenizer, corpus_text(dataset, "eval", cache_dir), cache_dir)
         windows = sample_windows(ids, batches * batch_size, seq_len, seed, lm.bos_id)

@@ -132,7 +132,7 @@ class LoadedModel:
             # copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
             "extra_weight_bytes": self.extra_weight_bytes(),
             # The licence of an embedded model (shown where it is chosen); None for a model the user brought.
-            "licence": None if embedded_model(self.name) is None else embedded_model(self.name).licence,
+            "licence": getattr(embedded_model(self.name), "licence", None),
             "device_map": _count_devices(placement) if placement else None,
         }
 
