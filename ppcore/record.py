@@ -15,8 +15,10 @@ import numpy as np
 from .protocol import Protocol
 
 # 2: batches are stored in the walk's layout (each row's real tokens first, so column = token position),
-#    and "flops" carries "head" (the part outside the decoder layers). Version 1 records still load.
-SCHEMA_VERSION = 2
+#    and "flops" carries "head" (the part outside the decoder layers).
+# 3: a probing method's block at level "full" carries what stage 2 and the "why" panel draw: fusion_weight,
+#    weight_factor and kept_probe_only. Versions 1 and 2 still load (the new fields read as None).
+SCHEMA_VERSION = 3
 LEVELS = ("none", "summary", "full")
 BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
 
@@ -45,9 +47,13 @@ class BlockRecord:
     probe_samples: list[int] = field(default_factory=list)
     scores: Optional[list[float]] = None
     importance: Optional[list[list[float]]] = None  # residual norm, samples x tokens (level "full")
-    energy_probe: Optional[list[float]] = None  # per channel, summed over probe positions
-    energy_history: Optional[list[float]] = None
-    energy_fused: Optional[list[float]] = None
+    # Stage 2 (docs/algorithm.md §3.3-4), level "full", probing methods only; per channel C (H*d or I):
+    energy_probe: Optional[list[float]] = None  # probe's mean-over-samples x^2, summed over probe positions
+    energy_history: Optional[list[float]] = None  # the history at the same positions (None without history)
+    energy_fused: Optional[list[float]] = None  # what PPsp scored
+    fusion_weight: Optional[list[float]] = None  # a = P / (P + G + eps), averaged over probe positions
+    weight_factor: Optional[list[float]] = None  # sqrt(sum_i W[i, c]^4) of the final projection
+    kept_probe_only: Optional[list[int]] = None  # the keep-set PPsp picks from the probe alone (no history)
     flops: dict[str, int] = field(default_factory=dict)  # dense, pruned, probe
     times: dict[str, float] = field(default_factory=dict)  # probe_s, decide_s, full_s
 

@@ -22,7 +22,7 @@ from .head_chunks import LOGITS_LIMIT, MAX_SAMPLES, head_blocks
 from .layer_step import LayerHooks, run_layers
 from .layout import Layout, canonical_layout, prepare_batch, to_caller_layout
 from .masks import attention_mask_4d
-from .methods import Decision, Pruner
+from .methods import Decision, Energies, Pruner
 from .record import BatchRecord, BlockRecord, LayerRecord, round_floats
 from .scores import residual_importance
 from .slices import KV
@@ -106,7 +106,7 @@ class _WalkHooks(LayerHooks):
         for name in bf:
             self.flops[name] += bf[name]
         if self.level != "none":
-            self._blocks[block.name] = _block_record(self.adapter, ctx, layer, block, d, resid, bf, self.level)
+            self._blocks[block.name] = _block_record(self.pruner, ctx, layer, block, d, resid, bf, self.level)
 
     def layer_done(self, layer: int) -> None:
         if self.capture is not None:
@@ -217,9 +217,9 @@ def block_flops(adapter: Adapter, block: Block, d: Decision, B: int, L: int) -> 
             "probe": d.probe_flops}
 
 
-def _block_record(adapter: Adapter, ctx: WalkCtx, layer: int, block: Block, d: Decision, resid: Tensor,
+def _block_record(pruner: Pruner, ctx: WalkCtx, layer: int, block: Block, d: Decision, resid: Tensor,
                   flops: dict[str, int], level: str) -> BlockRecord:
-    total = block.units(adapter.dims)
+    total = block.units(pruner.dims)
     kept = list(range(total)) if d.kept is None else d.kept.tolist()
     rec = BlockRecord(
         pruned=d.pruned, total=total, kept=kept,
@@ -233,10 +233,24 @@ def _block_record(adapter: Adapter, ctx: WalkCtx, layer: int, block: Block, d: D
         rec.importance = round_floats(residual_importance(resid, ctx.valid).cpu(), 5)
         e = d.energies
         if e is not None:
-            rec.energy_probe = round_floats(e.probe.cpu())
-            rec.energy_history = None if e.history is None else round_floats(e.history.cpu())
-            rec.energy_fused = round_floats(e.fused.cpu())
+            _stage2(rec, pruner, block, e)
     return rec
+
+
+def _stage2(rec: BlockRecord, pruner: Pruner, block: Block, e: Energies) -> None:
+    """Fill a record's stage-2 fields from a probing method's energies (docs/algorithm.md §3.3-4): what the probe
+    saw, what the history held, how they were fused, PPsp's weight factor, and the keep-set the probe alone gives."""
+    rec.energy_probe = round_floats(e.probe.cpu())
+    rec.energy_fused = round_floats(e.fused.cpu())
+    if e.weight_pow4 is not None:
+        rec.weight_factor = round_floats(e.weight_pow4.sqrt().cpu())
+    if e.history_rows is None:
+        return
+    rec.energy_history = round_floats(e.history.cpu())
+    rec.fusion_weight = round_floats(e.fusion_weight.cpu())
+    if e.weight_pow4 is not None:
+        alone = block.ppsp(e.probe, e.weight_pow4, pruner.dims)
+        rec.kept_probe_only = block.keep_top(alone, pruner.r_eff, pruner.dims, pruner.cfg.mlp_multiple).tolist()
 
 
 def logits(adapter: Adapter, hidden: Tensor) -> Tensor:

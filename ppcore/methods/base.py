@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block
+from ..scores import FUSION_EPS
 from ..slices import Buffers, Slice
 from ..stats import History
 from ..walk_context import WalkCtx
@@ -32,12 +33,14 @@ if TYPE_CHECKING:
 class Energies:
     """PP's per-channel activation energies of one block (docs/algorithm.md §3.3), kept per probe position so that
     a walk without a record never reduces them: `probe_rows` and `history_rows` (n_t, C) fp32 (history None
-    without one), `fused` (C,) the fused energy the PPsp score used. `probe` and `history` sum the rows
-    over the probe's positions (C,)."""
+    without one), `fused` (C,) the fused energy the PPsp score used, `weight_pow4` (C,) sum_i W[i, c]^4 of the
+    block's final projection (PPsp's static factor, a cached tensor: no copy). `probe` and `history` sum the
+    rows over the probe's positions (C,)."""
 
     probe_rows: Tensor
     history_rows: Optional[Tensor]
     fused: Tensor
+    weight_pow4: Optional[Tensor] = None
 
     @property
     def probe(self) -> Tensor:
@@ -48,6 +51,14 @@ class Energies:
     def history(self) -> Optional[Tensor]:
         """(C,) the history's energy at the probe's positions, or None without a history."""
         return None if self.history_rows is None else self.history_rows.sum(0)
+
+    @property
+    def fusion_weight(self) -> Optional[Tensor]:
+        """(C,) the probe's share a = P / (P + G + eps) of the fusion, averaged over the probe's positions
+        (docs/algorithm.md §3.3), or None without a history."""
+        if self.history_rows is None:
+            return None
+        return (self.probe_rows / (self.probe_rows + self.history_rows + FUSION_EPS)).mean(0)
 
 
 @dataclass(kw_only=True)

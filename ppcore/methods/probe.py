@@ -76,10 +76,12 @@ class ProbeMethod(Method):
             s = fuse(P, G).sum(0)
         else:
             s = P.sum(0)
-        scores = block.ppsp(s, self._pow4_of(layer, block, w), dims)
+        pow4 = self._pow4_of(layer, block, w)
+        scores = block.ppsp(s, pow4, dims)
         kept = block.keep_top(scores, run.r_eff, dims, run.cfg.mlp_multiple)
         d = self.decision(layer, block, w, kept, buffers=run.slice_buffers(ctx, block), probe_tokens=p.tokens,
-                          probe_samples=p.samples, scores=scores, energies=Energies(P, G, s), probe_flops=probe_flops)
+                          probe_samples=p.samples, scores=scores, energies=Energies(P, G, s, pow4),
+                          probe_flops=probe_flops)
         if ctx.timing:
             ctx.add_time(layer, block.name, probe_s=t1 - t0, decide_s=ctx.now() - t1)
         return d
