@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -22,7 +23,74 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples.txt"
 UPLOAD_TYPES = (".txt", ".jsonl", ".csv")  # all read as UTF-8 text; nothing else is accepted
 
 
-__all__ = ["Batch", "UPLOAD_TYPES", "build_batch", "check_settings", "read_upload", "split_text", "upload_texts"]
+__all__ = ["Batch", "LeftOut", "TextBatch", "UPLOAD_TYPES", "build_batch", "check_settings", "left_out_note",
+           "read_upload", "split_text", "upload_texts"]
+
+COUNT_SAMPLES = 10_000  # further samples of a text counted for the left-out note; past this it says "more than"
+COUNT_CHARS = 100_000  # a cut sample up to this long is tokenized whole to count the tokens left out
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """What a batch built from the user's own text (pasted, or an upload) left out of it.
+
+    used: samples in the batch; more: further samples of the text that did not fit (`more_is_floor`: at least
+    that many: the count stopped at COUNT_SAMPLES, or an upload's rows were read up to `limits().rows`); cut:
+    samples of the batch longer than `seq_len` tokens, cut there; cut_tokens: the tokens those samples lost
+    (None: a sample too long to count, over COUNT_CHARS characters); where: 'your pasted text' or the file."""
+
+    used: int
+    more: int
+    more_is_floor: bool
+    cut: int
+    cut_tokens: Optional[int]
+    batch_size: int
+    seq_len: int
+    where: str
+
+    @property
+    def any(self) -> bool:
+        return bool(self.more or self.cut)
+
+    def short(self) -> str:
+        """For the batch's description (the header, the run record's protocol): '12 more samples and 210 tokens
+        past 64 left out'."""
+        parts = []
+        if self.more:
+            parts.append(f"{'over ' if self.more_is_floor else ''}{self.more:,} more sample{'s' * (self.more != 1)}")
+        if self.cut:
+            parts.append(f"{self.cut_tokens:,} tokens past {self.seq_len}" if self.cut_tokens is not None
+                         else f"the ends of {self.cut} sample{'s' * (self.cut != 1)} past {self.seq_len} tokens")
+        return " and ".join(parts) + " left out"
+
+    def text(self) -> str:
+        """The page's note: what was left out and which setting would take it in."""
+        out = []
+        if self.more:
+            count = f"at least {self.more:,}" if self.more_is_floor else f"{self.more:,}"
+            out.append(f"The batch takes the first {self.used} samples of {self.where} (batch size "
+                       f"{self.batch_size}): {count} more sample{'s were' if self.more != 1 else ' was'} left out.")
+        if self.cut:
+            lost = (f"{self.cut_tokens:,} tokens left out" if self.cut_tokens is not None
+                    else "the rest of each left out")
+            many = f"{self.cut} samples of the batch were" if self.cut != 1 else "1 sample of the batch was"
+            out.append(f"{many} longer than {self.seq_len} tokens (the sequence length) and cut there ({lost}).")
+        what = [w for w, on in (("batch size", self.more), ("sequence length", self.cut)) if on]
+        out.append(f"Raise the {' and the '.join(what)} in the sidebar to take in more.")
+        return " ".join(out)
+
+
+@dataclass
+class TextBatch(Batch):
+    """A batch built from the user's own text, with what it left out of that text (`LeftOut`, None when nothing)."""
+
+    left_out: Optional[LeftOut] = None
+
+
+def left_out_note(batch: Batch) -> Optional[str]:
+    """The page's note on what `batch` left out of the user's text, or None when it took in all of it."""
+    lo = getattr(batch, "left_out", None)
+    return lo.text() if lo is not None and lo.any else None
 
 
 def iter_lines(text: str) -> Iterator[str]:
@@ -194,7 +262,8 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
                 bos: Optional[int] = None) -> Batch:
     """The batch the settings describe: corpus windows, or the first `s.batch_size` texts cut to `s.seq_len`
     tokens (right-padded, with a mask when uneven), each starting with `bos` when given (`LoadedModel.bos_id`:
-    Gemma 3). Raises DataError for an empty or unusable batch."""
+    Gemma 3). A batch of pasted or uploaded text is a `TextBatch`, saying what it left out of that text (its
+    description says it too). Raises DataError for an empty or unusable batch."""
     check_settings(s)  # also here, for callers that skip run_analysis: the demo lock holds for every batch
     if s.source == "corpus":
         windows = corpus_windows(tokenizer, s.corpus, s.batch_size, s.seq_len, s.seed, bos)
@@ -202,14 +271,29 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
                        f"{s.batch_size} windows of {s.seq_len} tokens from {s.corpus} (eval split, seed {s.seed})")
     texts, desc = texts_for(s, upload)
     encoded: list[list[int]] = []
+    n = s.seq_len - (bos is not None)
+    cut, cut_tokens = 0, 0
     for t in texts:  # only as many texts as the batch needs are tokenized
-        e = encode_prefix(tokenizer, t, s.seq_len - (bos is not None))
+        e = encode_prefix(tokenizer, t, n + 1)  # one token more: whether the sample is cut at n
+        if len(e) > n:
+            e = e[:n]
+            cut += 1
+            if cut_tokens is not None:  # a long sample is not tokenized whole just to count what it lost
+                cut_tokens = (cut_tokens + len(tokenizer(t, add_special_tokens=False)["input_ids"]) - n
+                              if len(t) <= COUNT_CHARS else None)
         if e:
             encoded.append(e if bos is None else [bos, *e])
             if len(encoded) == s.batch_size:
                 break
     if not encoded:
         raise DataError(f"the batch is empty: {desc} holds no text")
+    left_out = None
+    if s.source in ("paste", "upload"):  # the user's own text: say what did not fit
+        more = sum(1 for _ in itertools.islice(texts, COUNT_SAMPLES))
+        rows_read = upload is not None and Path(upload[0]).suffix.lower() != ".txt" and (
+            len(encoded) + more >= limits().rows)
+        left_out = LeftOut(len(encoded), more, more >= COUNT_SAMPLES or rows_read, cut, cut_tokens, s.batch_size,
+                           s.seq_len, "your pasted text" if s.source == "paste" else str(upload[0]) if upload else "")
     L = max(len(e) for e in encoded)
     if L < 2:  # perplexity scores each next token: a batch of one-token samples has nothing to score
         raise DataError("every sample is a single token, so there is no next token to score: give samples of at "
@@ -222,13 +306,16 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
         mask[i, : len(e)] = 1
     if int(ids.max()) >= vocab:
         raise DataError(f"the tokenizer produced ids beyond the model's vocabulary of {vocab}")
-    return _finish(tokenizer, ids, None if bool(mask.all()) else mask,
-                   f"{len(encoded)} samples from {desc}, up to {s.seq_len} tokens")
+    desc = f"{len(encoded)} samples from {desc}, up to {s.seq_len} tokens"
+    if left_out is not None and left_out.any:
+        desc += f" ({left_out.short()})"
+    return _finish(tokenizer, ids, None if bool(mask.all()) else mask, desc, left_out)
 
 
-def _finish(tokenizer: Any, ids: Tensor, mask: Optional[Tensor], desc: str) -> Batch:
+def _finish(tokenizer: Any, ids: Tensor, mask: Optional[Tensor], desc: str,
+            left_out: Optional[LeftOut] = None) -> Batch:
     tokens = []
     for r, row in enumerate(ids.tolist()):
         n = len(row) if mask is None else int(mask[r].sum())
         tokens.append(tokenizer.batch_decode([[t] for t in row[:n]]) + [""] * (len(row) - n))
-    return Batch(ids, mask, desc, tokens)
+    return Batch(ids, mask, desc, tokens) if left_out is None else TextBatch(ids, mask, desc, tokens, left_out)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 PROBE = "#d62728"  # probe picks, everywhere
 
@@ -17,19 +18,23 @@ def _show(tok: str) -> str:
 
 
 def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]], probe_tokens: list[int],
-                       probe_samples: list[int], title: str) -> go.Figure:
-    """Residual importance, samples x tokens; probe token columns and sample rows marked in red."""
-    z = np.asarray(grid, dtype=float)
+                       probe_samples: list[int], title: str, log: bool = False,
+                       hidden: Sequence[int] = ()) -> go.Figure:
+    """Residual importance, samples x tokens; probe token columns marked above, probe sample rows named in red
+    on the axis. `log`: colour by log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token
+    positions left blank (attention sinks), so that the colour scale spreads over the others."""
+    z = np.asarray(grid, dtype=float).copy()
     B, L = z.shape
+    if len(hidden):
+        z[:, list(hidden)] = np.nan
+    shown = np.log10(np.clip(z, 1e-6, None)) if log else z
     text = [[_show(tokens[b][t]) if t < len(tokens[b]) else "" for t in range(L)] for b in range(B)]
-    fig = go.Figure(go.Heatmap(z=z, customdata=text, colorscale="Viridis", colorbar=dict(title="‖h‖"),
-                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata}<br>"
-                                             "importance %{z:.3g}<extra></extra>"))
+    fig = go.Figure(go.Heatmap(z=shown, customdata=np.dstack([np.array(text, dtype=object), z]), colorscale="Viridis",
+                               colorbar=dict(title="log10 ‖h‖" if log else "‖h‖"),
+                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata[0]}<br>"
+                                             "importance %{customdata[1]:.4g}<extra></extra>"))
     for t in probe_tokens:  # a red tick above each probe token column
         fig.add_shape(type="rect", x0=t - 0.5, x1=t + 0.5, y0=1.0, y1=1.05, xref="x", yref="paper",
-                      fillcolor=PROBE, line_width=0)
-    for b in probe_samples:  # and left of each probe sample row
-        fig.add_shape(type="rect", x0=-0.03, x1=0.0, y0=b - 0.5, y1=b + 0.5, xref="paper", yref="y",
                       fillcolor=PROBE, line_width=0)
     cells = [(b, t) for b in probe_samples for t in probe_tokens]
     if cells:
@@ -38,21 +43,46 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                                  customdata=[text[b][t] for b, t in cells],
                                  hovertemplate="probe: sample %{y}, position %{x}<br>token %{customdata}"
                                                "<extra></extra>"))
-    fig.update_layout(title=title, height=260 + 14 * B, margin=dict(l=60, r=20, t=70, b=40), showlegend=False)
-    fig.update_yaxes(title="sample", autorange="reversed", dtick=1 if B <= 16 else None)
+    # Probe rows are named on the axis itself (a marker drawn over the labels hid the sample number).
+    ticks = list(range(B))
+    labels = [f'<span style="color:{PROBE}"><b>probe ▸ {b}</b></span>' if b in probe_samples else str(b)
+              for b in ticks]
+    fig.update_layout(title=title, height=260 + 16 * B, margin=dict(l=90, r=20, t=70, b=40), showlegend=False,
+                      font=dict(size=14))
+    fig.update_yaxes(title="sample", autorange="reversed", tickvals=ticks if B <= 32 else None,
+                     ticktext=labels if B <= 32 else None)
     fig.update_xaxes(title="token position")
     return fig
 
 
-def token_strip(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str) -> go.Figure:
-    """One sample's importance per token, with the token text on the axis; probe tokens in red."""
+def token_strip(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str,
+                batch_scores: Optional[Sequence[float]] = None, hidden: Sequence[int] = ()) -> go.Figure:
+    """One sample's importance per token, with the token text on the axis; probe tokens in red. With
+    `batch_scores`, a panel above shows the batch-wide token score (the L2 norm of every sample's importance at
+    that position), which is what picks the probe tokens. `hidden` positions are left out of both."""
     n = len([t for t in tokens if t != ""]) or len(tokens)
-    labels = [f"{i}:{_show(t)}" for i, t in enumerate(tokens[:n])]
-    colors = [PROBE if i in set(probe_tokens) else "#7f7f7f" for i in range(n)]
-    fig = go.Figure(go.Bar(x=labels, y=list(values)[:n], marker_color=colors,
-                           hovertemplate="%{x}<br>importance %{y:.3g}<extra></extra>"))
-    fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=100))
-    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
+    keep = [i for i in range(n) if i not in set(hidden)]
+    labels = [f"{i}:{_show(tokens[i])}" for i in keep]
+    probe = set(probe_tokens)
+    colors = [PROBE if i in probe else "#7f7f7f" for i in keep]
+    vals = list(values)
+    bar = go.Bar(x=labels, y=[vals[i] for i in keep], marker_color=colors, name="this sample",
+                 hovertemplate="%{x}<br>importance %{y:.4g}<extra>this sample</extra>")
+    if batch_scores is None:
+        fig = go.Figure(bar)
+        fig.update_layout(title=title, height=340, margin=dict(l=50, r=20, t=50, b=120), font=dict(size=14))
+        fig.update_xaxes(tickangle=-60, tickfont=dict(size=13))
+        return fig
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.4, 0.6],
+                        subplot_titles=("Batch-wide token score: picks the probe tokens",
+                                        "This sample's own importance"))
+    bs = list(batch_scores)
+    fig.add_trace(go.Bar(x=labels, y=[bs[i] for i in keep], marker_color=colors, name="batch-wide",
+                         hovertemplate="%{x}<br>batch-wide score %{y:.4g}<extra></extra>"), row=1, col=1)
+    fig.add_trace(bar, row=2, col=1)
+    fig.update_layout(title=title, height=520, margin=dict(l=50, r=20, t=80, b=120), showlegend=False,
+                      font=dict(size=14))
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=13), row=2, col=1)
     return fig
 
 
@@ -124,7 +154,9 @@ def colored_tokens(tokens: list[str], values: Sequence[Optional[float]], vmax: f
             tip = f"{v:+.3f}" if diverging else f"{v:.3f} nats"
         spans.append(f'<span title="{html.escape(tip)}" style="background:{bg};padding:1px 0;border-radius:2px">'
                      f"{html.escape(tok).replace(chr(10), '⏎')}</span>")
-    return '<div style="line-height:1.9;font-family:monospace;white-space:pre-wrap">' + "".join(spans) + "</div>"
+    # Large enough to read from the back of a lecture hall.
+    return ('<div style="line-height:2.0;font-family:monospace;font-size:1.15rem;white-space:pre-wrap">'
+            + "".join(spans) + "</div>")
 
 
 def diff_bars(tokens: list[str], diff: Sequence[float], title: str) -> go.Figure:
@@ -134,7 +166,7 @@ def diff_bars(tokens: list[str], diff: Sequence[float], title: str) -> go.Figure
                            hovertemplate="%{x}<br>Δ loss %{y:+.3f}<extra></extra>"))
     fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=100),
                       yaxis_title="pruned − dense (nats)")
-    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=13))
     return fig
 
 
@@ -147,10 +179,174 @@ def latency_bars(df: pd.DataFrame, title: str) -> go.Figure:
 
 
 def compare_scatter(df: pd.DataFrame) -> go.Figure:
+    """Perplexity against time relative to dense, one point per method and ratio; PRR shown as "n/a" where a
+    method saved no time (never "None")."""
+    df = df.assign(prr=[("n/a" if v is None or pd.isna(v) else f"{v:.2f}") for v in df["prr"]])
     fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method",
                      symbol="ratio" if df["ratio"].nunique() > 1 else None,
                      hover_data=["ratio", "flops_ratio", "decoder_flops_ratio", "prr"], text="method",
                      title="Perplexity against time (both relative to the same batch)")
     fig.update_traces(textposition="top center", marker_size=11)
     fig.update_layout(height=420, xaxis_title="time / dense time", yaxis_title="perplexity on the batch")
+    return fig
+
+
+# --- stage 2 (history) and the why-panel --------------------------------------------------------------------------
+KEPT, PRUNED = "#1f77b4", "#bbbbbb"
+CHANGE_COLORS = {"kept by both": KEPT, "pruned by both": PRUNED, "kept thanks to the history": "#2ca02c",
+                 "pruned because of the history": PROBE, "kept": KEPT, "pruned": PRUNED}
+
+
+def decision_labels(total: int, kept: Sequence[int], kept_probe_only: Optional[Sequence[int]]) -> list[str]:
+    """Per unit: kept / pruned, and with a probe-only keep-set, whether the history changed that."""
+    k = set(kept)
+    if kept_probe_only is None:
+        return ["kept" if u in k else "pruned" for u in range(total)]
+    a = set(kept_probe_only)
+    return ["kept by both" if u in k and u in a else "pruned by both" if u not in k and u not in a
+            else "kept thanks to the history" if u in k else "pruned because of the history" for u in range(total)]
+
+
+def stage2_bars(probe: np.ndarray, history: Optional[np.ndarray], fused: np.ndarray,
+                fusion_weight: Optional[np.ndarray], labels: list[str], unit: str, title: str) -> go.Figure:
+    """Few units (heads): per unit the probe's, the history's and the fused energy (log scale), and below it the
+    fusion weight (the probe's share); the x labels say what was decided and whether the history changed it."""
+    x = [f"{unit} {u}<br>{lab}" for u, lab in enumerate(labels)]
+    rows = 2 if fusion_weight is not None else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        row_heights=[0.7, 0.3] if rows == 2 else [1.0],
+                        subplot_titles=("Energy per " + unit + " (log scale)",) +
+                                       (("Fusion weight: the probe's share (1 = probe only, 0 = history only)",)
+                                        if rows == 2 else ()))
+    fig.add_trace(go.Bar(x=x, y=probe, name="probe (P)", marker_color=PROBE,
+                         hovertemplate="%{x}<br>probe energy %{y:.4g}<extra></extra>"), row=1, col=1)
+    if history is not None:
+        fig.add_trace(go.Bar(x=x, y=history, name="history (G)", marker_color="#9467bd",
+                             hovertemplate="%{x}<br>history energy %{y:.4g}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=fused, name="fused (scored by PPsp)", marker_color=KEPT,
+                         hovertemplate="%{x}<br>fused energy %{y:.4g}<extra></extra>"), row=1, col=1)
+    fig.update_yaxes(type="log", tickformat=".3~g", row=1, col=1)  # whole numbers, not a decade's digits
+    if fusion_weight is not None:
+        fig.add_trace(go.Bar(x=x, y=fusion_weight, name="fusion weight", marker_color="#ff7f0e", showlegend=False,
+                             hovertemplate="%{x}<br>probe's share %{y:.2f}<extra></extra>"), row=2, col=1)
+        fig.update_yaxes(range=[0, 1], row=2, col=1)
+    fig.update_layout(title=title, barmode="group", height=560 if rows == 2 else 420, font=dict(size=14),
+                      margin=dict(l=60, r=20, t=90, b=90), legend=dict(orientation="h", y=1.12, x=0))
+    return fig
+
+
+def stage2_scatter(probe: np.ndarray, history: Optional[np.ndarray], scores: np.ndarray, labels: list[str], unit: str,
+                   title: str) -> go.Figure:
+    """Many units (MLP channels): the probe's energy against the history's, log-log, one dot per unit, coloured by
+    the decision and whether the history changed it; without a history, energy against PPsp score."""
+    y = history if history is not None else scores
+    df = pd.DataFrame({unit: np.arange(len(probe)), "probe energy (P)": probe,
+                       ("history energy (G)" if history is not None else "PPsp score"): y, "decision": labels,
+                       "score": scores})
+    ycol = df.columns[2]
+    order = [k for k in CHANGE_COLORS if k in set(labels)]
+    fig = px.scatter(df, x="probe energy (P)", y=ycol, color="decision", log_x=True, log_y=True, title=title,
+                     color_discrete_map=CHANGE_COLORS, category_orders={"decision": order},
+                     hover_data={unit: True, "score": ":.4g"}, render_mode="webgl")
+    if history is not None:
+        lo = float(np.nanmin(np.concatenate([probe[probe > 0], y[y > 0]]))) if (probe > 0).any() else 1e-6
+        hi = float(np.nanmax(np.concatenate([probe, y])))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="#888"),
+                                 name="P = G", hoverinfo="skip"))
+    fig.update_traces(marker=dict(size=6, opacity=0.75), selector=dict(mode="markers"))
+    fig.update_layout(height=480, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=50))
+    return fig
+
+
+def history_changes_chart(df: pd.DataFrame) -> go.Figure:
+    """Per layer and block: the share of units the history swapped into the keep-set (columns layer, block, share,
+    changed)."""
+    fig = px.bar(df, x="layer", y="share", color="block", barmode="group", hover_data={"changed": True},
+                 title="Decisions the history turned around, per layer (share of the block's units)")
+    fig.update_layout(height=340, font=dict(size=14), margin=dict(l=50, r=20, t=60, b=40),
+                      yaxis_title="share of units", yaxis_tickformat=".0%")
+    return fig
+
+
+def history_drift(mat: np.ndarray, unit: str, title: str) -> go.Figure:
+    """Batches x units: each batch's history over the first batch's, minus 1 (0 = unchanged), diverging colours."""
+    lim = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
+    fig = go.Figure(go.Heatmap(z=mat, zmin=-lim, zmax=lim, zmid=0, colorscale="RdBu_r",
+                               colorbar=dict(title="change", tickformat="+.2%"),
+                               hovertemplate=f"batch %{{y}}, {unit} %{{x}}: %{{z:+.2%}}<extra></extra>"))
+    fig.update_layout(title=title, height=220 + 26 * mat.shape[0], font=dict(size=14),
+                      margin=dict(l=60, r=20, t=60, b=40))
+    fig.update_yaxes(title="batch", dtick=1, autorange="reversed")
+    fig.update_xaxes(title=unit)
+    return fig
+
+
+def head_picker(kept: np.ndarray, selected: tuple[int, int], title: str) -> go.Figure:
+    """Heads x layers as clickable squares (kept blue, pruned grey, the selected (layer, head) outlined): a scatter,
+    so that Streamlit reports the clicked point (x = layer, y = head)."""
+    L, H = kept.shape
+    ls, hs = np.mgrid[0:L, 0:H]
+    k = kept.reshape(-1) > 0.5
+    fig = go.Figure()
+    for name, mask, color in (("kept", k, KEPT), ("pruned", ~k, PRUNED)):
+        fig.add_trace(go.Scatter(x=ls.reshape(-1)[mask], y=hs.reshape(-1)[mask], mode="markers", name=name,
+                                 marker=dict(symbol="square", size=16, color=color),
+                                 hovertemplate="layer %{x}, head %{y}: " + name + "<extra>click to explain</extra>"))
+    fig.add_trace(go.Scatter(x=[selected[0]], y=[selected[1]], mode="markers", name="explained", hoverinfo="skip",
+                             marker=dict(symbol="square-open", size=24, color=PROBE, line_width=3)))
+    fig.update_layout(title=title, height=180 + 30 * H, font=dict(size=14), margin=dict(l=50, r=20, t=70, b=40),
+                      legend=dict(orientation="h", y=1.12, x=0), clickmode="event+select")
+    fig.update_yaxes(title="head", autorange="reversed", dtick=1)
+    fig.update_xaxes(title="layer", dtick=1 if L <= 40 else None)
+    return fig
+
+
+def unit_scores(scores: Sequence[float], kept: Sequence[int], unit: str, selected: int, cutoff: float,
+                title: str) -> go.Figure:
+    """One block's scores by unit index (kept blue, pruned grey), the cut-off as a line, the explained unit
+    marked; clickable (a scatter)."""
+    s = np.asarray(scores, dtype=float)
+    k = np.zeros(len(s), dtype=bool)
+    k[list(kept)] = True
+    fig = go.Figure()
+    for name, mask, color in (("kept", k, KEPT), ("pruned", ~k, PRUNED)):
+        idx = np.nonzero(mask)[0]
+        fig.add_trace(go.Scattergl(x=idx, y=s[idx], mode="markers", name=name, marker=dict(color=color, size=7),
+                                   hovertemplate=f"{unit} %{{x}}: score %{{y:.4g}} ({name})"
+                                                 "<extra>click to explain</extra>"))
+    fig.add_hline(y=cutoff, line_dash="dot", line_color=PROBE, annotation_text="cut-off (lowest kept score)")
+    fig.add_trace(go.Scatter(x=[selected], y=[s[selected]], mode="markers", name="explained", hoverinfo="skip",
+                             marker=dict(symbol="circle-open", size=18, color=PROBE, line_width=3)))
+    fig.update_layout(title=title, height=360, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=40),
+                      clickmode="event+select", legend=dict(orientation="h", y=1.1, x=0))
+    fig.update_xaxes(title=unit)
+    fig.update_yaxes(title="score", type="log" if (s > 0).all() and s.max() > 100 * s.min() else "linear")
+    return fig
+
+
+def contributions_chart(values: Sequence[float], channels: Sequence[int], title: str) -> go.Figure:
+    """A head's PPsp terms per channel: fused energy x weight factor (the score is their L2 norm)."""
+    fig = go.Figure(go.Bar(x=[str(c) for c in channels], y=list(values), marker_color=KEPT,
+                           hovertemplate="channel %{x}: %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=title, height=300, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=50),
+                      xaxis_title="channel of the o_proj input", yaxis_title="energy x weight factor")
+    return fig
+
+
+def kept_sets_grid(sets: dict[str, Sequence[int]], total: int, unit: str, title: str) -> go.Figure:
+    """Methods x units: which units each method kept at one block (1 = kept), the units where methods disagree
+    marked on the axis."""
+    methods = list(sets)
+    z = np.zeros((len(methods), total))
+    for i, m in enumerate(methods):
+        z[i, list(sets[m])] = 1
+    differ = [u for u in range(total) if 0 < z[:, u].sum() < len(methods)]
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(total)), y=methods, zmin=0, zmax=1, xgap=2, ygap=2,
+                               colorscale=[[0, PRUNED], [1, KEPT]], showscale=False,
+                               hovertemplate=f"%{{y}}, {unit} %{{x}}: %{{z}} (1 = kept)<extra></extra>"))
+    ticktext = [f"<b>{u}*</b>" if u in differ else str(u) for u in range(total)]
+    fig.update_layout(title=title, height=140 + 34 * len(methods), font=dict(size=14),
+                      margin=dict(l=110, r=20, t=60, b=40))
+    fig.update_xaxes(title=f"{unit} (* = the methods disagree)", tickvals=list(range(total)), ticktext=ticktext)
+    fig.update_yaxes(autorange="reversed")
     return fig

@@ -15,7 +15,8 @@ import streamlit as st
 from ppcore import session
 
 from .batch import UPLOAD_TYPES, read_upload
-from .state import BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo, from_query, limits
+from .state import (BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo, demo_changes,
+                    from_query, limits, link_notes)
 
 SOURCE_LABELS = {"examples": "Example prompts", "paste": "Paste text", "upload": "Upload a file",
                  "corpus": "Windows from a corpus"}
@@ -43,6 +44,12 @@ def _sections() -> list[tuple[str, bool, tuple[tuple[str, ...], ...]]]:
     return [*SECTIONS[:-1], (SECTIONS[-1][0], SECTIONS[-1][1], SECTIONS[-1][2] + rest)]
 
 
+# A setting's widget keeps its value while hidden (the seed while the source is not a corpus, the pasted text
+# while it is not a paste): Streamlit drops a hidden widget's state otherwise, and `_restore` alone cannot
+# bring it back since Streamlit 1.67.
+KEEP = "page"
+
+
 def widget(where: Any, name: str, disabled: bool = False) -> None:
     """The widget of setting `name` (key s_<name>), with the setting's label, help and choices."""
     f = BY_NAME[name]
@@ -54,15 +61,15 @@ def widget(where: Any, name: str, disabled: bool = False) -> None:
     if choices is not None and st.session_state.get(key) not in choices:
         st.session_state[key] = choices[0]
     if s.kind is bool:
-        where.checkbox(label, key=key, help=help, disabled=disabled)
+        where.checkbox(label, key=key, help=help, disabled=disabled, persist_state=KEEP)
     elif choices is not None:
-        where.selectbox(label, choices, key=key, help=help, disabled=disabled)
+        where.selectbox(label, choices, key=key, help=help, disabled=disabled, persist_state=KEEP)
     elif s.kind in (int, float):
         float_ = s.kind is float
         where.number_input(label, step=STEPS.get(name, 0.05 if float_ else 1), format=FORMATS.get(name, "%.2f")
-                           if float_ else None, key=key, help=help, disabled=disabled)
+                           if float_ else None, key=key, help=help, disabled=disabled, persist_state=KEEP)
     else:
-        where.text_input(label, key=key, help=help, disabled=disabled)
+        where.text_input(label, key=key, help=help, disabled=disabled, persist_state=KEEP)
 
 
 OTHER_MODEL = "another model…"  # the model picker's entry for a hub id, a folder or a .gguf path
@@ -100,20 +107,30 @@ def _row(names: tuple[str, ...], disabled: bool = False) -> None:
         widget(where, name, disabled)
 
 
+SHARE_TEXT = "Put this text in the link"  # the checkbox that lets pasted text into the URL (off until ticked)
+
+
 def _init_from_url() -> None:
-    """Once per session: seed every widget from st.query_params (a shared link restores the view)."""
+    """Once per session: seed every widget from st.query_params (a shared link restores the view). Demo mode's
+    changes to the link's settings become warnings (`_url_problems`), and what the recipient must do that a link
+    cannot (upload the sender's file, paste their text) notes (`_url_notes`). A link that carries pasted text
+    was shared on purpose: its text stays in the URL until the recipient unticks SHARE_TEXT."""
     if st.session_state.get("_url_loaded"):
         return
-    s, problems = from_query(st.query_params.to_dict())
+    params = st.query_params.to_dict()
+    s, problems = from_query(params)
     locked = s.locked()
     st.session_state["_store"] = {f.name: getattr(locked, f.name) for f in FIELDS}
-    st.session_state["_url_problems"] = problems
+    st.session_state["_url_problems"] = problems + (demo_changes(s, locked) if demo() else [])
+    st.session_state["_url_notes"] = link_notes(s, params)
+    st.session_state["share_text"] = locked.source == "paste" and bool(locked.text)
     st.session_state["_url_loaded"] = True
 
 
 def _restore() -> None:
-    """Streamlit drops the state of widgets that were not drawn in a run (e.g. the pasted text while
-    the source is 'examples'); seed every key from the store so values survive being hidden."""
+    """Seed every setting's widget key from the store (the URL's values on a session's first run, the last
+    values after): with KEEP, a widget hidden for a while (the pasted text while the source is 'examples')
+    comes back with its value."""
     for name, value in st.session_state["_store"].items():
         if f"s_{name}" not in st.session_state:
             st.session_state[f"s_{name}"] = value
@@ -147,10 +164,14 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
         st.radio("Source", SOURCES, key="s_source", format_func=SOURCE_LABELS.get)
         source = st.session_state["s_source"]
         if source in ("paste", "upload"):
-            st.radio("One sample per", SPLITS, key="s_split", horizontal=True, help=BY_NAME["split"].setting.help)
+            st.radio("One sample per", SPLITS, key="s_split", horizontal=True, help=BY_NAME["split"].setting.help,
+                     persist_state=KEEP)
         if source == "paste":
             st.text_area("Text", key="s_text", height=140, placeholder="One sample per line",
-                         max_chars=lim.text_chars if is_demo else None)
+                         max_chars=lim.text_chars if is_demo else None, persist_state=KEEP)
+            st.checkbox(SHARE_TEXT, key="share_text",
+                        help="Off: the page's address (the link you copy to share this view) holds your settings "
+                             f"but not your text. On: it holds the text too, up to {URL_TEXT_CHARS:,} characters.")
         elif source == "upload":
             upload = _upload(lim.upload_mb)
         elif source == "corpus":
@@ -165,15 +186,35 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
     values = {f.name: st.session_state.get(f"s_{f.name}", store[f.name]) for f in FIELDS}
     store.update(values)
     s = Settings(**values).locked()
-    query = s.to_query()
-    if len(query.get("text", "")) > URL_TEXT_CHARS:  # a long paste stays out of the URL (browsers cap its length)
-        del query["text"]
+    query = link_query(s, bool(st.session_state.get("share_text")))
     if st.query_params.to_dict() != query:  # the URL always holds the current settings
         st.query_params.from_dict(query)
-    sb.caption("Settings live in the URL: copy it to share this view"
-               + (" (pasted text longer than 2000 characters is not in it)." if s.source == "paste"
-                  and len(s.text) > URL_TEXT_CHARS else "."))
+    sb.caption(link_caption(s, "text" in query))
     return s, upload, run
+
+
+def link_query(s: Settings, share_text: bool) -> dict[str, str]:
+    """The URL parameters of settings `s`: those that differ from the defaults, and the pasted text only when the
+    source is paste, the user ticked SHARE_TEXT (`share_text`), and it fits in a URL (URL_TEXT_CHARS)."""
+    query = s.to_query()
+    if not (s.source == "paste" and share_text and len(s.text) <= URL_TEXT_CHARS):
+        query.pop("text", None)
+    return query
+
+
+def link_caption(s: Settings, has_text: bool) -> str:
+    """What the page's address holds, said under the sidebar."""
+    out = "The page's address holds these settings: copy it to share this view."
+    if s.source == "paste" and s.text:
+        if has_text:
+            out += " It holds your pasted text too."
+        elif len(s.text) > URL_TEXT_CHARS:
+            out += f" Your pasted text is not in it: it is over {URL_TEXT_CHARS:,} characters."
+        else:
+            out += f" Your pasted text is not in it (tick **{SHARE_TEXT}** to add it)."
+    elif s.source == "upload":
+        out += " A file cannot travel in a link: whoever opens it is asked to upload the file."
+    return out
 
 
 def _upload(upload_mb: int) -> Optional[tuple[str, bytes]]:

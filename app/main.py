@@ -6,17 +6,19 @@ layer slider or switching tabs redraws from the stored record without touching t
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 import streamlit as st
 
 from app import engine, inputs, messages
-from app.batch import build_batch, check_settings
+from app.batch import build_batch, check_settings, left_out_note
+from app.glossary import GLOSSARY
 from app.header import header_metrics
 from app.result import Result
 from app.state import Settings, calib_config, demo, limits, prune_config
-from app.views import TABS, channels, compare, export, latency, outputs, probe
+from app.views import TABS, channels, compare, export, history, latency, outputs, probe, unit_why
 from ppcore import LoadedModel, PPCoreError, session
 from ppcore.session import Progress
 
@@ -55,7 +57,14 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
         notes["step"] = text
         bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(text))
 
-    with st.status("Running the batch…", expanded=True) as status:
+    def preparing(v: float, text: str) -> None:  # an embedded model's first use: joined and converted once
+        status.update(label="Preparing the model for its first use: this happens once and takes up to two minutes")
+        step(0.05, text)
+
+    doing = ("Running the batch through the unpruned (dense) model…" if s.method == "dense" else
+             f"Pruning the batch with {s.method} at ratio {s.ratio:.2f}, and running the unpruned model on it "
+             "for comparison…")
+    with st.status(messages.clean(doing), expanded=True) as status:
         st.button("Stop this run", key="stop_run", icon=":material/stop_circle:", on_click=_stop_pressed,
                   help="Stop this run: the previous result stays on the page")
         bar = st.progress(0.0, text="checking the settings")
@@ -63,12 +72,13 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             cfg = prune_config(s)  # cheap checks first: a bad ratio fails before any model work
             calib_cfg = calib_config(s)
             check_settings(s)
-            step(0.05, f"loading model {s.model!r} (cached after the first load)")
-            session.prepare(s.model, lambda v, text: step(0.05, text))  # a first load's joining and conversion
+            step(0.05, f"loading the model {s.model!r} (quick after its first load)")
+            session.prepare(s.model, preparing)  # a first load's joining and conversion, shown in the bar
             lm = engine.get_model(s.model, s.device, s.dtype)
             cfg.check_layers(lm.adapter.dims.num_layers)
             batch = build_batch(lm.tokenizer, lm.adapter.dims.vocab, s, upload, lm.bos_id)
-            step(0.1, f"calibration: {session.calibration_text(calib_cfg)} (cached)")
+            step(0.1, f"measuring the calibration statistics on {session.calibration_text(calib_cfg)} (kept for "
+                      "later runs)")
             _, calib = _model_and_calib(s)
             analysis = session.analyse(lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s),
                                        progress=step)
@@ -86,21 +96,27 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             raise
         notes["running"] = False
         st.session_state["result"], st.session_state["error"] = res, None
-        status.update(label=f"Done: {cfg.method} on {tuple(batch.ids.shape)} tokens in "
-                            f"{sum(analysis.seconds.values()):.1f} s of walks", state="complete", expanded=False)
+        done = messages.done_text(cfg.method, cfg.ratio, tuple(batch.ids.shape), batch.mask is not None,
+                                  sum(analysis.seconds.values()))
+        status.update(label=messages.clean(done), state="complete", expanded=False)
+    note = left_out_note(batch)
+    if note:
+        st.info(messages.clean(note), icon="✂️")
 
 
 def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any]) -> None:
     """Run an on-request computation for the current result with the cached model, and keep it in the
     result's field `name`."""
-    with st.status(label, expanded=True) as status:
-        bar = st.progress(0.0)
+    with st.status(f"{label}…", expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        t0 = time.perf_counter()
         try:
             lm, calib = _model_and_calib(r.settings)
             r.keep(name, fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(t))))
-            status.update(label=f"{label}: done", state="complete", expanded=False)
+            status.update(label=f"{label}: done in {time.perf_counter() - t0:.1f} s", state="complete",
+                          expanded=False)
         except Exception as e:  # noqa: BLE001
-            status.update(label=f"{label}: failed", state="error", expanded=False)
+            status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
             st.error(messages.failure(e))
 
 
@@ -123,13 +139,19 @@ def main() -> None:
                "**Run**, then explore the tabs."
                + (" **Demo mode**: the default model, small batches." if demo() else ""))
     s, upload, run_clicked = inputs.sidebar()
+    with st.sidebar.expander("Glossary: every term in plain words"):
+        st.markdown("\n\n".join(f"**{term}**: {text}" for term, text in GLOSSARY.items()))
     for p in st.session_state.pop("_url_problems", []):
         st.warning(messages.clean(p))
+    if (s.source == "upload" and upload is None) or (s.source == "paste" and not s.text.strip()):
+        for n in st.session_state.get("_url_notes", []):  # a link's file or text the recipient must supply
+            st.info(messages.clean(n), icon="📎")
     key = s.key(inputs.upload_digest(upload) if upload else "")
     notes = st.session_state.setdefault("_notes", {})
     if run_clicked or not st.session_state.get("_auto_run_done"):
         st.session_state["_auto_run_done"] = True  # the page opens on a result, once; then Run decides
-        run_analysis(s, upload, key)
+        if run_clicked or not (s.source == "upload" and upload is None):  # a link to an upload waits for the file
+            run_analysis(s, upload, key)
     elif notes.get("stopped"):
         why = " because the page changed while it ran" if notes.get("by") == "page" else ""
         st.warning(messages.clean(f"Run stopped{why} (at: {notes.pop('stopped')}). "
@@ -157,22 +179,34 @@ def main() -> None:
 
 def _view(label: str, r: Result) -> None:
     a = r.analysis
-    if label == TABS[0]:
-        probe.render(r)
-    elif label == TABS[1]:
-        if r.baselines is None:  # computed once per result, the first time this view opens
+
+    def start_stability(n: int) -> None:
+        _on_request(r, "stability", "Running consecutive batches",
+                    lambda lm, c, p: session.stability(lm, c, a, r.settings.corpus, r.settings.seed, n, p))
+
+    def need_baselines() -> None:
+        if r.baselines is None:  # computed once per result, the first time a view that draws them opens
             _on_request(r, "baselines", "Running the oracle and the static baselines for agreement",
                         lambda lm, c, p: session.baselines(lm, c, a, p))
-        channels.render(r, lambda n: _on_request(
-            r, "stability", "Running consecutive batches",
-            lambda lm, c, p: session.stability(lm, c, a, r.settings.corpus, r.settings.seed, n, p)))
-    elif label == TABS[2]:
+
+    if label == "Probe":
+        probe.render(r)
+    elif label == "History":
+        history.render(r, start_stability)
+    elif label == "Pruned channels":
+        need_baselines()
+        channels.render(r, start_stability)
+    elif label == "Why this head":
+        need_baselines()
+        unit_why.render(r)
+    elif label == "Outputs":
         outputs.render(r, lambda prompt, n: _on_request(
-            r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq)))
-    elif label == TABS[3]:
+            r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq,
+                                                                       progress=p)))
+    elif label == "Latency":
         latency.render(r, lambda reps: _on_request(r, "latency", "Timing dense and pruned",
                                                    lambda lm, c, p: session.latency(lm, c, a, reps)))
-    elif label == TABS[4]:
+    elif label == "Compare methods":
         compare.render(r, lambda ratios, reps: _on_request(
             r, "comparison", "Comparing methods",
             lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p)))

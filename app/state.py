@@ -181,6 +181,41 @@ def _short(raw: str, n: int = 40) -> str:
     return raw if len(raw) <= n else raw[:n] + "…"
 
 
+def _readable(name: str) -> str:
+    """A setting's name as a sentence says it: seq_len -> 'sequence length', calib_seq_len -> 'calibration length'."""
+    words = {"seq_len": "sequence length", "calib_seq_len": "calibration length"}
+    return words.get(name) or name.replace(CALIB_PREFIX, "calibration ", 1).replace("_", " ")
+
+
+def demo_changes(asked: Settings, used: Settings) -> list[str]:
+    """Demo mode's changes to the settings a link asked for (`used` = `asked.locked()`), one warning each,
+    naming the setting, what the link asked and what the demo uses instead."""
+    out = []
+    for f in FIELDS:
+        a, u = getattr(asked, f.name), getattr(used, f.name)
+        if a == u:
+            continue
+        if f.name == "text":
+            out.append(f"Demo mode: the link's pasted text has {len(a):,} characters; the demo keeps the first "
+                       f"{len(u):,}")
+        else:
+            out.append(f"Demo mode: the link asks for {_readable(f.name)} {_short(str(a))!r}, which the demo does "
+                       f"not allow; using {u!r}")
+    return out
+
+
+def link_notes(asked: Settings, params: Mapping[str, Any]) -> list[str]:
+    """What a link's recipient must do that the link cannot do for them: upload the sender's file, or paste the
+    sender's text when they kept it out of the link."""
+    if asked.source == "upload":
+        return ["This link was made with an uploaded file, and a link cannot carry a file: upload it under "
+                "**Batch** in the sidebar and press **Run**, or pick another source."]
+    if asked.source == "paste" and not asked.text and "text" not in params:
+        return ["This link was made with pasted text that its sender kept out of the link: paste your own text "
+                "under **Batch** in the sidebar and press **Run**, or pick another source."]
+    return []
+
+
 def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
     """Settings from URL parameters (the old names in ALIASES too; the new name wins); a value that does
     not parse (`Setting.parse`) is reported and left at its default. Unknown parameters are ignored."""

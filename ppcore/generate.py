@@ -111,17 +111,19 @@ class _Reuse(LayerHooks):
         return _with_slice(self.pruner, layer, block, w, self.decisions[layer][block.name])
 
 
-def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor, level: str = "summary",
-            new_tokens: int = 1) -> tuple[Tensor, DecodeState, Optional[BatchRecord], Tensor]:
+def prefill(adapter: Adapter, pruner: Pruner, ids: Tensor, mask: Tensor, level: str = "summary", new_tokens: int = 1,
+            update_history: bool = True) -> tuple[Tensor, DecodeState, Optional[BatchRecord], Tensor]:
     """The prompt through the walk, deciding every block once; returns the first new token per row (B, 1),
     the state decoding continues from (its cache room for `new_tokens` - 1 more tokens), the walk's record
     and a 0-d bool (False: the logits were not finite).
 
-    `ids`, `mask` (B, L): left-padded prompts (`left_pad`). docs/algorithm.md §1-5. Raises what `walk` raises.
+    `ids`, `mask` (B, L): left-padded prompts (`left_pad`). `update_history` False: PP's history is left as
+    it was, so a warm-up or a timing repeat does not change what the next run decides. docs/algorithm.md
+    §1-5. Raises what `walk` raises.
     """
     dev = adapter.device
     cap = Capture()
-    res = walk(adapter, pruner, ids, mask, level=level, capture=cap)
+    res = walk(adapter, pruner, ids, mask, level=level, capture=cap, update_history=update_history)
     lg = adapter.head(res.hidden[:, -1:])
     nxt = lg.argmax(-1).to(dev)  # (B, 1)
     # The prefill ran in the walk's layout (each row's real tokens first); the cache is in that layout,
@@ -161,12 +163,15 @@ def decode_one_token(adapter: Adapter, pruner: Pruner, state: DecodeState, token
 
 @torch.inference_mode()
 def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new_tokens: int = 32,
-             pad_id: int = 0, eos_id: Optional[int] = None, level: str = "summary") -> Generation:
+             pad_id: int = 0, eos_id: Optional[int] = None, level: str = "summary",
+             update_history: bool = True) -> Generation:
     """Greedy continuation of each prompt (token ids); decisions from the prompt, reused for every new token.
 
     Up to `max_new_tokens` per prompt; a row stops after `eos_id`. docs/algorithm.md §1-5 (decided once,
-    on the prompt). Raises DataError (no prompt, an empty one, max_new_tokens < 1, or more tokens than the
-    model's context) and NonFiniteError when a new token's activations or logits are inf or NaN.
+    on the prompt). `update_history` False: the prefill leaves PP's history as it was, so the same Pruner
+    can run the same prompt again (a warm-up, timing repeats) and decide exactly as it did. Raises DataError
+    (no prompt, an empty one, max_new_tokens < 1, or more tokens than the model's context) and
+    NonFiniteError when a new token's activations or logits are inf or NaN.
     """
     if max_new_tokens < 1:
         raise DataError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -176,7 +181,7 @@ def generate(adapter: Adapter, pruner: Pruner, prompts: list[list[int]], max_new
         raise DataError(f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {dims.max_positions}")
     dev = adapter.device
     t0 = clock.now(dev)
-    nxt, state, record, ok = prefill(adapter, pruner, ids, mask, level, max_new_tokens)
+    nxt, state, record, ok = prefill(adapter, pruner, ids, mask, level, max_new_tokens, update_history)
     finite: list[Tensor] = [ok]  # per token, read once at the end
     prefill_s = clock.now(dev) - t0
     out = [nxt]

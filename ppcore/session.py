@@ -18,7 +18,7 @@ weights, so a stopped or failed computation leaves the shared model as it was.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -29,6 +29,7 @@ from . import clock
 from .analysis import (keep_jaccard, kept_fractions, kept_matrix, masked_mean, next_tokens, perplexity,
                        probe_token_matrix)
 from .analysis import stability as keep_set_stability
+from .blocks import BLOCKS
 from .calibrate import calibrate
 from .config import METHODS, CalibConfig, PruneConfig, describe_calibration_batches
 from .data import corpus_text, sample_windows, tokenize_text
@@ -44,12 +45,17 @@ from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
 from .walk import WalkResult, token_nll, walk
+from .why import (SINK_FACTOR, HistoryEffect, Stage2, UnitWhy, Verdict, history_changes, history_effect,  # explaining
+                  kept_sets, sink_positions, stage2, token_scores, unit_why)
 
 __all__ = [
     "BASELINES", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration", "CompareRow",
     "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse", "baselines",
     "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
     "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix", "stability",
+    # explaining one decision (ppcore.why)
+    "SINK_FACTOR", "HistoryEffect", "Stage2", "UnitWhy", "Verdict", "history_changes", "history_effect", "kept_sets",
+    "sink_positions", "stage2", "token_scores", "unit_why",
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
@@ -303,9 +309,10 @@ def layer_table(main: BatchRecord, others: Mapping[str, BatchRecord]) -> list[di
 def baselines(lm: LoadedModel, calib: Optional[Calibration], a: Analysis,
               progress: Progress = _quiet) -> dict[str, BatchRecord]:
     """The oracle (fullbatch) and the static baselines (docs/algorithm.md §8) at the analysis's ratio, on
-    its batch, level "summary": {method: record}, the analysed method left out. Raises as `analyse`."""
+    its batch, level "summary": {method: record}, the analysed method left out; pp first when the analysed
+    method is another one (every comparison then includes Probe Pruning). Raises as `analyse`."""
     out: dict[str, BatchRecord] = {}
-    todo = [m for m in BASELINES if m != a.cfg.method]
+    todo = [m for m in ("pp", *BASELINES) if m != a.cfg.method]
     for i, m in enumerate(todo):
         label, lo, hi = f"baseline {m} at ratio {a.ratio:.2f}", i / len(todo), (i + 1) / len(todo)
         progress(lo, label)
@@ -320,11 +327,18 @@ def baselines(lm: LoadedModel, calib: Optional[Calibration], a: Analysis,
 @dataclass
 class Stability:
     """Keep-set Jaccard between consecutive batches through one Pruner: attn and mlp are (batches - 1,
-    layers) arrays, NaN where the block was not pruned; batches: how many batches ran."""
+    layers) arrays, NaN where the block was not pruned; batches: how many batches ran.
+
+    How PP's history moved (docs/algorithm.md §3.4), per block name: `history[block]` (batches, layers, units)
+    float32, the history each batch was decided with, summed over positions and each unit's channels (NaN where
+    the block has no history); `history_changed[block]` (batches, layers), the units the history swapped into
+    the keep-set against the probe alone (NaN likewise). Both empty dicts for a method without a history."""
 
     attn: np.ndarray
     mlp: np.ndarray
     batches: int
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    history_changed: dict[str, np.ndarray] = field(default_factory=dict)
 
     def mean(self, block: str) -> float:
         """Mean Jaccard over pruned layers and batch pairs (NaN when nothing was pruned)."""
@@ -340,17 +354,53 @@ def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus
     pruner = Pruner(lm.adapter, a.cfg, _stats(calib))
     B, L = a.batch.ids.shape
     tokens = _eval_tokens(lm.tokenizer, corpus)
-    recs = [walk(lm.adapter, pruner, a.batch.ids, a.batch.mask, level="summary").record]
-    for k in range(extra_batches):
-        progress((k + 1) / (extra_batches + 1), f"batch {k + 2} of {extra_batches + 1}")
-        recs.append(walk(lm.adapter, pruner, sample_windows(tokens, B, L, seed + 1 + k, lm.bos_id),
-                         level="summary").record)
-    return Stability(**{b: keep_set_stability(recs, b) for b in BLOCK_NAMES}, batches=len(recs))
+    batches = [(a.batch.ids, a.batch.mask)] + [(sample_windows(tokens, B, L, seed + 1 + k, lm.bos_id), None)
+                                                for k in range(extra_batches)]
+    recs: list[BatchRecord] = []
+    states: list[dict[str, np.ndarray]] = []
+    for k, (ids, mask) in enumerate(batches):
+        progress(k / len(batches), f"batch {k + 1} of {len(batches)}")
+        states.append(_history_units(pruner))  # what this batch is decided with
+        rec = walk(lm.adapter, pruner, ids, mask, level="full").record
+        assert rec is not None
+        recs.append(_summary_only(rec))
+    history = {b: np.stack([s[b] for s in states]) for b in BLOCK_NAMES} if pruner.history is not None else {}
+    changed = {b: np.array([[np.nan if c is None else c for c in history_changes(r, b)] for r in recs],
+                           dtype=np.float32) for b in BLOCK_NAMES} if pruner.history is not None else {}
+    return Stability(**{b: keep_set_stability(recs, b) for b in BLOCK_NAMES}, batches=len(recs),
+                     history=history, history_changed=changed)
+
+
+def _history_units(pruner: Pruner) -> dict[str, np.ndarray]:
+    """PP's history now, per block name (layers, units) float32: summed over positions and each unit's channels;
+    NaN rows for layers without one."""
+    out = {}
+    dims, h = pruner.dims, pruner.history
+    for block in BLOCKS:
+        units = block.units(dims)
+        m = np.full((dims.num_layers, units), np.nan, dtype=np.float32)
+        for layer in range(dims.num_layers):
+            if h is not None and h.has(layer, block.name):
+                m[layer] = h.states[block.key(layer)].sum(0).view(units, -1).sum(1).float().cpu().numpy()
+        out[block.name] = m
+    return out
+
+
+def _summary_only(rec: BatchRecord) -> BatchRecord:
+    """A full record with its bulky per-token and per-channel fields dropped (keep-sets, scores and the probe-only
+    keep-set stay): what a stability run keeps of each batch."""
+    for layer in rec.layers:
+        for b in BLOCK_NAMES:
+            blk = getattr(layer, b)
+            blk.importance = blk.energy_probe = blk.energy_history = blk.energy_fused = None
+            blk.fusion_weight = blk.weight_factor = None
+    return rec
 
 
 @dataclass
 class Continuation:
-    """One greedy continuation: its text, its token count, prefill and decode wall seconds."""
+    """One greedy continuation: its text, its token count, and the median wall seconds of its prefill (reading
+    the prompt, where the pruning is decided) and of its decode (writing the new tokens)."""
 
     text: str
     tokens: int
@@ -360,18 +410,31 @@ class Continuation:
 
 @dataclass
 class GenerationPair:
-    """The prompt, and its greedy continuations by dense and by the pruned model."""
+    """The prompt, and its greedy continuations by dense and by the pruned model. The times are medians of
+    `repeats` timed runs of each, after one untimed warm-up run of each, dense and pruned alternating
+    (docs/algorithm.md §9.4)."""
 
     prompt: str
     dense: Continuation
     pruned: Continuation
+    repeats: int = 1
+
+
+GENERATION_REPEATS = 2  # timed runs of each model per generation: the order alternates, the medians are kept
 
 
 def generation(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, prompt: str, max_new_tokens: int,
-               max_prompt_tokens: Optional[int] = None) -> GenerationPair:
+               max_prompt_tokens: Optional[int] = None, repeats: int = GENERATION_REPEATS,
+               progress: Progress = _quiet) -> GenerationPair:
     """Greedy continuations of `prompt` by dense and by `cfg`, pruning decided on the prompt (the prefill)
-    and reused for every new token. Raises DataError for an empty prompt, one over `max_prompt_tokens`,
-    or one that with `max_new_tokens` exceeds the model's context."""
+    and reused for every new token, timed fairly: one short untimed run of each first (allocator, kernels,
+    a static method's slices), then `repeats` timed runs of each, dense and pruned alternating which goes
+    first, and the median prefill and decode seconds. Every run leaves PP's history as it was, so each one
+    decides, and writes, exactly what a single greedy run with a fresh Pruner would. `progress(fraction,
+    text)` before each run. Raises DataError for an empty prompt, one over `max_prompt_tokens`, one that
+    with `max_new_tokens` exceeds the model's context, or repeats < 1."""
+    if repeats < 1:
+        raise DataError(f"repeats must be at least 1, got {repeats}")
     tok = lm.tokenizer
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -379,10 +442,29 @@ def generation(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, 
     ids = lm.with_bos(ids)
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         raise DataError(f"the prompt has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten it")
+    cfgs = [PruneConfig(method="dense")] + ([] if cfg.method == "dense" else [cfg])
+    pruners = [Pruner(lm.adapter, c, _stats(calib)) for c in cfgs]
+
+    def run(p: Pruner, n: int) -> Any:
+        return generate(lm.adapter, p, [ids], n, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id,
+                        level="none", update_history=False)
+
+    total, done = len(pruners) * (1 + repeats), 0
+    for p, c in zip(pruners, cfgs):  # warm-up: the prefill and one decode step, untimed
+        progress(done / total, f"warming up {c.method}")
+        run(p, min(2, max_new_tokens))
+        done += 1
+    runs: list[list[Any]] = [[] for _ in pruners]
+    for k in range(repeats):
+        order = range(len(pruners)) if k % 2 == 0 else reversed(range(len(pruners)))
+        for i in order:
+            progress(done / total, f"generating with {cfgs[i].method}, run {k + 1} of {repeats}")
+            runs[i].append(run(pruners[i], max_new_tokens))
+            done += 1
+    progress(1.0, "done")
     out = []
-    for c in (PruneConfig(method="dense"), cfg):
-        g = generate(lm.adapter, Pruner(lm.adapter, c, _stats(calib)), [ids], max_new_tokens,
-                     pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
-        out.append(Continuation(tok.decode(g.tokens[0], skip_special_tokens=True), len(g.tokens[0]), g.prefill_s,
-                                g.decode_s))
-    return GenerationPair(prompt, *out)
+    for gs in runs:
+        first = gs[0].tokens[0]  # greedy and deterministic: every repeat writes the same tokens
+        prefill_s, decode_s = (float(np.median([getattr(g, k) for g in gs])) for k in ("prefill_s", "decode_s"))
+        out.append(Continuation(tok.decode(first, skip_special_tokens=True), len(first), prefill_s, decode_s))
+    return GenerationPair(prompt, out[0], out[-1], repeats)

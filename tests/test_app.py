@@ -73,7 +73,7 @@ def test_every_view_on_the_default_model():
     assert at.session_state["probe_layer"] == 11 and at.session_state["result"] is result
 
     # Channel map, kept fractions, agreement, scores, stability.
-    tab(at, 1)
+    tab(at, "Pruned channels")
     ok(at)
     t = titles(at)
     for needle in ("Heads kept by pp", "MLP channels kept by pp", "Kept fraction per layer", "Jaccard of pp",
@@ -86,7 +86,7 @@ def test_every_view_on_the_default_model():
     assert any("between consecutive batches" in s for s in titles(at))
 
     # Outputs: metrics, the coloured per-token loss, top-k, generation.
-    tab(at, 2)
+    tab(at, "Outputs")
     labels = {m.label for m in at.metric}
     assert {"Perplexity, dense", "Perplexity, pp", "Top-1 agreement"} <= labels
     assert any("rgba(214,39,40" in m.value for m in at.markdown)
@@ -96,10 +96,10 @@ def test_every_view_on_the_default_model():
     at.button(key="gen_go").click().run()
     ok(at)
     assert result.generation.dense.tokens >= 1 and result.generation.prompt == a.prompt
-    assert at.session_state["view"] == TABS[2]  # a button press keeps the view open
+    assert at.session_state["view"] == "Outputs"  # a button press keeps the view open
 
     # Latency.
-    tab(at, 3)
+    tab(at, "Latency")
     at.number_input(key="lat_reps").set_value(1)
     at.button(key="lat_go").click().run()
     ok(at)
@@ -110,7 +110,7 @@ def test_every_view_on_the_default_model():
     assert any("Measured on a CPU" in w.value for w in at.warning)
 
     # Method comparison.
-    tab(at, 4)
+    tab(at, "Compare methods")
     at.number_input(key="cmp_reps").set_value(1)
     at.button(key="cmp_go").click().run()
     ok(at)
@@ -122,7 +122,7 @@ def test_every_view_on_the_default_model():
     assert any("Perplexity against time" in s for s in titles(at))
 
     # Export: the run record round-trips through the engine's loader.
-    tab(at, 5)
+    tab(at, "Export")
     ok(at)
     assert {b.label for b in at.get("download_button")} >= {"Run record (JSON)", "layers table (CSV)",
                                                              "tokens table (CSV)", "latency table (CSV)",
@@ -171,9 +171,11 @@ def _tensors(obj, seen=None) -> list:
     return []
 
 
-def tab(at: AppTest, i: int) -> AppTest:
-    """Open view i (the tabs are tracked in session_state['view'] and only the open one runs)."""
-    at.session_state["view"] = TABS[i]
+def tab(at: AppTest, label: str) -> AppTest:
+    """Open the view with this tab label (the tabs are tracked in session_state['view'] and only the open one
+    runs)."""
+    assert label in TABS, label
+    at.session_state["view"] = label
     return at.run()
 
 

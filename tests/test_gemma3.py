@@ -182,10 +182,10 @@ def test_the_app_on_gemma(gemma_lm):
     assert a.info["family"] == "gemma3" and a.info["layers"] == 18 and a.batch.ids.shape == (4, 48)
     heat = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Layer 3, Attention"))
     assert any(d.get("name") == "probe" for d in heat["data"])
-    tab(at, 1)
+    tab(at, "Pruned channels")
     ok(at)
     assert any("Heads kept by pp" in s for s in titles(at)) and any("MLP channels kept by pp" in s for s in titles(at))
-    tab(at, 2)
+    tab(at, "Outputs")
     ok(at)
     assert {"Perplexity, dense", "Perplexity, pp", "Top-1 agreement"} <= {m.label for m in at.metric}
     assert len(at.dataframe) == 2  # top-k next tokens of dense and of pp, from the blockwise LM head

@@ -1,2 +1,2 @@
-"""One module per view; the tab labels in display order."""
-TABS = ["Probe", "Pruned channels", "Outputs", "Latency", "Compare methods", "Export"]
+"""One module per view; the tab labels in display order (the three stages of Probe Pruning first)."""
+TABS = ["Probe", "History", "Pruned channels", "Why this head", "Outputs", "Latency", "Compare methods", "Export"]

@@ -7,6 +7,7 @@ import streamlit as st
 from ppcore import session
 
 from .. import charts
+from ..glossary import explain
 from ..result import Result
 from ..state import limits
 from .controls import BLOCK_TEXT, block_radio, count_and_button
@@ -19,6 +20,9 @@ def layer_table(r: Result) -> pd.DataFrame:
 
 def render(r: Result, start_stability) -> None:
     method = r.analysis.cfg.method
+    st.caption("**Stage 3: pruned inference.** What each layer kept (blue) for the whole batch to run on, how much, "
+               "and how close that is to the oracle's and the static baselines' choices.",
+               help=explain("kept heads", "oracle", "Wanda-sp", "FLAP", "Jaccard"))
     c1, c2 = st.columns([1, 2])
     c1.plotly_chart(charts.kept_map(session.kept_matrix(r.analysis.main, "attn"), "query head",
                                     f"Heads kept by {method}"), width="stretch", key="map_attn")
@@ -29,6 +33,7 @@ def render(r: Result, start_stability) -> None:
     c1.plotly_chart(charts.lines(table, "layer", "kept_fraction", "block", "Kept fraction per layer", "kept fraction",
                                  [0, 1.05]), width="stretch", key="kept_frac")
     block = block_radio(c2, "Agreement for", "jac_block", long=True, horizontal=True)
+    c2.caption("Jaccard = shared kept units / units kept by either (1.0 = the same choice).", help=explain("Jaccard"))
     jcols = [c for c in table.columns if c.startswith("jaccard_")]
     long = table[table.block == block].melt(id_vars="layer", value_vars=jcols, var_name="against", value_name="jaccard")
     long["against"] = long["against"].str.replace("jaccard_", "", regex=False)
@@ -38,7 +43,8 @@ def render(r: Result, start_stability) -> None:
     _scores(r)
     st.subheader("Stability across consecutive batches")
     st.caption("The current batch, then further corpus batches of the same shape, through one pruner "
-               "(PP's history evolves batch to batch). 1.0 = the same keep-set as on the previous batch.")
+               "(PP's history evolves batch to batch). 1.0 = the same keep-set as on the previous batch.",
+               help=explain("Jaccard", "history", "EMA"))
     out = count_and_button("Extra batches", limits().extra_batches, 3, "stab_n", "Measure stability", "stab_go",
                            start_stability)
     stab = r.stability
@@ -52,7 +58,7 @@ def render(r: Result, start_stability) -> None:
 @st.fragment
 def _scores(r: Result) -> None:
     """Score distribution for one layer; a fragment so that the layer slider does not rerun the page."""
-    st.subheader("Scores")
+    st.subheader("Scores", help=explain("PPsp", "cut-off"))
     layers = r.analysis.main.layers
     c1, c2 = st.columns([3, 1])
     pruned = [i for i, layer in enumerate(layers) if layer.attn.pruned or layer.mlp.pruned] or [0]

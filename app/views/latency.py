@@ -1,12 +1,16 @@
 """Latency: dense vs pruned wall time on the same batch, split into probe, decision and full inference."""
 from __future__ import annotations
 
+from typing import Optional
+
 import pandas as pd
 import streamlit as st
 
 from ppcore import session
 
 from .. import charts
+from ..header import FORMATS, speed_note, text_table
+from ..glossary import explain
 from ..result import Result
 from ..state import limits
 from .controls import count_and_button
@@ -35,21 +39,50 @@ def summary_table(lat: session.Latency) -> pd.DataFrame:
                          for t in lat.runs])
 
 
+# The summary table as the page shows it: ratios and shares written as the header writes them.
+SUMMARY_FORMATS = {"ratio": FORMATS["ratio"], "seconds (median)": FORMATS["seconds"],
+                   "time / dense": FORMATS["time_vs_dense"], "FLOPs / dense (whole model)": FORMATS["flops_ratio"],
+                   "FLOPs / dense (decoder layers)": FORMATS["decoder_flops_ratio"],
+                   "probe FLOPs / dense (whole model)": FORMATS["probe_flops_ratio"],
+                   "probe FLOPs / dense (decoder layers)": FORMATS["decoder_probe_flops_ratio"],
+                   "probe + decide share of its time": FORMATS["share"], "weight copies held (MiB)": FORMATS["mib"]}
+
+
+def cpu_note(device: str, threads: Optional[int] = None) -> Optional[str]:
+    """What a CPU measurement can and cannot say (None on any other device): shared by Latency and Compare."""
+    if not str(device).startswith("cpu"):
+        return None
+    return (f"Measured on a CPU{f' ({threads} threads)' if threads else ''}: only ratios mean anything. Small "
+            "batches are dominated by fixed overheads (probing, slicing, Python), and other load on the machine "
+            "shifts absolute times; a GPU with large batches is where pruning's FLOPs savings become wall time.")
+
+
+def latency_note(lat: session.Latency) -> Optional[str]:
+    """The plain sentence under the Latency view's title: did the method beat dense, and why not (None for dense)."""
+    if len(lat.runs) < 2:
+        return None
+    return speed_note(lat.runs[0], lat.runs[-1], lat.device, lat.batch, lat.blocks)
+
+
 def render(r: Result, start_latency) -> None:
     st.caption("Every method is warmed up first, then the runs are interleaved repeat by repeat and the medians "
                "kept. End-to-end runs take no per-block clock; separate runs record probe, decision and full "
-               "inference time per block.")
+               "inference time per block.", help=explain("FLOPs", "probe"))
     out = count_and_button("Repeats", limits().repeats, 3, "lat_reps", "Measure latency", "lat_go", start_latency)
     lat = r.latency
     if lat is None:
-        out.info("Press **Measure latency** to time dense and the chosen method on this batch.")
+        method = r.analysis.cfg.method
+        out.info(f"Press **Measure latency** to time dense and {method} on this batch: the page then says whether "
+                 f"{method} ran faster than dense, against what its FLOPs predict." if method != "dense" else
+                 "Press **Measure latency** to time dense on this batch.")
         return
-    if lat.device.startswith("cpu"):
-        st.warning(f"Measured on a CPU ({lat.threads} threads): only ratios mean anything. Small batches are "
-                   "dominated by fixed overheads (probing, slicing, Python), and other load on the machine shifts "
-                   "absolute times; a GPU with large batches is where pruning's FLOPs savings become wall time.",
-                   icon="ℹ️")
-    st.dataframe(summary_table(lat), hide_index=True, width="stretch")
+    note = latency_note(lat)
+    if note:
+        st.info(note, icon="⏱️")
+    caveat = cpu_note(lat.device, lat.threads)
+    if caveat:
+        st.warning(caveat, icon="ℹ️")
+    st.dataframe(text_table(summary_table(lat), SUMMARY_FORMATS), hide_index=True, width="stretch")
     st.plotly_chart(charts.latency_bars(layer_times(lat), f"Per layer: {lat.runs[-1].method} vs dense "
                                         f"(batch {lat.batch[0]} x {lat.batch[1]}, median of {lat.repeats})"),
                     width="stretch", key="lat_layers")

@@ -1,12 +1,16 @@
 """Outputs, dense vs pruned: per-token loss, next-token top-k, greedy continuations, batch metrics."""
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
 from ppcore import session
 
-from .. import charts
+from .. import charts, messages
+from ..batch import left_out_note
+from ..glossary import explain
 from ..result import Result
 from ..state import demo, limits
 from .controls import count_and_button
@@ -26,9 +30,21 @@ def token_table(r: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TOKEN_FONT = "1.3rem"  # token texts, readable from the back of a room on a projector
+
+
+def large(fragment: str) -> str:
+    """HTML `fragment` (already escaped) in the projector-sized token font."""
+    return f'<div style="font-size:{TOKEN_FONT};line-height:1.9">{fragment}</div>'
+
+
 def render(r: Result, start_generation) -> None:
     st.caption("Batch metrics are in the header: perplexity of both, KL(dense ‖ pruned) and top-1 agreement "
-               "over every real position of the batch. Below, one sample at a time.")
+               "over every real position of the batch. Below, one sample at a time.",
+               help=explain("perplexity", "KL", "top-1 agreement"))
+    note = left_out_note(r.analysis.batch)
+    if note:
+        st.info(messages.clean(note), icon="✂️")
     _per_token(r)
     st.subheader("Greedy continuation")
     st.caption("Pruning is decided once on the prompt (the prefill) and the same heads and channels are reused for "
@@ -42,8 +58,24 @@ def render(r: Result, start_generation) -> None:
         out.markdown(f"**Prompt:** {g.prompt}")
         out.markdown(f"**Dense:** …{g.dense.text}")
         out.markdown(f"**{r.analysis.cfg.method}:** …{g.pruned.text}")
-        out.caption(f"dense prefill {g.dense.prefill_s:.3f} s, decode {g.dense.decode_s:.3f} s; "
-                    f"pruned prefill {g.pruned.prefill_s:.3f} s, decode {g.pruned.decode_s:.3f} s")
+        out.caption(generation_times(g, r.analysis.cfg.method))
+
+
+def generation_times(g: session.GenerationPair, method: str) -> str:
+    """The generation's times in words: reading the prompt and writing the new tokens, dense against `method`."""
+    how = (f"median of {g.repeats} runs each after a warm-up, dense and {method} alternating" if g.repeats > 1
+           else "one run each after a warm-up")
+    if method == "dense":
+        return (f"Reading the prompt took {g.dense.prefill_s:.3f} s and writing {g.dense.tokens} tokens "
+                f"{g.dense.decode_s:.3f} s ({how}).")
+
+    def vs(p: float, d: float) -> str:
+        return f" ({p / d:.2f}x dense's time)" if d > 0 else ""
+
+    return (f"Reading the prompt (where {method} decides what to prune): dense {g.dense.prefill_s:.3f} s, {method} "
+            f"{g.pruned.prefill_s:.3f} s{vs(g.pruned.prefill_s, g.dense.prefill_s)}. Writing the new tokens: dense "
+            f"{g.dense.decode_s:.3f} s, {method} {g.pruned.decode_s:.3f} s{vs(g.pruned.decode_s, g.dense.decode_s)}. "
+            f"Times: {how}.")
 
 
 @st.fragment
@@ -62,11 +94,11 @@ def _per_token(r: Result) -> None:
     vmax = max([v for v in dense + pruned if v is not None] or [1.0])
     dmax = max([abs(v) for v in diff if v is not None] or [1.0])
     st.markdown("**Dense** (red = high loss on that token)")
-    st.markdown(charts.colored_tokens(toks, dense, vmax, False), unsafe_allow_html=True)
+    st.markdown(large(charts.colored_tokens(toks, dense, vmax, False)), unsafe_allow_html=True)
     st.markdown(f"**{a.cfg.method}**")
-    st.markdown(charts.colored_tokens(toks, pruned, vmax, False), unsafe_allow_html=True)
+    st.markdown(large(charts.colored_tokens(toks, pruned, vmax, False)), unsafe_allow_html=True)
     st.markdown("**Difference** (red: pruned is worse, green: better)")
-    st.markdown(charts.colored_tokens(toks, diff, dmax, True), unsafe_allow_html=True)
+    st.markdown(large(charts.colored_tokens(toks, diff, dmax, True)), unsafe_allow_html=True)
     st.plotly_chart(charts.diff_bars(toks[1:], diff[1:], f"Sample {b}: loss difference per token"),
                     width="stretch", key="out_diff")
     st.subheader("Next-token top-k")
@@ -74,8 +106,9 @@ def _per_token(r: Result) -> None:
     pos = c1.slider("After position", 0, n - 1, min(n - 1, n // 2), key="out_pos")
     k = c2.number_input("k", 1, session.TOP_K, 10, key="out_k",
                         help=f"up to {session.TOP_K}: the candidates kept per position")
-    c1.caption(f"Context ends with: …{''.join(toks[max(0, pos - 8): pos + 1])!r}"
-               + (f"; actual next token {toks[pos + 1]!r}" if pos + 1 < n else ""))
+    c1.markdown(large(html.escape(f"Context ends with: …{''.join(toks[max(0, pos - 8): pos + 1])!r}"
+                                  + (f"; actual next token {toks[pos + 1]!r}" if pos + 1 < n else ""))),
+                unsafe_allow_html=True)
     for col, (name, top) in zip(st.columns(2), (("dense", a.top_dense), (a.cfg.method, a.top_pruned))):
         rows = top.at(b, pos, int(k))
         col.markdown(f"**{name}**")

@@ -7,9 +7,9 @@ import streamlit as st
 from ppcore import session
 
 from .. import charts
+from ..glossary import explain
 from ..result import Result
 from .controls import BLOCK_TEXT, block_radio
-
 
 
 def first_pruned_layer(r: Result) -> int:
@@ -21,9 +21,12 @@ def _step(delta: int, n: int) -> None:
 
 
 def render(r: Result) -> None:
-    st.caption("Residual importance is the norm of each token's residual stream entering the block. PP probes the "
-               "tokens with the largest importance (red ticks above), then the samples (red ticks on the left), "
-               "runs only that probe through the block with all weights, and scores heads and channels from it.")
+    st.caption("**Stage 1: the probe.** Residual importance is the length of each token's residual-stream vector "
+               "as it enters the block. PP ranks positions by their importance over the whole batch (the top "
+               "panel of the token chart), keeps the largest as probe tokens (red ticks above the map), then the "
+               "samples loudest at those tokens (named in red on the left), runs only that probe through the block "
+               "with all weights, and scores heads and channels from it.",
+               help=explain("residual importance", "probe", "probe tokens", "probe samples"))
     first = r.analysis.main.layers[first_pruned_layer(r)]
     if not first.attn.probe_tokens and not first.mlp.probe_tokens:
         st.info(f"Method '{r.analysis.cfg.method}' uses no probe: the map shows residual importance only. "
@@ -47,23 +50,48 @@ def _panel(r: Result) -> None:
     layer = st.session_state["probe_layer"]
     rec = getattr(a.main.layers[layer], block)
     m1, m2, m3 = st.columns(3)
-    m1.metric("Probe tokens", len(rec.probe_tokens))
-    m2.metric("Probe samples", len(rec.probe_samples))
+    m1.metric("Probe tokens", len(rec.probe_tokens), help=explain("probe tokens"))
+    m2.metric("Probe samples", len(rec.probe_samples), help=explain("probe samples"))
     unit = BLOCK_TEXT[block].unit + "s"
-    m3.metric(f"Kept {unit}", f"{len(rec.kept)} / {rec.total}", help=None if rec.pruned else "this block is not pruned")
+    m3.metric(f"Kept {unit}", f"{len(rec.kept)} / {rec.total}",
+              help=explain("kept heads") + ("" if rec.pruned else "\n\nThis block is not pruned."))
     if rec.importance is None:
         st.info("No importance grid in this record.")
         return
     tokens = a.batch.tokens
+    scores = session.token_scores(rec.importance)
+    sinks = session.sink_positions(scores)
+    o1, o2 = st.columns(2)
+    log = o1.toggle("Log colour scale", key="probe_log", help=explain("attention sink"))
+    hide = o2.toggle("Leave out attention-sink tokens", key="probe_hide_sinks", disabled=not sinks,
+                     help=explain("attention sink") + f"\n\nHere: positions over {session.SINK_FACTOR:g}x the median "
+                                                     "batch-wide score.")
+    hidden = sinks if hide else []
+    if sinks:
+        top = ", ".join(f"{t} ({_tok(tokens, t)!s}: {scores[t]:,.0f})" for t in sinks[:6])
+        st.caption(f"Attention sinks at this layer (batch-wide score over {session.SINK_FACTOR:g}x the median "
+                   f"{float(np.median(scores)):,.0f}): {top}" + (". Left out of the charts below." if hide else
+                                                                 ". They dominate a linear colour scale."))
     title = f"Layer {layer}, {BLOCK_TEXT[block].short}: residual importance ({a.cfg.method})"
-    st.plotly_chart(charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title),
+    st.plotly_chart(charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title,
+                                              log=log, hidden=hidden),
                     width="stretch", key="probe_heatmap")
     default = rec.probe_samples[0] if rec.probe_samples else 0
     b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
     st.plotly_chart(charts.token_strip(rec.importance[b], tokens[b], rec.probe_tokens,
-                                       f"Sample {b}: importance per token (red: probe tokens)"),
+                                       f"Sample {b}: importance per token (red: probe tokens)",
+                                       batch_scores=scores, hidden=hidden),
                     width="stretch", key="probe_strip")
+    st.caption("Why is a red bar not always this sample's tallest? The probe tokens are chosen once for the whole "
+               "batch, by the top panel's batch-wide score (every sample's importance at that position combined), "
+               "not by any one sample's bars.")
     st.plotly_chart(charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
                                          f"How the probe's token pick moves across layers ({BLOCK_TEXT[block].short})"),
                     width="stretch", key="probe_moves")
+
+
+def _tok(tokens: list[list[str]], t: int) -> str:
+    """The text at position t of the first sample that has one (for captions)."""
+    text = next((row[t] for row in tokens if t < len(row) and row[t] != ""), "")
+    return repr(text)
