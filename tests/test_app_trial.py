@@ -402,3 +402,16 @@ def test_server_defaults_are_local_and_quiet():
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["client"]["toolbarMode"] == "viewer"  # hides Deploy, Rerun and Clear cache
     assert "--server.address 0.0.0.0" in (ROOT / "Procfile").read_text()  # hosting passes its own address
+
+
+def test_an_upload_link_waits_for_the_file_instead_of_failing(local_mode):
+    """Opened without its file, an upload link runs nothing on its own: no error, the note and the 'no result'
+    line; the file uploaded and Run pressed, the run works."""
+    at = start(source="upload")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "result" not in at.session_state or at.session_state["result"] is None
+    assert any("No result yet" in i.value for i in at.info)
+    at.get("file_uploader")[0].set_value(("mine.txt", b"First line here.\nSecond line of text.\n", "text/plain"))
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["result"].analysis.batch.ids.shape[0] == 2
