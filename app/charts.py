@@ -27,7 +27,7 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
     B, L = z.shape
     if len(hidden):
         z[:, list(hidden)] = np.nan
-    shown = np.log10(np.clip(z, 1e-6, None)) if log else z
+    shown = np.log10(np.where(z > 0, z, np.nan)) if log else z  # pads (0) blank: they would stretch the scale
     text = [[_show(tokens[b][t]) if t < len(tokens[b]) else "" for t in range(L)] for b in range(B)]
     fig = go.Figure(go.Heatmap(z=shown, customdata=np.dstack([np.array(text, dtype=object), z]), colorscale="Viridis",
                                colorbar=dict(title="log10 ‖h‖" if log else "‖h‖"),
@@ -210,14 +210,15 @@ def decision_labels(total: int, kept: Sequence[int], kept_probe_only: Optional[S
 def stage2_bars(probe: np.ndarray, history: Optional[np.ndarray], fused: np.ndarray,
                 fusion_weight: Optional[np.ndarray], labels: list[str], unit: str, title: str) -> go.Figure:
     """Few units (heads): per unit the probe's, the history's and the fused energy (log scale), and below it the
-    fusion weight (the probe's share); the x labels say what was decided and whether the history changed it."""
+    mean fusion weight (the weight given to the probe); the x labels say what was decided and whether the history
+    changed it."""
     x = [f"{unit} {u}<br>{lab}" for u, lab in enumerate(labels)]
     rows = 2 if fusion_weight is not None else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1,
                         row_heights=[0.7, 0.3] if rows == 2 else [1.0],
-                        subplot_titles=("Energy per " + unit + " (log scale)",) +
-                                       (("Fusion weight: the probe's share (1 = probe only, 0 = history only)",)
-                                        if rows == 2 else ()))
+                        subplot_titles=("Energy per " + unit + " (log scale)",) + ((
+                            "Mean fusion weight: the weight given to the probe (1 = probe only, 0 = history only)",)
+                            if rows == 2 else ()))
     fig.add_trace(go.Bar(x=x, y=probe, name="probe (P)", marker_color=PROBE,
                          hovertemplate="%{x}<br>probe energy %{y:.4g}<extra></extra>"), row=1, col=1)
     if history is not None:
@@ -228,7 +229,7 @@ def stage2_bars(probe: np.ndarray, history: Optional[np.ndarray], fused: np.ndar
     fig.update_yaxes(type="log", tickformat=".3~g", row=1, col=1)  # whole numbers, not a decade's digits
     if fusion_weight is not None:
         fig.add_trace(go.Bar(x=x, y=fusion_weight, name="fusion weight", marker_color="#ff7f0e", showlegend=False,
-                             hovertemplate="%{x}<br>probe's share %{y:.2f}<extra></extra>"), row=2, col=1)
+                             hovertemplate="%{x}<br>mean fusion weight %{y:.2f}<extra></extra>"), row=2, col=1)
         fig.update_yaxes(range=[0, 1], row=2, col=1)
     fig.update_layout(title=title, barmode="group", height=560 if rows == 2 else 420, font=dict(size=14),
                       margin=dict(l=60, r=20, t=90, b=90), legend=dict(orientation="h", y=1.12, x=0))

@@ -37,8 +37,9 @@ GLOSSARY: dict[str, str] = {
         "a = P / (P + G), fused = a x P + (1 - a) x G. Where the probe sees much more energy than the history "
         "expects, the probe wins; where it sees less, the history wins."),
     "fusion weight": (
-        "a = P / (P + G + 0.000001): the share of the fused energy that comes from the probe, between 0 (only "
-        "history) and 1 (only probe). Shown averaged over the probe's positions."),
+        "a = P / (P + G + 0.000001): the weight the fusion gives the probe at one position and channel, between "
+        "0 (the history alone) and 1 (the probe alone). The pages show its mean over the probe's positions (and "
+        "over a head's channels)."),
     "energy": (
         "The squared activation at the input of a block's last projection (o_proj for attention, down_proj for "
         "the MLP), summed over the probe's positions: how much signal a head or channel carried."),
@@ -81,7 +82,7 @@ GLOSSARY: dict[str, str] = {
         "dominates (large batches on a GPU)."),
     "PRR": (
         "Performance-runtime ratio: perplexity added per unit fraction of runtime saved, "
-        "(ppl pruned - ppl dense) / (1 - time pruned / time dense). Lower is better; empty when a method "
+        "(ppl pruned - ppl dense) / (1 - time pruned / time dense). Lower is better; n/a when a method "
         "saved no time."),
     "ratio": (
         "The pruning ratio asked for: the share of heads and MLP channels to remove in the pruned layers, "

@@ -127,11 +127,15 @@ def speed_note(dense: Timing, run: Timing, device: str, batch: tuple[int, int],
     first = f"{head}: {verdict}."
     if short:
         return first
+    probe = run.flops.get("probe_flops_ratio") or 0.0
     if measured <= predicted * (1 + TIE):  # as fast as the arithmetic says, or faster
+        if predicted > 1 + TIE:
+            return (f"{first} That is what its FLOPs predict: they are more than dense's, because its probe adds "
+                    f"{probe:.2%} of dense's FLOPs to those of the kept weights.")
         if predicted >= 1 - TIE:
-            probe = run.flops.get("probe_flops_ratio") or 0.0
-            return (f"{first} Its FLOPs predict no saving either: the pruned weights and its probe ({probe:.2%} "
-                    "of dense's FLOPs) add up to about dense's arithmetic.")
+            either = " either" if measured >= 1 - TIE else ""
+            return (f"{first} Its FLOPs predict no saving{either}: the kept weights and its probe ({probe:.2%} of "
+                    "dense's FLOPs) add up to about dense's arithmetic.")
         return f"{first} That is about what its FLOPs predict."
     where = []
     share = run.probe_decide_share
@@ -148,8 +152,11 @@ def speed_note(dense: Timing, run: Timing, device: str, batch: tuple[int, int],
         out.append("Where the time went: " + "; ".join(where) + ".")
     tokens = B * L
     cpu = str(device).startswith("cpu")
-    costs = "probing, slicing weights and running Python for every layer" if cpu else (
-        "probing, slicing weights and launching kernels for every layer")
+    overhead = "running Python" if cpu else "launching kernels"
+    if run.probe_decide_s > 0 or probe > 0:
+        costs = f"probing, slicing weights and {overhead} for every layer"
+    else:  # a static method: decided once, its slices held; what is left is the per-layer overhead
+        costs = f"{overhead} for every layer and multiplying smaller, odd-shaped matrices"
     weigh = "outweigh the arithmetic saved" if measured > 1 + TIE else "eat up most of the arithmetic saved" if (
         measured > 1 - TIE) else "eat part of the arithmetic saved"
     if tokens < LARGE_BATCH:
@@ -157,6 +164,6 @@ def speed_note(dense: Timing, run: Timing, device: str, batch: tuple[int, int],
                    f"{weigh}. Larger batches and longer sequences spread those costs over more arithmetic"
                    + ("; a GPU with large batches is where the saved FLOPs become wall time." if cpu else "."))
     else:
-        out.append(f"At {tokens:,} tokens per batch those fixed costs ({costs}) are usually small, so a gap this "
-                   "size more likely comes from other load on the machine: measure again with more repeats.")
+        out.append(f"At {tokens:,} tokens per batch those fixed costs ({costs}) should be small next to the "
+                   "arithmetic: measure again with more repeats to tell a real gap from other load on the machine.")
     return " ".join(out)

@@ -114,7 +114,8 @@ def _init_from_url() -> None:
     """Once per session: seed every widget from st.query_params (a shared link restores the view). Demo mode's
     changes to the link's settings become warnings (`_url_problems`), and what the recipient must do that a link
     cannot (upload the sender's file, paste their text) notes (`_url_notes`). A link that carries pasted text
-    was shared on purpose: its text stays in the URL until the recipient unticks SHARE_TEXT."""
+    was shared on purpose: its text stays in the URL until the recipient unticks SHARE_TEXT or edits it (their own
+    text is theirs to share)."""
     if st.session_state.get("_url_loaded"):
         return
     params = st.query_params.to_dict()
@@ -124,6 +125,7 @@ def _init_from_url() -> None:
     st.session_state["_url_problems"] = problems + (demo_changes(s, locked) if demo() else [])
     st.session_state["_url_notes"] = link_notes(s, params)
     st.session_state["share_text"] = locked.source == "paste" and bool(locked.text)
+    st.session_state["_linked_text"] = locked.text if st.session_state["share_text"] else None
     st.session_state["_url_loaded"] = True
 
 
@@ -169,6 +171,10 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
         if source == "paste":
             st.text_area("Text", key="s_text", height=140, placeholder="One sample per line",
                          max_chars=lim.text_chars if is_demo else None, persist_state=KEEP)
+            linked = st.session_state.get("_linked_text")
+            if linked is not None and st.session_state.get("s_text") != linked:
+                st.session_state["share_text"] = False  # the recipient edited the link's text: theirs, unshared
+                st.session_state["_linked_text"] = None
             st.checkbox(SHARE_TEXT, key="share_text",
                         help="Off: the page's address (the link you copy to share this view) holds your settings "
                              f"but not your text. On: it holds the text too, up to {URL_TEXT_CHARS:,} characters.")

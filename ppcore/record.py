@@ -16,8 +16,8 @@ from .protocol import Protocol
 
 # 2: batches are stored in the walk's layout (each row's real tokens first, so column = token position),
 #    and "flops" carries "head" (the part outside the decoder layers).
-# 3: a probing method's block at level "full" carries what stage 2 and the "why" panel draw: fusion_weight,
-#    weight_factor and kept_probe_only. Versions 1 and 2 still load (the new fields read as None).
+# 3: a probing method's block carries what stage 2 and the "why" panel draw: fusion_weight and weight_factor
+#    (level "full"), kept_probe_only (with a history, any level). Versions 1 and 2 still load (new fields: None).
 SCHEMA_VERSION = 3
 LEVELS = ("none", "summary", "full")
 BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
@@ -53,7 +53,7 @@ class BlockRecord:
     energy_fused: Optional[list[float]] = None  # what PPsp scored
     fusion_weight: Optional[list[float]] = None  # a = P / (P + G + eps), averaged over probe positions
     weight_factor: Optional[list[float]] = None  # sqrt(sum_i W[i, c]^4) of the final projection
-    kept_probe_only: Optional[list[int]] = None  # the keep-set PPsp picks from the probe alone (no history)
+    kept_probe_only: Optional[list[int]] = None  # the keep-set PPsp picks from the probe alone (any level)
     flops: dict[str, int] = field(default_factory=dict)  # dense, pruned, probe
     times: dict[str, float] = field(default_factory=dict)  # probe_s, decide_s, full_s
 

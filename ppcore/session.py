@@ -330,9 +330,9 @@ class Stability:
     layers) arrays, NaN where the block was not pruned; batches: how many batches ran.
 
     How PP's history moved (docs/algorithm.md §3.4), per block name: `history[block]` (batches, layers, units)
-    float32, the history each batch was decided with, summed over positions and each unit's channels (NaN where
-    the block has no history); `history_changed[block]` (batches, layers), the units the history swapped into
-    the keep-set against the probe alone (NaN likewise). Both empty dicts for a method without a history."""
+    float32, the history each batch was decided with, summed over the batch's positions and each unit's channels
+    (NaN where the block is not pruned); `history_changed[block]` (batches, layers), the units the history swapped
+    into the keep-set against the probe alone (NaN likewise). Both empty dicts for a method without a history."""
 
     attn: np.ndarray
     mlp: np.ndarray
@@ -360,10 +360,10 @@ def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus
     states: list[dict[str, np.ndarray]] = []
     for k, (ids, mask) in enumerate(batches):
         progress(k / len(batches), f"batch {k + 1} of {len(batches)}")
-        states.append(_history_units(pruner))  # what this batch is decided with
-        rec = walk(lm.adapter, pruner, ids, mask, level="full").record
+        states.append(_history_units(pruner, L))  # what this batch is decided with
+        rec = walk(lm.adapter, pruner, ids, mask, level="summary").record  # keep-sets, probe-only ones too
         assert rec is not None
-        recs.append(_summary_only(rec))
+        recs.append(rec)
     history = {b: np.stack([s[b] for s in states]) for b in BLOCK_NAMES} if pruner.history is not None else {}
     changed = {b: np.array([[np.nan if c is None else c for c in history_changes(r, b)] for r in recs],
                            dtype=np.float32) for b in BLOCK_NAMES} if pruner.history is not None else {}
@@ -371,30 +371,21 @@ def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus
                      history=history, history_changed=changed)
 
 
-def _history_units(pruner: Pruner) -> dict[str, np.ndarray]:
-    """PP's history now, per block name (layers, units) float32: summed over positions and each unit's channels;
-    NaN rows for layers without one."""
+def _history_units(pruner: Pruner, positions: int) -> dict[str, np.ndarray]:
+    """PP's history now, per block name (layers, units) float32: summed over the first `positions` positions (the
+    ones batches of that length read and update) and each unit's channels; NaN rows for the layers and blocks the
+    pruner does not decide (skipped, switched off), whose history nothing reads."""
     out = {}
     dims, h = pruner.dims, pruner.history
     for block in BLOCKS:
         units = block.units(dims)
         m = np.full((dims.num_layers, units), np.nan, dtype=np.float32)
         for layer in range(dims.num_layers):
-            if h is not None and h.has(layer, block.name):
-                m[layer] = h.states[block.key(layer)].sum(0).view(units, -1).sum(1).float().cpu().numpy()
+            if h is not None and h.has(layer, block.name) and pruner.prunes_block(layer, block):
+                rows = h.states[block.key(layer)][:positions]
+                m[layer] = rows.sum(0).view(units, -1).sum(1).float().cpu().numpy()
         out[block.name] = m
     return out
-
-
-def _summary_only(rec: BatchRecord) -> BatchRecord:
-    """A full record with its bulky per-token and per-channel fields dropped (keep-sets, scores and the probe-only
-    keep-set stay): what a stability run keeps of each batch."""
-    for layer in rec.layers:
-        for b in BLOCK_NAMES:
-            blk = getattr(layer, b)
-            blk.importance = blk.energy_probe = blk.energy_history = blk.energy_fused = None
-            blk.fusion_weight = blk.weight_factor = None
-    return rec
 
 
 @dataclass

@@ -229,28 +229,28 @@ def _block_record(pruner: Pruner, ctx: WalkCtx, layer: int, block: Block, d: Dec
         flops=dict(flops),
         times={k: round(v, 6) for k, v in ctx.times.get(block.key(layer), {}).items()},
     )
+    e = d.energies
+    if e is not None and e.history_rows is not None and e.weight_pow4 is not None:
+        # The counterfactual keep-set is a few integers: recorded at every level (a stability run needs no more).
+        alone = block.ppsp(e.probe, e.weight_pow4, pruner.dims)
+        rec.kept_probe_only = block.keep_top(alone, pruner.r_eff, pruner.dims, pruner.cfg.mlp_multiple).tolist()
     if level == "full":
         rec.importance = round_floats(residual_importance(resid, ctx.valid).cpu(), 5)
-        e = d.energies
         if e is not None:
-            _stage2(rec, pruner, block, e)
+            _stage2(rec, e)
     return rec
 
 
-def _stage2(rec: BlockRecord, pruner: Pruner, block: Block, e: Energies) -> None:
-    """Fill a record's stage-2 fields from a probing method's energies (docs/algorithm.md §3.3-4): what the probe
-    saw, what the history held, how they were fused, PPsp's weight factor, and the keep-set the probe alone gives."""
+def _stage2(rec: BlockRecord, e: Energies) -> None:
+    """Fill a record's per-channel stage-2 fields from a probing method's energies (docs/algorithm.md §3.3-4): what
+    the probe saw, what the history held, how they were fused, and PPsp's weight factor."""
     rec.energy_probe = round_floats(e.probe.cpu())
     rec.energy_fused = round_floats(e.fused.cpu())
     if e.weight_pow4 is not None:
         rec.weight_factor = round_floats(e.weight_pow4.sqrt().cpu())
-    if e.history_rows is None:
-        return
-    rec.energy_history = round_floats(e.history.cpu())
-    rec.fusion_weight = round_floats(e.fusion_weight.cpu())
-    if e.weight_pow4 is not None:
-        alone = block.ppsp(e.probe, e.weight_pow4, pruner.dims)
-        rec.kept_probe_only = block.keep_top(alone, pruner.r_eff, pruner.dims, pruner.cfg.mlp_multiple).tolist()
+    if e.history_rows is not None:
+        rec.energy_history = round_floats(e.history.cpu())
+        rec.fusion_weight = round_floats(e.fusion_weight.cpu())
 
 
 def logits(adapter: Adapter, hidden: Tensor) -> Tensor:

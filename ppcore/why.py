@@ -43,10 +43,16 @@ def per_unit(values: Sequence[float], units: int, how: str = "sum") -> np.ndarra
     return v.sum(1) if how == "sum" else v.mean(1)
 
 
-def ranks(scores: Sequence[float]) -> np.ndarray:
-    """(U,) int: 1 for the highest score, U for the lowest; ties in index order (as the stable keep-sort)."""
+def ranks(scores: Sequence[float], kept: Optional[Sequence[int]] = None) -> np.ndarray:
+    """(U,) int: 1 for the best unit, U for the worst, by score; among equal scores the higher index ranks first,
+    as the keep-sort breaks ties (`ppcore.scores.keep_top_heads`: a stable ascending sort whose first units are
+    dropped). With `kept`, the kept units rank first whatever their recorded scores (a record rounds scores to 6
+    digits, which can tie units the decision told apart), so rank <= len(kept) exactly for the kept ones."""
     s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
+    first = np.zeros(len(s), dtype=bool)
+    if kept is not None:
+        first[list(kept)] = True
+    order = np.lexsort((np.arange(len(s)), s, first))[::-1]  # primary: kept, then score, then index
     out = np.empty(len(s), dtype=int)
     out[order] = np.arange(1, len(s) + 1)
     return out
@@ -111,9 +117,11 @@ class UnitWhy:
 
     @property
     def margin(self) -> float:
-        """Score over the cut-off (the lowest kept score): at least 1 for a kept unit, below 1 for a pruned one
-        (ties aside); inf when the cut-off is 0."""
-        return self.score / self.cutoff if self.cutoff > 0 else float("inf")
+        """Score over the cut-off (the lowest kept score): at least 1 for a kept unit, at most 1 for a pruned one
+        (1 exactly: a tie the keep-sort broke by index). With a cut-off of 0: inf for a positive score, else 1."""
+        if self.cutoff > 0:
+            return self.score / self.cutoff
+        return float("inf") if self.score > 0 else 1.0
 
 
 def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, block: str, unit: int) -> UnitWhy:
@@ -130,7 +138,7 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
         raise ValueError(f"layer {layer}'s {block} block was not pruned by {main.method} (a skipped layer, a "
                          "switched-off block or a dense run): nothing was scored there")
     kept = set(b.kept)
-    kept_scores = [b.scores[k] for k in kept]
+    kept_scores = [b.scores[k] for k in kept]  # non-empty: a pruned block keeps at least one unit
     pruned_scores = [s for i, s in enumerate(b.scores) if i not in kept]
     d = channels_per_unit(b) if b.energy_fused is not None else (1 if block == "mlp" else None)
     chans = list(range(unit * d, (unit + 1) * d)) if d else []
@@ -141,12 +149,13 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
     verdicts = []
     for m, rec in others.items():
         o = block_of(rec, layer, block)
-        rk = None if o.scores is None or not o.pruned else int(ranks(o.scores)[unit])
-        verdicts.append(Verdict(m, unit in set(o.kept), o.pruned, rk,
-                                None if o.scores is None or not o.pruned else float(o.scores[unit])))
+        scored = o.scores is not None and o.pruned
+        rank = int(ranks(o.scores, o.kept)[unit]) if scored else None
+        verdicts.append(Verdict(m, unit in set(o.kept), o.pruned, rank, float(o.scores[unit]) if scored else None))
     return UnitWhy(
         method=main.method, layer=layer, block=block, unit=unit, total=b.total, kept=unit in kept,
-        score=float(b.scores[unit]), rank=int(ranks(b.scores)[unit]), n_kept=len(kept), cutoff=float(min(kept_scores)),
+        score=float(b.scores[unit]), rank=int(ranks(b.scores, b.kept)[unit]), n_kept=len(kept),
+        cutoff=float(min(kept_scores)),
         best_pruned=float(max(pruned_scores)) if pruned_scores else None, channels=chans,
         energy_probe=part(b.energy_probe), energy_history=part(b.energy_history), fusion_weight=part(b.fusion_weight),
         energy_fused=part(b.energy_fused), weight_factor=part(b.weight_factor),

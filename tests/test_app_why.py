@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.glossary import GLOSSARY, explain
-from app.views.unit_why import headline, picked, verdict_table
+from app.views.unit_why import SCORE_NAMES, headline, picked, verdict_table
 from ppcore import why
 from tests.test_app import charts, ok, start, tab, titles
 from tests.test_gemma3 import needs_gemma
@@ -166,8 +166,8 @@ def test_views_for_methods_without_a_history(method):
         assert any("probe, history and fused energy" in t for t in titles(at))
     at = tab(at, "Why this head")
     ok(at)
-    assert any(f"by {method}: its PPsp score" in m.value or f"by {method}:" in m.value for m in at.markdown)
+    assert any(f"by {method}: its {SCORE_NAMES[method]} " in m.value for m in at.markdown)
     if method == "wanda-sp":
-        assert any("records no energies" in i.value for i in at.info)
+        assert any("decides once, from calibration statistics" in i.value for i in at.info)
     methods = at.dataframe[0].value["method"].tolist()
     assert methods[0] == f"{method} (this run)" and "pp" in methods

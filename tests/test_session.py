@@ -62,7 +62,7 @@ def test_analysis_is_the_engines_numbers(run):
 def test_on_request_computations_are_typed(run):
     lm, calib, a, _ = run
     base = session.baselines(lm, calib, a)
-    assert list(base) == list(session.BASELINES)
+    assert list(base) == list(session.BASELINES)  # pp is the analysed method: not repeated
     assert base["fullbatch"].method == "fullbatch" and base["fullbatch"].ratio == a.ratio
     rec = a.run_record(base)
     assert [b.method for b in rec.batches] == ["pp", "dense", *session.BASELINES]
@@ -72,6 +72,17 @@ def test_on_request_computations_are_typed(run):
     stab = session.stability(lm, calib, a, "wiki-vital", 0, 1)
     assert stab.batches == 2 and stab.attn.shape == stab.mlp.shape == (1, 30) and 0 <= stab.mean("mlp") <= 1
     assert math.isnan(stab.attn[0, 0])  # layer 0 is skipped
+    # The history each batch was decided with, per head: batch 1 decides with the calibration state, summed over
+    # the batch's 16 positions and each head's 64 channels; skipped layers read as NaN.
+    sq = calib.stats.get(5, "attn").sq[:16]
+    want = sq.sum(0).view(9, 64).sum(1).numpy()
+    assert stab.history["attn"].shape == (2, 30, 9) and stab.history["mlp"].shape == (2, 30, 1536)
+    assert stab.history["attn"][0, 5] == pytest.approx(want, rel=1e-5)
+    assert math.isnan(stab.history["attn"][0, 0, 0]) and math.isnan(stab.history_changed["mlp"][0, 0])
+    # After batch 1 the EMA moved the kept heads' history only.
+    moved = stab.history["attn"][1, 5] != stab.history["attn"][0, 5]
+    assert set(moved.nonzero()[0].tolist()) <= set(a.main.layers[5].attn.kept)
+    assert (stab.history_changed["mlp"][:, 3:] >= 0).all()
 
     gen = session.generation(lm, calib, a.cfg, "The capital of France is", 3)
     assert gen.prompt == "The capital of France is" and 1 <= gen.dense.tokens <= 3 and gen.pruned.text

@@ -57,9 +57,9 @@ def test_stage2_fields_match_their_formulas(records):
             contrib = (F * np.array(b.weight_factor)).reshape(b.total, d)
             rebuilt = np.sqrt((contrib ** 2).sum(1))
             assert np.allclose(rebuilt, b.scores, rtol=1e-4)
-            # Probe alone: the same number of units, chosen by the top PPsp of P.
+            # Probe alone: the same number of units, chosen by the top PPsp of P (ties: the higher index stays).
             alone = np.sqrt(((P * np.array(b.weight_factor)).reshape(b.total, d) ** 2).sum(1))
-            top = sorted(np.argsort(-alone, kind="stable")[:len(b.kept)].tolist())
+            top = sorted(sorted(range(b.total), key=lambda u: (alone[u], u))[b.total - len(b.kept):])
             assert len(b.kept_probe_only) == len(b.kept)
             assert b.kept_probe_only == top
 
@@ -96,8 +96,10 @@ def test_unit_why_explains_every_head_and_its_rank(records):
         w = unit_why(pp, others, layer, "attn", h)
         assert w.kept == (h in b.kept)
         assert w.score == b.scores[h]
-        # Rank: 1 + how many heads scored strictly higher (or equal with a lower index).
-        assert w.rank == 1 + sum(1 for j, s in enumerate(b.scores) if s > b.scores[h] or (s == b.scores[h] and j < h))
+        # Rank: 1 + the heads ahead of it: kept before pruned, then a higher score, then (a tie) a higher index.
+        ahead = [j for j, s in enumerate(b.scores)
+                 if ((j in b.kept), s, j) > ((h in b.kept), b.scores[h], h)]
+        assert w.rank == 1 + len(ahead)
         assert w.cutoff == min(b.scores[k] for k in b.kept)
         assert (w.rank <= w.n_kept) == w.kept
         assert w.score_from_factors == pytest.approx(w.score, rel=1e-4)
@@ -154,8 +156,30 @@ def test_stage2_per_head_sums(records):
         stage2(records["wanda-sp"].layers[1].attn)
 
 
-def test_ranks_ties_follow_index_order():
-    assert ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [1, 4, 2, 3]
+def test_ranks_break_ties_as_the_keep_sort_does():
+    """Among equal scores the keep-sort drops the lower index first, so the higher index ranks first."""
+    from ppcore.scores import keep_top_channels
+
+    assert ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [2, 4, 1, 3]
+    scores = [0.0, 0.0, 0.0, 1.0]  # ReLU models (OPT) score dead channels 0
+    kept = keep_top_channels(torch.tensor(scores), 2).tolist()
+    assert kept == [2, 3]
+    r = ranks(scores, kept)
+    assert [(int(r[u]) <= len(kept)) == (u in kept) for u in range(4)] == [True] * 4
+    # A record's 6-digit rounding can tie units the decision told apart: kept ones still rank first.
+    assert ranks([1.0, 1.0], kept=[0]).tolist() == [1, 2]
+
+
+def test_a_zero_score_tied_with_a_zero_cut_off_is_not_above_it():
+    from app.views.unit_why import headline
+    from ppcore.record import BlockRecord, LayerRecord
+
+    blk = BlockRecord(pruned=True, total=4, kept=[2, 3], scores=[0.0, 0.0, 0.0, 1.0])
+    rec = BatchRecord("pp", 0.5, "single", 0, [[0]], None, [LayerRecord(blk, blk)])
+    w = unit_why(rec, {}, 0, "mlp", 0)
+    assert not w.kept and w.cutoff == 0.0 and w.margin == 1.0 and w.rank == 4
+    text = headline(w, "channel")
+    assert "**pruned**" in text and "tied with the cut-off" in text and "above" not in text
 
 
 def test_schema_3_round_trip_and_older_records_load(records, tmp_path):

@@ -59,17 +59,23 @@ def render(r: Result, start_stability: Callable[[int], None]) -> None:
         st.info(f"This {method} run fuses no history ("
                 + ("fullbatch probes the whole batch" if method == "fullbatch" else "use_history is off")
                 + "): the fused energy is the probe's own, and the history changes nothing.")
-    _panel(r)
     if has_history(r):
         df = changes_table(r)
         st.plotly_chart(charts.history_changes_chart(df), width="stretch", key="hist_changes")
         st.caption(f"Over all pruned layers the history changed {int(df['changed'].sum())} decisions on this batch.")
-        _drift(r, start_stability)
+    _panel(r, start_stability)
 
 
 @st.fragment
-def _panel(r: Result) -> None:
-    """One layer and block (a fragment: moving the slider redraws this panel only)."""
+def _panel(r: Result, start_stability: Callable[[int], None]) -> None:
+    """One layer and block, and the history's drift there (a fragment: moving the slider redraws this only)."""
+    _layer(r)
+    if has_history(r):
+        _drift(r, start_stability)
+
+
+def _layer(r: Result) -> None:
+    """Stage 2 at the chosen layer and block."""
     a = r.analysis
     n = len(a.main.layers)
     c1, c2 = st.columns([3, 1])
@@ -91,7 +97,7 @@ def _panel(r: Result) -> None:
                   help="Keep-set from the fused energy against the keep-set PPsp would pick from the probe alone.")
     if s.fusion_weight is not None:
         m3.metric("Mean fusion weight", f"{float(np.mean(s.fusion_weight)):.2f}",
-                  help=explain("fusion weight") + "\n\nAbove 0.5 the probe dominated, below it the history did.")
+                  help=explain("fusion weight") + "\n\nAbove 0.5 the probe weighed more, below it the history did.")
     title = f"Layer {layer}, {BLOCK_TEXT[block].long}: probe, history and fused energy"
     if rec.total <= 64:
         fig = charts.stage2_bars(s.energy_probe, s.energy_history, s.energy_fused, s.fusion_weight, labels, unit,
@@ -119,7 +125,8 @@ def _drift(r: Result, start_stability: Callable[[int], None]) -> None:
     st.subheader("How the history moves batch to batch")
     st.caption("The current batch, then further corpus batches of the same shape, through one pruner. After every "
                "batch the history takes an exponential moving average of the kept channels' energies, so it drifts "
-               "away from the calibration data slowly.", help=explain("EMA"))
+               "away from the calibration data slowly. Each cell: a unit's history, summed over the batch's "
+               "positions and its channels, against the first batch's.", help=explain("EMA"))
     out = count_and_button("Extra batches", limits().extra_batches, 3, "hist_stab_n", "Run consecutive batches",
                            "hist_stab_go", start_stability)
     stab = r.stability
@@ -131,7 +138,8 @@ def _drift(r: Result, start_stability: Callable[[int], None]) -> None:
     unit = BLOCK_TEXT[block].unit
     h = stab.history[block][:, layer, :].astype(np.float64)  # (batches, units)
     if not np.isfinite(h).all():
-        out.info(f"Layer {layer} has no history for this block (not pruned).")
+        out.info(f"Layer {layer}'s {BLOCK_TEXT[block].long.lower()} are not pruned (a skipped layer or a "
+                 "switched-off block): nothing reads or updates their history. Pick a pruned layer.")
         return
     drift = h / np.where(h[:1] > 0, h[:1], np.nan) - 1.0
     out.plotly_chart(charts.history_drift(drift, unit, f"Layer {layer}, {BLOCK_TEXT[block].long}: history at each "

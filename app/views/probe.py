@@ -85,7 +85,8 @@ def _panel(r: Result) -> None:
                     width="stretch", key="probe_strip")
     st.caption("Why is a red bar not always this sample's tallest? The probe tokens are chosen once for the whole "
                "batch, by the top panel's batch-wide score (every sample's importance at that position combined), "
-               "not by any one sample's bars.")
+               "not by any one sample's bars. One exception: when the probe holds 10 tokens or fewer, position 0 "
+               "is always one of them.")
     st.plotly_chart(charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
                                          f"How the probe's token pick moves across layers ({BLOCK_TEXT[block].short})"),
                     width="stretch", key="probe_moves")

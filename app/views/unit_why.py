@@ -86,7 +86,8 @@ def _panel(r: Result) -> None:
     rec = getattr(main.layers[layer], block)
     unit_name = BLOCK_TEXT[block].unit
     if "why_unit" not in st.session_state:  # open on a pruned unit: "why was this one pruned?" is the question
-        st.session_state["why_unit"] = next((u for u in range(rec.total) if u not in set(rec.kept)), 0)
+        kept = set(rec.kept)
+        st.session_state["why_unit"] = next((u for u in range(rec.total) if u not in kept), 0)
     st.session_state["why_unit"] = min(int(st.session_state["why_unit"]), rec.total - 1)
     unit = int(c3.number_input(f"{unit_name.capitalize()} number", 0, rec.total - 1, key="why_unit",
                                help=f"0 to {rec.total - 1}"))
@@ -110,12 +111,26 @@ def _panel(r: Result) -> None:
     _side_by_side(a.cfg.method, main, others, layer, block, unit_name)
 
 
+# What each method's recorded score is (docs/algorithm.md §4, §4.1, §8.1b).
+SCORE_NAMES = {"pp": "PPsp score", "fullbatch": "PPsp score (on the whole batch)",
+               "ppsp-calib": "PPsp score (on calibration energies)", "wanda-sp": "Wanda-sp score",
+               "flap": "FLAP score (fluctuation x squared weights)"}
+
+
 def headline(w: session.UnitWhy, unit_name: str) -> str:
     """The panel's first sentence: decision, score, rank and the cut-off, in plain words."""
     where = f"{unit_name.capitalize()} {w.unit} of layer {w.layer}"
     verdict = "**kept**" if w.kept else "**pruned**"
-    rel = (f"{w.margin:.2f}x the cut-off" if np.isfinite(w.margin) else "above a cut-off of 0")
-    return (f"{where} was {verdict} by {w.method}: its PPsp score {w.score:.4g} ranks {_ordinal(w.rank)} of "
+    if w.score == w.cutoff and not w.kept:
+        rel = "exactly the cut-off: it tied with the cut-off, and ties drop the lower-numbered unit first"
+    elif w.score == w.cutoff:
+        rel = "exactly the cut-off: it is the lowest kept"
+    elif np.isfinite(w.margin):
+        rel = f"{w.margin:.2f}x the cut-off"
+    else:
+        rel = "above a cut-off of 0"
+    name = SCORE_NAMES.get(w.method, "score")
+    return (f"{where} was {verdict} by {w.method}: its {name} {w.score:.4g} ranks {_ordinal(w.rank)} of "
             f"{w.total}, and {w.method} kept the top {w.n_kept}. The cut-off (the lowest kept score) is "
             f"{w.cutoff:.4g}, so this {unit_name} scored {rel}.")
 
@@ -123,7 +138,10 @@ def headline(w: session.UnitWhy, unit_name: str) -> str:
 def _explain(w: session.UnitWhy, unit_name: str) -> None:
     st.markdown(headline(w, unit_name))
     if w.energy_fused is None:
-        st.info(f"Method '{w.method}' records no energies: its score is not PPsp, so it has no factors to show.")
+        static = ("it decides once, from calibration statistics, and records no per-batch energies"
+                  if w.method in ("wanda-sp", "flap", "ppsp-calib") else "it records no energies")
+        st.info(f"Method '{w.method}' has no probe or history to take apart: {static}. Choose pp (or fullbatch) "
+                "to see a score's factors.")
     else:
         _factors(w, unit_name)
     if w.others:
@@ -136,10 +154,14 @@ def _factors(w: session.UnitWhy, unit_name: str) -> None:
     fused = float(np.sum(w.energy_fused))
     cols = st.columns(4)
     cols[0].metric("Probe energy (P)", f"{float(np.sum(w.energy_probe)):.4g}", help=explain("energy"))
-    if w.energy_history is not None:
+    if w.energy_history is not None and w.fusion_weight is not None:
         cols[1].metric("History energy (G)", f"{float(np.sum(w.energy_history)):.4g}", help=explain("history"))
-        cols[2].metric("Fusion weight", f"{float(np.mean(w.fusion_weight)):.2f}", help=explain("fusion weight"))
+        cols[2].metric("Mean fusion weight", f"{float(np.mean(w.fusion_weight)):.2f}", help=explain("fusion weight"))
     cols[3].metric("Fused energy (scored)", f"{fused:.4g}", help=explain("fusion"))
+    st.caption("P, G and the fused energy are sums over the probe's positions"
+               + (" and the head's channels" if unit_name == "head" else "")
+               + "; the fusion is computed position by position and channel by channel, and the fusion weight "
+               "shown is its mean over those.")
     if w.weight_factor is None:
         st.caption("This record is older than schema 3: it holds no weight factor, so the score is not taken apart.")
     elif unit_name == "channel":

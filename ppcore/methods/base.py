@@ -54,7 +54,7 @@ class Energies:
 
     @property
     def fusion_weight(self) -> Optional[Tensor]:
-        """(C,) the probe's share a = P / (P + G + eps) of the fusion, averaged over the probe's positions
+        """(C,) the fusion's weight on the probe, a = P / (P + G + eps), averaged over the probe's positions
         (docs/algorithm.md §3.3), or None without a history."""
         if self.history_rows is None:
             return None
