@@ -122,3 +122,28 @@ def ref_dir() -> Path:
     if not REF.is_dir():
         pytest.skip(f"official reference run not found at {REF}")
     return REF
+
+
+@pytest.fixture
+def demo_mode(monkeypatch):
+    """The app in demo mode (PP_DEMO=1) for one test; error details restored after (the demo hides them
+    process-wide)."""
+    import streamlit as st
+
+    from app.state import demo
+
+    shown = st.get_option("client.showErrorDetails")
+    monkeypatch.setenv("PP_DEMO", "1")
+    assert demo()
+    yield
+    st.set_option("client.showErrorDetails", shown)
+
+
+@pytest.fixture
+def local_mode(monkeypatch):
+    """The app in local mode for one test (skipped when PP_DEMO=1 was set when the app was imported)."""
+    from app.state import demo
+
+    monkeypatch.delenv("PP_DEMO", raising=False)
+    if demo():
+        pytest.skip("PP_DEMO=1 was set when the app was imported: demo mode cannot be switched off")

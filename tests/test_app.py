@@ -21,9 +21,10 @@ APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 SMALL = dict(batch_size="4", seq_len="48", calib_windows="8", calib_seq_len="64")
 
 
-def start(**params: str) -> AppTest:
+def start(small: dict[str, str] = SMALL, **params: str) -> AppTest:
+    """The app opened on a link holding `small` (the batch and calibration sizes) and `params`, run once."""
     at = AppTest.from_file(APP, default_timeout=300)
-    at.query_params.update({**SMALL, **params})
+    at.query_params.update({**small, **params})
     return at.run()
 
 

@@ -19,7 +19,7 @@ import app.engine as engine
 import ppcore.session as session
 from app import messages
 from app.batch import build_batch, decode_upload, encode_prefix, read_upload, upload_texts
-from app.state import ALIASES, MAX_SKIP_INDEX, Settings, demo, from_query, limits, parse_skip
+from app.state import ALIASES, MAX_SKIP_INDEX, Settings, from_query, limits, parse_skip
 from app.charts import colored_tokens
 from ppcore import ConfigError, DataError, ModelLoadError, PruneConfig
 from ppcore.loading import cache_root
@@ -29,24 +29,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 SMALL = dict(batch_size="2", seq_len="16", calib_windows="8", calib_seq_len="64")
 SERVER_DIRS = [str(Path.home()), str(Path(__file__).resolve().parents[1]), "/root", "/work", "/tmp", "/usr", "/etc"]
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
-
-
-@pytest.fixture
-def demo_mode(monkeypatch):
-    import streamlit as st
-
-    shown = st.get_option("client.showErrorDetails")  # the demo page hides error details, process-wide
-    monkeypatch.setenv("PP_DEMO", "1")
-    assert demo()
-    yield
-    st.set_option("client.showErrorDetails", shown)
-
-
-@pytest.fixture
-def local_mode(monkeypatch):
-    monkeypatch.delenv("PP_DEMO", raising=False)
-    if demo():
-        pytest.skip("PP_DEMO=1 was set when the app was imported: demo mode cannot be switched off")
 
 
 def start(**params: str) -> AppTest:
@@ -305,7 +287,9 @@ def test_generation_prompt_is_capped(default_lm):
 
 def test_bad_uploads_in_the_page_then_a_200_mb_upload_works(local_mode):
     at = start(source="upload")
-    one_error(at, "no file uploaded")
+    assert not at.exception and not at.error  # an upload link waits for its file instead of failing
+    run(at)
+    one_error(at, "no file uploaded")  # Run pressed without a file: one message
     for name, data, needle in (("cafe.txt", "café\n".encode("latin-1"), "not UTF-8 text"),
                                ("image.txt", PNG, "not UTF-8 text"), ("nul.txt", b"a\x00b\n", "binary file"),
                                ("empty.txt", b"", "is empty")):

@@ -21,8 +21,7 @@ import ppcore.session as session
 from app import messages
 from app.batch import LeftOut, TextBatch, build_batch, left_out_note
 from app.header import NA, header_metrics, predicted_ratio, speed_note, text_table
-from app.state import Settings, demo, demo_changes, limits, link_notes
-from app.views import TABS
+from app.state import Settings, demo_changes, limits, link_notes
 from app.views.compare import shown_table, speed_notes
 from app.views.latency import SUMMARY_FORMATS, latency_note, summary_table
 from app.views.outputs import generation_times
@@ -30,46 +29,17 @@ from ppcore import ModelLoadError, Pruner, PruneConfig
 from ppcore.config import CalibConfig
 from ppcore.generate import generate
 from ppcore.session import BlockTiming, CompareRow, Latency, Timing
+from tests.test_app import ok, tab
+from tests.test_app import start as app_start
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app" / "main.py")
 SMALL = dict(batch_size="2", seq_len="16", calib_windows="8", calib_seq_len="64")  # as tests/test_app_hardening.py
 NO_RUN = dict(ratio="1.5")  # the run stops at the settings check: the page draws, no model work
 SECRET = "My private notes about the exam.\nThe second line of them."
 
 
 def start(**params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.query_params.update({**SMALL, **params})
-    return at.run()
-
-
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def tab(at: AppTest, label: str) -> AppTest:
-    at.session_state["view"] = next(t for t in TABS if t == label)
-    return at.run()
-
-
-@pytest.fixture
-def demo_mode(monkeypatch):
-    import streamlit as st
-
-    shown = st.get_option("client.showErrorDetails")  # the demo page hides error details, process-wide
-    monkeypatch.setenv("PP_DEMO", "1")
-    assert demo()
-    yield
-    st.set_option("client.showErrorDetails", shown)
-
-
-@pytest.fixture
-def local_mode(monkeypatch):
-    monkeypatch.delenv("PP_DEMO", raising=False)
-    if demo():
-        pytest.skip("PP_DEMO=1 was set when the app was imported: demo mode cannot be switched off")
+    return app_start(SMALL, **params)
 
 
 # --- item 5: whether pruning ran faster than dense, said from the measurements -------------------------------

@@ -125,15 +125,6 @@ def test_layer_list_cli_default_is_the_first_three_layers(monkeypatch, capsys):
     assert seen["skip"] == (0, 1, 2) == prune_config(Settings()).skip_layers
 
 
-@pytest.fixture
-def local_mode(monkeypatch):
-    from app.state import demo
-
-    monkeypatch.delenv("PP_DEMO", raising=False)
-    if demo():
-        pytest.skip("PP_DEMO=1 was set when the app was imported")
-
-
 def _errors(at: AppTest) -> list[str]:
     assert not at.exception, [e.value for e in at.exception]
     return [e.value for e in at.error]
