@@ -306,7 +306,7 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
         mask[i, : len(e)] = 1
     if int(ids.max()) >= vocab:
         raise DataError(f"the tokenizer produced ids beyond the model's vocabulary of {vocab}")
-    desc = f"{len(encoded)} samples from {desc}, up to {s.seq_len} tokens"
+    desc = f"{len(encoded)} sample{'' if len(encoded) == 1 else 's'} from {desc}, up to {s.seq_len} tokens"
     if left_out is not None and left_out.any:
         desc += f" ({left_out.short()})"
     return _finish(tokenizer, ids, None if bool(mask.all()) else mask, desc, left_out)

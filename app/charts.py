@@ -256,16 +256,18 @@ def stage2_scatter(probe: np.ndarray, history: Optional[np.ndarray], scores: np.
                                  name="P = G", hoverinfo="skip"))
     fig.update_traces(marker=dict(size=6, opacity=0.75), selector=dict(mode="markers"))
     fig.update_layout(height=480, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=50))
+    fig.update_xaxes(tickformat=".2~g")  # whole values, not a decade's digits ("2 5 0.1")
+    fig.update_yaxes(tickformat=".2~g")
     return fig
 
 
 def history_changes_chart(df: pd.DataFrame) -> go.Figure:
-    """Per layer and block: the share of units the history swapped into the keep-set (columns layer, block, share,
-    changed)."""
+    """Per layer and block: the share of units whose decision the history turned around (columns layer, block,
+    share, changed)."""
     fig = px.bar(df, x="layer", y="share", color="block", barmode="group", hover_data={"changed": True},
                  title="Decisions the history turned around, per layer (share of the block's units)")
     fig.update_layout(height=340, font=dict(size=14), margin=dict(l=50, r=20, t=60, b=40),
-                      yaxis_title="share of units", yaxis_tickformat=".0%")
+                      yaxis_title="share of decisions", yaxis_tickformat=".0%")
     return fig
 
 
@@ -282,23 +284,31 @@ def history_drift(mat: np.ndarray, unit: str, title: str) -> go.Figure:
     return fig
 
 
-def head_picker(kept: np.ndarray, selected: tuple[int, int], title: str) -> go.Figure:
-    """Heads x layers as clickable squares (kept blue, pruned grey, the selected (layer, head) outlined): a scatter,
-    so that Streamlit reports the clicked point (x = layer, y = head)."""
+def head_picker(kept: np.ndarray, selected: tuple[int, int], title: str,
+                decided: Optional[Sequence[bool]] = None) -> go.Figure:
+    """Heads x layers as clickable squares (kept blue, pruned grey, layers the method did not decide, i.e. skipped,
+    as open squares; the selected (layer, head) outlined in red): a scatter, so that Streamlit reports the clicked
+    point (x = layer, y = head). `decided` (L,): whether each layer's attention was decided (default: all)."""
     L, H = kept.shape
     ls, hs = np.mgrid[0:L, 0:H]
     k = kept.reshape(-1) > 0.5
+    dec = np.repeat(np.ones(L, dtype=bool) if decided is None else np.asarray(decided, dtype=bool), H)
     fig = go.Figure()
-    for name, mask, color in (("kept", k, KEPT), ("pruned", ~k, PRUNED)):
+    for name, mask, color in (("kept", k & dec, KEPT), ("pruned", ~k & dec, PRUNED)):
         fig.add_trace(go.Scatter(x=ls.reshape(-1)[mask], y=hs.reshape(-1)[mask], mode="markers", name=name,
                                  marker=dict(symbol="square", size=16, color=color),
                                  hovertemplate="layer %{x}, head %{y}: " + name + "<extra>click to explain</extra>"))
+    if not dec.all():
+        fig.add_trace(go.Scatter(x=ls.reshape(-1)[~dec], y=hs.reshape(-1)[~dec], mode="markers",
+                                 name="not pruned (skipped layer)",
+                                 marker=dict(symbol="square-open", size=14, color=KEPT, line_width=1.5),
+                                 hovertemplate="layer %{x}, head %{y}: skipped, never scored<extra></extra>"))
     fig.add_trace(go.Scatter(x=[selected[0]], y=[selected[1]], mode="markers", name="explained", hoverinfo="skip",
                              marker=dict(symbol="square-open", size=24, color=PROBE, line_width=3)))
     fig.update_layout(title=title, height=180 + 30 * H, font=dict(size=14), margin=dict(l=50, r=20, t=70, b=40),
                       legend=dict(orientation="h", y=1.12, x=0), clickmode="event+select")
     fig.update_yaxes(title="head", autorange="reversed", dtick=1)
-    fig.update_xaxes(title="layer", dtick=1 if L <= 40 else None)
+    fig.update_xaxes(title="layer", dtick=1 if L <= 40 else None, range=[-0.6, L - 0.4])
     return fig
 
 
@@ -315,13 +325,15 @@ def unit_scores(scores: Sequence[float], kept: Sequence[int], unit: str, selecte
         fig.add_trace(go.Scattergl(x=idx, y=s[idx], mode="markers", name=name, marker=dict(color=color, size=7),
                                    hovertemplate=f"{unit} %{{x}}: score %{{y:.4g}} ({name})"
                                                  "<extra>click to explain</extra>"))
-    fig.add_hline(y=cutoff, line_dash="dot", line_color=PROBE, annotation_text="cut-off (lowest kept score)")
+    fig.add_hline(y=cutoff, line_dash="dot", line_color=PROBE, annotation_text="cut-off (lowest kept score)",
+                  annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.85)")
     fig.add_trace(go.Scatter(x=[selected], y=[s[selected]], mode="markers", name="explained", hoverinfo="skip",
                              marker=dict(symbol="circle-open", size=18, color=PROBE, line_width=3)))
     fig.update_layout(title=title, height=360, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=40),
                       clickmode="event+select", legend=dict(orientation="h", y=1.1, x=0))
     fig.update_xaxes(title=unit)
-    fig.update_yaxes(title="score", type="log" if (s > 0).all() and s.max() > 100 * s.min() else "linear")
+    fig.update_yaxes(title="score", type="log" if (s > 0).all() and s.max() > 100 * s.min() else "linear",
+                     tickformat=".2~g")
     return fig
 
 

@@ -65,6 +65,10 @@ GLOSSARY: dict[str, str] = {
     "FLAP": (
         "A static baseline: decides once from calibration data by how much each channel's activation fluctuates, "
         "chooses how much to prune per layer globally, and adds a bias that compensates the removed channels."),
+    "ppsp-calib": (
+        "A static variant of PP's own score: PPsp computed once from the calibration data's energies, with no probe "
+        "and no history, and the same heads and channels kept for every batch. It shows what probing each batch "
+        "adds."),
     "Jaccard": (
         "Overlap of two keep-sets: shared units / units in either. 1.0 = the same heads or channels kept, "
         "0 = nothing in common."),

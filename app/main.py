@@ -197,7 +197,8 @@ def _view(label: str, r: Result) -> None:
         need_baselines()
         channels.render(r, start_stability)
     elif label == "Why this head":
-        need_baselines()
+        if not probe.nothing_pruned(r):  # nothing decided: nothing to explain, no baselines to wait for
+            need_baselines()
         unit_why.render(r)
     elif label == "Outputs":
         outputs.render(r, lambda prompt, n: _on_request(

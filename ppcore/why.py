@@ -178,8 +178,9 @@ class HistoryEffect:
 
     @property
     def changed(self) -> int:
-        """Units swapped by the history (keep-sets have equal sizes, so gained and lost are as many)."""
-        return len(self.gained)
+        """Decisions the history turned around: units kept thanks to it plus units pruned because of it (the
+        keep-sets have equal sizes, so each swap turns two decisions around)."""
+        return len(self.gained) + len(self.lost)
 
 
 def history_effect(b: BlockRecord) -> Optional[HistoryEffect]:
@@ -192,7 +193,8 @@ def history_effect(b: BlockRecord) -> Optional[HistoryEffect]:
 
 
 def history_changes(rec: BatchRecord, block: str) -> list[Optional[int]]:
-    """Per layer, how many units the history swapped in `block` (None where `history_effect` is None)."""
+    """Per layer, how many of `block`'s decisions the history turned around (`HistoryEffect.changed`; None where
+    `history_effect` is None)."""
     out: list[Optional[int]] = []
     for layer in rec.layers:
         e = history_effect(getattr(layer, block))

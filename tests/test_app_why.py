@@ -25,6 +25,11 @@ def arr(v) -> np.ndarray:
     return np.asarray(v, dtype=float)
 
 
+def unit_box(at: AppTest, block: str):
+    """The why-panel's unit-number box (its key names the block and the clicks so far)."""
+    return next(n for n in at.number_input if n.key.startswith(f"why_unit_box_{block}_"))
+
+
 def _chart(at: AppTest, prefix: str) -> dict:
     return next(c for c in charts(at) if (c["layout"].get("title") or {}).get("text", "").startswith(prefix))
 
@@ -45,7 +50,8 @@ def test_history_view_draws_stage_2(app):
     effect = why.history_effect(rec)
     assert effect is not None
     heads = {m.label: m.value for m in at.metric}
-    assert heads["Heads the history changed"] == f"{effect.changed} of {rec.total}"
+    assert heads["Head decisions the history changed"] == f"{effect.changed} of {rec.total}"
+    assert effect.changed == len(effect.gained) + len(effect.lost)
     fig = _chart(at, f"Layer {layer}, Attention heads: probe, history and fused energy")
     names = [d.get("name") for d in fig["data"]]
     assert {"probe (P)", "history (G)", "fused (scored by PPsp)", "fusion weight"} <= set(names)
@@ -79,7 +85,7 @@ def test_why_panel_explains_a_head_and_compares_methods(app):
     layer = at.session_state["why_layer"]
     rec = r.analysis.main.layers[layer].attn
     pruned = next(h for h in range(rec.total) if h not in rec.kept)
-    at.number_input(key="why_unit").set_value(pruned).run()
+    unit_box(at, "attn").set_value(pruned).run()
     ok(at)
     text = " ".join(m.value for m in at.markdown)
     assert f"Head {pruned} of layer {layer} was **pruned** by pp" in text
@@ -94,7 +100,9 @@ def test_why_panel_explains_a_head_and_compares_methods(app):
     assert arr(grid["data"][0]["z"])[0].tolist() == [1 if h in rec.kept else 0 for h in range(rec.total)]
     # A channel by number; a skipped layer says nothing was scored.
     at.radio(key="why_block").set_value("mlp").run()
-    at.number_input(key="why_unit").set_value(5).run()
+    assert unit_box(at, "mlp").value == min(pruned, 1535)  # a fresh box for the block, showing the unit explained
+    unit_box(at, "mlp").set_value(5).run()
+    assert at.session_state["why_unit"] == 5
     ok(at)
     assert any("**PPsp = fused energy x weight factor**" in m.value for m in at.markdown)
     at.slider(key="why_layer").set_value(0).run()
@@ -127,11 +135,23 @@ def test_probe_view_reads_deep_layers(app):
 
 
 def test_glossary_covers_the_terms_the_pages_use():
-    for term in ("residual importance", "probe", "EMA", "fusion", "PPsp", "Jaccard", "KL", "FLOPs", "PRR"):
+    for term in ("residual importance", "probe", "EMA", "fusion", "PPsp", "Jaccard", "KL", "FLOPs", "PRR", "ppsp-calib",
+                 "Wanda-sp", "FLAP", "oracle"):
         assert term in GLOSSARY and len(GLOSSARY[term]) > 60
     assert explain("KL").startswith("**KL**")
     with pytest.raises(KeyError):
         explain("no such term")
+
+
+def test_views_when_nothing_was_pruned():
+    """Ratio 0: the probe, history and why views say nothing was pruned, and the why view runs no baselines."""
+    at = start(ratio="0")
+    ok(at)
+    for view in ("Probe", "History", "Why this head"):
+        at = tab(at, view)
+        ok(at)
+        assert any("Nothing was pruned in this run (ratio 0)" in i.value for i in at.info), view
+    assert at.session_state["result"].baselines is None
 
 
 def test_chart_clicks_pick_a_unit():

@@ -20,7 +20,7 @@ from ..glossary import explain
 from ..result import Result
 from ..state import limits
 from .controls import BLOCK_TEXT, block_radio, count_and_button
-from .probe import first_pruned_layer
+from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
 
 
 def has_stage2(r: Result) -> bool:
@@ -36,8 +36,8 @@ def has_history(r: Result) -> bool:
 
 
 def changes_table(r: Result) -> pd.DataFrame:
-    """Per layer and block: units the history swapped into the keep-set, and their share of the block's units (rows
-    where it fused only)."""
+    """Per layer and block: decisions the history turned around, and their share of the block's units (rows where
+    it fused only)."""
     main = r.analysis.main
     rows = [{"layer": i, "block": BLOCK_TEXT[b].long, "changed": c, "share": c / getattr(main.layers[i], b).total}
             for b in BLOCK_NAMES for i, c in enumerate(session.history_changes(main, b)) if c is not None]
@@ -51,6 +51,10 @@ def render(r: Result, start_stability: Callable[[int], None]) -> None:
                "larger, then scores each head and channel with PPsp on the fused energy.",
                help=explain("history", "fusion", "fusion weight", "energy", "EMA"))
     method = r.analysis.cfg.method
+    why_not = nothing_pruned(r)
+    if why_not:
+        st.info(NOTHING_PRUNED.format(why=why_not))
+        return
     if not has_stage2(r):
         st.info(f"Method '{method}' has no stage 2: only pp (probe + history) and fullbatch (the whole batch as "
                 "its probe, no history) compute energies from a probe. Choose pp in the sidebar and press **Run**.")
@@ -93,8 +97,9 @@ def _layer(r: Result) -> None:
     m1, m2, m3 = st.columns(3)
     m1.metric("Probe positions", len(rec.probe_tokens), help=explain("probe tokens"))
     if effect is not None:
-        m2.metric(f"{unit.capitalize()}s the history changed", f"{effect.changed} of {rec.total}",
-                  help="Keep-set from the fused energy against the keep-set PPsp would pick from the probe alone.")
+        m2.metric(f"{unit.capitalize()} decisions the history changed", f"{effect.changed} of {rec.total}",
+                  help=f"{len(effect.gained)} kept thanks to the history, {len(effect.lost)} pruned because of it: "
+                       "the keep-set from the fused energy against the one PPsp would pick from the probe alone.")
     if s.fusion_weight is not None:
         m3.metric("Mean fusion weight", f"{float(np.mean(s.fusion_weight)):.2f}",
                   help=explain("fusion weight") + "\n\nAbove 0.5 the probe weighed more, below it the history did.")
@@ -105,6 +110,11 @@ def _layer(r: Result) -> None:
     else:
         fig = charts.stage2_scatter(s.energy_probe, s.energy_history, s.scores, labels, unit, title)
     st.plotly_chart(fig, width="stretch", key="hist_energies")
+    st.caption("P, G and the fused energy are sums over the probe's positions" + (" and each head's channels" if
+               rec.total <= 64 and block == "attn" else "") + ". The fusion mixes P and G position by position, "
+               "so a fused sum can exceed both sums, and the mean fusion weight (a mean of per-position weights) "
+               "need not match P / (P + G) of the sums. Kept or pruned follows the PPsp score, energy x the "
+               "weight factor, not the energy alone.", help=explain("fusion", "fusion weight", "PPsp"))
     if effect is not None:
         if effect.changed:
             st.markdown(f"The history **kept** {unit}s {_short(effect.gained)} that the probe alone would have "

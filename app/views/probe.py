@@ -12,6 +12,19 @@ from ..result import Result
 from .controls import BLOCK_TEXT, block_radio
 
 
+NOTHING_PRUNED = ("Nothing was pruned in this run ({why}): no probe ran, no history was fused and nothing was "
+                  "scored. Choose pp with a ratio above 0 in the sidebar and press **Run**.")
+
+
+def nothing_pruned(r: Result) -> str:
+    """Why no block of the analysed run was decided ('' when some was): dense, ratio 0, or every layer skipped."""
+    a = r.analysis
+    if any(layer.attn.pruned or layer.mlp.pruned for layer in a.main.layers):
+        return ""
+    return ("method dense" if a.cfg.method == "dense" else "ratio 0" if a.cfg.ratio == 0
+            else "every pruned layer skipped or both blocks switched off")
+
+
 def first_pruned_layer(r: Result) -> int:
     return next((i for i, layer in enumerate(r.analysis.main.layers) if layer.attn.pruned or layer.mlp.pruned), 0)
 
@@ -28,7 +41,10 @@ def render(r: Result) -> None:
                "with all weights, and scores heads and channels from it.",
                help=explain("residual importance", "probe", "probe tokens", "probe samples"))
     first = r.analysis.main.layers[first_pruned_layer(r)]
-    if not first.attn.probe_tokens and not first.mlp.probe_tokens:
+    why_not = nothing_pruned(r)
+    if why_not:
+        st.info(NOTHING_PRUNED.format(why=why_not) + " The map shows residual importance only.")
+    elif not first.attn.probe_tokens and not first.mlp.probe_tokens:
         st.info(f"Method '{r.analysis.cfg.method}' uses no probe: the map shows residual importance only. "
                 "Choose pp or fullbatch to see probe picks.")
     _panel(r)

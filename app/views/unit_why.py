@@ -16,7 +16,7 @@ from .. import charts
 from ..glossary import explain
 from ..result import Result
 from .controls import BLOCK_TEXT, block_radio
-from .probe import first_pruned_layer
+from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
 
 
 TITLES = {"fullbatch": "fullbatch (the oracle)"}
@@ -41,8 +41,18 @@ def picked(selection: Any, block: str) -> Optional[tuple[Optional[int], int]]:
     return None
 
 
+def unit_box_key(block: str) -> str:
+    """The widget key of the unit-number box now: one per block and per chart click."""
+    return f"why_unit_box_{block}_{st.session_state.get('why_clicks', 0)}"
+
+
+def _typed(box: str) -> None:
+    """The unit-number box changed: explain that unit."""
+    st.session_state["why_unit"] = int(st.session_state[box])
+
+
 def _on_pick(chart_key: str, block: str) -> None:
-    """A chart click: move the layer and unit inputs there before the rerun draws them."""
+    """A chart click: move the layer and the unit explained there before the rerun draws them."""
     hit = picked(st.session_state.get(chart_key), block)
     if hit is None:
         return
@@ -50,6 +60,7 @@ def _on_pick(chart_key: str, block: str) -> None:
     if layer is not None:
         st.session_state["why_layer"] = layer
     st.session_state["why_unit"] = unit
+    st.session_state["why_clicks"] = st.session_state.get("why_clicks", 0) + 1  # a fresh box shows the unit
 
 
 def verdict_table(w: session.UnitWhy) -> pd.DataFrame:
@@ -67,7 +78,11 @@ def verdict_table(w: session.UnitWhy) -> pd.DataFrame:
 def render(r: Result) -> None:
     st.caption("Pick a head on the map (or a channel on the score chart), or type its number: the panel takes its "
                "PPsp score apart, says how far it was from the cut-off, and what the other methods decided for it.",
-               help=explain("PPsp", "weight factor", "cut-off", "oracle", "Wanda-sp", "FLAP"))
+               help=explain("PPsp", "weight factor", "cut-off", "oracle", "Wanda-sp", "FLAP", "ppsp-calib"))
+    why_not = nothing_pruned(r)
+    if why_not:
+        st.info(NOTHING_PRUNED.format(why=why_not))
+        return
     if r.baselines is None:
         st.info("The other methods' decisions appear once the baselines have run.")
     _panel(r)
@@ -88,12 +103,17 @@ def _panel(r: Result) -> None:
     if "why_unit" not in st.session_state:  # open on a pruned unit: "why was this one pruned?" is the question
         kept = set(rec.kept)
         st.session_state["why_unit"] = next((u for u in range(rec.total) if u not in kept), 0)
-    st.session_state["why_unit"] = min(int(st.session_state["why_unit"]), rec.total - 1)
-    unit = int(c3.number_input(f"{unit_name.capitalize()} number", 0, rec.total - 1, key="why_unit",
-                               help=f"0 to {rec.total - 1}"))
+    unit = st.session_state["why_unit"] = min(max(int(st.session_state["why_unit"]), 0), rec.total - 1)
+    # The box is made anew for each block and after each click (its key says which), so that neither a number
+    # typed out of range nor the other block's number stays in it: "why_unit" holds the unit explained.
+    box = unit_box_key(block)
+    c3.number_input(f"{unit_name.capitalize()} number", 0, rec.total - 1, value=unit, key=box,
+                    on_change=_typed, args=(box,), help=f"0 to {rec.total - 1}")
     if block == "attn":
         kept = session.kept_matrix(main, "attn")
-        st.plotly_chart(charts.head_picker(kept, (layer, unit), f"Heads kept by {a.cfg.method}: click one to explain"),
+        decided = [lay.attn.pruned for lay in main.layers]
+        st.plotly_chart(charts.head_picker(kept, (layer, unit), f"Heads kept by {a.cfg.method}: click one to explain",
+                                           decided),
                         width="stretch", key="why_map", on_select=lambda: _on_pick("why_map", "attn"),
                         selection_mode="points")
     if not rec.pruned or rec.scores is None:
