@@ -332,7 +332,8 @@ class Stability:
     How PP's history moved (docs/algorithm.md §3.4), per block name: `history[block]` (batches, layers, units)
     float32, the history each batch was decided with, summed over the batch's positions and each unit's channels
     (NaN where the block is not pruned); `history_changed[block]` (batches, layers), the decisions the history
-    turned around against the probe alone (`ppcore.why.HistoryEffect.changed`; NaN likewise). Both empty dicts for a method without a history."""
+    turned around against the probe alone (`ppcore.why.HistoryEffect.changed`; NaN likewise). Both empty dicts
+    for a method without a history."""
 
     attn: np.ndarray
     mlp: np.ndarray
