@@ -244,3 +244,42 @@ def test_the_data_stays_in_the_wheel():
     """Nothing from the wheel is copied into the repository: no .arrow file under it."""
     root = Path(__file__).resolve().parents[1]
     assert not [p for p in root.rglob("*.arrow") if ".venv" not in p.parts]
+
+
+def _samples(folder: Path) -> dict[int, list[float]]:
+    """doc_id -> the log-likelihood of each choice, from lm-eval's --log_samples file in `folder`."""
+    path = sorted(folder.glob("*/samples_*.jsonl"))[-1]
+    out = {}
+    for line in path.read_text().splitlines():
+        s = json.loads(line)
+        out[s["doc_id"]] = [float(r[0] if isinstance(r, list) else r) for r in s["filtered_resps"]]
+    return out
+
+
+@needs_data
+def test_two_data_parallel_processes_give_one_process_results(tmp_path):
+    """torchrun with 2 CPU processes: lm-eval shards the documents over the ranks (each rank reports its share)
+    and gathers them; dense gives every document's log-likelihoods as one process does (the batches differ, so
+    within 1e-4), and the same accuracy."""
+    import subprocess
+    import sys
+
+    from tests.browser_util import free_port
+
+    common = ["-m", "ppcore.lmeval", "--model", "ppcore", "--model_args", "model=default,method=dense,batch_size=4",
+              "--tasks", "piqa_offline", "--limit", "6", "--log_samples"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, *common, "--output_path", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), *common, "--output_path", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "piqa_offline on rank 1" in two.stderr + two.stdout  # the second rank built its share
+    a, b = _samples(tmp_path / "one"), _samples(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(6))
+    assert max(abs(x - y) for d in a for x, y in zip(a[d], b[d])) < 1e-4
+    res = [json.loads(sorted((tmp_path / n).glob("*/results_*.json"))[-1].read_text())["results"]["piqa_offline"]
+           for n in ("one", "two")]
+    assert res[0]["acc,none"] == res[1]["acc,none"] and res[0]["acc_norm,none"] == res[1]["acc_norm,none"]

@@ -38,6 +38,7 @@ from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
 from ..config import CalibConfig, PruneConfig, settings_of
 from ..errors import ConfigError, DataError
+from .parallel import Ranks
 
 log = logging.getLogger("ppcore")
 
@@ -191,18 +192,27 @@ class PPCoreLM(TemplateLM):
     def __init__(self, lm: Any = None, calib_stats: Any = None, **model_args: Any) -> None:
         super().__init__()
         self.options = opts = parse_model_args(model_args)
-        if lm is None:
-            from ..loading import load_model
+        # Under `accelerate launch`, one rank of several (ppcore.lmeval.parallel): lm-eval shards the documents.
+        self.ranks = Ranks(cpu=opts.device == "cpu" or not torch.cuda.is_available())
+        self._rank, self._world_size = self.ranks.rank, self.ranks.world_size
+        with self.ranks.main_first():  # rank 0 converts the model and fills the calibration cache first
+            if lm is None:
+                from ..loading import load_model
 
-            lm = load_model(opts.model, device=opts.device, dtype=opts.dtype, cache_dir=opts.cache_dir)
-        if lm.tokenizer is None:
-            raise ConfigError(f"model {lm.name} has no tokenizer: lm-eval tasks are text")
-        opts.prune.check_layers(lm.adapter.dims.num_layers)
-        self.lm, self.tokenizer = lm, lm.tokenizer
-        self.add_bos_token = opts.add_bos_token
-        self.calibration: Optional[dict[str, Any]] = None
-        if calib_stats is None and opts.prune.needs_calibration:
-            calib_stats, self.calibration = self._calibrate()
+                device = opts.device
+                if self.ranks.device is not None and opts.device == "auto":
+                    device = self.ranks.device.type  # this rank's: the CPU, or its GPU made the current one
+                    if device == "cuda":
+                        torch.cuda.set_device(self.ranks.device)
+                lm = load_model(opts.model, device=device, dtype=opts.dtype, cache_dir=opts.cache_dir)
+            if lm.tokenizer is None:
+                raise ConfigError(f"model {lm.name} has no tokenizer: lm-eval tasks are text")
+            opts.prune.check_layers(lm.adapter.dims.num_layers)
+            self.lm, self.tokenizer = lm, lm.tokenizer
+            self.add_bos_token = opts.add_bos_token
+            self.calibration: Optional[dict[str, Any]] = None
+            if calib_stats is None and opts.prune.needs_calibration:
+                calib_stats, self.calibration = self._calibrate()
         from ..methods import Pruner
 
         self.pruner = Pruner(lm.adapter, opts.prune, calib_stats)
@@ -383,6 +393,17 @@ class PPCoreLM(TemplateLM):
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         return tuple(until + ([eos] if eos not in until else [])), int(kw.get("max_gen_toks") or MAX_GEN_TOKS)
 
+    # --- data-parallel collectives lm-eval's evaluator calls (ppcore.lmeval.parallel) ---------------------
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.ranks.all_gather(tensor)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> Optional[list[Any]]:
+        return self.ranks.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.ranks.barrier()
+
     # --- what a protocol records ----------------------------------------------------------------------
 
     def grouping(self) -> dict[str, Any]:
@@ -395,4 +416,6 @@ class PPCoreLM(TemplateLM):
             "carries from batch to batch in this order; no warm-up batch",
             "batches": len(log_), "rows": sum(b["rows"] for b in log_), "tokens": sum(b["tokens"] for b in log_),
             "pad_tokens": sum(b["pads"] for b in log_),
+            "ranks": self.world_size, "rank": self.rank,  # with several, each rank batches its own share: these
+            # counts are this rank's; documents go to ranks in turn (document i to rank i mod ranks)
         }
