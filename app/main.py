@@ -18,7 +18,7 @@ from app.glossary import GLOSSARY
 from app.header import header_metrics
 from app.result import Result
 from app.state import Settings, calib_config, demo, limits, prune_config
-from app.views import TABS, channels, compare, export, history, latency, outputs, probe, unit_why
+from app.views import TABS, channels, compare, export, history, latency, outputs, probe, unit_why, zeroshot
 from ppcore import LoadedModel, PPCoreError, session
 from ppcore.session import Progress
 
@@ -211,6 +211,10 @@ def _view(label: str, r: Result) -> None:
         compare.render(r, lambda ratios, reps: _on_request(
             r, "comparison", "Comparing methods",
             lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p)))
+    elif label == "Zero-shot":
+        zeroshot.render(r, lambda task, n: _on_request(
+            r, "zeroshot", f"Zero-shot {task} on {n} documents, dense and pruned",
+            lambda lm, c, p: session.zeroshot(lm, c, a, task, n, p)))
     else:
         export.render(r)
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ppcore.record import BatchRecord, RunRecord
 from ppcore.session import Analysis, CompareRow, GenerationPair, Latency, Stability
+
+if TYPE_CHECKING:
+    from ppcore.lmeval.run import TaskComparison
 
 from .state import Settings
 
@@ -26,6 +29,7 @@ class Result:
     generation: Optional[GenerationPair] = None
     latency: Optional[Latency] = None
     comparison: Optional[list[CompareRow]] = None
+    zeroshot: Optional["TaskComparison"] = None
 
     def keep(self, name: str, value: Any) -> None:
         """Store an on-request computation under its field name (ValueError for any other name)."""

@@ -60,6 +60,7 @@ class Limits:
     repeats: int = 20  # timing repeats (latency, method comparison)
     ratios: int = 6  # ratios in one method comparison
     extra_batches: int = 8  # stability: batches after the current one
+    zeroshot_docs: int = 500  # documents of one zero-shot task (dense and pruned each run them)
 
     @property
     def upload_bytes(self) -> int:
@@ -76,7 +77,7 @@ LOCAL = Limits(batch=64, seq=1024, calib_windows=256, calib_seq_len=1024, calib_
                upload_mb=256, text_chars=50_000_000)
 DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib_windows=DEMO_CALIB, calib_seq_len=DEMO_SEQ,
                      calib_batch_size=CALIB_BATCH_SIZE, new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000,
-                     rows=2_000, repeats=3, ratios=3, extra_batches=3)
+                     rows=2_000, repeats=3, ratios=3, extra_batches=3, zeroshot_docs=20)
 
 
 def limits() -> Limits:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import numpy as np
 from torch import Tensor
@@ -45,6 +45,9 @@ from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
 from .walk import WalkResult, token_nll, walk
+from .lmeval.tasks import NAMES as TASK_NAMES
+if TYPE_CHECKING:
+    from .lmeval.run import TaskComparison
 from .why import (SINK_FACTOR, HistoryEffect, Stage2, UnitWhy, Verdict, history_changes, history_effect,  # explaining
                   kept_sets, sink_positions, stage2, token_scores, unit_why)
 
@@ -56,6 +59,7 @@ __all__ = [
     # explaining one decision (ppcore.why)
     "SINK_FACTOR", "HistoryEffect", "Stage2", "UnitWhy", "Verdict", "history_changes", "history_effect", "kept_sets",
     "sink_positions", "stage2", "token_scores", "unit_why",
+    "ZEROSHOT_TASKS", "zeroshot",  # zero-shot accuracy on one task (ppcore.lmeval)
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
@@ -387,6 +391,23 @@ def _history_units(pruner: Pruner, positions: int) -> dict[str, np.ndarray]:
                 m[layer] = rows.sum(0).view(units, -1).sum(1).float().cpu().numpy()
         out[block.name] = m
     return out
+
+
+# --- on request: zero-shot accuracy on one task (lm-eval; ppcore.lmeval) --------------------------------------
+
+ZEROSHOT_TASKS = TASK_NAMES  # the seven commonsense tasks, offline (docs/zeroshot.md)
+
+
+def zeroshot(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, task: str, limit: int,
+             progress: Progress = _quiet) -> "TaskComparison":
+    """Dense against the analysed config (pp at its ratio when the analysis is dense) on the first `limit` documents
+    of one of ZEROSHOT_TASKS, through lm-eval's own prompts and metrics (`ppcore.lmeval.run.compare_on_task`):
+    accuracies and every document's picks. Raises DataError for an unknown task, a limit below 1 or a missing
+    data wheel."""
+    from .lmeval.run import compare_on_task
+
+    cfg = a.cfg if a.cfg.method != "dense" else replace(a.cfg, method="pp", ratio=a.ratio)
+    return compare_on_task(lm, _stats(calib), cfg, task, limit, progress)
 
 
 @dataclass

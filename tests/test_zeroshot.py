@@ -283,3 +283,31 @@ def test_two_data_parallel_processes_give_one_process_results(tmp_path):
     res = [json.loads(sorted((tmp_path / n).glob("*/results_*.json"))[-1].read_text())["results"]["piqa_offline"]
            for n in ("one", "two")]
     assert res[0]["acc,none"] == res[1]["acc,none"] and res[0]["acc_norm,none"] == res[1]["acc_norm,none"]
+
+
+@needs_data
+def test_the_apps_zero_shot_view_agrees_with_its_comparison():
+    """The Zero-shot tab runs one task for dense and pp on the analysed batch's model: its metrics are the
+    comparison's, each run's acc is the share of its picks that are right, and the table lists exactly the
+    documents where the picks differ."""
+    from tests.test_app import ok, start, tab
+
+    at = tab(start(), "Zero-shot")
+    ok(at)
+    at.selectbox(key="zs_task").set_value("piqa")
+    at.number_input(key="zs_docs").set_value(4)
+    at.button(key="zs_go").click().run()
+    ok(at)
+    z = at.session_state["result"].zeroshot
+    assert z.task == "piqa" and z.method == "pp" and z.documents == 4 and len(z.docs) == 4
+    for run, pick in (("dense", "dense"), ("pruned", "pruned")):
+        right = sum(getattr(d, pick) == d.gold for d in z.docs) / 4
+        assert getattr(z, run)["acc"] == pytest.approx(right)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["acc, dense"] == f"{z.dense['acc']:.1%}" and shown["acc, pp"] == f"{z.pruned['acc']:.1%}"
+    if z.disagreements:
+        table = at.dataframe[0].value
+        assert len(table) == len(z.disagreements)
+        assert table["pp picked"].tolist() == [d.pruned for d in z.disagreements]
+    else:
+        assert any("same choice on every document" in i.value for i in at.info)

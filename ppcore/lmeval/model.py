@@ -26,7 +26,7 @@ accuracies: tokenisation, truncation and scoring follow `lm_eval.models.huggingf
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Optional
 
 import torch
@@ -189,9 +189,12 @@ class PPCoreLM(TemplateLM):
     Raises ConfigError for unknown or bad model_args, ModelLoadError for a model that cannot load.
     """
 
-    def __init__(self, lm: Any = None, calib_stats: Any = None, **model_args: Any) -> None:
+    def __init__(self, lm: Any = None, calib_stats: Any = None, prune: Optional[PruneConfig] = None,
+                 **model_args: Any) -> None:
         super().__init__()
         self.options = opts = parse_model_args(model_args)
+        if prune is not None:  # a caller's PruneConfig (the app's), instead of one from model_args
+            self.options = opts = replace(opts, prune=prune)
         # Under `accelerate launch`, one rank of several (ppcore.lmeval.parallel): lm-eval shards the documents.
         self.ranks = Ranks(cpu=opts.device == "cpu" or not torch.cuda.is_available())
         self._rank, self._world_size = self.ranks.rank, self.ranks.world_size

