@@ -201,9 +201,10 @@ def _view(label: str, r: Result) -> None:
             need_baselines()
         unit_why.render(r)
     elif label == "Outputs":
+        repeats = 1 if demo() else session.GENERATION_REPEATS  # a demo visitor waits for one timed run of each
         outputs.render(r, lambda prompt, n: _on_request(
             r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq,
-                                                                       progress=p)))
+                                                                       repeats=repeats, progress=p)))
     elif label == "Latency":
         latency.render(r, lambda reps: _on_request(r, "latency", "Timing dense and pruned",
                                                    lambda lm, c, p: session.latency(lm, c, a, reps)))

@@ -92,7 +92,6 @@ class UnitWhy:
     rank: int
     n_kept: int
     cutoff: float
-    best_pruned: Optional[float]
     channels: list[int]
     energy_probe: Optional[list[float]]
     energy_history: Optional[list[float]]
@@ -139,7 +138,6 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
                          "switched-off block or a dense run): nothing was scored there")
     kept = set(b.kept)
     kept_scores = [b.scores[k] for k in kept]  # non-empty: a pruned block keeps at least one unit
-    pruned_scores = [s for i, s in enumerate(b.scores) if i not in kept]
     d = channels_per_unit(b) if b.energy_fused is not None else (1 if block == "mlp" else None)
     chans = list(range(unit * d, (unit + 1) * d)) if d else []
 
@@ -156,7 +154,7 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
         method=main.method, layer=layer, block=block, unit=unit, total=b.total, kept=unit in kept,
         score=float(b.scores[unit]), rank=int(ranks(b.scores, b.kept)[unit]), n_kept=len(kept),
         cutoff=float(min(kept_scores)),
-        best_pruned=float(max(pruned_scores)) if pruned_scores else None, channels=chans,
+        channels=chans,
         energy_probe=part(b.energy_probe), energy_history=part(b.energy_history), fusion_weight=part(b.fusion_weight),
         energy_fused=part(b.energy_fused), weight_factor=part(b.weight_factor),
         probe_only_kept=None if b.kept_probe_only is None else unit in set(b.kept_probe_only),

@@ -162,7 +162,7 @@ def test_chart_clicks_pick_a_unit():
 
 
 def test_headline_and_table_in_plain_words():
-    w = why.UnitWhy("pp", 12, "attn", 3, 9, False, 0.5, 8, 6, 1.0, 0.7, [0], None, None, None, None, None, None,
+    w = why.UnitWhy("pp", 12, "attn", 3, 9, False, 0.5, 8, 6, 1.0, [0], None, None, None, None, None, None,
                     [why.Verdict("fullbatch", True, True, 2, 2.0), why.Verdict("flap", True, False, None, None)])
     text = headline(w, "head")
     assert "Head 3 of layer 12 was **pruned** by pp" in text and "ranks 8th of 9" in text
