@@ -1,4 +1,4 @@
-"""Command line: `python -m ppcore eval|bench|generate|speed|zeroshot|info ...`: the parser and `main`.
+"""Command line: `python -m ppcore eval|bench|ablate|generate|speed|zeroshot|info ...`: the parser and `main`.
 
 Every engine setting is an option derived from `PruneConfig` and `CalibConfig` (`ppcore.flags`), with
 the dataclasses' defaults (the official protocol's); the commands themselves are `ppcore.commands`.
@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from .ablations import ABLATIONS
 from .commands import COMMANDS, OFFICIAL_GUESS, count_or_file
 from .config import METHODS, CalibConfig, PruneConfig
 from .errors import PPCoreError
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "and their table beside it (.md); default with --seeds none: OUT_DIR/official.json")
     b.add_argument("--quiet", action="store_true")
 
+    ab = sub.add_parser("ablate", help="one of the paper's ablations (history, probe, score, fusion, blocks) on "
+                        "the default protocol, interleaved, over seeds; JSON, Markdown and HTML chart")
+    ab.add_argument("ablation", help="the ablation's name: " + ", ".join(ABLATIONS))
+    _add_model_args(ab)
+    ab.add_argument("--ratios", default="0.2,0.4", help="comma-separated pruning ratios (default 0.2,0.4)")
+    add_settings(ab, PruneConfig, skip=("method", "ratio"))
+    ab.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
+    _add_batch_args(ab)
+    _add_calib_args(ab, True)
+    ab.add_argument("--out-dir", default="bench/results/ablations", help="where NAME.json, NAME.md and NAME.html go")
+    ab.add_argument("--quiet", action="store_true")
+
     g = sub.add_parser("generate", help="greedy continuation, pruning decided on the prompt; dense beside it")
     _add_model_args(g)
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
@@ -125,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--tasks", default="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa",
                    help="comma-separated; offline: from the default's seven; with --online any lm-eval task")
     z.add_argument("--limit", type=float, default=None, help="documents per task (below 1: a fraction); default all")
+    z.add_argument("--subset", type=int, default=None, help="a seeded random subset of this many documents per task "
+                   "(all where fewer), the same for every method; instead of --limit")
+    z.add_argument("--subset-seed", type=int, default=0, help="draws --subset's documents")
+    z.add_argument("--methods", default=None, help="comma-separated: a grid of methods (dense first, then each at "
+                   "each of --ratios) on the same documents, paired against PP; default: the one --method")
+    z.add_argument("--ratios", default=None, help="with --methods: comma-separated ratios (default: --ratio)")
+    z.add_argument("--resume", action="store_true", help="with --methods and --json: keep the runs the JSON already "
+                   "holds for the same setup")
+    z.add_argument("--markdown", default=None, help="with --methods: write the report (tables) here")
     z.add_argument("--batch-size", type=int, default=20, help="requests per batch, the batch PP's probe sees "
                    "(default 20, as the official code)")
     z.add_argument("--order", default="docs", choices=["docs", "length"], help="docs: lm-eval's request order "

@@ -287,11 +287,68 @@ def _cmd_zeroshot(a: argparse.Namespace) -> int:
     args["skip_layers"] = ",".join(str(i) for i in cfg.skip_layers)
     args.update({f"calib_{s.name}": getattr(calib, s.name) for s in settings_of(CalibConfig)})
     lm = _load(a) if a.device_map else None  # a spread model is loaded here; otherwise by the lm-eval model
+    if a.methods or a.subset is not None:
+        return _zeroshot_grid(a, cfg, args, lm)
+    if a.resume or a.markdown:
+        raise PPCoreError("--resume and --markdown belong to a grid: give --methods (or --subset)")
     res = run_zeroshot(a.tasks.split(","), args, limit=a.limit, online=a.online, lm=lm)
     label = cfg.method if cfg.method == "dense" else f"{cfg.method} {cfg.ratio:g}"
     print(f"{label} on {res['protocol']['model']['name']}:\n\n{res['table']}\n\n{res['note']}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def _zeroshot_grid(a: argparse.Namespace, cfg: PruneConfig, args: dict[str, Any], lm: Any) -> int:
+    """`zeroshot --methods ... [--subset N]`: every config on the same documents (ppcore.lmeval.grid), the report
+    printed (and written to --markdown), the JSON written after every run."""
+    from .lmeval.grid import grid_configs, run_grid
+    from .lmeval.grid_report import grid_markdown
+
+    if a.online:
+        raise PPCoreError("a grid (--methods, --subset) runs on the offline tasks: drop --online")
+    if a.resume and not a.json:
+        raise PPCoreError("--resume reads the grid's JSON: give --json too")
+    _writable(a.markdown)
+    methods = _methods(a.methods) if a.methods else [cfg.method]
+    ratios = _numbers(a.ratios, "ratios", float) if a.ratios else [cfg.ratio]
+    cfgs = grid_configs(methods, ratios, cfg) if a.methods else [cfg]
+    say = (lambda text: None) if a.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    res = run_grid(a.tasks.split(","), args, cfgs, subset=a.subset, subset_seed=a.subset_seed, limit=a.limit,
+                   lm=lm, json_path=a.json, resume=a.resume, say=say)
+    report = grid_markdown(res)
+    print(report)
+    if a.markdown:
+        Path(a.markdown).write_text(report + "\n")
+    return 0
+
+
+def _cmd_ablate(a: argparse.Namespace) -> int:
+    """One named ablation (ppcore.ablations) over seeds: prints the table, writes NAME.json, .md and .html."""
+    from .ablate_report import chart_html, markdown
+    from .ablate_run import run_ablation
+    from .ablations import grid
+
+    base = _prune_config(a, method="pp", ratio=PruneConfig().ratio)
+    ratios = _numbers(a.ratios, "ratios", float)
+    seeds = _numbers(a.seeds, "seeds", int)
+    if not seeds:
+        raise PPCoreError(f"--seeds {a.seeds!r} gives no seed: give one or more, e.g. --seeds 0,1,2")
+    grid(a.ablation, ratios, base)  # ConfigError for the name or a variant, before anything loads
+    out = Path(a.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PPCoreError(f"--out-dir {a.out_dir}: cannot create it ({e.strerror or e})") from None
+    res = run_ablation(a.ablation, ratios, seeds, base=base, calib=_calib_config(a), progress=not a.quiet,
+                       calib_len_follows=_follows(a), model=a.model, device=a.device, dtype=a.dtype,
+                       seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, cache_dir=a.cache_dir,
+                       placement=_placement(a))
+    text = markdown(res)
+    print(text)
+    (out / f"{a.ablation}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{a.ablation}.md").write_text(text + "\n")
+    (out / f"{a.ablation}.html").write_text(chart_html(res))
     return 0
 
 
@@ -301,6 +358,6 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "eval": _cmd_eval, "bench": _cmd_bench, "generate": _cmd_generate, "speed": _cmd_speed, "zeroshot": _cmd_zeroshot,
-    "info": _cmd_info,
+    "eval": _cmd_eval, "bench": _cmd_bench, "ablate": _cmd_ablate, "generate": _cmd_generate, "speed": _cmd_speed,
+    "zeroshot": _cmd_zeroshot, "info": _cmd_info,
 }

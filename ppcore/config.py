@@ -26,6 +26,11 @@ from .ratios import (adjusted_ratio, calibration_batches, heads_pruned, mlp_kept
 METHODS: tuple[str, ...] = tuple(METHOD_CLASSES)
 STATIC_METHODS: frozenset[str] = frozenset(name for name, cls in METHOD_CLASSES.items() if cls.static)
 FLAP_BIAS_MODES: tuple[str, ...] = ("official", "mean", "none")
+# Ablation settings (docs/ablations.md): the unit score of the methods that score energies (pp, fullbatch,
+# ppsp-calib), and how PP fuses the probe with its history. The first of each is the paper's.
+SCORES: tuple[str, ...] = ("ppsp", "wanda-sp", "flap")
+SCORED_METHODS: tuple[str, ...] = ("pp", "fullbatch", "ppsp-calib")
+FUSIONS: tuple[str, ...] = ("importance", "fixed")
 
 # Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
 # divides by it (docs/algorithm.md §8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
@@ -148,6 +153,18 @@ class PruneConfig:
     flap_bias: str = setting("official", "FLAP's bias compensation: 'official' divides the calibration mean by "
                              "the calibration batch size, as the official code does; 'mean'; 'none'",
                              choices=FLAP_BIAS_MODES)
+    score: str = setting("ppsp", "the unit score of pp, fullbatch and ppsp-calib: 'ppsp' (the paper's), or Wanda-sp's "
+                         "or FLAP's metric on the same activations (an ablation)", choices=SCORES)
+    fusion: str = setting("importance", "PP: how the probe is fused with the history: 'importance' (the paper's, "
+                          "per position and channel) or 'fixed' (probe_weight * probe + (1 - probe_weight) * history)",
+                          choices=FUSIONS)
+    probe_weight: float = setting(0.5, "PP with fusion 'fixed': the probe's weight X in X * P + (1 - X) * G")
+    attn_ratio: Optional[float] = setting(
+        None, "attention's own ratio, averaged over all layers like ratio; '' = ratio (an ablation)",
+        parse=lambda raw: _parse_block_ratio("attn_ratio", raw), text=lambda v: "" if v is None else f"{v:g}")
+    mlp_ratio: Optional[float] = setting(
+        None, "the MLP's own ratio, averaged over all layers like ratio; '' = ratio (an ablation)",
+        parse=lambda raw: _parse_block_ratio("mlp_ratio", raw), text=lambda v: "" if v is None else f"{v:g}")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_layers", _check_skip(self.skip_layers))
@@ -156,6 +173,7 @@ class PruneConfig:
                                 ("ema", True, True)):
             value = _check_fraction(name, getattr(self, name), low_inclusive=low, high_inclusive=high)
             object.__setattr__(self, name, value)  # a plain float from here on (numpy scalars included)
+        _check_ablation(self)
         for name in ("prune_attn", "prune_mlp", "use_history"):
             object.__setattr__(self, name, _check_bool(name, getattr(self, name)))
         if (not isinstance(self.mlp_multiple, numbers.Integral) or isinstance(self.mlp_multiple, bool)
@@ -168,6 +186,8 @@ class PruneConfig:
             raise ConfigError("prune_attn and prune_mlp are both off: enable at least one, or use method 'dense'")
         if self.method == "dense":
             object.__setattr__(self, "ratio", 0.0)  # dense prunes nothing, whatever ratio was passed
+            object.__setattr__(self, "attn_ratio", None)
+            object.__setattr__(self, "mlp_ratio", None)
 
     def check_layers(self, num_layers: int) -> None:
         """Validate the skip list against a model; raises ConfigError naming the valid range.
@@ -184,16 +204,25 @@ class PruneConfig:
             )
         if len(self.skip_layers) >= num_layers and self.ratio > 0:
             raise ConfigError(f"all {num_layers} layers are skipped: nothing left to prune")
-        r_eff = adjusted_ratio(self.ratio, num_layers, len(self.skip_layers))
-        if r_eff >= 1:
-            # The average over all layers cannot be met: every pruned layer would lose everything.
-            kept = num_layers - len(self.skip_layers)
-            # the largest ratio whose per-layer share rounds below 1
-            usable = math.floor(kept / num_layers * 0.995 * 100) / 100
-            raise ConfigError(
-                f"ratio {self.ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
-                f"{r_eff:g} of each of the other {kept}: use a ratio of at most {usable:.2f} or skip fewer layers"
-            )
+        for name, ratio in (("ratio", self.ratio), ("attn_ratio", self.attn_ratio), ("mlp_ratio", self.mlp_ratio)):
+            if ratio is None:
+                continue
+            r_eff = adjusted_ratio(ratio, num_layers, len(self.skip_layers))
+            if r_eff >= 1:
+                # The average over all layers cannot be met: every pruned layer would lose everything.
+                kept = num_layers - len(self.skip_layers)
+                # the largest ratio whose per-layer share rounds below 1
+                usable = math.floor(kept / num_layers * 0.995 * 100) / 100
+                raise ConfigError(
+                    f"{name} {ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
+                    f"{r_eff:g} of each of the other {kept}: use a {name} of at most {usable:.2f} or skip fewer "
+                    "layers")
+
+    def block_ratio(self, block: str) -> float:
+        """The nominal ratio of one block kind ('attn' or 'mlp'): its own (attn_ratio, mlp_ratio) where set, else
+        `ratio`. Averaged over all layers like `ratio` (docs/algorithm.md §6)."""
+        own = {"attn": self.attn_ratio, "mlp": self.mlp_ratio}[block]
+        return self.ratio if own is None else own
 
     @property
     def is_static(self) -> bool:
@@ -202,8 +231,10 @@ class PruneConfig:
 
     @property
     def prunes(self) -> bool:
-        """Whether this run removes anything: a method other than dense, at a ratio above 0."""
-        return self.method != "dense" and self.ratio > 0
+        """Whether this run removes anything: a method other than dense, at a ratio above 0 (the block ratios,
+        where set, count too)."""
+        return self.method != "dense" and max(self.ratio, self.block_ratio("attn") if self.prune_attn else 0.0,
+                                              self.block_ratio("mlp") if self.prune_mlp else 0.0) > 0
 
     @property
     def needs_calibration(self) -> bool:
@@ -278,6 +309,39 @@ def _check_fraction(name: str, value: Any, *, low_inclusive: bool, high_inclusiv
     if not (ok_low and ok_high) or v != v:
         raise ConfigError(f"{name} must lie in {lo}, {hi}, got {value!r}")
     return v
+
+
+def _parse_block_ratio(name: str, raw: str) -> Optional[float]:
+    """A block ratio's text: '' (or 'none') for None, else a number in [0, 1). Raises ConfigError."""
+    text = str(raw).strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number in [0, 1) or '' (the same as ratio), got {raw!r}") from None
+    return _check_fraction(name, value, low_inclusive=True, high_inclusive=False)
+
+
+def _check_ablation(cfg: "PruneConfig") -> None:
+    """The ablation settings (docs/ablations.md): valid values, and only where they mean something. Sets the block
+    ratios to plain floats. Raises ConfigError naming the setting."""
+    if cfg.score not in SCORES:
+        raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {cfg.score!r}")
+    if cfg.score != "ppsp" and cfg.method not in SCORED_METHODS + ("dense",):
+        raise ConfigError(f"score {cfg.score!r} applies to {', '.join(SCORED_METHODS)}: method {cfg.method!r} scores "
+                          "with its own metric")
+    if cfg.fusion not in FUSIONS:
+        raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {cfg.fusion!r}")
+    object.__setattr__(cfg, "probe_weight", _check_fraction("probe_weight", cfg.probe_weight, low_inclusive=True,
+                                                            high_inclusive=True))
+    for name in ("attn_ratio", "mlp_ratio"):
+        value = getattr(cfg, name)
+        if value is not None:
+            object.__setattr__(cfg, name, _check_fraction(name, value, low_inclusive=True, high_inclusive=False))
+    if (cfg.attn_ratio is not None or cfg.mlp_ratio is not None) and cfg.method == "flap":
+        raise ConfigError("FLAP allocates its own ratio to every block: attn_ratio and mlp_ratio apply to the other "
+                          "methods")
 
 
 def _check_bool(name: str, value: Any) -> bool:

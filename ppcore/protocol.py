@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 PPL_DEFINITION = "exp(mean over scored batches of each batch's mean token cross-entropy)"
 WARMUP_OFFICIAL = "first batch run once before scoring: unscored, untimed, no history update"
-FRONT_ENDS = ("eval", "bench", "speed", "generate", "app", "zeroshot")
+FRONT_ENDS = ("eval", "bench", "speed", "generate", "app", "zeroshot", "ablate")
 
 
 @dataclass

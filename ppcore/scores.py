@@ -79,6 +79,27 @@ def fuse(P: Tensor, G: Tensor) -> Tensor:
     return torch.rsub(a_p, 1).mul_(G).add_(a_p.mul_(P))
 
 
+def fuse_fixed(P: Tensor, G: Tensor, probe_weight: float) -> Tensor:
+    """Fixed-weight fusion, the paper's fusion ablation: F = X * P + (1 - X) * G with X = `probe_weight`, both
+    (n_t, C), for attention and MLP alike (the official code swaps P and G for the MLP, docs/algorithm.md §12:
+    its X on the MLP is 1 - X here)."""
+    return torch.lerp(G, P, probe_weight)
+
+
+def probe_fluctuation(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """(C,) FLAP's fluctuation measured on a probe (the score ablation, docs/ablations.md): the variance of each
+    channel over the probe's non-pad rows (samples x tokens, around their own mean, divided by rows - 1), times
+    the probe's token count, so that it sums over positions as the calibration's does. `zp` (n_b, n_t, C), `valid`
+    (n_b, n_t) 0/1 or None. A single row has no spread: zeros."""
+    z = zp.float().reshape(-1, zp.shape[-1])
+    # Weighted by the 0/1 valid flags rather than boolean indexing: no host-device sync (tests/test_syncs.py).
+    v = (torch.ones(z.shape[0], 1, device=z.device) if valid is None
+         else valid.reshape(-1, 1).to(z.dtype))
+    n = v.sum()
+    mean = (z * v).sum(0) / n.clamp_min(1.0)
+    return ((z - mean).square() * v).sum(0) / (n - 1).clamp_min(1.0) * zp.shape[1]
+
+
 # --- scores (docs/algorithm.md §4, §4.1) ---------------------------------------------------------
 def column_pow4(w_fin: Tensor) -> Tensor:
     """(C,) sum_i W[i, c]^4 of the final projection W (D_out, C): static, precomputed once per layer

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Optional
 
+import torch
 from torch import Tensor
 
 from ..adapters import LayerWeights
@@ -34,13 +35,15 @@ class Energies:
     """PP's per-channel activation energies of one block (docs/algorithm.md §3.3), kept per probe position so that
     a walk without a record never reduces them: `probe_rows` and `history_rows` (n_t, C) fp32 (history None
     without one), `fused` (C,) the fused energy the PPsp score used, `weight_pow4` (C,) sum_i W[i, c]^4 of the
-    block's final projection (PPsp's static factor, a cached tensor: no copy). `probe` and `history` sum the
-    rows over the probe's positions (C,)."""
+    block's final projection (PPsp's static factor, a cached tensor: no copy; None when another score ranked
+    the units), `fixed_weight` the probe's weight under fixed fusion (None: importance-scaled). `probe` and
+    `history` sum the rows over the probe's positions (C,)."""
 
     probe_rows: Tensor
     history_rows: Optional[Tensor]
     fused: Tensor
     weight_pow4: Optional[Tensor] = None
+    fixed_weight: Optional[float] = None  # the probe's weight under fixed fusion; None: importance-scaled
 
     @property
     def probe(self) -> Tensor:
@@ -58,6 +61,8 @@ class Energies:
         (docs/algorithm.md §3.3), or None without a history."""
         if self.history_rows is None:
             return None
+        if self.fixed_weight is not None:  # fixed fusion: the same weight everywhere
+            return torch.full_like(self.fused, self.fixed_weight)
         return (self.probe_rows / (self.probe_rows + self.history_rows + FUSION_EPS)).mean(0)
 
 

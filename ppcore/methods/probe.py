@@ -15,10 +15,12 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block, Rotary
-from ..scores import column_pow4, fuse, probe_energy, residual_importance, select_samples, select_tokens
+from ..scores import (column_pow4, fuse, fuse_fixed, probe_energy, probe_fluctuation, residual_importance,
+                      select_samples, select_tokens)
 from ..stats import History
 from ..walk_context import WalkCtx
 from .base import Decision, Energies, Method
+from .unit_score import unit_scores
 
 if TYPE_CHECKING:
     from ..config import PruneConfig
@@ -52,7 +54,8 @@ class ProbeMethod(Method):
         raise NotImplementedError
 
     def decide(self, ctx: WalkCtx, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
-        """Probe, fuse, score with PPsp and keep the top units at r_eff (docs/algorithm.md §2-4).
+        """Probe, fuse, score with PPsp (or the config's `score`) and keep the top units at the block's r_eff
+        (docs/algorithm.md §2-4; the ablation settings fusion, score and the block ratios: docs/ablations.md).
 
         Adds probe_s (probe and its energies) and decide_s (scores and slicing) to `ctx`'s clock for the block.
         """
@@ -71,17 +74,24 @@ class ProbeMethod(Method):
         P = probe_energy(zp, p.valid)
         t1 = ctx.now()
         G = None
+        cfg = run.cfg
         if self.history is not None and self.history.has(layer, block.name):
             G = self.history.rows(layer, block.name, p.tokens, x.shape[1])
-            s = fuse(P, G).sum(0)
+            s = (fuse(P, G) if cfg.fusion == "importance" else fuse_fixed(P, G, cfg.probe_weight)).sum(0)
         else:
             s = P.sum(0)
         pow4 = self._pow4_of(layer, block, w)
-        scores = block.ppsp(s, pow4, dims)
-        kept = block.keep_top(scores, run.r_eff, dims, run.cfg.mlp_multiple)
+        if cfg.score == "ppsp":
+            scores = block.ppsp(s, pow4, dims)
+        else:  # the score ablation: Wanda-sp's or FLAP's metric on the probe (docs/ablations.md)
+            fluc = probe_fluctuation(zp, p.valid) if cfg.score == "flap" else None
+            scores = unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=fluc)
+        kept = run.keep_top(block, scores)
+        # PPsp's weight factor feeds the record's probe-alone counterfactual: only where PPsp scored.
+        energies = Energies(P, G, s, pow4 if cfg.score == "ppsp" else None,
+                            fixed_weight=cfg.probe_weight if cfg.fusion == "fixed" else None)
         d = self.decision(layer, block, w, kept, buffers=run.slice_buffers(ctx, block), probe_tokens=p.tokens,
-                          probe_samples=p.samples, scores=scores, energies=Energies(P, G, s, pow4),
-                          probe_flops=probe_flops)
+                          probe_samples=p.samples, scores=scores, energies=energies, probe_flops=probe_flops)
         if ctx.timing:
             ctx.add_time(layer, block.name, probe_s=t1 - t0, decide_s=ctx.now() - t1)
         return d

@@ -59,7 +59,8 @@ class Pruner:
     blocks, dense, ratio 0) keep everything without asking it. Blocks are `ppcore.blocks.Block` objects
     or their names ("attn", "mlp").
 
-    Attributes: `r_eff` (docs/algorithm.md §6), `n_heads_pruned` and `n_mlp_kept` (per pruned layer, §4.2),
+    Attributes: `r_eff` (docs/algorithm.md §6) and `r_eff_of` per block kind (the same unless the config sets
+    attn_ratio or mlp_ratio), `n_heads_pruned` and `n_mlp_kept` (per pruned layer, §4.2),
     `history` (PP's state or None), `poisoned` (set when a batch went non-finite after the history took it).
     Raises ConfigError for a skip list that does not fit the model, missing calibration statistics, or
     statistics from another model.
@@ -79,14 +80,23 @@ class Pruner:
         # Statistics live beside their layer (several devices when accelerate dispatched the model).
         self.calib = calib.to_layers(adapter.layer_device) if calib is not None and needs_calib else None
         self.r_eff = adjusted_ratio(cfg.ratio, dims.num_layers, len(cfg.skip_layers))
-        self.n_heads_pruned = heads_pruned(self.r_eff, dims.num_heads)
-        self.n_mlp_kept = mlp_kept_for_ratio(self.r_eff, dims.intermediate, cfg.mlp_multiple)
+        # Per block kind: the same as r_eff unless the config gives attention or the MLP its own ratio.
+        self.r_eff_of = {b.name: adjusted_ratio(cfg.block_ratio(b.name), dims.num_layers, len(cfg.skip_layers))
+                         for b in BLOCKS}
+        self.n_heads_pruned = heads_pruned(self.r_eff_of["attn"], dims.num_heads)
+        self.n_mlp_kept = mlp_kept_for_ratio(self.r_eff_of["mlp"], dims.intermediate, cfg.mlp_multiple)
         # Set when a batch went non-finite after PP's history had taken its EMA: that history holds inf/NaN
         # from then on, so this pruner refuses further batches rather than decide from it.
         self.poisoned: Optional[str] = None
         self._full: dict[tuple[int, str], Slice] = {}
         self._buffers: dict[str, Buffers] = {}
         self.method: Method = method_cls(self)
+
+    def keep_top(self, block: BlockLike, scores: Tensor) -> Tensor:
+        """The units (n,) the block keeps at its r_eff (`r_eff_of`) from its unit scores (U,) (docs/algorithm.md
+        §4.2, §6)."""
+        block = as_block(block)
+        return block.keep_top(scores, self.r_eff_of[block.name], self.dims, self.cfg.mlp_multiple)
 
     @property
     def history(self) -> Optional[History]:

@@ -13,10 +13,11 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block
-from ..scores import column_pow4, wanda_sp_channels
+from ..scores import wanda_sp_channels
 from ..slices import Slice
 from ..walk_context import WalkCtx
 from .base import Decision, Method
+from .unit_score import unit_scores
 
 if TYPE_CHECKING:
     from ..config import PruneConfig
@@ -76,26 +77,29 @@ class StaticMethod(Method):
 class CalibScoreMethod(StaticMethod):
     """Scores each block from its own calibration energy sum_t H[t, c] and keeps the top units at r_eff."""
 
-    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor) -> Tensor:
-        """(U,) unit scores from the final projection's weight (D_out, C) and the energy (C,)."""
+    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor, fluc: Tensor) -> Tensor:
+        """(U,) unit scores from the final projection's weight (D_out, C), the energy (C,) and FLAP's
+        fluctuation (C,), both summed over positions."""
         raise NotImplementedError
 
     def choose(self, layer: int, block: Block, w: LayerWeights) -> Choice:
         run = self.run
-        energy = run.calib.get(layer, block.name).sq.sum(0)
-        scores = self.unit_scores(block, block.final_weight(w), energy)
-        return Choice(block.keep_top(scores, run.r_eff, run.dims, run.cfg.mlp_multiple), scores)
+        st = run.calib.get(layer, block.name)
+        scores = self.unit_scores(block, block.final_weight(w), st.sq.sum(0), st.fluc)
+        return Choice(run.keep_top(block, scores), scores)
 
 
 class WandaSp(CalibScoreMethod):
     """Wanda-sp: ||W[:, c]||_1 * sqrt(sum_t H[t, c]), summed within a head (docs/algorithm.md §4.1)."""
 
-    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor) -> Tensor:
+    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor, fluc: Tensor) -> Tensor:
         return block.unit_scores(wanda_sp_channels(w_fin, energy), self.run.dims)
 
 
 class PpspCalib(CalibScoreMethod):
-    """PPsp on calibration energies only, no probe (docs/algorithm.md §8, the ablation isolating probing)."""
+    """PPsp on calibration energies only, no probe (docs/algorithm.md §8, the ablation isolating probing); with the
+    config's `score`, Wanda-sp's or FLAP's metric on the same calibration statistics, at the same uniform ratio
+    and without FLAP's allocation or bias (docs/ablations.md)."""
 
-    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor) -> Tensor:
-        return block.ppsp(energy, column_pow4(w_fin), self.run.dims)
+    def unit_scores(self, block: Block, w_fin: Tensor, energy: Tensor, fluc: Tensor) -> Tensor:
+        return unit_scores(block, self.run.cfg.score, w_fin, energy, self.run.dims, fluc=fluc)

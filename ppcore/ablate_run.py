@@ -1,0 +1,123 @@
+"""`python -m ppcore ablate NAME`: one named ablation (`ppcore.ablations`) on the default protocol, every variant
+interleaved batch by batch with dense (and the full-batch oracle where keep-sets are compared), over seeds;
+rows, a Markdown table and a Plotly chart (docs/ablations.md).
+
+Per run: perplexity, the decoder FLOPs ratio and the probe's share of the decoder's dense FLOPs, and, for the
+ablations that compare keep-sets, the mean Jaccard index of every pruned block's keep-set with the oracle's on
+the same batch (attention heads and MLP channels apart).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Optional
+
+from .ablations import ORACLE, ablation, grid
+from .bench_report import mean_se
+from .config import CalibConfig, PruneConfig
+from .experiment import EvalSetup, prepare
+from .record import BLOCK_NAMES, BatchRecord
+from .scoring import score_batch, scored_runs, warm_up
+
+Kept = dict[tuple[int, str], list[int]]
+
+
+def jaccard(a: list[int], b: list[int]) -> float:
+    """|a ∩ b| / |a ∪ b| of two keep-sets (1.0 when both are empty)."""
+    sa, sb = set(a), set(b)
+    union = len(sa | sb)
+    return 1.0 if union == 0 else len(sa & sb) / union
+
+
+def _kept(rec: BatchRecord) -> Kept:
+    """The keep-set of every block the method decided in one batch's record."""
+    return {(i, name): getattr(layer, name).kept for i, layer in enumerate(rec.layers) for name in BLOCK_NAMES
+            if getattr(layer, name).pruned}
+
+
+def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
+    """Mean Jaccard per block kind over the blocks both decided (None where none was)."""
+    out: dict[str, Optional[float]] = {}
+    for name in BLOCK_NAMES:
+        vals = [jaccard(k, oracle[key]) for key, k in kept.items() if key[1] == name and key in oracle]
+        out[name] = statistics.fmean(vals) if vals else None
+    return out
+
+
+def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: PruneConfig = PruneConfig(),
+                 calib: Optional[CalibConfig] = None, progress: bool = True, **setup: Any) -> dict[str, Any]:
+    """Every variant of ablation `name` at every ratio, for every seed, on `prepare`'s windows (`setup`: model,
+    device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
+    batch (`ablate_setup`).
+
+    Returns {"ablation", "question", "ratios", "seeds", "rows"} (rows: `ablate_setup`'s). Raises ConfigError for an
+    unknown ablation or a variant invalid at a ratio (before anything loads), and what `prepare` raises.
+    """
+    a = ablation(name)
+    labelled = grid(name, ratios, base)
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
+        rows += ablate_setup(s, name, labelled, seed, progress)
+    return {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": list(seeds), "rows": rows}
+
+
+def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,
+                 progress: bool = False) -> list[dict[str, Any]]:
+    """The (label, config) runs on one setup's windows, interleaved batch by batch after the official warm-up
+    (docs/algorithm.md §9.4). One row per run: `ScoredRun.figures()`, label, variant, seed, config, `jaccard`
+    ({"attn", "mlp"}: the mean over batches and pruned blocks of the keep-set's Jaccard with the oracle's on the
+    same batch, or None where the ablation compares none) and the protocol."""
+    a = ablation(name)
+    cfgs = [c for _, c in labelled]
+    runs = scored_runs(s.lm, cfgs, s.calibration() if any(c.needs_calibration for c in cfgs) else None)
+    bs = s.batch_size
+    for run in runs:
+        warm_up(s.lm, run, s.windows[:bs])
+    agree: dict[str, list[dict[str, Optional[float]]]] = {label: [] for label, _ in labelled}
+    n = s.windows.shape[0] // bs
+    for b in range(n):
+        ids = s.windows[b * bs:(b + 1) * bs]
+        oracle: dict[float, Kept] = {}
+        for (label, cfg), run in zip(labelled, runs):
+            compare = a.jaccard and cfg.method != "dense"
+            score_batch(s.lm, run, ids, b, level="summary" if compare else "none")
+            if not compare:
+                continue
+            kept = _kept(run.records.pop())  # keep-sets only: the records are not kept
+            if label.startswith(ORACLE):
+                oracle[cfg.ratio] = kept
+            else:
+                agree[label].append(_agreement(kept, oracle[cfg.ratio]))
+        if progress:
+            print(f"ablate {name} seed {seed}: batch {b + 1}/{n}", flush=True)
+    interleaved = [label for label, _ in labelled]
+    rows = []
+    for (label, cfg), run in zip(labelled, runs):
+        jac = None
+        if agree[label]:
+            jac = {k: (statistics.fmean(x[k] for x in agree[label] if x[k] is not None)
+                       if any(x[k] is not None for x in agree[label]) else None) for k in BLOCK_NAMES}
+        rows.append({**run.figures(), "label": label, "variant": label.rsplit(" @ ", 1)[0], "seed": seed,
+                     "config": cfg.to_dict(), "jaccard": jac,
+                     "protocol": s.protocol.replace(config=cfg.to_dict(), interleaved=interleaved,
+                                                    settings={"ablation": name}).to_dict()})
+    return rows
+
+
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per label: ppl (mean, SE) over seeds, the FLOPs figures' means, the Jaccard means, and the
+    difference from PP's perplexity at the same ratio (mean over seeds of the paired differences)."""
+    labels = list(dict.fromkeys(r["label"] for r in res["rows"]))
+    out = []
+    for label in labels:
+        group = [r for r in res["rows"] if r["label"] == label]
+        entry: dict[str, Any] = {"label": label, "variant": group[0]["variant"], "ratio": group[0]["ratio"],
+                                 "method": group[0]["method"], "ppl": mean_se([r["ppl"] for r in group]),
+                                 "decoder_flops_ratio": statistics.fmean(r["decoder_flops_ratio"] for r in group),
+                                 "decoder_probe_flops_ratio": statistics.fmean(r["decoder_probe_flops_ratio"]
+                                                                               for r in group)}
+        jac = [r["jaccard"] for r in group if r["jaccard"]]
+        entry["jaccard"] = ({k: statistics.fmean(j[k] for j in jac) if all(j[k] is not None for j in jac) else None
+                             for k in BLOCK_NAMES} if jac else None)
+        out.append(entry)
+    return out

@@ -1,0 +1,113 @@
+"""`python -m ppcore ablate` (ppcore.ablations, ablate_run, ablate_report; docs/ablations.md): every named grid is
+valid at the documented ratios, an interleaved ablation changes no run's numbers, the Jaccard with the oracle is
+what it says, the report is made from the JSON, and bad input gets one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ppcore import PruneConfig
+from ppcore.ablate_report import markdown
+from ppcore.ablate_run import _agreement, ablate_setup, jaccard, summary
+from ppcore.ablations import ABLATIONS, ORACLE, grid
+from ppcore.calibrate import calibrate
+from ppcore.cli import main
+from ppcore.evaluate import evaluate
+from ppcore.experiment import EvalSetup
+from tests.conftest import tiny_llama
+
+
+def test_every_ablation_is_settings_of_the_one_config_at_both_ratios():
+    for name, a in ABLATIONS.items():
+        runs = grid(name, [0.2, 0.4])
+        assert runs[0][0] == "dense" and runs[0][1].method == "dense"
+        assert sum(1 for label, _ in runs if label.endswith("(PP) @ 0.4")) == 1, name  # one reference per ratio
+        pp = next(c for label, c in runs if label.endswith("(PP) @ 0.4"))
+        assert pp == PruneConfig(ratio=0.4), name  # PP's reference is PP's defaults
+        assert (ORACLE + " @ 0.4" in [label for label, _ in runs]) == a.jaccard
+        assert len({label for label, _ in runs}) == len(runs)  # labels are unique
+        for label, cfg in runs:
+            cfg.check_layers(30)  # valid on the default model (30 layers, 3 skipped)
+
+
+def test_the_blocks_grid_shifts_the_ratio_between_attention_and_mlp():
+    cfgs = dict(grid("blocks", [0.4]))
+    c = cfgs["attention r/2, MLP 3r/2 @ 0.4"]
+    assert (c.attn_ratio, c.mlp_ratio) == (0.2, pytest.approx(0.6))
+    assert cfgs["attention only (MLP 0) @ 0.4"].mlp_ratio == 0.0
+
+
+def test_jaccard_and_the_agreement_per_block_kind():
+    assert jaccard([1, 2, 3], [2, 3, 4]) == pytest.approx(2 / 4)
+    assert jaccard([], []) == 1.0
+    kept = {(1, "attn"): [0, 1], (1, "mlp"): [0, 1, 2, 3], (2, "mlp"): [5]}
+    oracle = {(1, "attn"): [0, 1], (1, "mlp"): [2, 3, 4, 5], (2, "mlp"): [5]}
+    got = _agreement(kept, oracle)
+    assert got["attn"] == 1.0 and got["mlp"] == pytest.approx((2 / 6 + 1.0) / 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    lm = tiny_llama()
+    g = torch.Generator().manual_seed(0)
+    setup = EvalSetup(lm, torch.randint(0, 128, (12, 32), generator=g), torch.randint(0, 128, (8, 32), generator=g),
+                      4, {"model": "tiny"}, progress=False)
+    setup._calib = calibrate(lm, setup.calib_windows, 4, cache=False, progress=False)
+    return setup
+
+
+def test_an_interleaved_ablation_changes_no_runs_numbers(tiny_setup):
+    base = PruneConfig(skip_layers=(0,), mlp_multiple=8)
+    labelled = grid("history", [0.5], base)
+    rows = ablate_setup(tiny_setup, "history", labelled, seed=0)
+    assert [r["label"] for r in rows] == [label for label, _ in labelled]
+    for (label, cfg), row in zip(labelled, rows):
+        alone = evaluate(tiny_setup.lm, cfg, tiny_setup.windows, 4, tiny_setup._calib, progress=False)
+        assert row["batch_loss"] == pytest.approx(alone.batch_loss, abs=1e-6), label
+        assert row["decoder_flops_ratio"] == pytest.approx(alone.decoder_flops_ratio)
+        if cfg.method in ("dense",) or label.startswith(ORACLE):
+            assert row["jaccard"] is None
+        else:
+            assert 0 < row["jaccard"]["attn"] <= 1 and 0 < row["jaccard"]["mlp"] <= 1
+
+
+def test_a_probe_of_the_whole_batch_without_history_agrees_with_the_oracle_everywhere(tiny_setup):
+    kw = {"ratio": 0.5, "skip_layers": (0,), "mlp_multiple": 8}
+    labelled = [("dense", PruneConfig(method="dense")),
+                (f"{ORACLE} @ 0.5", PruneConfig(method="fullbatch", **kw)),
+                ("whole @ 0.5", PruneConfig(token_frac=1.0, sample_frac=1.0, use_history=False, **kw)),
+                ("pp @ 0.5", PruneConfig(**kw))]
+    rows = ablate_setup(tiny_setup, "probe", labelled, seed=0)
+    assert rows[2]["jaccard"] == {"attn": 1.0, "mlp": 1.0}
+    assert rows[3]["jaccard"]["mlp"] < 1.0
+
+
+def test_the_report_is_made_from_the_json(tiny_setup):
+    labelled = grid("fusion", [0.5], PruneConfig(skip_layers=(0,), mlp_multiple=8))
+    rows = ablate_setup(tiny_setup, "fusion", labelled, seed=0) + ablate_setup(tiny_setup, "fusion", labelled, seed=1)
+    res = {"ablation": "fusion", "question": ABLATIONS["fusion"].question, "ratios": [0.5], "seeds": [0, 1],
+           "rows": rows}
+    again = json.loads(json.dumps(res))
+    assert markdown(again) == markdown(res)
+    md = markdown(res)
+    for e in summary(res):
+        assert f"| {e['variant']} | {e['ppl'][0]:.2f}" in md
+    pp = next(e for e in summary(res) if e["variant"] == "importance-scaled (PP)")
+    assert "Jaccard" not in md and pp["ppl"][1] == 0.0  # same windows twice: no spread
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nonsense"], "unknown ablation 'nonsense'"),
+    (["history", "--ratios", "0.4,abc"], "--ratios expects"),
+    (["history", "--seeds", ""], "gives no seed"),
+    (["blocks", "--ratios", "0.7"], "ablation blocks"),
+])
+def test_bad_ablate_input_gets_one_line_before_anything_loads(argv, message, capsys, monkeypatch):
+    import ppcore.experiment as experiment
+
+    monkeypatch.setattr(experiment, "prepare", None)
+    assert main(["ablate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
