@@ -25,7 +25,8 @@ LABELS = {"ratio": "Pruning ratio", "prune_attn": "Prune attention", "prune_mlp"
           "ema": "EMA momentum", "use_history": "Use the history", "mlp_multiple": "MLP channel multiple",
           "flap_bias": "FLAP bias", "calib_windows": "Calibration windows", "calib_seq_len": "Calibration length",
           "calib_batch_size": "Calibration batch size", "calib_dataset": "Calibration dataset",
-          "seq_len": "Sequence length"}
+          "seq_len": "Sequence length", "score": "Unit score", "fusion": "Fusion", "probe_weight": "Fixed probe weight",
+          "attn_ratio": "Attention ratio", "mlp_ratio": "MLP ratio"}
 STEPS = {"ratio": 0.05, "ema": 0.01, "seq_len": 8, "calib_windows": 4, "calib_seq_len": 16}  # else 1 or 0.05
 FORMATS = {"ema": "%.3f"}  # else "%.2f"
 SECTIONS = (  # (expander, open at first, rows of settings): the engine's settings, in the order they are drawn
@@ -33,6 +34,7 @@ SECTIONS = (  # (expander, open at first, rows of settings): the engine's settin
     ("Probe and calibration", False, (("token_frac", "sample_frac"), ("ema", "mlp_multiple"), ("use_history",),
                                       ("flap_bias",), ("calib_windows", "calib_seq_len"), ("calib_batch_size",),
                                       ("calib_dataset",))),
+    ("Ablation settings", False, (("score",), ("fusion", "probe_weight"), ("attn_ratio", "mlp_ratio"))),
 )
 CORPORA = ("corpus", "calib_dataset")  # a server path in local mode; embedded corpora only in the demo
 

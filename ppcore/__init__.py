@@ -1,6 +1,6 @@
 """ppcore: Probe Pruning (Le et al., ICLR 2025) on Hugging Face causal LMs, without touching the model."""
 
-__version__ = "0.5.0"  # the one place the version lives (pyproject.toml reads it)
+__version__ = "0.6.0"  # the one place the version lives (pyproject.toml reads it)
 
 from .config import METHODS, PruneConfig
 from .errors import ConfigError, DataError, ModelLoadError, NonFiniteError, PPCoreError, UnsupportedModelError

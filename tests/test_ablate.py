@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ppcore import PruneConfig
 from ppcore.ablate_report import markdown
 from ppcore.ablate_run import _agreement, ablate_setup, jaccard, summary
 from ppcore.ablations import ABLATIONS, ORACLE, grid
-from ppcore.calibrate import calibrate
 from ppcore.cli import main
 from ppcore.evaluate import evaluate
-from ppcore.experiment import EvalSetup
-from tests.conftest import tiny_llama
+from tests.test_bench import tiny_eval_setup
 
 
 def test_every_ablation_is_settings_of_the_one_config_at_both_ratios():
@@ -50,12 +47,7 @@ def test_jaccard_and_the_agreement_per_block_kind():
 
 @pytest.fixture(scope="module")
 def tiny_setup():
-    lm = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    setup = EvalSetup(lm, torch.randint(0, 128, (12, 32), generator=g), torch.randint(0, 128, (8, 32), generator=g),
-                      4, {"model": "tiny"}, progress=False)
-    setup._calib = calibrate(lm, setup.calib_windows, 4, cache=False, progress=False)
-    return setup
+    return tiny_eval_setup()
 
 
 def test_an_interleaved_ablation_changes_no_runs_numbers(tiny_setup):

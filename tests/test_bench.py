@@ -23,7 +23,8 @@ from tests.conftest import tiny_llama
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup():
+def tiny_eval_setup() -> EvalSetup:
+    """An EvalSetup on a tiny Llama: 12 scored windows of 32 tokens in batches of 4, calibrated on 8."""
     lm = tiny_llama()
     g = torch.Generator().manual_seed(0)
     setup = EvalSetup(lm, torch.randint(0, 128, (12, 32), generator=g), torch.randint(0, 128, (8, 32), generator=g),
@@ -33,7 +34,7 @@ def _setup():
 
 
 def test_interleaved_bench_equals_separate_evals():
-    setup = _setup()
+    setup = tiny_eval_setup()
     cfgs = [PruneConfig(method="dense")] + [PruneConfig(method=m, ratio=0.5, skip_layers=(0,), mlp_multiple=8)
                                             for m in ("pp", "wanda-sp", "flap", "fullbatch")]
     rows = bench_setup(setup, cfgs, repeats=2, seed=0, progress=False)
@@ -67,7 +68,7 @@ def test_report_prr_and_standard_error():
 
 
 def test_speed_measure_reports_every_block():
-    setup = _setup()
+    setup = tiny_eval_setup()
     cfgs = [PruneConfig(method=m, ratio=0.5, skip_layers=(0,), mlp_multiple=8) for m in ("pp", "flap")]
     res = measure(setup.lm, cfgs, setup.windows[:4], setup._calib, repeats=2, hf=True)
     assert [r["method"] for r in res["runs"]] == ["dense", "pp", "flap"]
