@@ -88,6 +88,22 @@ GLOSSARY: dict[str, str] = {
         "Performance-runtime ratio: perplexity added per unit fraction of runtime saved, "
         "(ppl pruned - ppl dense) / (1 - time pruned / time dense). Lower is better; n/a when a method "
         "saved no time."),
+    "ablation": (
+        "An experiment that changes one part of a method and keeps everything else, to see what that part is worth: "
+        "here PP with its history, probe, score, fusion or block ratios changed, one setting at a time, on the same "
+        "batch, each variant against PP itself (the row marked (PP))."),
+    "Jaccard with the oracle": (
+        "Per layer, the Jaccard overlap of a variant's kept heads (or MLP channels) with those the oracle (the same "
+        "score on the whole batch) keeps on the same batch; the table gives its mean over the pruned layers. 1.0 = "
+        "the variant keeps exactly what the oracle keeps: its cheap probe found the same units."),
+    "fixed fusion": (
+        "An ablation of PP's fusion: instead of weighting the probe by how much energy it sees, every position and "
+        "channel gets the same blend X x probe + (1 - X) x history. X = 1 is the probe alone, X near 0 the history "
+        "alone; PP's own fusion is importance-scaled."),
+    "block ratios": (
+        "Attention and the MLP pruned at ratios of their own (averaged over all layers, like the ratio) instead of "
+        "both at the ratio: an ablation of where the pruning is spent. The same nominal ratio split differently does "
+        "not remove the same FLOPs."),
     "ratio": (
         "The pruning ratio asked for: the share of heads and MLP channels to remove in the pruned layers, "
         "raised a little (r_eff) so that the whole model loses that share when some layers are skipped."),

@@ -18,7 +18,7 @@ from app.glossary import GLOSSARY
 from app.header import header_metrics
 from app.result import Result
 from app.state import Settings, calib_config, demo, limits, prune_config
-from app.views import TABS, channels, compare, export, history, latency, outputs, probe, unit_why, zeroshot
+from app.views import TABS, ablation, channels, compare, export, history, latency, outputs, probe, unit_why, zeroshot
 from ppcore import LoadedModel, PPCoreError, session
 from ppcore.session import Progress
 
@@ -212,6 +212,9 @@ def _view(label: str, r: Result) -> None:
         compare.render(r, lambda ratios, reps: _on_request(
             r, "comparison", "Comparing methods",
             lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p)))
+        ablation.render(r, lambda name: _on_request(  # every ablation run so far stays, by name
+            r, "ablations", f"Running the ablation '{name}' on this batch",
+            lambda lm, c, p: {**(r.ablations or {}), name: session.ablation(lm, c, a, name, p)}))
     elif label == "Zero-shot":
         zeroshot.render(r, lambda task, n: _on_request(
             r, "zeroshot", f"Zero-shot {task} on {n} documents, dense and pruned",

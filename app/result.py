@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Optional
 
 from ppcore.record import BatchRecord, RunRecord
-from ppcore.session import Analysis, CompareRow, GenerationPair, Latency, Stability
+from ppcore.session import AblationResult, Analysis, CompareRow, GenerationPair, Latency, Stability
 
 if TYPE_CHECKING:
     from ppcore.lmeval.run import TaskComparison
@@ -30,6 +30,7 @@ class Result:
     latency: Optional[Latency] = None
     comparison: Optional[list[CompareRow]] = None
     zeroshot: Optional["TaskComparison"] = None
+    ablations: Optional[dict[str, AblationResult]] = None  # by ablation name (ppcore.session.ablation)
 
     def keep(self, name: str, value: Any) -> None:
         """Store an on-request computation under its field name (ValueError for any other name)."""

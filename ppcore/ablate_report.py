@@ -42,6 +42,9 @@ def markdown(res: dict[str, Any]) -> str:
                                                                            if jac else ""))
     rule = "|---|---:|---:|---:|---:|" + ("---:|---:|" if jac else "")
     parts = [f"**{res['ablation']}**: {res['question']}", ""]
+    if res.get("carried"):
+        parts += [f"Every variant also has {', '.join(res['carried'])} unless it sets it itself, the (PP) row "
+                  "included: the reference is not PP's defaults.", ""]
     for ratio in res["ratios"]:
         pp = _pp_label(entries, ratio)
         parts += [f"Ratio {ratio:g} (seeds {', '.join(map(str, res['seeds']))}):", "", head, rule]

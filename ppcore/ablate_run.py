@@ -11,7 +11,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
-from .ablations import ORACLE, ablation, grid
+from .ablations import ORACLE, ablation, carried, grid
+from .analysis import jaccard
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
 from .experiment import EvalSetup, prepare
@@ -21,13 +22,6 @@ from .scoring import score_batch, scored_runs, warm_up
 Kept = dict[tuple[int, str], list[int]]
 
 
-def jaccard(a: list[int], b: list[int]) -> float:
-    """|a ∩ b| / |a ∪ b| of two keep-sets (1.0 when both are empty)."""
-    sa, sb = set(a), set(b)
-    union = len(sa | sb)
-    return 1.0 if union == 0 else len(sa & sb) / union
-
-
 def _kept(rec: BatchRecord) -> Kept:
     """The keep-set of every block the method decided in one batch's record."""
     return {(i, name): getattr(layer, name).kept for i, layer in enumerate(rec.layers) for name in BLOCK_NAMES
@@ -35,7 +29,9 @@ def _kept(rec: BatchRecord) -> Kept:
 
 
 def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
-    """Mean Jaccard per block kind over the blocks both decided (None where none was)."""
+    """Mean Jaccard per block kind over the blocks both decided (None where none was). The app's one-batch
+    ablation (`ppcore.session_ablation`, via `analysis.keep_jaccard`) averages over the blocks either decided: the
+    same wherever both prune the same layers, as in every grid that compares keep-sets."""
     out: dict[str, Optional[float]] = {}
     for name in BLOCK_NAMES:
         vals = [jaccard(k, oracle[key]) for key, k in kept.items() if key[1] == name and key in oracle]
@@ -49,7 +45,8 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
     device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
     batch (`ablate_setup`).
 
-    Returns {"ablation", "question", "ratios", "seeds", "rows"} (rows: `ablate_setup`'s). Raises ConfigError for an
+    Returns {"ablation", "question", "ratios", "seeds", "carried" (`ppcore.ablations.carried`), "rows"} (rows:
+    `ablate_setup`'s). Raises ConfigError for an
     unknown ablation or a variant invalid at a ratio (before anything loads), and what `prepare` raises.
     """
     a = ablation(name)
@@ -58,7 +55,8 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
     for seed in seeds:
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
         rows += ablate_setup(s, name, labelled, seed, progress)
-    return {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": list(seeds), "rows": rows}
+    return {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": list(seeds),
+            "carried": carried(base), "rows": rows}
 
 
 def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,

@@ -98,6 +98,15 @@ def ablation(name: str) -> Ablation:
     return ABLATIONS[name]
 
 
+def carried(base: PruneConfig) -> list[str]:
+    """The settings some ablation varies that `base` sets away from PP's defaults ('use_history=False'): every
+    variant that does not set them itself keeps them, its '(PP)' row included, so the grid then ablates another
+    reference than PP's."""
+    default = PruneConfig()
+    varied = sorted({k for a in ABLATIONS.values() for v in a.variants for k in v.settings} - {"method"})
+    return [f"{k}={getattr(base, k)!r}" for k in varied if getattr(base, k) != getattr(default, k)]
+
+
 def grid(name: str, ratios: list[float], base: PruneConfig = PruneConfig()) -> list[tuple[str, PruneConfig]]:
     """(label, config) of every run of the ablation: dense first, then per ratio the oracle (when the ablation
     compares keep-sets with it) and every variant. Labels carry the ratio ('probe only @ 0.4'). Raises

@@ -10,7 +10,8 @@ calibration (`calibration`), cached as it likes, and passes them to each computa
 - `comparison`: every method at one or more ratios (perplexity, time, FLOPs ratios, PRR; ppcore.session_timing);
 - `stability`: consecutive batches through one Pruner (PP's history evolves, docs/algorithm.md §3.4);
 - `generation`: dense and pruned greedy continuations of a prompt;
-- `latency`: dense against the chosen method, per block (docs/algorithm.md §9.4; ppcore.session_timing).
+- `latency`: dense against the chosen method, per block (docs/algorithm.md §9.4; ppcore.session_timing);
+- `ablation`: a named ablation grid on the analysis's batch (docs/ablations.md; ppcore.session_ablation).
 
 A `Progress` callback takes (fraction done in [0, 1], text) and runs after every layer; one that raises
 stops the computation there, and the exception passes through. The engine never writes the model's
@@ -26,6 +27,7 @@ import numpy as np
 from torch import Tensor
 
 from . import clock
+from .ablations import ABLATIONS, carried as carried_settings
 from .analysis import (keep_jaccard, kept_fractions, kept_matrix, masked_mean, next_tokens, perplexity,
                        probe_token_matrix)
 from .analysis import stability as keep_set_stability
@@ -41,9 +43,11 @@ from .embedded import EMBEDDED, EmbeddedModel, embedded_model, terms_file
 from .loading import LoadedModel, Placement, load_model, prepare_model
 from .methods import Pruner
 from .protocol import Protocol, build_protocol, describe_calibration
+from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
 from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
+from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
 from .walk import WalkResult, token_nll, walk
 from .lmeval.tasks import NAMES as TASK_NAMES
 if TYPE_CHECKING:
@@ -60,17 +64,14 @@ __all__ = [
     "SINK_FACTOR", "HistoryEffect", "Stage2", "UnitWhy", "Verdict", "history_changes", "history_effect", "kept_sets",
     "sink_positions", "stage2", "token_scores", "unit_why",
     "ZEROSHOT_TASKS", "zeroshot",  # zero-shot accuracy on one task (ppcore.lmeval)
+    "ABLATIONS", "AblationResult", "AblationRow", "ablation", "carried_settings",  # an ablation on one batch
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
 DEVICES = ("auto", "cpu", "cuda", "map")  # map: accelerate spreads the model over GPUs, CPU and disk
 TOP_K = 20  # next-token candidates kept per position: a view may show up to this many
 FRONT_END = "app"
-Progress = Callable[[float, str], None]
 
-
-def _quiet(fraction: float, text: str) -> None:
-    """The default progress callback: says nothing."""
 
 
 # --- inputs: model, calibration, batch -------------------------------------------------------------------
@@ -164,12 +165,6 @@ class Batch:
 def _stats(calib: Optional[Calibration]) -> Optional[CalibStats]:
     return None if calib is None else calib.stats
 
-
-def _ticks(progress: Progress, lo: float, hi: float, label: str) -> Callable[[int, int], None]:
-    """The walk's on_layer: progress from `lo` to `hi` over the layers."""
-    def tick(done: int, total: int) -> None:
-        progress(lo + (hi - lo) * done / total, f"{label}: {done} of {total} layers")
-    return tick
 
 
 def _walk(lm: LoadedModel, cfg: PruneConfig, calib: Optional[Calibration], ids: Tensor, mask: Optional[Tensor],

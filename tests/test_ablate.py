@@ -9,7 +9,8 @@ import pytest
 
 from ppcore import PruneConfig
 from ppcore.ablate_report import markdown
-from ppcore.ablate_run import _agreement, ablate_setup, jaccard, summary
+from ppcore.ablate_run import _agreement, ablate_setup, summary
+from ppcore.analysis import jaccard
 from ppcore.ablations import ABLATIONS, ORACLE, grid
 from ppcore.cli import main
 from ppcore.evaluate import evaluate

@@ -150,6 +150,18 @@ def test_a_resumed_grid_keeps_its_runs_and_refuses_another_setup(small_grid, def
                  resume=True)
 
 
+def test_a_setting_added_since_counts_as_its_default_when_resuming():
+    from ppcore.lmeval.grid import same_setup
+
+    old = {"tasks": ["piqa_offline"], "subset": 5, "subset_seed": 0, "limit": None,
+           "model_args": {"batch_size": "20", "ema": "0.99"}}
+    new = dict(old, model_args={"batch_size": "20", "ema": "0.99", "score": "ppsp", "attn_ratio": "None"})
+    assert same_setup(old, new) and same_setup(new, old)
+    assert not same_setup(old, dict(old, model_args={"batch_size": "20", "ema": "0.99", "score": "flap"}))
+    assert not same_setup(old, dict(old, subset=6))
+    assert not same_setup(old, dict(old, model_args={"batch_size": "8", "ema": "0.99"}))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "pp", "--subset", "0"], "subset must be at least 1"),
     (["--subset", "5", "--limit", "3"], "--subset or --limit"),

@@ -87,6 +87,24 @@ def _setup(tasks: Sequence[str], model_args: dict[str, Any], subset: Optional[in
             "model_args": {k: str(v) for k, v in sorted(keep.items())}}
 
 
+def _default_args() -> dict[str, str]:
+    """Every pruning and calibration setting's default, as `_setup` writes values (text)."""
+    from ..config import CalibConfig, settings_of
+
+    out = {s.name: str(s.default) for s in settings_of(PruneConfig)}
+    out.update({f"calib_{s.name}": str(s.default) for s in settings_of(CalibConfig)})
+    return out
+
+
+def same_setup(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a grid written with setup `old` may be resumed with `new`: the same tasks and documents, and the same
+    model settings, where a setting one of them lacks (added to ppcore since) counts as its default."""
+    if {k: v for k, v in old.items() if k != "model_args"} != {k: v for k, v in new.items() if k != "model_args"}:
+        return False
+    a, b, default = old.get("model_args", {}), new.get("model_args", {}), _default_args()
+    return all(a.get(k, default.get(k)) == b.get(k, default.get(k)) for k in set(a) | set(b))
+
+
 def run_grid(tasks: Sequence[str], model_args: dict[str, Any], cfgs: Sequence[PruneConfig], *,
              subset: Optional[int] = None, subset_seed: int = 0, limit: Optional[float] = None, lm: Any = None,
              json_path: Optional[str] = None, resume: bool = False,
@@ -116,7 +134,7 @@ def run_grid(tasks: Sequence[str], model_args: dict[str, Any], cfgs: Sequence[Pr
     res: dict[str, Any] = {"schema": SCHEMA, "setup": setup, "runs": [], "note": PAPER_NOTE, "paper": PAPER_AVERAGES}
     if resume and json_path and Path(json_path).is_file():
         old = json.loads(Path(json_path).read_text())
-        if old.get("setup") != setup:
+        if not same_setup(old.get("setup", {}), setup):
             raise DataError(f"{json_path} holds a grid with another setup (tasks, documents or model settings): "
                             "write to another file, or drop --resume to start again")
         res["runs"] = old["runs"]
