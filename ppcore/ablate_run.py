@@ -8,13 +8,16 @@ the same batch (attention heads and MLP channels apart).
 """
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Any, Optional
 
 from .ablations import ORACLE, ablation, carried, grid
 from .analysis import jaccard
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
+from .errors import DataError
 from .experiment import EvalSetup, prepare
 from .record import BLOCK_NAMES, BatchRecord
 from .scoring import score_batch, scored_runs, warm_up
@@ -40,23 +43,41 @@ def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
 
 
 def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: PruneConfig = PruneConfig(),
-                 calib: Optional[CalibConfig] = None, progress: bool = True, **setup: Any) -> dict[str, Any]:
+                 calib: Optional[CalibConfig] = None, progress: bool = True, json_path: Optional[str] = None,
+                 resume: bool = False, **setup: Any) -> dict[str, Any]:
     """Every variant of ablation `name` at every ratio, for every seed, on `prepare`'s windows (`setup`: model,
     device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
-    batch (`ablate_setup`).
+    batch (`ablate_setup`). `json_path`: the result is written there after every seed; with `resume`, the seeds
+    a file there already holds for the same ablation, ratios, base config and setup are kept, not rerun.
 
-    Returns {"ablation", "question", "ratios", "seeds", "carried" (`ppcore.ablations.carried`), "rows"} (rows:
-    `ablate_setup`'s). Raises ConfigError for an
-    unknown ablation or a variant invalid at a ratio (before anything loads), and what `prepare` raises.
+    Returns {"ablation", "question", "ratios", "seeds", "carried" (`ppcore.ablations.carried`), "setup", "rows"}
+    (rows: `ablate_setup`'s). Raises ConfigError for an unknown ablation or a variant invalid at a ratio (before
+    anything loads), DataError for a file to resume that holds another grid, and what `prepare` raises.
     """
     a = ablation(name)
     labelled = grid(name, ratios, base)
-    rows: list[dict[str, Any]] = []
+    key = {"ablation": name, "ratios": list(ratios), "base": base.to_dict(),
+           "setup": {k: str(v) for k, v in sorted(setup.items())}, "calib": None if calib is None else calib.to_dict()}
+    res: dict[str, Any] = {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": [],
+                           "carried": carried(base), "key": key, "rows": []}
+    if resume and json_path and Path(json_path).is_file():
+        old = json.loads(Path(json_path).read_text())
+        if old.get("key") != key:
+            raise DataError(f"{json_path} holds another ablation run (name, ratios, settings or protocol): write to "
+                            "another folder, or drop --resume")
+        res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]
+        res["seeds"] = [x for x in old["seeds"] if x in seeds]
     for seed in seeds:
+        if seed in res["seeds"]:
+            if progress:
+                print(f"ablate {name} seed {seed}: kept from {json_path}", flush=True)
+            continue
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
-        rows += ablate_setup(s, name, labelled, seed, progress)
-    return {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": list(seeds),
-            "carried": carried(base), "rows": rows}
+        res["rows"] += ablate_setup(s, name, labelled, seed, progress)
+        res["seeds"].append(seed)
+        if json_path:
+            Path(json_path).write_text(json.dumps(res, indent=1))
+    return res
 
 
 def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,

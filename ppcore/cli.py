@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
     _add_batch_args(ab)
     _add_calib_args(ab, True)
-    ab.add_argument("--out-dir", default="bench/results/ablations", help="where NAME.json, NAME.md and NAME.html go")
+    ab.add_argument("--out-dir", default="bench/results/ablations", help="where NAME.json (written after every "
+                    "seed), NAME.md and NAME.html go")
+    ab.add_argument("--resume", action="store_true", help="keep the seeds NAME.json already holds for the same grid")
     ab.add_argument("--quiet", action="store_true")
 
     g = sub.add_parser("generate", help="greedy continuation, pruning decided on the prompt; dense beside it")

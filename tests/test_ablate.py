@@ -104,3 +104,26 @@ def test_bad_ablate_input_gets_one_line_before_anything_loads(argv, message, cap
     assert main(["ablate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_an_ablation_is_written_after_every_seed_and_resumes(tiny_setup, tmp_path, monkeypatch):
+    import ppcore.ablate_run as ablate_run
+    from ppcore.errors import DataError
+
+    prepared: list[int] = []
+
+    def fake_prepare(seed, **kw):
+        prepared.append(seed)
+        return tiny_setup
+
+    monkeypatch.setattr(ablate_run, "prepare", fake_prepare)
+    base = PruneConfig(skip_layers=(0,), mlp_multiple=8)
+    path = tmp_path / "fusion.json"
+    first = ablate_run.run_ablation("fusion", [0.5], [0], base=base, progress=False, json_path=str(path))
+    assert json.loads(path.read_text()) == json.loads(json.dumps(first)) and first["seeds"] == [0]
+    both = ablate_run.run_ablation("fusion", [0.5], [0, 1], base=base, progress=False, json_path=str(path),
+                                   resume=True)
+    assert prepared == [0, 1] and both["seeds"] == [0, 1]  # seed 0 was kept, not rerun
+    assert both["rows"][: len(first["rows"])] == first["rows"]
+    with pytest.raises(DataError, match="another ablation run"):
+        ablate_run.run_ablation("fusion", [0.4], [0], base=base, progress=False, json_path=str(path), resume=True)
