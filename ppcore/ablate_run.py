@@ -8,7 +8,6 @@ the same batch (attention heads and MLP channels apart).
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from .analysis import jaccard
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
 from .errors import DataError
+from .jsonfile import read_json_object, write_json
 from .experiment import EvalSetup, prepare
 from .record import BLOCK_NAMES, BatchRecord
 from .scoring import score_batch, scored_runs, warm_up
@@ -61,8 +61,8 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
     res: dict[str, Any] = {"ablation": name, "question": a.question, "ratios": list(ratios), "seeds": [],
                            "carried": carried(base), "key": key, "rows": []}
     if resume and json_path and Path(json_path).is_file():
-        old = json.loads(Path(json_path).read_text())
-        if old.get("key") != key:
+        old = read_json_object(json_path, ("key", "rows", "seeds"), "an ablation's JSON")
+        if old["key"] != key:
             raise DataError(f"{json_path} holds another ablation run (name, ratios, settings or protocol): write to "
                             "another folder, or drop --resume")
         res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]
@@ -76,7 +76,7 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
         res["rows"] += ablate_setup(s, name, labelled, seed, progress)
         res["seeds"].append(seed)
         if json_path:
-            Path(json_path).write_text(json.dumps(res, indent=1))
+            write_json(json_path, res)
     return res
 
 

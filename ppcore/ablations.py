@@ -26,9 +26,8 @@ class Variant:
 
     def config(self, ratio: float, base: PruneConfig = PruneConfig()) -> PruneConfig:
         """The variant's PruneConfig at `ratio` (ConfigError for an invalid combination)."""
-        values = {"method": "pp", "ratio": ratio}
-        values.update({k: (v(ratio) if callable(v) else v) for k, v in self.settings.items()})
-        return replace(base, **values)
+        values = {k: (v(ratio) if callable(v) else v) for k, v in self.settings.items()}
+        return replace(base.as_method(values.pop("method", "pp"), ratio), **values)
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
                  Variant("tokens 50% x samples 25%", {"sample_frac": 0.25}),
                  Variant("whole batch + history", {"token_frac": 1.0, "sample_frac": 1.0}),
              ), jaccard=True),
-    Ablation("score", "Does the probe improve every metric? PPsp, Wanda-sp's and FLAP's scores, each from the probe "
-             "(with history) and from calibration alone (uniform ratio, no FLAP allocation or bias).", (
+    Ablation("score", "Does the probe improve every metric? PPsp, Wanda-sp's and FLAP's scores, each on the probe's "
+             "energy fused with the history and on calibration alone (uniform ratio, no FLAP allocation or bias).", (
                  Variant("PPsp, probe (PP)"),
                  Variant("Wanda-sp score, probe", {"score": "wanda-sp"}),
                  Variant("FLAP score, probe", {"score": "flap"}),
@@ -114,10 +113,12 @@ def grid(name: str, ratios: list[float], base: PruneConfig = PruneConfig()) -> l
     a = ablation(name)
     if not ratios:
         raise ConfigError("give at least one ratio")
+    if len(set(ratios)) != len(ratios):
+        raise ConfigError(f"each ratio once, got {', '.join(f'{r:g}' for r in ratios)}")
     out = [("dense", replace(base, method="dense", ratio=0.0))]
     for r in ratios:
         if a.jaccard:
-            out.append((f"{ORACLE} @ {r:g}", replace(base, method="fullbatch", ratio=r)))
+            out.append((f"{ORACLE} @ {r:g}", base.as_method("fullbatch", r)))
         for v in a.variants:
             try:
                 out.append((f"{v.label} @ {r:g}", v.config(r, base)))

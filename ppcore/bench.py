@@ -43,7 +43,7 @@ def configs(methods: list[str], ratios: list[float], base: PruneConfig = PruneCo
     out = [replace(base, method="dense", ratio=0.0)]
     for m in methods:
         if m != "dense":
-            out += [replace(base, method=m, ratio=r) for r in ratios]
+            out += [base.as_method(m, r) for r in ratios]
     return out
 
 

@@ -46,8 +46,9 @@ class Block:
         return (layer, self.name)
 
     def enabled(self, cfg: "PruneConfig") -> bool:
-        """Whether `cfg` prunes this kind of block at all (`prune_attn` / `prune_mlp`)."""
-        return bool(getattr(cfg, self.switch))
+        """Whether `cfg` prunes this kind of block at all: its switch (`prune_attn` / `prune_mlp`) is on and its
+        ratio (`PruneConfig.block_ratio`) above 0. A block at ratio 0 is never probed, decided or counted."""
+        return bool(getattr(cfg, self.switch)) and cfg.block_ratio(self.name) > 0
 
     # --- sizes -----------------------------------------------------------------------------------
     def units(self, dims: ModelDims) -> int:

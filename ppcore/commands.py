@@ -289,8 +289,8 @@ def _cmd_zeroshot(a: argparse.Namespace) -> int:
     lm = _load(a) if a.device_map else None  # a spread model is loaded here; otherwise by the lm-eval model
     if a.methods or a.subset is not None:
         return _zeroshot_grid(a, cfg, args, lm)
-    if a.resume or a.markdown:
-        raise PPCoreError("--resume and --markdown belong to a grid: give --methods (or --subset)")
+    if a.resume or a.markdown or a.ratios:
+        raise PPCoreError("--ratios, --resume and --markdown belong to a grid: give --methods (or --subset)")
     res = run_zeroshot(a.tasks.split(","), args, limit=a.limit, online=a.online, lm=lm)
     label = cfg.method if cfg.method == "dense" else f"{cfg.method} {cfg.ratio:g}"
     print(f"{label} on {res['protocol']['model']['name']}:\n\n{res['table']}\n\n{res['note']}")

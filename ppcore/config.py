@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -31,6 +31,8 @@ FLAP_BIAS_MODES: tuple[str, ...] = ("official", "mean", "none")
 SCORES: tuple[str, ...] = ("ppsp", "wanda-sp", "flap")
 SCORED_METHODS: tuple[str, ...] = ("pp", "fullbatch", "ppsp-calib")
 FUSIONS: tuple[str, ...] = ("importance", "fixed")
+ABLATION_DEFAULTS: dict[str, Any] = {"score": "ppsp", "fusion": "importance", "probe_weight": 0.5, "attn_ratio": None,
+                                     "mlp_ratio": None}
 
 # Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
 # divides by it (docs/algorithm.md §8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
@@ -186,8 +188,8 @@ class PruneConfig:
             raise ConfigError("prune_attn and prune_mlp are both off: enable at least one, or use method 'dense'")
         if self.method == "dense":
             object.__setattr__(self, "ratio", 0.0)  # dense prunes nothing, whatever ratio was passed
-            object.__setattr__(self, "attn_ratio", None)
-            object.__setattr__(self, "mlp_ratio", None)
+            for name, default in ABLATION_DEFAULTS.items():  # nor do the ablation settings mean anything to it
+                object.__setattr__(self, name, default)
 
     def check_layers(self, num_layers: int) -> None:
         """Validate the skip list against a model; raises ConfigError naming the valid range.
@@ -202,10 +204,14 @@ class PruneConfig:
             raise ConfigError(
                 f"skip_layers {bad} out of range: this model has {num_layers} layers (indices 0-{num_layers - 1})"
             )
-        if len(self.skip_layers) >= num_layers and self.ratio > 0:
-            raise ConfigError(f"all {num_layers} layers are skipped: nothing left to prune")
-        for name, ratio in (("ratio", self.ratio), ("attn_ratio", self.attn_ratio), ("mlp_ratio", self.mlp_ratio)):
-            if ratio is None:
+        if len(self.skip_layers) >= num_layers:
+            if self.prunes:
+                raise ConfigError(f"all {num_layers} layers are skipped: nothing left to prune")
+            return
+        checks = [("attn_ratio" if self.attn_ratio is not None else "ratio", self.block_ratio("attn"), self.prune_attn),
+                  ("mlp_ratio" if self.mlp_ratio is not None else "ratio", self.block_ratio("mlp"), self.prune_mlp)]
+        for name, ratio, on in checks:
+            if not on:
                 continue
             r_eff = adjusted_ratio(ratio, num_layers, len(self.skip_layers))
             if r_eff >= 1:
@@ -215,8 +221,21 @@ class PruneConfig:
                 usable = math.floor(kept / num_layers * 0.995 * 100) / 100
                 raise ConfigError(
                     f"{name} {ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
-                    f"{r_eff:g} of each of the other {kept}: use a {name} of at most {usable:.2f} or skip fewer "
+                    f"{r_eff:g} of each of the other {kept}: use at most {usable:.2f} for {name}, or skip fewer "
                     "layers")
+
+    def as_method(self, method: str, ratio: float) -> "PruneConfig":
+        """This config for another method and ratio, with the ablation settings that method does not take set back to
+        their defaults (a baseline keeps its own score; only PP fuses; FLAP allocates its own block ratios): how a
+        comparison runs every method beside an ablated PP. Raises ConfigError as the constructor does."""
+        drop = {}
+        if method not in SCORED_METHODS:
+            drop["score"] = ABLATION_DEFAULTS["score"]
+        if method != "pp":
+            drop.update(fusion=ABLATION_DEFAULTS["fusion"], probe_weight=ABLATION_DEFAULTS["probe_weight"])
+        if method == "flap":
+            drop.update(attn_ratio=None, mlp_ratio=None)
+        return replace(self, method=method, ratio=ratio, **drop)
 
     def block_ratio(self, block: str) -> float:
         """The nominal ratio of one block kind ('attn' or 'mlp'): its own (attn_ratio, mlp_ratio) where set, else
@@ -233,7 +252,7 @@ class PruneConfig:
     def prunes(self) -> bool:
         """Whether this run removes anything: a method other than dense, at a ratio above 0 (the block ratios,
         where set, count too)."""
-        return self.method != "dense" and max(self.ratio, self.block_ratio("attn") if self.prune_attn else 0.0,
+        return self.method != "dense" and max(self.block_ratio("attn") if self.prune_attn else 0.0,
                                               self.block_ratio("mlp") if self.prune_mlp else 0.0) > 0
 
     @property
@@ -335,6 +354,11 @@ def _check_ablation(cfg: "PruneConfig") -> None:
         raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {cfg.fusion!r}")
     object.__setattr__(cfg, "probe_weight", _check_fraction("probe_weight", cfg.probe_weight, low_inclusive=True,
                                                             high_inclusive=True))
+    if cfg.fusion != "importance" and (cfg.method not in ("pp", "dense") or not cfg.use_history):
+        raise ConfigError(f"fusion {cfg.fusion!r} fuses the probe with PP's history: it applies to method pp with "
+                          "use_history on")
+    if cfg.probe_weight != ABLATION_DEFAULTS["probe_weight"] and cfg.fusion != "fixed" and cfg.method != "dense":
+        raise ConfigError("probe_weight is the weight of fixed fusion: set fusion to 'fixed', or leave it at 0.5")
     for name in ("attn_ratio", "mlp_ratio"):
         value = getattr(cfg, name)
         if value is not None:

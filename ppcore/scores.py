@@ -86,20 +86,6 @@ def fuse_fixed(P: Tensor, G: Tensor, probe_weight: float) -> Tensor:
     return torch.lerp(G, P, probe_weight)
 
 
-def probe_fluctuation(zp: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """(C,) FLAP's fluctuation measured on a probe (the score ablation, docs/ablations.md): the variance of each
-    channel over the probe's non-pad rows (samples x tokens, around their own mean, divided by rows - 1), times
-    the probe's token count, so that it sums over positions as the calibration's does. `zp` (n_b, n_t, C), `valid`
-    (n_b, n_t) 0/1 or None. A single row has no spread: zeros."""
-    z = zp.float().reshape(-1, zp.shape[-1])
-    # Weighted by the 0/1 valid flags rather than boolean indexing: no host-device sync (tests/test_syncs.py).
-    v = (torch.ones(z.shape[0], 1, device=z.device) if valid is None
-         else valid.reshape(-1, 1).to(z.dtype))
-    n = v.sum()
-    mean = (z * v).sum(0) / n.clamp_min(1.0)
-    return ((z - mean).square() * v).sum(0) / (n - 1).clamp_min(1.0) * zp.shape[1]
-
-
 # --- scores (docs/algorithm.md §4, §4.1) ---------------------------------------------------------
 def column_pow4(w_fin: Tensor) -> Tensor:
     """(C,) sum_i W[i, c]^4 of the final projection W (D_out, C): static, precomputed once per layer

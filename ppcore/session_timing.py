@@ -112,7 +112,7 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
     rows: list[CompareRow] = []
     progress = progress or (lambda fraction, text: None)
     for k, ratio in enumerate(ratios):
-        cfgs = [replace(a.cfg, method=m, ratio=ratio) for m in METHODS if m != "dense"]
+        cfgs = [a.cfg.as_method(m, ratio) for m in METHODS if m != "dense"]
         progress(k / len(ratios), f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
         timings = _timings(measure(lm, cfgs, ids, stats, repeats=repeats, hf=False))
         dense = next(t for t in timings if t.method == "dense")

@@ -96,11 +96,12 @@ def test_the_report_is_made_from_the_json(tiny_setup):
     (["history", "--ratios", "0.4,abc"], "--ratios expects"),
     (["history", "--seeds", ""], "gives no seed"),
     (["blocks", "--ratios", "0.7"], "ablation blocks"),
+    (["fusion", "--ratios", "0.4,0.4"], "each ratio once"),
 ])
 def test_bad_ablate_input_gets_one_line_before_anything_loads(argv, message, capsys, monkeypatch):
-    import ppcore.experiment as experiment
+    import ppcore.ablate_run as ablate_run
 
-    monkeypatch.setattr(experiment, "prepare", None)
+    monkeypatch.setattr(ablate_run, "prepare", None)  # nothing may load
     assert main(["ablate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
@@ -127,3 +128,16 @@ def test_an_ablation_is_written_after_every_seed_and_resumes(tiny_setup, tmp_pat
     assert both["rows"][: len(first["rows"])] == first["rows"]
     with pytest.raises(DataError, match="another ablation run"):
         ablate_run.run_ablation("fusion", [0.4], [0], base=base, progress=False, json_path=str(path), resume=True)
+
+
+def test_a_broken_file_to_resume_gets_one_message(tiny_setup, tmp_path, monkeypatch):
+    import ppcore.ablate_run as ablate_run
+    from ppcore.errors import DataError
+
+    monkeypatch.setattr(ablate_run, "prepare", lambda seed, **kw: tiny_setup)
+    path = tmp_path / "fusion.json"
+    for text, message in (('{"key": {}, "rows": [', "cannot be read"), ("[1, 2]", "lacks key, rows, seeds")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            ablate_run.run_ablation("fusion", [0.5], [0], base=PruneConfig(skip_layers=(0,)), progress=False,
+                                    json_path=str(path), resume=True)

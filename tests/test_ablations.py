@@ -4,6 +4,7 @@ real model)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from ppcore.blocks import ATTN, BLOCKS
 from ppcore.calibrate import calibrate
 from ppcore.config import settings_of
 from ppcore.ratios import adjusted_ratio, heads_pruned, mlp_kept_for_ratio
-from ppcore.scores import flap_channels, fuse_fixed, probe_fluctuation, wanda_sp_channels
+from ppcore.scores import flap_channels, fuse_fixed, wanda_sp_channels
 from tests.conftest import tiny_llama
 
 VOCAB = 128
@@ -155,21 +156,19 @@ def test_the_probes_wanda_sp_score_is_its_formula_on_the_fused_energy(lm, calib)
         assert r.weight_factor is None and r.kept_probe_only is None  # PPsp's counterfactual would mislead
 
 
-def test_probe_fluctuation_is_the_variance_over_the_probes_real_rows():
-    zp = torch.randn(2, 3, 5)
-    valid = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    rows = torch.cat([zp[0, :2], zp[1]])
-    expect = rows.var(0, correction=1) * 3
-    torch.testing.assert_close(probe_fluctuation(zp, valid), expect)
-    torch.testing.assert_close(probe_fluctuation(zp), zp.reshape(-1, 5).var(0) * 3)
-    assert torch.equal(probe_fluctuation(zp[:1, :1]), torch.zeros(5))  # one row: no spread
-
-
-def test_the_probes_flap_score_runs_and_differs_from_ppsp(lm, calib):
-    a = _run(lm, calib, PruneConfig(method="fullbatch", ratio=0.5, skip_layers=(0,), score="flap"))
-    b = _run(lm, calib, PruneConfig(method="fullbatch", ratio=0.5, skip_layers=(0,)))
-    assert _kept(a) != _kept(b)
-    assert all(torch.isfinite(r.hidden).all() for r in a)
+@torch.inference_mode()
+def test_the_probes_flap_score_is_flaps_metric_on_the_fused_energy(lm, calib):
+    """FLAP's official fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on the probe, the
+    fused energy stands in for it, so the history counts as it does for PPsp."""
+    rec = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap"))[-1].record.layers[2]
+    w = lm.adapter.layer(2)
+    for block in BLOCKS:
+        r = getattr(rec, block.name)
+        ch = flap_channels(block.final_weight(w), torch.tensor(r.energy_fused))
+        expect = ch.view(-1, lm.adapter.dims.head_dim).sum(1) if block is ATTN else ch
+        torch.testing.assert_close(torch.tensor(r.scores), expect, rtol=1e-3, atol=1e-6)
+    alone = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap", use_history=False))
+    assert _kept(alone) != _kept(_run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap")))
 
 
 # --- per-block ratios ------------------------------------------------------------------------------------------
@@ -214,3 +213,38 @@ def test_block_ratios_round_trip_through_their_text():
     assert PruneConfig.from_dict(PruneConfig(attn_ratio=0.2).to_dict()).attn_ratio == 0.2
     assert math.isclose(PruneConfig(method="dense", attn_ratio=0.2).ratio, 0.0)
     assert PruneConfig(method="dense", attn_ratio=0.2).attn_ratio is None
+
+
+def test_a_block_at_ratio_zero_is_switched_off(lm, calib):
+    """mlp_ratio 0 is attention-only pruning: the MLP is never probed, decided or counted, as with prune_mlp off."""
+    zero = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), mlp_ratio=0.0))
+    off = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), prune_mlp=False))
+    _same(zero, off)
+    assert [r.flops for r in zero] == [r.flops for r in off]
+    assert not any(layer.mlp.pruned for layer in zero[0].record.layers)
+    assert not PruneConfig(ratio=0.4, attn_ratio=0.0, mlp_ratio=0.0).prunes
+
+
+def test_everything_skipped_is_refused_only_when_something_would_be_pruned():
+    PruneConfig(method="pp", ratio=0.0, skip_layers=(0, 1)).check_layers(2)  # prunes nothing: fine
+    with pytest.raises(ConfigError, match="all 2 layers are skipped"):
+        PruneConfig(method="pp", ratio=0.0, attn_ratio=0.3, skip_layers=(0, 1)).check_layers(2)
+
+
+def test_a_baseline_beside_an_ablated_pp_keeps_its_own_settings():
+    pp = PruneConfig(method="pp", score="flap", fusion="fixed", probe_weight=0.2, attn_ratio=0.3)
+    assert pp.as_method("wanda-sp", 0.4) == PruneConfig(method="wanda-sp", ratio=0.4, attn_ratio=0.3)
+    assert pp.as_method("fullbatch", 0.2) == PruneConfig(method="fullbatch", ratio=0.2, score="flap", attn_ratio=0.3)
+    assert pp.as_method("flap", 0.4) == PruneConfig(method="flap", ratio=0.4)
+    assert pp.as_method("pp", 0.2) == replace(pp, ratio=0.2)
+    assert PruneConfig(method="dense", score="flap", fusion="fixed", probe_weight=0.2) == PruneConfig(method="dense")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "fullbatch", "fusion": "fixed"}, "applies to method pp with use_history on"),
+    ({"method": "pp", "use_history": False, "fusion": "fixed"}, "applies to method pp with use_history on"),
+    ({"method": "pp", "probe_weight": 0.3}, "probe_weight is the weight of fixed fusion"),
+])
+def test_fusion_settings_where_nothing_is_fused_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PruneConfig(**kwargs)

@@ -669,7 +669,7 @@ def test_check_layers():
         PruneConfig(skip_layers=(3,)).check_layers(3)
     PruneConfig(skip_layers=(2,)).check_layers(3)
     # Skipping so many layers that the others would have to lose everything is refused, not clamped.
-    with pytest.raises(ConfigError, match="use a ratio of at most 0.39"):
+    with pytest.raises(ConfigError, match="use at most 0.39 for ratio"):
         cfg.check_layers(5)
     PruneConfig(ratio=0.39, skip_layers=(0, 1, 4)).check_layers(5)
     for n, k in ((7, 1), (30, 3), (5, 3), (4, 3)):  # the suggested ratio is really accepted

@@ -50,6 +50,26 @@ def test_no_sync_in_the_layer_loop_for_any_method(monkeypatch, name):
             assert counter.calls == [], f"{method} synchronised in the layer loop: {counter.calls}"
 
 
+ABLATED = [PruneConfig(method="pp", score="wanda-sp"), PruneConfig(method="pp", score="flap"),
+           PruneConfig(method="fullbatch", score="flap"), PruneConfig(method="ppsp-calib", score="flap"),
+           PruneConfig(method="pp", fusion="fixed", probe_weight=0.3),
+           PruneConfig(method="pp", attn_ratio=0.2, mlp_ratio=0.6), PruneConfig(method="pp", mlp_ratio=0.0)]
+
+
+def test_no_sync_in_the_layer_loop_under_the_ablation_settings(monkeypatch):
+    """The ablation settings' code paths (docs/ablations.md) keep the rule too."""
+    from dataclasses import replace
+
+    lm, calib, ids, mask = _setup("llama-gqa")
+    counter = patch_syncs(monkeypatch)
+    monkeypatch.setattr(WALK, "run_layers", counter.region(WALK.run_layers))
+    for cfg in ABLATED:
+        pruner = Pruner(lm.adapter, replace(cfg, skip_layers=(0,)), calib)
+        for batch, m in ((ids, None), (ids, mask)):
+            walk(lm.adapter, pruner, batch, m, level="none", timing=False)
+            assert counter.calls == [], f"{cfg} synchronised in the layer loop: {counter.calls}"
+
+
 def test_the_counter_sees_a_sync():
     """The test above can fail: a boolean index, a .item() and a bool() in the counted region are seen."""
     import _pytest.monkeypatch

@@ -42,6 +42,15 @@ def test_grid_configs_put_dense_first_then_ratio_by_ratio():
     assert got == [("dense", 0.0), ("pp", 0.4), ("flap", 0.4), ("pp", 0.2), ("flap", 0.2)]
 
 
+def test_a_run_with_ablation_settings_says_so_in_its_name():
+    from ppcore.lmeval.grid import label
+
+    assert label(PruneConfig(method="dense")) == "dense" and label(PruneConfig(ratio=0.4)) == "pp 0.4"
+    assert label(PruneConfig(ratio=0.4, score="flap")) == "pp 0.4 [score='flap']"
+    cfgs = grid_configs(["pp", "wanda-sp"], [0.4], PruneConfig(score="flap"))
+    assert [label(c) for c in cfgs] == ["dense", "pp 0.4 [score='flap']", "wanda-sp 0.4"]
+
+
 # --- the paired statistics, against written-out references ----------------------------------------------------
 
 def _binomial_two_sided(k: int, n: int) -> float:
@@ -81,6 +90,9 @@ def test_the_mean_over_tasks_adds_independent_variances():
     assert m.stderr == pytest.approx(math.sqrt(t1.stderr ** 2 + t2.stderr ** 2) / 2)
     assert m.p == pytest.approx(2 * (1 - norm.cdf(abs(m.diff) / m.stderr)))
     assert (m.task, m.documents, m.a_only) == ("mean", 10, None)
+    every_doc = paired_mean([paired_task("t", "acc", [1, 1, 1], [0, 0, 0])])  # no spread, all one way
+    assert every_doc.stderr == 0 and every_doc.p == 0.0
+    assert paired_mean([paired_task("t", "acc", [1, 0], [1, 0])]).p == 1.0
 
 
 # --- a real grid, small -----------------------------------------------------------------------------------------
@@ -145,6 +157,7 @@ def test_a_resumed_grid_keeps_its_runs_and_refuses_another_setup(small_grid, def
     again = run_grid(["piqa", "arc_easy"], args, cfgs, subset=5, subset_seed=3, lm=default_lm, json_path=str(path),
                      resume=True, say=said.append)
     assert again["runs"] == json.loads(path.read_text())["runs"] and all("kept" in s for s in said)
+    assert again["versions"]["lm_eval"] == "0.4.13"
     with pytest.raises(DataError, match="another setup"):
         run_grid(["piqa", "arc_easy"], args, cfgs, subset=6, subset_seed=3, lm=default_lm, json_path=str(path),
                  resume=True)
@@ -170,6 +183,8 @@ def test_a_setting_added_since_counts_as_its_default_when_resuming():
     (["--methods", "pp", "--online"], "drop --online"),
     (["--resume"], "give --methods"),
     (["--methods", "pp", "--ratios", "0.4,x"], "--ratios expects"),
+    (["--methods", "pp", "--ratios", "0.4,0.4"], "each method and each ratio once"),
+    (["--ratios", "0.2,0.4"], "--ratios, --resume and --markdown belong to a grid"),
 ])
 def test_bad_grid_input_gets_one_line_before_any_model_loads(argv, message, capsys, monkeypatch):
     import ppcore.loading as loading

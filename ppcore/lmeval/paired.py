@@ -69,5 +69,6 @@ def paired_mean(per_task: Sequence[Paired]) -> Paired:
     k = len(per_task)
     diff = sum(p.diff for p in per_task) / k
     se = math.sqrt(sum(p.stderr ** 2 for p in per_task)) / k
-    p = 1.0 if se == 0 else float(2 * norm.sf(abs(diff) / se))
+    # No spread at all: every document moved the same way (or none moved).
+    p = (0.0 if diff else 1.0) if se == 0 else float(2 * norm.sf(abs(diff) / se))
     return Paired("mean", per_task[0].metric, sum(p.documents for p in per_task), None, None, diff, se, p)

@@ -15,8 +15,7 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block, Rotary
-from ..scores import (column_pow4, fuse, fuse_fixed, probe_energy, probe_fluctuation, residual_importance,
-                      select_samples, select_tokens)
+from ..scores import column_pow4, fuse, fuse_fixed, probe_energy, residual_importance, select_samples, select_tokens
 from ..stats import History
 from ..walk_context import WalkCtx
 from .base import Decision, Energies, Method
@@ -83,9 +82,10 @@ class ProbeMethod(Method):
         pow4 = self._pow4_of(layer, block, w)
         if cfg.score == "ppsp":
             scores = block.ppsp(s, pow4, dims)
-        else:  # the score ablation: Wanda-sp's or FLAP's metric on the probe (docs/ablations.md)
-            fluc = probe_fluctuation(zp, p.valid) if cfg.score == "flap" else None
-            scores = unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=fluc)
+        else:  # the score ablation: Wanda-sp's or FLAP's metric on the fused energy (docs/ablations.md)
+            # FLAP's official fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on a probe,
+            # the fused energy is its counterpart.
+            scores = unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=s)
         kept = run.keep_top(block, scores)
         # PPsp's weight factor feeds the record's probe-alone counterfactual: only where PPsp scored.
         energies = Energies(P, G, s, pow4 if cfg.score == "ppsp" else None,

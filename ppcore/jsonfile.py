@@ -1,0 +1,32 @@
+"""JSON result files that long runs write as they go and resume from (`zeroshot --resume`, `ablate --resume`)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically: a copy beside the file, then renamed over it, so an interrupted
+    write leaves the previous file whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json_object(path: str | Path, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    """The JSON object in `path`, which must hold `keys`. Raises DataError naming the file and `what` it should
+    be when it cannot be read, is not JSON, or is not such an object."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} cannot be read as {what} ({e}): write to another file, or drop --resume") from None
+    missing = list(keys) if not isinstance(obj, dict) else [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{path} is not {what} (it lacks {', '.join(missing)}): write to another file, or drop "
+                        "--resume")
+    return obj
