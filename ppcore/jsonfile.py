@@ -18,15 +18,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json_object(path: str | Path, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+def read_json_object(path: str | Path, keys: tuple[str, ...], what: str,
+                     hint: str = "write to another file, or drop --resume") -> dict[str, Any]:
     """The JSON object in `path`, which must hold `keys`. Raises DataError naming the file and `what` it should
-    be when it cannot be read, is not JSON, or is not such an object."""
+    be (then `hint`, what to do) when it cannot be read, is not JSON, or is not such an object."""
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} cannot be read as {what} ({e}): write to another file, or drop --resume") from None
+        raise DataError(f"{path} cannot be read as {what} ({e})" + (f": {hint}" if hint else "")) from None
     missing = list(keys) if not isinstance(obj, dict) else [k for k in keys if k not in obj]
     if missing:
-        raise DataError(f"{path} is not {what} (it lacks {', '.join(missing)}): write to another file, or drop "
-                        "--resume")
+        raise DataError(f"{path} is not {what} (it lacks {', '.join(missing)})" + (f": {hint}" if hint else ""))
     return obj

@@ -148,6 +148,20 @@ def test_the_report_is_made_from_the_json_alone(small_grid):
 
 
 @needs_data
+def test_the_report_command_prints_the_report_of_a_json(small_grid, capsys, tmp_path):
+    from ppcore.lmeval.grid_report import main as report
+
+    res, path, *_ = small_grid
+    assert report([str(path)]) == 0 and capsys.readouterr().out.strip() == grid_markdown(res)
+    assert report([str(path), "--against", "wanda-sp 0.4"]) == 0
+    assert "| wanda-sp 0.4 minus (acc)" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert report([str(bad)]) == 2 and "is not a zero-shot grid's JSON" in capsys.readouterr().err
+    assert report([str(path), "--against", "magic"]) == 2 and "no run named 'magic'" in capsys.readouterr().err
+
+
+@needs_data
 def test_a_resumed_grid_keeps_its_runs_and_refuses_another_setup(small_grid, default_lm, monkeypatch):
     res, path, args, cfgs, _ = small_grid
     import lm_eval

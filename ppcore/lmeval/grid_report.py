@@ -98,3 +98,31 @@ def grid_markdown(res: dict[str, Any], against: str | None = None) -> str:
                   "error.", ""]
     parts += [times_table(res), "", paper_table(res), "", res["note"]]
     return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ppcore.lmeval.grid_report GRID.json [--against LABEL]`: the report of a grid's JSON (written by
+    `python -m ppcore zeroshot --methods ...`, complete or not), printed. Exit 2 with one line for a bad file."""
+    import argparse
+    import sys
+
+    from ..errors import PPCoreError
+    from ..jsonfile import read_json_object
+
+    p = argparse.ArgumentParser(prog="python -m ppcore.lmeval.grid_report", description=main.__doc__)
+    p.add_argument("json", help="the grid's JSON")
+    p.add_argument("--against", default=None, help="the run PP-style comparisons are made against (default: the "
+                   "first pp run)")
+    a = p.parse_args(argv)
+    try:
+        res = read_json_object(a.json, ("setup", "runs", "sizes", "note", "paper"), "a zero-shot grid's JSON",
+                               hint="")
+        print(grid_markdown(res, a.against))
+    except PPCoreError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
