@@ -15,8 +15,8 @@ import streamlit as st
 from ppcore import session
 
 from .batch import UPLOAD_TYPES, read_upload
-from .state import (BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, Settings, demo, demo_changes,
-                    from_query, limits, link_notes)
+from .state import (BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, VIEW_PARAMS, Settings, demo,
+                    demo_changes, from_query, limits, link_notes)
 
 SOURCE_LABELS = {"examples": "Example prompts", "paste": "Paste text", "upload": "Upload a file",
                  "corpus": "Windows from a corpus"}
@@ -195,7 +195,9 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
     store.update(values)
     s = Settings(**values).locked()
     query = link_query(s, bool(st.session_state.get("share_text")))
-    if st.query_params.to_dict() != query:  # the URL always holds the current settings
+    current = st.query_params.to_dict()
+    query.update({k: v for k, v in current.items() if k in VIEW_PARAMS})  # the open view's place (app/viewlink.py)
+    if current != query:  # the URL always holds the current settings
         st.query_params.from_dict(query)
     sb.caption(link_caption(s, "text" in query))
     return s, upload, run

@@ -12,14 +12,16 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
-from app import engine, inputs, messages
+from app import engine, inputs, messages, viewlink
 from app.batch import build_batch, check_settings, left_out_note
 from app.glossary import GLOSSARY
 from app.header import header_metrics
 from app.result import Result
 from app.state import Settings, calib_config, demo, limits, prune_config
-from app.views import TABS, ablation, channels, compare, export, history, latency, outputs, probe, unit_why, zeroshot
+from app.views import (TABS, ablation, channels, compare, export, history, latency, outputs, probe, replay, unit_why,
+                       zeroshot)
 from ppcore import LoadedModel, PPCoreError, session
+from ppcore.config import CalibConfig
 from ppcore.session import Progress
 
 DEFAULT = Settings()
@@ -138,11 +140,14 @@ def main() -> None:
                "model to drop, and what that costs. Pick a model, a batch and a method in the sidebar, press "
                "**Run**, then explore the tabs."
                + (" **Demo mode**: the default model, small batches." if demo() else ""))
+    viewlink.read_once()  # the link's tab, layer and block, before the sidebar rewrites the address
     s, upload, run_clicked = inputs.sidebar()
+    replay.opener()
     with st.sidebar.expander("Glossary: every term in plain words"):
         st.markdown("\n\n".join(f"**{term}**: {text}" for term, text in GLOSSARY.items()))
-    for p in st.session_state.pop("_url_problems", []):
+    for p in st.session_state.pop("_url_problems", []) + viewlink.problems_once():
         st.warning(messages.clean(p))
+    replay.messages_once()
     if (s.source == "upload" and upload is None) or (s.source == "paste" and not s.text.strip()):
         for n in st.session_state.get("_url_notes", []):  # a link's file or text the recipient must supply
             st.info(messages.clean(n), icon="📎")
@@ -168,17 +173,31 @@ def main() -> None:
     # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
     # open tab's content runs, so switching views is quick.
     try:
+        replay.banner(r)
         _header(r)
+        for p in viewlink.apply(r):  # the link's tab, layer and block, once a result shows how many layers
+            st.warning(messages.clean(p))
         tabs = st.tabs(TABS, key="view", on_change="rerun")
         open_tab = next((label for label, t in zip(TABS, tabs) if t.open), TABS[0])
+        viewlink.show_tab(open_tab)
         with tabs[TABS.index(open_tab)]:
             _view(open_tab, r)
     except Exception as e:  # noqa: BLE001 — a view that cannot draw says so; the sidebar stays usable
         st.error(messages.failure(e))
 
 
+# The views that need the model for everything they show: a replay shows this note in their place.
+NEEDS_MODEL = {"Latency": "Timing dense against the pruned model",
+               "Compare methods": "Comparing every method on this batch (and running an ablation)",
+               "Zero-shot": "Zero-shot accuracy"}
+
+
 def _view(label: str, r: Result) -> None:
     a = r.analysis
+    replayed = r.replayed is not None
+    if replayed and label in NEEDS_MODEL:
+        st.info(replay.needs_model(NEEDS_MODEL[label]))
+        return
 
     def start_stability(n: int) -> None:
         _on_request(r, "stability", "Running consecutive batches",
@@ -189,20 +208,25 @@ def _view(label: str, r: Result) -> None:
             _on_request(r, "baselines", "Running the oracle and the static baselines for agreement",
                         lambda lm, c, p: session.baselines(lm, c, a, p))
 
+    stability = None if replayed else start_stability  # a replay has no model to run further batches with
     if label == "Probe":
         probe.render(r)
     elif label == "History":
-        history.render(r, start_stability)
+        history.render(r, stability)
     elif label == "Pruned channels":
-        need_baselines()
-        channels.render(r, start_stability)
+        if not replayed:
+            need_baselines()
+        elif r.baselines is None:
+            st.info(replay.lacking("baselines (the oracle's and the static baselines' keep-sets): the agreement "
+                                   "chart stays empty"))
+        channels.render(r, stability)
     elif label == "Why this head":
-        if not probe.nothing_pruned(r):  # nothing decided: nothing to explain, no baselines to wait for
+        if not replayed and not probe.nothing_pruned(r):  # nothing decided: nothing to explain, no baselines
             need_baselines()
         unit_why.render(r)
     elif label == "Outputs":
         repeats = 1 if demo() else session.GENERATION_REPEATS  # a demo visitor waits for one timed run of each
-        outputs.render(r, lambda prompt, n: _on_request(
+        outputs.render(r, None if replayed else lambda prompt, n: _on_request(
             r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq,
                                                                        repeats=repeats, progress=p)))
     elif label == "Latency":
@@ -223,22 +247,40 @@ def _view(label: str, r: Result) -> None:
         export.render(r)
 
 
+def _saved_calibration(protocol: Any) -> str:
+    """A replayed record's calibration, as its protocol states it."""
+    c = protocol.calibration
+    try:
+        return session.calibration_text(CalibConfig(dataset=c["dataset"], windows=c["windows"], seq_len=c["seq_len"],
+                                                    batch_size=c["batch_size"]))
+    except (KeyError, TypeError, ValueError, PPCoreError):
+        return "none recorded"
+
+
 def _header(r: Result) -> None:
     a = r.analysis
     info = a.info
-    st.markdown(f"**{info['name']}** ({info['model_type']}, {info['layers']} layers, {info['heads']} heads over "
-                f"{info['kv_heads']} kv heads, MLP {info['intermediate']}) on {info['device']} / {info['dtype']} · "
-                f"batch: {a.batch.description}, {tuple(a.batch.ids.shape)} · method **{a.cfg.method}** at ratio "
-                f"{a.cfg.ratio:.2f}, skipped layers {list(a.cfg.skip_layers)} · calibration: "
-                f"{session.calibration_text(calib_config(r.settings))}")
+    # A replay's texts come from its file: each goes through messages.clean (no link, no server path in the demo).
+    txt = (lambda v: "?" if v is None else messages.clean(v)) if r.replayed else str
+    calib = _saved_calibration(a.protocol) if r.replayed else session.calibration_text(calib_config(r.settings))
+    st.markdown(f"**{txt(info['name'])}** ({txt(info['model_type'])}, {info['layers']} layers, {info['heads']} heads "
+                f"over {txt(info['kv_heads'])} kv heads, MLP {info['intermediate']}) on {txt(info['device'])} / "
+                f"{txt(info['dtype'])} · batch: {txt(a.batch.description)}, {tuple(a.batch.ids.shape)} · method "
+                f"**{a.cfg.method}** at ratio {a.cfg.ratio:.2f}, skipped layers {list(a.cfg.skip_layers)} · "
+                f"calibration: {calib}")
     calib = calib_config(r.settings)
     if calib.windows <= calib.batch_size:  # ppcore.methods.flap.check_fluctuation warns the same in the engine
         st.warning(f"This calibration runs in one batch ({calib.windows} windows, batch size {calib.batch_size}): "
                    "FLAP's fluctuation statistic skips the first calibration batch, as the official code does, so "
                    "FLAP prunes nothing here (its rows equal dense). Use more windows or a smaller calibration "
                    "batch size for FLAP.", icon="⚠️")
-    metrics = header_metrics(r.summary(), a.cfg.method)
-    for row in (metrics[:4], metrics[4:]):
+    summary = r.summary()
+    outputs = ("ppl_dense", "ppl_pruned", "kl", "top1")
+    metrics = header_metrics({**summary, **{k: 0.0 for k in outputs if summary[k] is None}}, a.cfg.method)
+    if any(summary[k] is None for k in outputs):  # a replayed record without per-token losses: FLOPs only
+        metrics = metrics[4:]
+        st.caption(replay.lacking("per-token losses: perplexity, KL and top-1 agreement are not shown"))
+    for row in (metrics[i: i + 4] for i in range(0, len(metrics), 4)):
         for col, m in zip(st.columns(4), row):
             col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)
 

@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from ppcore import ConfigError, PruneConfig
 from ppcore.config import (CALIB_BATCH_SIZE, INTERACTIVE_CALIB, MAX_LAYER_INDEX, MAX_LAYER_LIST_CHARS, CalibConfig,
                            Setting, parse_layer_list, setting, settings_of)
+from ppcore.record import BLOCK_NAMES
 from ppcore.session import DEVICES
+
+from .views import TABS
 
 # Demo mode (hosted teaching): the model, device, dtype and corpora are locked, the batch is capped,
 # uploads are small text files, and messages carry no server paths (app/messages.py). The environment
@@ -61,10 +64,16 @@ class Limits:
     ratios: int = 6  # ratios in one method comparison
     extra_batches: int = 8  # stability: batches after the current one
     zeroshot_docs: int = 500  # documents of one zero-shot task (dense and pruned each run them)
+    record_mb: int = 256  # a saved run record opened for replay (checked before it is parsed)
+    record_cells: int = 2**24  # a replayed record's layers x units (and x positions): the maps its views draw
 
     @property
     def upload_bytes(self) -> int:
         return self.upload_mb * 1024 * 1024
+
+    @property
+    def record_bytes(self) -> int:
+        return self.record_mb * 1024 * 1024
 
     def ranges(self) -> dict[str, tuple[int, int]]:
         """The allowed range of each whole-number setting (checked by app/batch.py, shown in help texts)."""
@@ -77,7 +86,8 @@ LOCAL = Limits(batch=64, seq=1024, calib_windows=256, calib_seq_len=1024, calib_
                upload_mb=256, text_chars=50_000_000)
 DEMO_LIMITS = Limits(batch=DEMO_BATCH, seq=DEMO_SEQ, calib_windows=DEMO_CALIB, calib_seq_len=DEMO_SEQ,
                      calib_batch_size=CALIB_BATCH_SIZE, new_tokens=DEMO_NEW_TOKENS, upload_mb=1, text_chars=100_000,
-                     rows=2_000, repeats=3, ratios=3, extra_batches=3, zeroshot_docs=20)
+                     rows=2_000, repeats=3, ratios=3, extra_batches=3, zeroshot_docs=20,
+                     record_mb=16, record_cells=2**21)  # a demo run's record: about 6 MB, 30 x 1536 cells
 
 
 def limits() -> Limits:
@@ -188,20 +198,20 @@ def _readable(name: str) -> str:
     return words.get(name) or name.replace(CALIB_PREFIX, "calibration ", 1).replace("_", " ")
 
 
-def demo_changes(asked: Settings, used: Settings) -> list[str]:
-    """Demo mode's changes to the settings a link asked for (`used` = `asked.locked()`), one warning each,
-    naming the setting, what the link asked and what the demo uses instead."""
+def demo_changes(asked: Settings, used: Settings, source: str = "link") -> list[str]:
+    """Demo mode's changes to the settings a link (or a saved run record: `source`) asked for (`used` =
+    `asked.locked()`), one warning each, naming the setting, what was asked and what the demo uses instead."""
     out = []
     for f in FIELDS:
         a, u = getattr(asked, f.name), getattr(used, f.name)
         if a == u:
             continue
         if f.name == "text":
-            out.append(f"Demo mode: the link's pasted text has {len(a):,} characters; the demo keeps the first "
+            out.append(f"Demo mode: the {source}'s pasted text has {len(a):,} characters; the demo keeps the first "
                        f"{len(u):,}")
         else:
-            out.append(f"Demo mode: the link asks for {_readable(f.name)} {_short(str(a))!r}, which the demo does "
-                       f"not allow; using {u!r}")
+            out.append(f"Demo mode: the {source} asks for {_readable(f.name)} {_short(str(a))!r}, which the demo "
+                       f"does not allow; using {u!r}")
     return out
 
 
@@ -217,9 +227,10 @@ def link_notes(asked: Settings, params: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
+def from_query(params: Mapping[str, Any], what: str = "URL parameter") -> tuple[Settings, list[str]]:
     """Settings from URL parameters (the old names in ALIASES too; the new name wins); a value that does
-    not parse (`Setting.parse`) is reported and left at its default. Unknown parameters are ignored."""
+    not parse (`Setting.parse`) is reported (as a `what`) and left at its default. Unknown parameters are
+    ignored."""
     given = {ALIASES.get(k, k): k for k in params if k in ALIASES and ALIASES[k] not in params}
     given.update({k: k for k in params if k in BY_NAME})
     values: dict[str, Any] = {}
@@ -230,8 +241,117 @@ def from_query(params: Mapping[str, Any]) -> tuple[Settings, list[str]]:
         try:
             values[name] = raw if f.as_text else f.setting.parse(raw)
         except ConfigError:
-            problems.append(f"URL parameter {param}={_short(raw)!r} is not {f.expected()}; using {f.default!r}")
+            problems.append(f"{what} {param}={_short(raw)!r} is not {f.expected()}; using {f.default!r}")
     return Settings(**values), problems
+
+
+def _as_text(f: AppSetting, value: Any) -> Optional[str]:
+    """A saved setting's value as URL text (None: not a value this setting can hold, reported by from_query)."""
+    if isinstance(value, str):
+        return value
+    if f.setting.kind is bool and isinstance(value, bool):
+        return f.setting.text(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None if value is None else repr(value)
+
+
+def from_record(protocol: Any) -> tuple[Settings, list[str]]:
+    """The settings of a saved run record (`ppcore.protocol.Protocol`): the app's own, saved in `settings`, or for a
+    record of another front end (`eval --record`) those its protocol states: the config, the model, the scored
+    windows and the calibration. Parsed as a link's are (`from_query`): a value that does not parse is reported and
+    left at its default."""
+    saved = protocol.settings if protocol.front_end == "app" and isinstance(protocol.settings, dict) else None
+    params: dict[str, str] = {}
+    if saved is not None:
+        for name, value in saved.items():
+            if name in BY_NAME:
+                text = _as_text(BY_NAME[name], value)
+                if text is not None:
+                    params[name] = text
+        return from_query(params, "The record's setting")
+    config = protocol.config if isinstance(protocol.config, dict) else {}
+    for f in FIELDS:
+        if f.group == "prune" and f.name in config:
+            value = config[f.name]
+            try:
+                params[f.name] = f.setting.text(tuple(value) if isinstance(value, list) else value)
+            except (TypeError, ValueError):
+                pass
+    model, data = protocol.model, protocol.data
+    calib = protocol.calibration if isinstance(protocol.calibration, dict) else {}
+    named = {"model": model.get("name"), "source": "corpus" if data.get("dataset") else None,
+             "corpus": data.get("dataset"), "batch_size": data.get("batch_size"), "seq_len": data.get("seq_len"),
+             "seed": protocol.seed, **{CALIB_PREFIX + k: calib.get(k) for k in ("dataset", "windows", "seq_len",
+                                                                              "batch_size")}}
+    for name, value in named.items():
+        text = None if value is None else _as_text(BY_NAME[name], value)
+        if text is not None:
+            params[name] = text
+    return from_query(params, "The record's setting")
+
+
+# --- the open view in the URL: tab, layer, block -------------------------------------------------------------------
+
+VIEW_PARAMS = ("tab", "layer", "block")  # beside the settings in the URL; not settings: the page's place
+TAB_SLUGS = dict(zip(TABS, ("probe", "history", "channels", "why", "outputs", "latency", "compare", "zeroshot",
+                            "export")))
+
+
+@dataclass(frozen=True)
+class ViewLink:
+    """Where a link opens the page: a tab (its TABS label), and in a view with a layer slider its layer and block
+    ("attn" or "mlp"); None: the view's own default."""
+
+    tab: Optional[str] = None
+    layer: Optional[int] = None
+    block: Optional[str] = None
+
+    def to_query(self) -> dict[str, str]:
+        """URL parameters: tab by its short name (TAB_SLUGS), layer and block where set."""
+        out = {} if self.tab is None else {"tab": TAB_SLUGS[self.tab]}
+        if self.layer is not None:
+            out["layer"] = str(self.layer)
+        if self.block is not None:
+            out["block"] = self.block
+        return out
+
+
+def _squash(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def view_from_query(params: Mapping[str, Any]) -> tuple[ViewLink, list[str]]:
+    """The view a link opens: `tab` (a TAB_SLUGS short name or a tab's label, any case), `layer` (0 or more; its
+    range is checked once the result's model is known) and `block` (attn or mlp). A value that does not parse is
+    reported, one line each, and left to the view's default; other parameters are ignored."""
+    def raw(name: str) -> Optional[str]:
+        v = params.get(name)
+        v = v[-1] if isinstance(v, list) and v else v
+        return None if v is None else str(v)
+
+    problems: list[str] = []
+    tab = layer = block = None
+    if raw("tab") is not None:
+        names = {_squash(label): label for label in TABS} | {_squash(slug): label for label, slug in TAB_SLUGS.items()}
+        tab = names.get(_squash(raw("tab") or ""))
+        if tab is None:
+            problems.append(f"URL parameter tab={_short(raw('tab') or '')!r} is not one of "
+                            f"{', '.join(TAB_SLUGS.values())}; opening {TABS[0]}")
+    if raw("layer") is not None:
+        text = (raw("layer") or "").strip()
+        if text.isascii() and text.isdigit() and int(text) <= MAX_SKIP_INDEX:
+            layer = int(text)
+        else:
+            problems.append(f"URL parameter layer={_short(raw('layer') or '')!r} is not a layer number (0 to "
+                            f"{MAX_SKIP_INDEX}); using the view's first pruned layer")
+    if raw("block") is not None:
+        block = (raw("block") or "").strip().lower()
+        if block not in BLOCK_NAMES:
+            problems.append(f"URL parameter block={_short(raw('block') or '')!r} is not one of "
+                            f"{', '.join(BLOCK_NAMES)}; using {BLOCK_NAMES[0]}")
+            block = None
+    return ViewLink(tab, layer, block), problems
 
 
 def parse_skip(text: str) -> tuple[int, ...]:

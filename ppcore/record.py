@@ -1,7 +1,7 @@
 """The run record: what each batch's pruning decided, why, and what it cost.
 
 A public format (the app draws from it; users export and replay it): the schema is documented in
-README.md, section "Run record". Everything is plain lists and numbers on the CPU.
+docs/run-record.md. Everything is plain lists and numbers on the CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from .protocol import Protocol
 #    and "flops" carries "head" (the part outside the decoder layers).
 # 3: a probing method's block carries what stage 2 and the "why" panel draw: fusion_weight and weight_factor
 #    (level "full"), kept_probe_only (with a history, any level). Versions 1 and 2 still load (new fields: None).
-SCHEMA_VERSION = 3
+# 4: what a replay needs, written by the app's Export tab (ppcore.replay.export_record): a batch's token_texts,
+#    token_loss, token_kl and token_top1 (per position, exact float32), the record's "saved" time, and the model's
+#    sizes in protocol.model. Versions 1-3 still load (new fields: None).
+SCHEMA_VERSION = 4
+SCHEMAS = (1, 2, 3, 4)  # the versions this code reads
 LEVELS = ("none", "summary", "full")
 BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
 
@@ -30,6 +34,15 @@ def round_floats(values: Any, digits: int = 6) -> Any:
         return arr.tolist()
     out = np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(arr)
     return out.tolist()
+
+
+def exact_floats(values: Any, mask: Any = None) -> list:
+    """A float32 array as nested lists of the shortest decimals that read back as the same float32 (a saved
+    per-token loss replays bit for bit), None where `mask` (the same shape, 0/1) is 0."""
+    arr = np.asarray(values, dtype=np.float32)
+    keep = np.ones(arr.shape, dtype=bool) if mask is None else np.asarray(mask) != 0
+    flat = [float(str(v)) if k else None for v, k in zip(arr.reshape(-1), keep.reshape(-1))]
+    return np.array(flat, dtype=object).reshape(arr.shape).tolist()
 
 
 @dataclass
@@ -92,6 +105,11 @@ class BatchRecord:
     flops: dict[str, int] = field(default_factory=dict)  # whole model: dense, pruned, probe
     units: dict[str, int] = field(default_factory=dict)  # heads and MLP channels: attn, attn_kept, mlp, mlp_kept
     times: dict[str, float] = field(default_factory=dict)  # embed_s, layers_s, head_s, total_s
+    # Schema 4, the app's export (ppcore.replay.export_record): what its views draw per token, None elsewhere.
+    token_texts: Optional[list[list[str]]] = None  # B x L, each position's text ('' for pads): the analysed batch
+    token_loss: Optional[list[list[Optional[float]]]] = None  # B x (L-1), nats, predicting t+1; None: not scored
+    token_kl: Optional[list[list[Optional[float]]]] = None  # B x L, KL(dense || this run), nats; None at pads
+    token_top1: Optional[list[list[Optional[int]]]] = None  # B x L, 1: the same most likely next token as dense
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (the "batches" entries of a saved RunRecord)."""
@@ -115,14 +133,15 @@ class RunRecord:
 
     protocol: Protocol
     batches: list[BatchRecord]
+    saved: Optional[str] = None  # when the app exported it, ISO 8601 UTC ("2025-01-31T12:00:00Z"; schema 4)
 
     def __post_init__(self) -> None:
         if not isinstance(self.protocol, Protocol):
             self.protocol = Protocol.from_dict(self.protocol or {})
 
     def to_dict(self) -> dict[str, Any]:
-        """{"schema", "protocol", "batches"} as plain JSON-ready values."""
-        return {"schema": SCHEMA_VERSION, "protocol": self.protocol.to_dict(),
+        """{"schema", "saved", "protocol", "batches"} as plain JSON-ready values."""
+        return {"schema": SCHEMA_VERSION, "saved": self.saved, "protocol": self.protocol.to_dict(),
                 "batches": [b.to_dict() for b in self.batches]}
 
     def save(self, path: str | Path) -> None:
@@ -131,9 +150,12 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
-        """From `to_dict()` output; schema 1 and free-form protocols load too."""
+        """From `to_dict()` output; schemas 1-3 and free-form protocols load too. (`ppcore.replay.read_record` reads
+        an untrusted file: it checks the schema, the sizes and every index first.)"""
+        saved = d.get("saved")
         return cls(protocol=Protocol.from_dict(d.get("protocol") or {}),
-                   batches=[BatchRecord.from_dict(b) for b in d["batches"]])
+                   batches=[BatchRecord.from_dict(b) for b in d["batches"]],
+                   saved=saved if isinstance(saved, str) else None)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunRecord":

@@ -11,7 +11,9 @@ calibration (`calibration`), cached as it likes, and passes them to each computa
 - `stability`: consecutive batches through one Pruner (PP's history evolves, docs/algorithm.md §3.4);
 - `generation`: dense and pruned greedy continuations of a prompt;
 - `latency`: dense against the chosen method, per block (docs/algorithm.md §9.4; ppcore.session_timing);
-- `ablation`: a named ablation grid on the analysis's batch (docs/ablations.md; ppcore.session_ablation).
+- `ablation`: a named ablation grid on the analysis's batch (docs/ablations.md; ppcore.session_ablation);
+- `export_record`, `read_record`, `replay`: the record the app exports, and a saved one back into an `Analysis`
+  without the model (ppcore.replay).
 
 A `Progress` callback takes (fraction done in [0, 1], text) and runs after every layer; one that raises
 stops the computation there, and the exception passes through. The engine never writes the model's
@@ -48,6 +50,7 @@ from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
 from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
+from .replay import LACKS, RecordError, RecordLimits, Replayed, export_record, read_record, rebuild  # replay
 from .walk import WalkResult, token_nll, walk
 from .lmeval.tasks import NAMES as TASK_NAMES
 if TYPE_CHECKING:
@@ -65,6 +68,8 @@ __all__ = [
     "sink_positions", "stage2", "token_scores", "unit_why",
     "ZEROSHOT_TASKS", "zeroshot",  # zero-shot accuracy on one task (ppcore.lmeval)
     "ABLATIONS", "AblationResult", "AblationRow", "ablation", "carried_settings",  # an ablation on one batch
+    "LACKS", "RecordError", "RecordLimits", "Replayed", "export_record", "open_record", "read_record",  # replay
+    "replay",
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
@@ -208,6 +213,9 @@ class Analysis:
     (B, L) fp32 KL(dense || pruned) in nats and top-1 agreement. top_dense, top_pruned: next-token top-k.
     prompt: the batch's first sample's first 24 tokens, as text (a default generation prompt).
     seconds: wall seconds of each walk, by method. All tensors are on the CPU.
+    replayed: None for a computed analysis; for one rebuilt from a saved record (`replay`), where it came from and
+    what it lacks. A replayed analysis has no top-k (None), and no dense, losses, KL or top-1 (None) when its
+    record holds none; `summary()` gives None for the figures it cannot compute.
     """
 
     cfg: PruneConfig
@@ -215,17 +223,18 @@ class Analysis:
     info: dict[str, Any]
     batch: Batch
     main: BatchRecord
-    dense: BatchRecord
-    nll_dense: Tensor
-    nll_pruned: Tensor
-    nll_mask: Tensor
-    kl: Tensor
-    top1: Tensor
-    top_dense: TopK
-    top_pruned: TopK
+    dense: Optional[BatchRecord]  # None only in a replayed record without dense
+    nll_dense: Optional[Tensor]  # None only in a replay whose record lacks them (the five below likewise)
+    nll_pruned: Optional[Tensor]
+    nll_mask: Optional[Tensor]
+    kl: Optional[Tensor]
+    top1: Optional[Tensor]
+    top_dense: Optional[TopK]  # None in every replay: records hold no top-k
+    top_pruned: Optional[TopK]
     prompt: str
     protocol: Protocol
     seconds: dict[str, float]
+    replayed: Optional[Replayed] = None
 
     @property
     def valid(self) -> Optional[Tensor]:
@@ -234,18 +243,22 @@ class Analysis:
 
     def summary(self) -> dict[str, Optional[float]]:
         """The header's numbers: perplexities, KL (nats), top-1 agreement (fraction), and the four FLOPs
-        figures of `ppcore.flops.flops_ratios` (whole model and decoder layers only)."""
+        figures of `ppcore.flops.flops_ratios` (whole model and decoder layers only). None for the figures a
+        replayed record holds nothing for."""
         m = self.nll_mask
         return {
-            "ppl_dense": perplexity(self.nll_dense, m), "ppl_pruned": perplexity(self.nll_pruned, m),
-            "kl": masked_mean(self.kl, self.valid), "top1": masked_mean(self.top1, self.valid),
+            "ppl_dense": None if self.nll_dense is None or m is None else perplexity(self.nll_dense, m),
+            "ppl_pruned": None if self.nll_pruned is None or m is None else perplexity(self.nll_pruned, m),
+            "kl": None if self.kl is None else masked_mean(self.kl, self.valid),
+            "top1": None if self.top1 is None else masked_mean(self.top1, self.valid),
             **flops_ratios(self.main.flops),
         }
 
     def run_record(self, others: Mapping[str, BatchRecord] | None = None) -> RunRecord:
         """The run record: the chosen method's batch, then dense (unless it is the method), then `others`
         (the baselines), with this analysis's protocol."""
-        batches = [self.main] + ([] if self.cfg.method == "dense" else [self.dense]) + list((others or {}).values())
+        dense = [] if self.dense is None or self.dense is self.main else [self.dense]
+        batches = [self.main] + dense + list((others or {}).values())
         return RunRecord(self.protocol.to_dict(), batches)
 
 
@@ -291,6 +304,22 @@ def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, bat
                     protocol, seconds)
 
 
+def replay(record: RunRecord, name: str = "", limits: RecordLimits = RecordLimits()) -> Analysis:
+    """The Analysis a saved run record replays, without the model (ppcore.replay.rebuild: the analysed method's
+    batch, dense's, the baselines in `replayed.baselines`, the per-token numbers the record holds; no top-k).
+    `name`: the file's. Raises RecordError for a record that cannot be replayed."""
+    p = rebuild(record, name, limits)
+    return Analysis(p.cfg, p.ratio, p.info, Batch(p.ids, p.mask, p.description, p.tokens), p.main, p.dense,
+                    p.nll_dense, p.nll_pruned, p.nll_mask, p.kl, p.top1, None, None, p.prompt, record.protocol,
+                    p.seconds, replayed=p.replayed)
+
+
+def open_record(data: bytes | str, name: str = "", limits: RecordLimits = RecordLimits()) -> Analysis:
+    """`replay(read_record(data, limits), name, limits)`: a run record file's bytes to the Analysis the views draw
+    (the sizes checked before parsing). Raises RecordError."""
+    return replay(read_record(data, limits), name, limits)
+
+
 def layer_table(main: BatchRecord, others: Mapping[str, BatchRecord]) -> list[dict[str, Any]]:
     """Per block and layer: the kept fraction of `main`, and the Jaccard of its keep-set with each of
     `others` (None where neither pruned that block): rows of layer, block, kept_fraction, jaccard_<method>."""
@@ -315,7 +344,7 @@ def baselines(lm: LoadedModel, calib: Optional[Calibration], a: Analysis,
     for i, m in enumerate(todo):
         label, lo, hi = f"baseline {m} at ratio {a.ratio:.2f}", i / len(todo), (i + 1) / len(todo)
         progress(lo, label)
-        res = _walk(lm, replace(a.cfg, method=m, ratio=a.ratio), calib, a.batch.ids, a.batch.mask, "summary",
+        res = _walk(lm, a.cfg.as_method(m, a.ratio), calib, a.batch.ids, a.batch.mask, "summary",
                     _ticks(progress, lo, hi, label))
         assert res.record is not None
         out[m] = res.record

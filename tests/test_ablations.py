@@ -143,30 +143,22 @@ def test_calibration_flap_score_is_flaps_metric_at_the_uniform_ratio(lm, calib):
     assert len(rec.layers[2].mlp.kept) == mlp_kept_for_ratio(r_eff, dims.intermediate, 64)
 
 
+@pytest.mark.parametrize("score, channels", [("wanda-sp", wanda_sp_channels), ("flap", flap_channels)])
 @torch.inference_mode()
-def test_the_probes_wanda_sp_score_is_its_formula_on_the_fused_energy(lm, calib):
-    cfg = PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="wanda-sp")
-    rec = _run(lm, calib, cfg)[-1].record.layers[2]
+def test_the_probes_other_scores_are_their_formulas_on_the_fused_energy(lm, calib, score, channels):
+    """Wanda-sp's and FLAP's metrics on the fused energy (FLAP's official fluctuation is close to a running mean of
+    z^2, docs/algorithm.md §8.1a: the fused energy stands in for it, so the history counts as it does for PPsp)."""
+    rec = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score=score))[-1].record.layers[2]
     w = lm.adapter.layer(2)
     for block in BLOCKS:
         r = getattr(rec, block.name)
-        ch = wanda_sp_channels(block.final_weight(w), torch.tensor(r.energy_fused))
+        ch = channels(block.final_weight(w), torch.tensor(r.energy_fused))
         expect = ch.view(-1, lm.adapter.dims.head_dim).sum(1) if block is ATTN else ch
         torch.testing.assert_close(torch.tensor(r.scores), expect, rtol=1e-3, atol=1e-5)
         assert r.weight_factor is None and r.kept_probe_only is None  # PPsp's counterfactual would mislead
 
 
-@torch.inference_mode()
-def test_the_probes_flap_score_is_flaps_metric_on_the_fused_energy(lm, calib):
-    """FLAP's official fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on the probe, the
-    fused energy stands in for it, so the history counts as it does for PPsp."""
-    rec = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap"))[-1].record.layers[2]
-    w = lm.adapter.layer(2)
-    for block in BLOCKS:
-        r = getattr(rec, block.name)
-        ch = flap_channels(block.final_weight(w), torch.tensor(r.energy_fused))
-        expect = ch.view(-1, lm.adapter.dims.head_dim).sum(1) if block is ATTN else ch
-        torch.testing.assert_close(torch.tensor(r.scores), expect, rtol=1e-3, atol=1e-6)
+def test_the_history_counts_for_the_probes_flap_score(lm, calib):
     alone = _run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap", use_history=False))
     assert _kept(alone) != _kept(_run(lm, calib, PruneConfig(method="pp", ratio=0.5, skip_layers=(0,), score="flap")))
 

@@ -1,6 +1,8 @@
 """Pruned-channel map: what each layer kept, why (scores), and how it agrees with other methods."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import pandas as pd
 import streamlit as st
 
@@ -10,7 +12,9 @@ from .. import charts
 from ..glossary import explain
 from ..result import Result
 from ..state import limits
+from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio, count_and_button
+from .replay import needs_model
 
 
 def layer_table(r: Result) -> pd.DataFrame:
@@ -18,7 +22,8 @@ def layer_table(r: Result) -> pd.DataFrame:
     return pd.DataFrame(session.layer_table(r.analysis.main, r.baselines or {}))
 
 
-def render(r: Result, start_stability) -> None:
+def render(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
+    """The view; `start_stability` None (a replay, without the model) shows a note in place of the stability run."""
     method = r.analysis.cfg.method
     st.caption("**Stage 3: pruned inference.** What each layer kept (blue) for the whole batch to run on, how much, "
                "and how close that is to the oracle's and the static baselines' choices.",
@@ -45,6 +50,9 @@ def render(r: Result, start_stability) -> None:
     st.caption("The current batch, then further corpus batches of the same shape, through one pruner "
                "(PP's history evolves batch to batch). 1.0 = the same keep-set as on the previous batch.",
                help=explain("Jaccard", "history", "EMA"))
+    if start_stability is None:
+        st.info(needs_model("Measuring stability"))
+        return
     out = count_and_button("Extra batches", limits().extra_batches, 3, "stab_n", "Measure stability", "stab_go",
                            start_stability)
     stab = r.stability
@@ -62,8 +70,11 @@ def _scores(r: Result) -> None:
     layers = r.analysis.main.layers
     c1, c2 = st.columns([3, 1])
     pruned = [i for i, layer in enumerate(layers) if layer.attn.pruned or layer.mlp.pruned] or [0]
-    layer = c1.slider("Layer", 0, len(layers) - 1, pruned[0], key="score_layer")
+    if "score_layer" not in st.session_state:  # seeded, not a default value: a link (app/viewlink.py) may set it
+        st.session_state["score_layer"] = pruned[0]
+    layer = c1.slider("Layer", 0, len(layers) - 1, key="score_layer")
     block = block_radio(c2, "Block", "score_block", long=True)
+    show_place("Pruned channels", layer, block)
     rec = getattr(layers[layer], block)
     if rec.scores is None:
         why = "skipped or dense" if not rec.pruned else "not recorded"

@@ -9,14 +9,22 @@ from ..result import Result
 from . import channels, compare, latency, outputs
 
 
+def record_json(r: Result) -> str:
+    """The bytes of the "Run record (JSON)" download: the record the sidebar's "Open a saved run" replays."""
+    return json.dumps(r.run_record().to_dict())
+
+
 def render(r: Result) -> None:
     st.caption("The run record follows the schema in docs/run-record.md: the chosen method's batch at full "
-               "detail, then dense and the baselines. ppcore.RunRecord.load() reads it back. Every chart also "
-               "has Plotly's PNG download (camera icon).")
-    rec = json.dumps(r.run_record().to_dict())
-    st.download_button("Run record (JSON)", rec, file_name=f"run_{r.analysis.cfg.method}_{r.key}.json",
+               "detail, then dense and the baselines, with the per-token numbers the views draw. Open it again "
+               "under **Open a saved run** in the sidebar to replay it without the model; "
+               "ppcore.RunRecord.load() reads it back. Every chart also has Plotly's PNG download (camera icon).")
+    st.download_button("Run record (JSON)", record_json(r), file_name=f"run_{r.analysis.cfg.method}_{r.key}.json",
                        mime="application/json", key="dl_record")
-    tables = {"layers": channels.layer_table(r), "tokens": outputs.token_table(r)}
+    tables = {"layers": channels.layer_table(r)}
+    tokens = outputs.token_table(r)
+    if not tokens.empty:
+        tables["tokens"] = tokens
     if r.latency is not None:
         tables["latency"] = latency.layer_times(r.latency)
         tables["latency summary"] = latency.summary_table(r.latency)

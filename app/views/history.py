@@ -6,7 +6,7 @@ probe alone; then, per layer, how many it changed; then, in a stability run, how
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,10 @@ from .. import charts
 from ..glossary import explain
 from ..result import Result
 from ..state import limits
+from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio, count_and_button
 from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
+from .replay import lacking, needs_model
 
 
 def has_stage2(r: Result) -> bool:
@@ -44,7 +46,8 @@ def changes_table(r: Result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "block", "changed", "share"])
 
 
-def render(r: Result, start_stability: Callable[[int], None]) -> None:
+def render(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
+    """The view; `start_stability` None (a replay, without the model) shows a note in place of the drift's button."""
     st.caption("**Stage 2: history-informed pruning.** The probe is small, so PP does not trust it alone. For every "
                "position and channel it keeps a *history*: the mean squared activation of earlier batches "
                "(calibration data at first). It mixes the two with a *fusion weight* that favours whichever is "
@@ -54,6 +57,9 @@ def render(r: Result, start_stability: Callable[[int], None]) -> None:
     why_not = nothing_pruned(r)
     if why_not:
         st.info(NOTHING_PRUNED.format(why=why_not))
+        return
+    if not has_stage2(r) and r.replayed is not None and "energies" in r.replayed.lacks:
+        st.info(lacking("stage-2 energies (it was saved at level summary)"))
         return
     if not has_stage2(r):
         st.info(f"Method '{method}' has no stage 2: only pp (probe + history) and fullbatch (the whole batch as "
@@ -71,7 +77,7 @@ def render(r: Result, start_stability: Callable[[int], None]) -> None:
 
 
 @st.fragment
-def _panel(r: Result, start_stability: Callable[[int], None]) -> None:
+def _panel(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
     """One layer and block, and the history's drift there (a fragment: moving the slider redraws this only)."""
     _layer(r)
     if has_history(r):
@@ -83,8 +89,11 @@ def _layer(r: Result) -> None:
     a = r.analysis
     n = len(a.main.layers)
     c1, c2 = st.columns([3, 1])
-    layer = c1.slider("Layer", 0, n - 1, first_pruned_layer(r), key="hist_layer")
+    if "hist_layer" not in st.session_state:  # seeded, not a default value: a link (app/viewlink.py) may set it
+        st.session_state["hist_layer"] = first_pruned_layer(r)
+    layer = c1.slider("Layer", 0, n - 1, key="hist_layer")
     block = block_radio(c2, "Block", "hist_block", long=True)
+    show_place("History", layer, block)
     rec = getattr(a.main.layers[layer], block)
     if not rec.pruned or rec.energy_fused is None:
         st.info(f"Layer {layer}'s {BLOCK_TEXT[block].long.lower()} were not pruned (a skipped layer or a "
@@ -131,12 +140,15 @@ def _short(units: list[int], n: int = 12) -> str:
     return str(units) if len(units) <= n else f"[{', '.join(map(str, units[:n]))}, … {len(units) - n} more]"
 
 
-def _drift(r: Result, start_stability: Callable[[int], None]) -> None:
+def _drift(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
     st.subheader("How the history moves batch to batch")
     st.caption("The current batch, then further corpus batches of the same shape, through one pruner. After every "
                "batch the history takes an exponential moving average of the kept channels' energies, so it drifts "
                "away from the calibration data slowly. Each cell: a unit's history, summed over the batch's "
                "positions and its channels, against the first batch's.", help=explain("EMA"))
+    if start_stability is None:
+        st.info(needs_model("Running consecutive batches"))
+        return
     out = count_and_button("Extra batches", limits().extra_batches, 3, "hist_stab_n", "Run consecutive batches",
                            "hist_stab_go", start_stability)
     stab = r.stability

@@ -14,13 +14,17 @@ from ..glossary import explain
 from ..result import Result
 from ..state import demo, limits
 from .controls import count_and_button
+from .replay import lacking, needs_model
 
 
 def token_table(r: Result) -> pd.DataFrame:
-    """Per predicted token: dense and pruned loss, KL and top-1 agreement (also the CSV export)."""
+    """Per predicted token: dense and pruned loss, KL and top-1 agreement (also the CSV export). Empty for a replayed
+    record without them."""
     a = r.analysis
-    rows = []
+    rows: list[dict] = []
     m = a.nll_mask
+    if m is None or a.nll_dense is None or a.nll_pruned is None or a.kl is None or a.top1 is None:
+        return pd.DataFrame(rows)
     for b in range(m.shape[0]):
         for t in range(m.shape[1]):
             if m[b, t] > 0:
@@ -39,6 +43,7 @@ def large(fragment: str) -> str:
 
 
 def render(r: Result, start_generation) -> None:
+    """The view; `start_generation` None (a replay, without the model) shows a note in place of generation."""
     st.caption("Batch metrics are in the header: perplexity of both, KL(dense ‖ pruned) and top-1 agreement "
                "over every real position of the batch. Below, one sample at a time.",
                help=explain("perplexity", "KL", "top-1 agreement"))
@@ -49,6 +54,9 @@ def render(r: Result, start_generation) -> None:
     st.subheader("Greedy continuation")
     st.caption("Pruning is decided once on the prompt (the prefill) and the same heads and channels are reused for "
                "every generated token.")
+    if start_generation is None:
+        st.info(needs_model("Generating with both models"))
+        return
     prompt = st.text_area("Prompt", value=r.analysis.prompt, key="gen_prompt", height=80,
                           max_chars=limits().text_chars if demo() else None)
     out = count_and_button("New tokens", limits().new_tokens, 20, "gen_tokens", "Generate with both", "gen_go",
@@ -83,6 +91,9 @@ def _per_token(r: Result) -> None:
     """Per-token views for one sample; a fragment: switching sample or position reruns only this."""
     a = r.analysis
     st.subheader("Per-token loss")
+    if a.nll_dense is None or a.nll_pruned is None:
+        st.info(lacking("per-token losses (they are saved from schema 4, by the Export tab)"))
+        return
     B = a.batch.ids.shape[0]
     b = st.selectbox("Sample", list(range(B)), key="out_sample",
                      format_func=lambda i: f"{i}: " + "".join(a.batch.tokens[i][:12]).strip()[:60] + "…")
@@ -102,6 +113,9 @@ def _per_token(r: Result) -> None:
     st.plotly_chart(charts.diff_bars(toks[1:], diff[1:], f"Sample {b}: loss difference per token"),
                     width="stretch", key="out_diff")
     st.subheader("Next-token top-k")
+    if a.top_dense is None or a.top_pruned is None:  # a replay: records hold no top-k
+        st.info(needs_model("The next-token top-k"))
+        return
     c1, c2 = st.columns([3, 1])
     pos = c1.slider("After position", 0, n - 1, min(n - 1, n // 2), key="out_pos")
     k = c2.number_input("k", 1, session.TOP_K, 10, key="out_k",

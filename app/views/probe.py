@@ -9,7 +9,9 @@ from ppcore import session
 from .. import charts
 from ..glossary import explain
 from ..result import Result
+from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio
+from .replay import lacking
 
 
 NOTHING_PRUNED = ("Nothing was pruned in this run ({why}): no probe ran, no history was fused and nothing was "
@@ -64,6 +66,7 @@ def _panel(r: Result) -> None:
     c2.button("▶", key="probe_next", on_click=_step, args=(1, n), help="next layer")
     block = block_radio(c3, "Block", "probe_block", horizontal=True)
     layer = st.session_state["probe_layer"]
+    show_place("Probe", layer, block)
     rec = getattr(a.main.layers[layer], block)
     m1, m2, m3 = st.columns(3)
     m1.metric("Probe tokens", len(rec.probe_tokens), help=explain("probe tokens"))
@@ -72,7 +75,8 @@ def _panel(r: Result) -> None:
     m3.metric(f"Kept {unit}", f"{len(rec.kept)} / {rec.total}",
               help=explain("kept heads") + ("" if rec.pruned else "\n\nThis block is not pruned."))
     if rec.importance is None:
-        st.info("No importance grid in this record.")
+        st.info(lacking("residual-importance grid (it was saved at level summary)") if r.replayed else
+                "No importance grid in this record.")
         return
     tokens = a.batch.tokens
     scores = session.token_scores(rec.importance)

@@ -15,8 +15,10 @@ from ppcore.record import BatchRecord
 from .. import charts
 from ..glossary import explain
 from ..result import Result
+from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio
 from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
+from .replay import lacking
 
 
 TITLES = {"fullbatch": "fullbatch (the oracle)"}
@@ -84,7 +86,8 @@ def render(r: Result) -> None:
         st.info(NOTHING_PRUNED.format(why=why_not))
         return
     if r.baselines is None:
-        st.info("The other methods' decisions appear once the baselines have run.")
+        st.info(lacking("baselines: the other methods' decisions are not shown") if r.replayed else
+                "The other methods' decisions appear once the baselines have run.")
     _panel(r)
 
 
@@ -98,6 +101,7 @@ def _panel(r: Result) -> None:
     c1, c2, c3 = st.columns([3, 2, 1])
     layer = c1.slider("Layer", 0, n - 1, key="why_layer")
     block = block_radio(c2, "Block", "why_block", long=True, horizontal=True)
+    show_place("Why this head", layer, block)
     rec = getattr(main.layers[layer], block)
     unit_name = BLOCK_TEXT[block].unit
     if "why_unit" not in st.session_state:  # open on a pruned unit: "why was this one pruned?" is the question
@@ -157,7 +161,10 @@ def headline(w: session.UnitWhy, unit_name: str) -> str:
 
 def _explain(w: session.UnitWhy, unit_name: str) -> None:
     st.markdown(headline(w, unit_name))
-    if w.energy_fused is None:
+    if w.energy_fused is None and w.method in ("pp", "fullbatch"):  # a record saved at level summary
+        st.info(f"This record holds no energies for {w.method}'s score (it was saved at level summary): there is "
+                "nothing to take apart. Press **Run** to recompute.")
+    elif w.energy_fused is None:
         static = ("it decides once, from calibration statistics, and records no per-batch energies"
                   if w.method in ("wanda-sp", "flap", "ppsp-calib") else "it records no energies")
         st.info(f"Method '{w.method}' has no probe or history to take apart: {static}. Choose pp (or fullbatch) "
