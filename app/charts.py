@@ -363,3 +363,114 @@ def kept_sets_grid(sets: dict[str, Sequence[int]], total: int, unit: str, title:
     fig.update_xaxes(title=f"{unit} (* = the methods disagree)", tickvals=list(range(total)), ticktext=ticktext)
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+# --- side by side: two configurations on one batch ----------------------------------------------------------------
+SIDE_COLORS = {"heads": KEPT, "MLP channels": "#ff7f0e"}
+
+
+def pair_jaccard(attn: Sequence[float], mlp: Sequence[float], title: str) -> go.Figure:
+    """Per layer, the Jaccard of configuration A's and B's keep-sets: attention heads and MLP channels, (layers,)
+    each, in [0, 1], NaN where neither configuration pruned the block (a gap in the line)."""
+    fig = go.Figure()
+    for name, values in (("heads", attn), ("MLP channels", mlp)):
+        v = [float(x) if np.isfinite(x) else None for x in np.asarray(values, dtype=float)]  # None: a gap
+        fig.add_trace(go.Scatter(x=list(range(len(v))), y=v, mode="lines+markers", name=name, connectgaps=False,
+                                 line=dict(color=SIDE_COLORS[name]), marker=dict(size=8),
+                                 hovertemplate=f"layer %{{x}}, {name}: Jaccard %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=title, height=360, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=40),
+                      legend=dict(orientation="h", y=1.12, x=0))
+    fig.update_yaxes(title="Jaccard (1 = the same units kept)", range=[-0.05, 1.05])
+    layers = len(np.asarray(attn))
+    fig.update_xaxes(title="layer", dtick=1 if layers <= 40 else None, range=[-0.5, layers - 0.5])
+    return fig
+
+
+def loss_diff_heatmap(diff: np.ndarray, mask: np.ndarray, tokens: list[list[str]], title: str,
+                      loss_a: Optional[np.ndarray] = None, loss_b: Optional[np.ndarray] = None) -> go.Figure:
+    """Samples x predicted positions: B's per-token loss minus A's (nats), `diff` and `mask` (B, L-1), column t the
+    prediction of position t + 1; red where B predicts worse, blue where better, white at 0 and at masked cells
+    (blank). Hover shows the predicted token (`tokens[b][t + 1]`) and, when given, each loss (`loss_a`, `loss_b`)."""
+    d = np.where(np.asarray(mask) > 0, np.asarray(diff, dtype=float), np.nan)
+    B, T = d.shape
+    text = [[_show(tokens[b][t + 1]) if b < len(tokens) and t + 1 < len(tokens[b]) else "" for t in range(T)]
+            for b in range(B)]
+    la = np.full_like(d, np.nan) if loss_a is None else np.asarray(loss_a, dtype=float)
+    lb = np.full_like(d, np.nan) if loss_b is None else np.asarray(loss_b, dtype=float)
+    lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    fig = go.Figure(go.Heatmap(z=d, x=np.arange(1, T + 1), zmin=-lim, zmax=lim, zmid=0, colorscale="RdBu_r",
+                               colorbar=dict(title="B − A (nats)"),
+                               customdata=np.dstack([np.array(text, dtype=object), la, lb]),
+                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata[0]}<br>"
+                                             "B − A %{z:+.3f} nats<br>A %{customdata[1]:.3f}, B %{customdata[2]:.3f}"
+                                             "<extra></extra>"))
+    fig.update_layout(title=title, height=260 + 16 * B, font=dict(size=14), margin=dict(l=60, r=20, t=60, b=40))
+    fig.update_yaxes(title="sample", autorange="reversed", dtick=1 if B <= 32 else None)
+    fig.update_xaxes(title="position of the predicted token")
+    return fig
+
+
+# --- lecture mode (app/views/lecture.py) -----------------------------------------------------------------------------
+
+def model_strip(kept: np.ndarray, selected: Optional[int], title: str) -> go.Figure:
+    """Where in the model: every decoder layer's attention and MLP block as one cell, coloured by the share of heads
+    or channels the batch kept (`kept`: (2, layers), rows attention and MLP, NaN for a block run whole: a skipped
+    layer, drawn grey), the embeddings before and the LM head after, and the layer `selected` outlined."""
+    z = np.asarray(kept, dtype=float)
+    layers = z.shape[1]
+    text = np.where(np.isfinite(z), np.vectorize(lambda v: f"{v:.0%} kept")(np.nan_to_num(z)), "run whole")
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(layers)), y=["attention", "MLP"], zmin=0, zmax=1,
+                               colorscale=[[0, "#f0f0f0"], [1, KEPT]], customdata=text, xgap=2, ygap=2,
+                               colorbar=dict(title="kept", tickformat=".0%", len=0.9, x=1.1),
+                               hovertemplate="layer %{x}, %{y}: %{customdata}<extra></extra>"))
+    skipped = [i for i in range(layers) if not np.isfinite(z[:, i]).any()]
+    for i in skipped:  # a layer run whole: grey, so that it does not read as "kept everything"
+        fig.add_shape(type="rect", x0=i - 0.45, x1=i + 0.45, y0=-0.45, y1=1.45, fillcolor=PRUNED, line_width=0,
+                      layer="below")
+    if selected is not None:
+        fig.add_shape(type="rect", x0=selected - 0.5, x1=selected + 0.5, y0=-0.55, y1=1.55,
+                      line=dict(color=PROBE, width=4), fillcolor="rgba(0,0,0,0)")
+    fig.add_annotation(x=0, y=0.5, xref="paper", yref="paper", text="embeddings →", showarrow=False,
+                       xanchor="right", xshift=-70, font=dict(size=14))
+    fig.add_annotation(x=1, y=0.5, xref="paper", yref="paper", text="→ LM head", showarrow=False, xanchor="left",
+                       xshift=6, font=dict(size=14))
+    fig.update_layout(title=title, height=230, margin=dict(l=170, r=170, t=50, b=40), font=dict(size=15),
+                      plot_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(title="decoder layer" + (f" (grey: run whole, {len(skipped)} skipped)" if skipped else ""),
+                     range=[-0.5, layers - 0.5], dtick=1 if layers <= 32 else None, showgrid=False, zeroline=False)
+    fig.update_yaxes(showgrid=False)
+    return fig
+
+
+def sample_bars(scores: Sequence[float], picked: Sequence[int], title: str) -> go.Figure:
+    """One bar per sample (its score at the probe's tokens), the samples the probe picked in red."""
+    s = np.asarray(scores, dtype=float)
+    colors = [PROBE if b in set(picked) else PRUNED for b in range(len(s))]
+    fig = go.Figure(go.Bar(x=[f"sample {b}" + (" (probe)" if b in set(picked) else "") for b in range(len(s))],
+                           y=s, marker_color=colors, hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=title, height=380, margin=dict(l=50, r=20, t=50, b=60), font=dict(size=15),
+                      yaxis_title="score at the probe's tokens")
+    return fig
+
+
+def ratio_sweep(df: pd.DataFrame) -> go.Figure:
+    """Perplexity against the pruning ratio, one line per method (rows of `ppcore.session.CompareRow.row()`: method,
+    ratio, ppl), dense as a dashed line; a log scale, since the worst methods' perplexity grows by orders."""
+    pruned = df[df["method"] != "dense"].sort_values(["method", "ratio"])
+    fig = px.line(pruned, x="ratio", y="ppl", color="method", markers=True, log_y=True,
+                  title="Perplexity against the pruning ratio, per method",
+                  hover_data={"ppl": ":.2f", "ratio": ":.2f"})
+    dense = df[df["method"] == "dense"]["ppl"]
+    if len(dense):
+        fig.add_hline(y=float(dense.iloc[0]), line_dash="dash", line_color="#555555",
+                      annotation_text=f"dense {float(dense.iloc[0]):.2f}", annotation_position="bottom right")
+    fig.update_traces(marker_size=10, line_width=3)
+    ppl = df["ppl"].astype(float)
+    ppl = ppl[np.isfinite(ppl) & (ppl > 0)]
+    if len(ppl):  # the range from the data: a log axis otherwise stretches to its annotations
+        fig.update_yaxes(range=[np.log10(ppl.min() / 1.3), np.log10(ppl.max() * 1.3)])
+    fig.update_layout(height=460, font=dict(size=15), xaxis_title="pruning ratio (share of heads and channels removed)",
+                      yaxis_title="perplexity on the batch (log scale)")
+    fig.update_xaxes(tickformat=".1f")
+    return fig

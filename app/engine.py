@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from ppcore import LoadedModel
+
+from .background import Jobs
 from ppcore.session import Calibration, calibration, open_model
+
+from .state import Settings, calib_config, demo
 
 if TYPE_CHECKING:
     from ppcore.config import CalibConfig
@@ -33,3 +37,20 @@ def get_calibration(_lm: LoadedModel, fingerprint: str, device: str, dtype: str,
     The demo keeps only its default calibration on disk: each other setting would write another file of
     tens of MB, and visitors choose the settings (SECURITY.md, resource exhaustion)."""
     return calibration(_lm, config, seed, cache=disk)
+
+
+def for_settings(s: Settings) -> tuple[LoadedModel, Calibration]:
+    """The cached model and calibration for the app's settings `s`. The demo keeps only its default calibration
+    on disk (`get_calibration`)."""
+    lm = get_model(s.model, s.device, s.dtype)
+    config = calib_config(s)
+    default = Settings()
+    disk = not demo() or (config == calib_config(default) and s.seed == default.seed)
+    calib = get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), config, s.seed, disk)
+    return lm, calib
+
+
+@st.cache_resource(show_spinner=False)
+def get_jobs() -> Jobs:
+    """The server's one queue of background computations (app/background.py), shared by every session."""
+    return Jobs()

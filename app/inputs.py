@@ -15,6 +15,7 @@ import streamlit as st
 from ppcore import session
 
 from .batch import UPLOAD_TYPES, read_upload
+from .lecture import URL_PARAMS as LECTURE_PARAMS
 from .state import (BY_NAME, DEMO_CORPORA, FIELDS, SOURCES, SPLITS, URL_TEXT_CHARS, VIEW_PARAMS, Settings, demo,
                     demo_changes, from_query, limits, link_notes)
 
@@ -196,7 +197,8 @@ def sidebar() -> tuple[Settings, Optional[tuple[str, bytes]], bool]:
     s = Settings(**values).locked()
     query = link_query(s, bool(st.session_state.get("share_text")))
     current = st.query_params.to_dict()
-    query.update({k: v for k, v in current.items() if k in VIEW_PARAMS})  # the open view's place (app/viewlink.py)
+    # The open view's place (app/viewlink.py) and lecture mode's (app/views/lecture.py) stay beside the settings.
+    query.update({k: v for k, v in current.items() if k in VIEW_PARAMS or k in LECTURE_PARAMS})
     if current != query:  # the URL always holds the current settings
         st.query_params.from_dict(query)
     sb.caption(link_caption(s, "text" in query))

@@ -12,19 +12,19 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
-from app import engine, inputs, messages, viewlink
+from app import background, engine, inputs, messages, stored, viewlink
 from app.batch import build_batch, check_settings, left_out_note
 from app.glossary import GLOSSARY
 from app.header import header_metrics
-from app.result import Result
+from app.views import lecture as lecture_view
+from app.result import Pending, Result
 from app.state import Settings, calib_config, demo, limits, prune_config
-from app.views import (TABS, ablation, channels, compare, export, history, latency, outputs, probe, replay, unit_why,
-                       zeroshot)
+from app.views import (TABS, ablation, channels, compare, export, history, latency, outputs, probe, replay,
+                       side_by_side, unit_why, zeroshot)
 from ppcore import LoadedModel, PPCoreError, session
 from ppcore.config import CalibConfig
 from ppcore.session import Progress
 
-DEFAULT = Settings()
 
 st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 
@@ -32,11 +32,7 @@ st.set_page_config(page_title="Probe Pruning Lab", layout="wide")
 def _model_and_calib(s: Settings) -> tuple[LoadedModel, session.Calibration]:
     """The cached model and calibration for these settings. The demo keeps only its default calibration
     on disk (app/engine.py)."""
-    lm = engine.get_model(s.model, s.device, s.dtype)
-    config = calib_config(s)
-    disk = not demo() or (config == calib_config(DEFAULT) and s.seed == DEFAULT.seed)
-    calib = engine.get_calibration(lm, lm.fingerprint, str(lm.device), str(lm.dtype), config, s.seed, disk)
-    return lm, calib
+    return engine.for_settings(s)
 
 
 def _stop_pressed() -> None:
@@ -82,8 +78,12 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             step(0.1, f"measuring the calibration statistics on {session.calibration_text(calib_cfg)} (kept for "
                       "later runs)")
             _, calib = _model_and_calib(s)
-            analysis = session.analyse(lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s),
-                                       progress=step)
+            # The same settings on the same batch were maybe analysed already, by any session: then the server's
+            # disk gives the result back (app/stored.py).
+            akey = session.analysis_key(lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s))
+            analysis, hit = stored.remembered(akey, lambda: session.analyse(
+                lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s), progress=step),
+                stored.writable(s))
             analysis.protocol = messages.scrub(analysis.protocol)
             res = Result(key, s, analysis)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
@@ -99,27 +99,100 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
         notes["running"] = False
         st.session_state["result"], st.session_state["error"] = res, None
         done = messages.done_text(cfg.method, cfg.ratio, tuple(batch.ids.shape), batch.mask is not None,
-                                  sum(analysis.seconds.values()))
+                                  sum(analysis.seconds.values()), stored.reused_note(hit) if hit else None)
         status.update(label=messages.clean(done), state="complete", expanded=False)
     note = left_out_note(batch)
     if note:
         st.info(messages.clean(note), icon="✂️")
 
 
-def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any]) -> None:
-    """Run an on-request computation for the current result with the cached model, and keep it in the
-    result's field `name`."""
-    with st.status(f"{label}…", expanded=True) as status:
+def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any],
+                params: Callable[[], dict[str, Any]] = dict, entry: Optional[str] = None, fresh: bool = False,
+                background: bool = False) -> None:
+    """Run an on-request computation for the current result with the cached model, and keep it in the result's
+    field `name` (under `entry` of that field's dict, when given: one ablation of several). A result this server
+    already computed for the same model, calibration, batch, settings and `params` comes from its disk
+    (app/stored.py) unless `fresh` asks for a new one; the status line then says when it was computed. `params()`
+    gives what the computation depends on besides those (read inside, so a bad input becomes the one message).
+    With `background`, a computation not stored yet is queued on the server's worker (app/background.py) and the
+    page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done."""
+    with st.status(f"{label}…", expanded=not background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
         try:
             lm, calib = _model_and_calib(r.settings)
-            r.keep(name, fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0), text=messages.clean(t))))
-            status.update(label=f"{label}: done in {time.perf_counter() - t0:.1f} s", state="complete",
-                          expanded=False)
+            key = session.result_key_of(name, lm, calib, r.analysis, **params(), entry=entry)
+            hit = None if fresh else stored.lookup(key)
+            if hit is None and background:
+                engine.get_jobs().submit(key, label, lambda progress: fn(lm, calib, progress),
+                                         stored.keeper(key, stored.writable(r.settings)), fresh)
+                r.pending[entry or name] = Pending(key, name, entry, label)
+                st.rerun()  # from the top: the progress panel shows above the views
+            if hit is None:
+                value, _ = stored.remembered(
+                    key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
+                                                                         text=messages.clean(t))),
+                    stored.writable(r.settings), fresh=True)
+            _keep(r, name, entry, hit.value if hit is not None else value, hit)
+            done = f"reused ({stored.reused_note(hit)})" if hit is not None else \
+                f"done in {time.perf_counter() - t0:.1f} s"
+            status.update(label=f"{label}: {done}", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
             status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
             st.error(messages.failure(e))
+
+
+def _keep(r: Result, name: str, entry: Optional[str], value: Any, hit: Optional[session.Stored]) -> None:
+    """Keep an on-request value in the result (under `entry` of the field's dict when given), with when it was
+    computed when the server's disk gave it (`hit`)."""
+    r.keep(name, value if entry is None else {**(getattr(r, name) or {}), entry: value})
+    r.reused[entry or name] = stored.reused_note(hit) if hit is not None else None
+    r.pending.pop(entry or name, None)
+
+
+def _collect(r: Result) -> None:
+    """Keep the values of this result's background computations that finished; one message for each that failed."""
+    jobs = engine.get_jobs()
+    for slot, p in list(r.pending.items()):
+        job = jobs.get(p.key)
+        if job is None:  # forgotten by the server (many newer jobs): maybe on disk, else to be asked again
+            hit = stored.lookup(p.key)
+            if hit is not None:
+                _keep(r, p.name, p.entry, hit.value, hit)
+            else:
+                r.pending.pop(slot)
+                st.warning(f"{p.label}: the result is no longer on the server; press its button again.")
+        elif job.done.is_set():
+            if job.error is None:
+                _keep(r, p.name, p.entry, job.value, None)
+            else:
+                r.pending.pop(slot)
+                if isinstance(job.error, background.Cancelled):
+                    st.info(f"{p.label}: cancelled.")
+                else:
+                    st.error(messages.failure(job.error) if isinstance(job.error, Exception) else
+                             f"{p.label}: stopped ({type(job.error).__name__})")
+
+
+@st.fragment(run_every=1.0)
+def _pending_panel(r: Result) -> None:
+    """Progress of this result's background computations, redrawn every second while the person browses; the
+    whole page reruns once one finished, so its view shows the result."""
+    jobs = engine.get_jobs()
+    if any(j is None or j.done.is_set() for j in (jobs.get(p.key) for p in r.pending.values())):
+        st.rerun(scope="app")
+    queue = [j.key for j in jobs.running()]
+    for slot, p in list(r.pending.items()):
+        job = jobs.get(p.key)
+        assert job is not None
+        place = queue.index(p.key) if p.key in queue else 0
+        text = job.text if place == 0 else f"queued behind {place} other computation{'s' * (place > 1)}"
+        c1, c2 = st.columns([5, 1])
+        c1.progress(job.fraction, text=messages.clean(f"{p.label}: {text}"))
+        if c2.button("Cancel", key=f"cancel_{slot}", help="Stop this computation at its next layer"):
+            job.cancel = True
+    st.caption("These run on the server while you browse; what you do meanwhile shares its CPU, so the times they "
+               "measure are slower than on an idle machine.")
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -141,12 +214,16 @@ def main() -> None:
                "**Run**, then explore the tabs."
                + (" **Demo mode**: the default model, small batches." if demo() else ""))
     viewlink.read_once()  # the link's tab, layer and block, before the sidebar rewrites the address
+    lecturing = lecture_view.toggle()  # on top of the sidebar
     s, upload, run_clicked = inputs.sidebar()
     replay.opener()
     with st.sidebar.expander("Glossary: every term in plain words"):
         st.markdown("\n\n".join(f"**{term}**: {text}" for term, text in GLOSSARY.items()))
     for p in st.session_state.pop("_url_problems", []) + viewlink.problems_once():
         st.warning(messages.clean(p))
+    if lecturing:  # lecture mode: the server's shared lecture in place of this session's run and tabs
+        lecture_view.render(s, run_clicked)
+        return
     replay.messages_once()
     if (s.source == "upload" and upload is None) or (s.source == "paste" and not s.text.strip()):
         for n in st.session_state.get("_url_notes", []):  # a link's file or text the recipient must supply
@@ -172,6 +249,9 @@ def main() -> None:
         st.info("The sidebar settings differ from this result's: press **Run** to apply them.")
     # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
     # open tab's content runs, so switching views is quick.
+    _collect(r)  # background computations that finished since the last run of the page
+    if r.pending:
+        _pending_panel(r)
     try:
         replay.banner(r)
         _header(r)
@@ -189,6 +269,7 @@ def main() -> None:
 # The views that need the model for everything they show: a replay shows this note in their place.
 NEEDS_MODEL = {"Latency": "Timing dense against the pruned model",
                "Compare methods": "Comparing every method on this batch (and running an ablation)",
+               "Side by side": "Running two configurations side by side on this batch",
                "Zero-shot": "Zero-shot accuracy"}
 
 
@@ -201,7 +282,8 @@ def _view(label: str, r: Result) -> None:
 
     def start_stability(n: int) -> None:
         _on_request(r, "stability", "Running consecutive batches",
-                    lambda lm, c, p: session.stability(lm, c, a, r.settings.corpus, r.settings.seed, n, p))
+                    lambda lm, c, p: session.stability(lm, c, a, r.settings.corpus, r.settings.seed, n, p),
+                    lambda: {"corpus": r.settings.corpus, "seed": r.settings.seed, "batches": n})
 
     def need_baselines() -> None:
         if r.baselines is None:  # computed once per result, the first time a view that draws them opens
@@ -228,21 +310,31 @@ def _view(label: str, r: Result) -> None:
         repeats = 1 if demo() else session.GENERATION_REPEATS  # a demo visitor waits for one timed run of each
         outputs.render(r, None if replayed else lambda prompt, n: _on_request(
             r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq,
-                                                                       repeats=repeats, progress=p)))
+                                                                       repeats=repeats, progress=p),
+            lambda: {"prompt": prompt, "new_tokens": n, "max_prompt": limits().seq, "repeats": repeats}))
     elif label == "Latency":
-        latency.render(r, lambda reps: _on_request(r, "latency", "Timing dense and pruned",
-                                                   lambda lm, c, p: session.latency(lm, c, a, reps)))
+        latency.render(r, lambda reps, fresh=False: _on_request(
+            r, "latency", "Timing dense and pruned", lambda lm, c, p: session.latency(lm, c, a, reps),
+            lambda: {"repeats": reps}, fresh=fresh))
     elif label == "Compare methods":
-        compare.render(r, lambda ratios, reps: _on_request(
+        compare.render(r, lambda ratios, reps, fresh=False: _on_request(
             r, "comparison", "Comparing methods",
-            lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p)))
+            lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p),
+            lambda: {"ratios": parse_ratios(ratios) if ratios else [a.ratio], "repeats": reps}, fresh=fresh,
+            background=True))
         ablation.render(r, lambda name: _on_request(  # every ablation run so far stays, by name
             r, "ablations", f"Running the ablation '{name}' on this batch",
-            lambda lm, c, p: {**(r.ablations or {}), name: session.ablation(lm, c, a, name, p)}))
+            lambda lm, c, p: session.ablation(lm, c, a, name, p), entry=name, background=True))
+    elif label == "Side by side":
+        side_by_side.render(r, lambda entry, cfg_a, cfg_b: _on_request(  # every comparison run so far stays, by B
+            r, "side_by_side", f"Running A and B side by side ({entry})",
+            lambda lm, c, p: session.side_by_side(lm, c, a.batch, cfg_a, cfg_b, p),
+            lambda: {"cfg_a": cfg_a.to_dict(), "cfg_b": cfg_b.to_dict()}, entry=entry))
     elif label == "Zero-shot":
         zeroshot.render(r, lambda task, n: _on_request(
             r, "zeroshot", f"Zero-shot {task} on {n} documents, dense and pruned",
-            lambda lm, c, p: session.zeroshot(lm, c, a, task, n, p)))
+            lambda lm, c, p: session.zeroshot(lm, c, a, task, n, p), lambda: {"task": task, "documents": n},
+            background=True))
     else:
         export.render(r)
 

@@ -110,12 +110,15 @@ def scrub(obj: Any) -> Any:
     return obj
 
 
-def done_text(method: str, ratio: float, shape: tuple[int, ...], padded: bool, seconds: float) -> str:
+def done_text(method: str, ratio: float, shape: tuple[int, ...], padded: bool, seconds: float,
+              reused: str | None = None) -> str:
     """A finished run's status line, in plain words: 'Done: pruned 8 samples of up to 56 tokens with pp at ratio
-    0.20, and ran the unpruned model on them for comparison, in 28.7 s' (`padded`: the samples differ in length)."""
+    0.20, and ran the unpruned model on them for comparison, in 28.7 s' (`padded`: the samples differ in length).
+    With `reused` (when an identical earlier run was computed, app/stored.py), 'Shown again: ... (computed on ...)'."""
     B, L = shape[0], shape[1]
     what = f"{B} sample{'s' * (B != 1)} of {'up to ' if padded else ''}{L} tokens"
+    head, took = ("Shown again", f"({reused})") if reused else ("Done", f"in {seconds:.1f} s")
     if method == "dense":
-        return f"Done: ran {what} through the unpruned (dense) model in {seconds:.1f} s"
-    return (f"Done: pruned {what} with {method} at ratio {ratio:.2f}, and ran the unpruned model on them for "
-            f"comparison, in {seconds:.1f} s")
+        return f"{head}: ran {what} through the unpruned (dense) model {took}"
+    return (f"{head}: pruned {what} with {method} at ratio {ratio:.2f}, and ran the unpruned model on them for "
+            f"comparison, {took}")

@@ -2,17 +2,29 @@
 No streamlit here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional
 
 from ppcore import DataError, session
 from ppcore.record import BatchRecord, RunRecord
-from ppcore.session import AblationResult, Analysis, CompareRow, GenerationPair, Latency, Replayed, Stability
+from ppcore.session import (AblationResult, Analysis, CompareRow, GenerationPair, Latency, Replayed, SideBySide,
+                            Stability)
 
 if TYPE_CHECKING:
     from ppcore.lmeval.run import TaskComparison
 
 from .state import Settings, demo, demo_changes, from_record, limits
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An on-request computation running in the background (app/background.py) for a Result: the job's key, the
+    Result field it fills (`entry`: under that name of the field's dict), and its label for the page."""
+
+    key: str
+    name: str
+    entry: Optional[str]
+    label: str
 
 
 @dataclass
@@ -34,6 +46,11 @@ class Result:
     comparison: Optional[list[CompareRow]] = None
     zeroshot: Optional["TaskComparison"] = None
     ablations: Optional[dict[str, AblationResult]] = None  # by ablation name (ppcore.session.ablation)
+    side_by_side: Optional[dict[str, SideBySide]] = None  # by configuration B's label (ppcore.session.side_by_side)
+    # Per on-request field (or ablation name): when the shown value was computed, if this server's disk gave it
+    # (app/stored.py reused_note), else None.
+    reused: dict[str, Optional[str]] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)  # by field (or entry) name: still computing
 
     def keep(self, name: str, value: Any) -> None:
         """Store an on-request computation under its field name (ValueError for any other name)."""
@@ -56,7 +73,8 @@ class Result:
         return session.export_record(self.analysis, self.baselines)
 
 
-ON_REQUEST = tuple(f.name for f in fields(Result) if f.name not in ("key", "settings", "analysis"))
+ON_REQUEST = tuple(f.name for f in fields(Result) if f.name not in ("key", "settings", "analysis", "reused",
+                                                                             "pending"))
 
 
 def replayed_result(data: bytes, name: str) -> tuple[Result, list[str]]:

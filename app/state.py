@@ -294,8 +294,8 @@ def from_record(protocol: Any) -> tuple[Settings, list[str]]:
 # --- the open view in the URL: tab, layer, block -------------------------------------------------------------------
 
 VIEW_PARAMS = ("tab", "layer", "block")  # beside the settings in the URL; not settings: the page's place
-TAB_SLUGS = dict(zip(TABS, ("probe", "history", "channels", "why", "outputs", "latency", "compare", "zeroshot",
-                            "export")))
+TAB_SLUGS = dict(zip(TABS, ("probe", "history", "channels", "why", "outputs", "latency", "compare", "sidebyside",
+                            "zeroshot", "export"), strict=True))  # one short name per tab, in TABS' order
 
 
 @dataclass(frozen=True)

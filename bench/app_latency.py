@@ -4,9 +4,14 @@
    map is drawn, with a warm disk cache (model converted, calibration cached; this script warms both).
 2. Layer switch: seconds from clicking "next layer" in the probe view until the new layer's heat map
    is drawn (median and max of several clicks).
+3. Lecture mode (issue 14: first figure <= 3 s, every next step <= 1 s): with the lecture prepared on disk (this
+   script prepares it after 1 and 2, as `python -m app.lecture_prepare` does; the first time takes minutes) and the
+   server already running (it has served the page above), seconds from opening `?lecture=1` in a new session until
+   step 1's figure is drawn (the server reads the lecture back from disk), the same in a second new session (the
+   lecture already in the server's memory), and from each click on Next until the next step's figure is drawn.
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
-    .venv/bin/python -m bench.app_latency [--shots assets] [--out bench/results/app_latency.json]
+    .venv/bin/python -m bench.app_latency [--shots assets] [--no-lecture] [--out bench/results/app_latency.json]
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 
 from app.state import Settings, calib_config
-from tests.browser_util import browser_page, chart_title, open_tab, streamlit_server
+from tests.browser_util import browser_page, chart_title, lecture_next, lecture_step, open_tab, streamlit_server
 
 
 def warm_cache() -> None:
@@ -29,12 +34,45 @@ def warm_cache() -> None:
     session.calibration(session.open_model(s.model, s.device, s.dtype), calib_config(s), s.seed)
 
 
+def warm_lecture(query: str = "") -> None:
+    """The lecture of the default settings (or of a link's `query`) prepared on the server's disk
+    (app/lecture_prepare.py); quick when it is already there. Raises RuntimeError when the result store is off or
+    a part failed."""
+    from app import lecture_prepare
+
+    if lecture_prepare.main(["--query", query] if query else []) != 0:
+        raise RuntimeError("the lecture could not be prepared (see above)")
+
+
+def lecture_timings(browser, url: str, query: str = "") -> dict:
+    """Lecture mode in new sessions of a running server: the first figure (lecture read from disk), the first
+    figure again (from the server's memory), and each Next (seconds from the click to the next step's figure).
+    `query`: the lecture's settings as a link's query (default: the app's defaults)."""
+    from app.lecture import STEPS
+
+    out: dict = {}
+    for name in ("lecture_first_figure_s", "lecture_first_figure_memory_s"):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        t0 = time.perf_counter()
+        page.goto(url + "/?lecture=1" + (f"&{query}" if query else ""))
+        lecture_step(page, 1, timeout_ms=120_000)
+        out[name] = time.perf_counter() - t0
+        if name.endswith("memory_s"):
+            steps = [lecture_next(page, k) for k in range(1, len(STEPS))]
+            out.update(lecture_next_median_s=statistics.median(steps), lecture_next_max_s=max(steps),
+                       lecture_next_s=steps)
+        page.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--shots", help="folder for one screenshot per view (PNG)")
     ap.add_argument("--out", default="bench/results/app_latency.json")
-    ap.add_argument("--limit", type=int, default=600, help="hard limit on the whole script, seconds")
+    ap.add_argument("--no-lecture", action="store_true", help="leave out lecture mode's timings")
+    ap.add_argument("--limit", type=int, default=3600, help="hard limit on the whole script, seconds (a lecture "
+                                                             "prepared for the first time takes most of it)")
     args = ap.parse_args()
     signal.alarm(args.limit)  # bounded in time, whatever happens
     warm_cache()
@@ -53,6 +91,9 @@ def main() -> None:
             switches.append(time.perf_counter() - t)
         out.update(layer_switch_median_s=statistics.median(switches), layer_switch_max_s=max(switches),
                    layer_switch_s=switches)
+        if not args.no_lecture:  # the server is running and has served a page: the lecture's condition
+            warm_lecture()  # after the first result, so that its analysis is not the lecture's stored one
+            out.update(lecture_timings(page.context.browser, url))
         if args.shots:
             shots(page, Path(args.shots))
     out["command"] = ".venv/bin/python -m bench.app_latency"

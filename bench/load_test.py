@@ -15,11 +15,16 @@
    (the first W runs), neither the growth (median reading of the last 20 runs less that of the first 20
    after the warm-up) nor the fitted trend over the runs may exceed the stated bound.
 
+3. Lecture sessions (--lecture K): K of the N sessions open lecture mode (all the same lecture: the small settings
+   below), prepared on the server's disk first, as `python -m app.lecture_prepare` does. Each must draw step 1's
+   figure with no error; in the repeated runs a lecture session's turn is a click on Next (Previous from the last
+   step back), and the step it lands on must draw its figure with no error. The memory bound covers them too.
+
 Bounded in count (--sessions, --repeats) and in time (--timeout: an overall deadline; past it the script
 stops, writes what it has, and exits 2). Loopback only: the server listens on 127.0.0.1 and the
 browser opens nothing else. Exit status 0 when everything holds, 1 when something does not.
 
-    .venv/bin/python -m bench.load_test [--sessions 8] [--repeats 100] [--at-once 1] [--bound-mb 300]
+    .venv/bin/python -m bench.load_test [--sessions 8] [--lecture 0] [--repeats 100] [--at-once 1] [--bound-mb 300]
         [--timeout 2400] [--out bench/results/load_test.json]
 """
 from __future__ import annotations
@@ -33,14 +38,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlencode
 
 from app.header import header_metrics as page_metrics
 from app.state import Settings
-from tests.browser_util import ERROR_SELECTOR, chromium, streamlit_process  # run from the repository root (-m)
+from tests.browser_util import (ERROR_SELECTOR, LECTURE_FIGURES, chromium,  # run from the repository root (-m)
+                                streamlit_process)
 
 METHODS = ("pp", "wanda-sp", "flap", "fullbatch", "ppsp-calib")
 RATIOS = (0.2, 0.3, 0.4, 0.5, 0.25, 0.35, 0.45, 0.15)
@@ -48,6 +54,37 @@ STEP = 0.05  # the repeated runs alternate each session's ratio between r and r 
 METRIC = '[data-testid="stMetric"]'
 BUSY = '[data-testid="stStatusWidget"], [data-stale="true"]'  # the script is running / old elements shown
 CALIB, CALIB_LEN = 8, 64  # small calibration, cached on disk after the first use
+# Every lecture session's settings: one lecture, shared by all of them (app/lecture_job.py).
+LECTURE = replace(Settings(), batch_size=4, seq_len=48, calib_windows=CALIB, calib_seq_len=CALIB_LEN)
+
+
+@dataclass(frozen=True)
+class LectureStep:
+    """What a lecture session must show: step `k` (1-based) of the lecture, drawn."""
+
+    k: int
+
+    def after_click(self) -> tuple[str, "LectureStep"]:
+        """The button a turn presses (Next, or Previous from the last step) and the step it leads to."""
+        from app.lecture import STEPS
+
+        return ("Next ▶", LectureStep(self.k + 1)) if self.k < len(STEPS) else ("◀ Previous", LectureStep(self.k - 1))
+
+
+def lecture_query() -> str:
+    return "/?" + urlencode({"lecture": "1", **LECTURE.to_query()})
+
+
+def prepare_lecture(say: Callable[[str], None]) -> None:
+    """The lecture sessions' lecture on the server's disk (app/lecture_prepare.py); quick when it is there."""
+    from app import lecture_job
+    from app.lecture import lecture_settings
+
+    s, _ = lecture_settings(LECTURE)
+    data = lecture_job.build(s, lambda v, text: None)
+    if data.errors:
+        raise RuntimeError(f"the lecture could not be prepared: {data.errors}")
+    say("lecture prepared: " + "; ".join(f"{k} {v}" for k, v in data.when.items()))
 
 
 class LoadTestTimeout(Exception):
@@ -144,16 +181,27 @@ def read_metrics(page) -> list[list[str]]:
     return [[line.strip() for line in t.split("\n") if line.strip()] for t in texts]
 
 
-def page_state(page, s: Settings) -> str:
-    """'error', 'ready' (the result of `s` is shown and the script is idle) or 'busy'."""
+def lecture_ready(page, want: LectureStep) -> bool:
+    """Whether the lecture page shows step `want.k`'s heading and figure."""
+    from app.lecture import STEPS
+
+    step = STEPS[want.k - 1]
+    return (page.get_by_role("heading", name=f"{want.k}. {step.title}").count() > 0 and
+            page.locator(".js-plotly-plot .gtitle", has_text=LECTURE_FIGURES[step.slug]).count() > 0)
+
+
+def page_state(page, s: Settings | LectureStep) -> str:
+    """'error', 'ready' (the result of `s`, or the lecture step, is shown and the script is idle) or 'busy'."""
     if page.locator(ERROR_SELECTOR).count():
         return "error"
+    if isinstance(s, LectureStep):
+        return "ready" if not page.locator(BUSY).count() and lecture_ready(page, s) else "busy"
     if page.locator(BUSY).count() or page.get_by_text(header_pattern(s)).count() == 0:
         return "busy"
     return "ready" if page.locator(METRIC).count() >= HEADER_METRICS else "busy"
 
 
-def wait_all(pages: dict[int, Any], want: dict[int, Settings], started: dict[int, float], deadline: Deadline,
+def wait_all(pages: dict[int, Any], want: dict[int, Any], started: dict[int, float], deadline: Deadline,
              what: str, poll: float = 0.2) -> dict[int, tuple[str, float]]:
     """Poll the pages until each shows its result or an error: {session: (state, seconds since started)}."""
     pending, done = set(pages), {}
@@ -169,10 +217,13 @@ def wait_all(pages: dict[int, Any], want: dict[int, Settings], started: dict[int
     return done
 
 
-def check_page(page, s: Settings, expected: list[list[str]], state: str) -> Optional[str]:
-    """None when the page shows exactly the run-alone numbers and no error; else what is wrong."""
+def check_page(page, s: Settings | LectureStep, expected: list[list[str]], state: str) -> Optional[str]:
+    """None when the page shows exactly the run-alone numbers (a lecture page: its step) and no error; else what is
+    wrong."""
     if state == "error" or page.locator(ERROR_SELECTOR).count():
         return "the page shows an error: " + " | ".join(page.locator(ERROR_SELECTOR).all_inner_texts())[:500]
+    if isinstance(s, LectureStep):
+        return None if lecture_ready(page, s) else f"lecture step {s.k} is not drawn"
     got = read_metrics(page)
     if got != expected:
         time.sleep(1.0)  # read once more, in case the DOM was caught mid-update
@@ -277,17 +328,22 @@ def server_problems(log: Path) -> list[str]:
 
 def run_load_test(sessions: int = 8, repeats: int = 100, timeout: float = 2400, at_once: int = 1,
                   warmup: int = 10, window: int = 20, bound_mb: Optional[float] = 300,
-                  say: Callable[[str], None] = print, log_dir: Optional[Path] = None) -> dict[str, Any]:
+                  say: Callable[[str], None] = print, log_dir: Optional[Path] = None,
+                  lecture: int = 0) -> dict[str, Any]:
     """The load test; returns the report (its 'problems' list is empty and its 'verdict' 'pass' when all holds).
 
-    The repeated runs go `at_once` sessions at a time, cycling over the sessions. Raises LoadTestTimeout
-    past `timeout` seconds, with the report so far attached as .report."""
+    The last `lecture` of the `sessions` are lecture sessions (walking the lecture's steps). The repeated runs go
+    `at_once` sessions at a time, cycling over the sessions. Raises LoadTestTimeout past `timeout` seconds, with
+    the report so far attached as .report."""
     deadline = Deadline(timeout)
     t_start = time.monotonic()
-    settings = session_settings(sessions)
+    lecture = max(0, min(lecture, sessions))
+    settings = session_settings(sessions - lecture)
+    wants: list[Any] = [*settings, *[LectureStep(1)] * lecture]  # what each session shows first
     at_once = max(1, min(at_once, sessions))
-    report: dict[str, Any] = {"sessions": sessions, "repeats": repeats, "runs_at_once": at_once,
-                              "cpus": os.cpu_count(), "load_before": _loadavg(), "problems": []}
+    report: dict[str, Any] = {"sessions": sessions, "lecture_sessions": lecture, "repeats": repeats,
+                              "runs_at_once": at_once, "cpus": os.cpu_count(), "load_before": _loadavg(),
+                              "problems": []}
     problems: list[str] = report["problems"]
     tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="pp-load-")
     try:
@@ -299,6 +355,8 @@ def run_load_test(sessions: int = 8, repeats: int = 100, timeout: float = 2400, 
                 alone(replace(s, ratio=r))
                 deadline.check("running the sessions alone")
         report["alone_seconds"] = round(time.monotonic() - t0, 1)
+        if lecture:
+            prepare_lecture(say)
         firsts = [tuple(map(tuple, alone(s)["metrics"])) for s in settings]
         if len(set(firsts)) != len(firsts):
             problems.append("two sessions have the same numbers alone: the sessions do not really differ")
@@ -314,17 +372,25 @@ def run_load_test(sessions: int = 8, repeats: int = 100, timeout: float = 2400, 
                                 "rss_mb": round(rss_mb(pid), 1)})
 
             sample("started", 0)
-            contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in settings]
+            contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in wants]
             pages = {i: c.new_page() for i, c in enumerate(contexts)}
-            say(f"opening {sessions} sessions at once on {server.url}")
+            say(f"opening {sessions} sessions at once ({lecture} in lecture mode) on {server.url}")
             started = {}
-            for i, s in enumerate(settings):
+            for i, s in enumerate(wants):
                 started[i] = time.monotonic()
-                pages[i].goto(server.url + query(s), wait_until="commit")
-            done = wait_all(pages, dict(enumerate(settings)), started, deadline, "waiting for the first results")
+                pages[i].goto(server.url + (query(s) if isinstance(s, Settings) else lecture_query()),
+                              wait_until="commit")
+            done = wait_all(pages, dict(enumerate(wants)), started, deadline, "waiting for the first results")
             detail = []
-            for i, s in enumerate(settings):
+            for i, s in enumerate(wants):
                 state, secs = done[i]
+                if isinstance(s, LectureStep):
+                    bad = check_page(pages[i], s, [], state)
+                    if bad:
+                        problems.append(f"session {i} ({lecture_query()}): {bad}")
+                    detail.append({"session": i, "query": lecture_query(), "lecture": True,
+                                   "seconds": round(secs, 2), "ok": bad is None})
+                    continue
                 expected = alone(s)["metrics"]
                 bad = check_page(pages[i], s, expected, state)
                 if bad:
@@ -347,18 +413,24 @@ def run_load_test(sessions: int = 8, repeats: int = 100, timeout: float = 2400, 
                 want, started = {}, {}
                 for i in group:
                     count[i] += 1
-                    want[i] = replace(settings[i], ratio=run_ratios(settings[i])[count[i] % 2])
                     started[i] = time.monotonic()
+                    if isinstance(wants[i], LectureStep):  # a lecture session's turn: one step on
+                        button, wants[i] = wants[i].after_click()
+                        want[i] = wants[i]
+                        pages[i].get_by_role("button", name=button).click()
+                        continue
+                    want[i] = replace(settings[i], ratio=run_ratios(settings[i])[count[i] % 2])
                     set_ratio_and_run(pages[i], want[i].ratio, deadline)
                 done = wait_all({i: pages[i] for i in group}, want, started, deadline,
                                 f"waiting for repeated runs {len(runs) + 1} to {len(runs) + len(group)}")
                 for i in group:
                     state, secs = done[i]
-                    bad = check_page(pages[i], want[i], alone(want[i])["metrics"], state)
+                    lecturing = isinstance(want[i], LectureStep)
+                    bad = check_page(pages[i], want[i], [] if lecturing else alone(want[i])["metrics"], state)
                     if bad:
                         problems.append(f"run {len(runs) + 1}, session {i} at ratio {want[i].ratio}: {bad}")
-                    runs.append({"run": len(runs) + 1, "session": i, "ratio": want[i].ratio,
-                                 "seconds": round(secs, 2), "ok": bad is None})
+                    runs.append({"run": len(runs) + 1, "session": i, "seconds": round(secs, 2), "ok": bad is None,
+                                 **({"lecture_step": want[i].k} if lecturing else {"ratio": want[i].ratio})})
                 sample("runs", len(runs))
                 if len(runs) % 10 < len(group) or len(runs) == repeats:
                     say(f"{len(runs)}/{repeats} repeated runs, server RSS {samples[-1]['rss_mb']:.0f} MiB, "
@@ -417,6 +489,7 @@ def summary_lines(rep: dict[str, Any]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=8, help="sessions at once (1 to 32)")
+    ap.add_argument("--lecture", type=int, default=0, help="how many of the sessions are in lecture mode")
     ap.add_argument("--repeats", type=int, default=100, help="repeated runs for the memory check (0 to 1000)")
     ap.add_argument("--at-once", type=int, default=1, help="sessions running at a time in the repeated runs")
     ap.add_argument("--warmup", type=int, default=10, help="runs before the memory readings count")
@@ -436,7 +509,7 @@ def main() -> int:
     code = 0
     try:
         rep = run_load_test(args.sessions, args.repeats, args.timeout, args.at_once, args.warmup, args.window,
-                            args.bound_mb, say=lambda m: print(m, file=sys.stderr, flush=True))
+                            args.bound_mb, say=lambda m: print(m, file=sys.stderr, flush=True), lecture=args.lecture)
         code = 0 if rep["verdict"] == "pass" else 1
     except Exception as e:
         timeout = isinstance(e, LoadTestTimeout)
@@ -446,7 +519,8 @@ def main() -> int:
         code = 2 if timeout else 1
     finally:
         signal.alarm(0)
-    rep["command"] = (f".venv/bin/python -m bench.load_test --sessions {args.sessions} --repeats {args.repeats} "
+    rep["command"] = (f".venv/bin/python -m bench.load_test --sessions {args.sessions} --lecture {args.lecture} "
+                      f"--repeats {args.repeats} "
                       f"--at-once {args.at_once} --warmup {args.warmup} --window {args.window} "
                       f"--bound-mb {args.bound_mb:g} "
                       f"--timeout {args.timeout:g}")

@@ -12,8 +12,12 @@ calibration (`calibration`), cached as it likes, and passes them to each computa
 - `generation`: dense and pruned greedy continuations of a prompt;
 - `latency`: dense against the chosen method, per block (docs/algorithm.md §9.4; ppcore.session_timing);
 - `ablation`: a named ablation grid on the analysis's batch (docs/ablations.md; ppcore.session_ablation);
+- `side_by_side`: two configurations on the analysis's batch, their keep-sets per layer and their per-token
+  losses told apart (ppcore.session_pair);
 - `export_record`, `read_record`, `replay`: the record the app exports, and a saved one back into an `Analysis`
-  without the model (ppcore.replay).
+  without the model (ppcore.replay);
+- `analysis_key`, `result_key_of`, `ResultStore`: the keys under which a front end keeps finished results on disk,
+  shared across sessions and restarts (ppcore.result_store).
 
 A `Progress` callback takes (fraction done in [0, 1], text) and runs after every layer; one that raises
 stops the computation there, and the exception passes through. The engine never writes the model's
@@ -21,7 +25,7 @@ weights, so a stopped or failed computation leaves the shared model as it was.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
@@ -50,7 +54,9 @@ from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
 from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
+from .session_pair import LayerDiff, SideBySide, side_by_side  # two configurations on one batch
 from .replay import LACKS, RecordError, RecordLimits, Replayed, export_record, read_record, rebuild  # replay
+from .result_store import ResultStore, Stored, result_key  # finished results on disk
 from .walk import WalkResult, token_nll, walk
 from .lmeval.tasks import NAMES as TASK_NAMES
 if TYPE_CHECKING:
@@ -68,8 +74,10 @@ __all__ = [
     "sink_positions", "stage2", "token_scores", "unit_why",
     "ZEROSHOT_TASKS", "zeroshot",  # zero-shot accuracy on one task (ppcore.lmeval)
     "ABLATIONS", "AblationResult", "AblationRow", "ablation", "carried_settings",  # an ablation on one batch
+    "LayerDiff", "SideBySide", "side_by_side",  # two configurations on one batch
     "LACKS", "RecordError", "RecordLimits", "Replayed", "export_record", "open_record", "read_record",  # replay
     "replay",
+    "ResultStore", "Stored", "analysis_key", "result_key_of",  # finished results on disk
 ]
 
 BASELINES = ("fullbatch", "wanda-sp", "flap", "ppsp-calib")  # the oracle, then the static baselines
@@ -330,6 +338,33 @@ def layer_table(main: BatchRecord, others: Mapping[str, BatchRecord]) -> list[di
             rows.append({"layer": i, "block": block, "kept_fraction": f,
                          **{f"jaccard_{m}": j[i] for m, j in jac.items()}})
     return rows
+
+
+# --- keys of finished results on disk (ppcore.result_store) ---------------------------------------------------
+
+def _model_parts(lm: LoadedModel, calib: Optional[Calibration]) -> dict[str, Any]:
+    """What every result of `lm` depends on besides its batch and settings: the weights (fingerprint), dtype and
+    device, and the calibration (config and the seed that drew its windows; the statistics follow from them, the
+    model and the engine's code, which result_key also covers)."""
+    return {"model": lm.fingerprint, "dtype": str(lm.dtype), "device": str(lm.device),
+            "calibration": None if calib is None else {**asdict(calib.config), "seed": calib.seed}}
+
+
+def analysis_key(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, batch: Batch, *,
+                 ratio: Optional[float] = None, seed: Optional[int] = None,
+                 settings: Optional[dict[str, Any]] = None) -> str:
+    """The key (32 hex digits) of `analyse(lm, calib, cfg, batch, ratio=, seed=, settings=)`'s result: the same
+    key means the same Analysis (its wall seconds and protocol date aside, which are the first run's)."""
+    return result_key("analysis", **_model_parts(lm, calib), cfg=cfg.to_dict(), ratio=ratio, seed=seed,
+                      settings=settings, ids=batch.ids, mask=batch.mask, description=batch.description)
+
+
+def result_key_of(kind: str, lm: LoadedModel, calib: Optional[Calibration], a: Analysis, **params: Any) -> str:
+    """The key (32 hex digits) of an on-request result `kind` (e.g. "baselines", "comparison") computed for the
+    analysis `a` with `params` (plain data: ratios, repeats, a task name...). Raises TypeError for a param that is
+    not plain data."""
+    return result_key(kind, **_model_parts(lm, calib), cfg=a.cfg.to_dict(), ratio=a.ratio, ids=a.batch.ids,
+                      mask=a.batch.mask, params=params)
 
 
 # --- on request: baselines, stability, generation ------------------------------------------------------------

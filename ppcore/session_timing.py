@@ -104,8 +104,8 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
                progress: Optional[Callable[[float, str], None]] = None) -> list[CompareRow]:
     """Every pruning method at each ratio on the analysis's batch (its other settings kept), timed
     together with dense (`repeats` repeats), then dense once: perplexity, median wall seconds, FLOPs ratios
-    and PRR. `progress(fraction, text)` before each ratio. Raises ConfigError for a ratio the model cannot
-    take, NonFiniteError when activations overflow."""
+    and PRR. `progress(fraction, text)` between runs (one that raises stops the comparison there). Raises
+    ConfigError for a ratio the model cannot take, NonFiniteError when activations overflow."""
     ad, ids, mask = lm.adapter, a.batch.ids, a.batch.mask
     stats = calib.stats if calib is not None else None
     dense_ppl = perplexity(a.nll_dense, a.nll_mask)
@@ -113,10 +113,13 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
     progress = progress or (lambda fraction, text: None)
     for k, ratio in enumerate(ratios):
         cfgs = [a.cfg.as_method(m, ratio) for m in METHODS if m != "dense"]
-        progress(k / len(ratios), f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
-        timings = _timings(measure(lm, cfgs, ids, stats, repeats=repeats, hf=False))
+        lo, span = k / len(ratios), 1 / len(ratios)
+        progress(lo, f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
+        timings = _timings(measure(lm, cfgs, ids, stats, repeats=repeats, hf=False, between=lambda f, text: progress(
+            lo + 0.8 * span * f, f"ratio {ratio:.2f}: {text}")))
         dense = next(t for t in timings if t.method == "dense")
-        for c, t in zip(cfgs, [t for t in timings if t.method != "dense"]):
+        for j, (c, t) in enumerate(zip(cfgs, [t for t in timings if t.method != "dense"])):
+            progress(lo + span * (0.8 + 0.2 * j / len(cfgs)), f"ratio {ratio:.2f}: perplexity of {c.method}")
             res = walk(ad, Pruner(ad, c, stats), ids, mask, level="none")
             ppl = perplexity(*token_nll(ad, res.hidden, ids, res.valid))
             rows.append(CompareRow(t, ppl, ppl - dense_ppl, prr(ppl, dense_ppl, t.seconds, dense.seconds)))

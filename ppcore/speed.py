@@ -8,7 +8,7 @@ block (probe, decision, full inference).
 from __future__ import annotations
 
 import statistics
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -47,9 +47,11 @@ def speed_windows(lm: LoadedModel, batch_size: int, seq_len: int, calib: CalibCo
 
 
 def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Optional[CalibStats],
-            repeats: int = 5, hf: bool = True) -> dict[str, Any]:
+            repeats: int = 5, hf: bool = True,
+            between: Optional[Callable[[float, str], None]] = None) -> dict[str, Any]:
     """Medians over `repeats` interleaved runs of every config (and HF's forward: its decoder and the blockwise
-    LM head) on `ids` (B, L).
+    LM head) on `ids` (B, L). `between(fraction done, text)` runs after each run, outside every timed region (a
+    progress bar; one that raises stops the measurement there).
 
     Returns {"batch", "repeats", "device", "dtype", "threads", "hf_forward_s", "runs"}: one run per config
     (dense first, added when missing) with seconds end to end, time_vs_dense, the four FLOPs ratios,
@@ -76,20 +78,31 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
             out = lm.model.base_model(input_ids=ids.to(dev), use_cache=False)
             run_head(ad, out.last_hidden_state)
 
-    for p in pruners:  # warm-up: allocator, kernels, static slices
+    step, steps = 0, len(pruners) * (1 + 2 * repeats)
+
+    def done(text: str) -> None:
+        nonlocal step
+        step += 1
+        if between is not None:
+            between(step / steps, text)
+
+    for c, p in zip(cfgs, pruners):  # warm-up: allocator, kernels, static slices
         run(p, False)
+        done(f"warming up {c.method}")
     if hf:
         hf_forward()
     e2e: list[list[float]] = [[] for _ in cfgs]
     hf_t: list[float] = []
     records: list[list] = [[] for _ in cfgs]
-    for _ in range(repeats):
+    for k in range(repeats):
         if hf:
             hf_t.append(timed(hf_forward, dev)[1])
         for i, p in enumerate(pruners):
             e2e[i].append(timed(lambda: run(p, False), dev)[1])
+            done(f"repeat {k + 1} of {repeats}: timed {cfgs[i].method}")
         for i, p in enumerate(pruners):
             records[i].append(run(p, True, "summary").record)
+            done(f"repeat {k + 1} of {repeats}: per-block times of {cfgs[i].method}")
     out: dict[str, Any] = {"batch": list(ids.shape), "repeats": repeats, "device": str(dev),
                            "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                            "hf_forward_s": statistics.median(hf_t) if hf else None, "runs": []}

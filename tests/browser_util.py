@@ -117,3 +117,34 @@ def chart_title(page, text: str, timeout_ms: float):
 
 def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label).click()
+
+
+# Lecture mode (app/views/lecture.py): a title each step's figure carries, by step slug (app/lecture.py STEPS).
+LECTURE_FIGURES = {"model": "Where in the model", "importance": "how loud each word is",
+                   "samples": "loudness at the probe", "history": "probe, history and fused energy",
+                   "kept": "PPsp score of each head", "why": "heads kept by each method", "outputs": "change in loss",
+                   "compare": "Perplexity against time", "sweep": "Perplexity against the pruning ratio",
+                   "latency": "Per layer: pp vs dense"}
+
+
+def lecture_step(page, k: int, timeout_ms: float) -> float:
+    """Wait until lecture step `k` (1-based) shows its heading and its figure, with no error element; returns the
+    seconds waited. Raises AssertionError naming the step when the page shows an error."""
+    from app.lecture import STEPS
+
+    t0 = time.perf_counter()
+    step = STEPS[k - 1]
+    page.get_by_role("heading", name=f"{k}. {step.title}").first.wait_for(state="visible", timeout=timeout_ms)
+    chart_title(page, LECTURE_FIGURES[step.slug], timeout_ms)
+    seconds = time.perf_counter() - t0
+    errors = page.locator(ERROR_SELECTOR)
+    assert errors.count() == 0, f"lecture step {k} ({step.slug}) shows an error: {errors.first.inner_text()[:300]}"
+    return seconds
+
+
+def lecture_next(page, k: int, timeout_ms: float = 30_000) -> float:
+    """Press Next on lecture step `k` and wait for step k + 1 to draw; returns the seconds from the click."""
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Next ▶").click()
+    lecture_step(page, k + 1, timeout_ms)
+    return time.perf_counter() - t0

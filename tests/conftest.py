@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models built from configs (no downloads) and the real default."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -10,6 +11,12 @@ import torch
 
 from ppcore.adapters import make_adapter
 from ppcore.loading import LoadedModel
+
+# The app keeps finished results on the server's disk (ppcore/result_store.py) and shows them again for an identical
+# run: tests that run the same settings twice and expect a computation (a Stop mid-run, a progress bar) would see
+# the stored one instead. The store is off for the suite, here and in every server a test starts; the tests of the
+# store switch it on for themselves (tests/test_result_store.py).
+os.environ["PPCORE_RESULT_CACHE_MB"] = "0"
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_cpu_run"
 
@@ -147,3 +154,10 @@ def local_mode(monkeypatch):
     monkeypatch.delenv("PP_DEMO", raising=False)
     if demo():
         pytest.skip("PP_DEMO=1 was set when the app was imported: demo mode cannot be switched off")
+
+
+class DecodeOnlyTokenizer:
+    """Just enough of a tokenizer for `session.analyse` on a tiny model (it decodes top-k and the prompt)."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return " ".join(f"t{i}" for i in ids)

@@ -33,6 +33,15 @@ def ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def finish(at: AppTest) -> AppTest:
+    """Wait for the server's background computations (app/background.py: the comparison, an ablation, zero-shot)
+    and run the page again, which keeps their results."""
+    from app.engine import get_jobs
+
+    assert get_jobs().wait(900), "a background computation did not finish in 15 minutes"
+    return at.run()
+
+
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
@@ -114,6 +123,8 @@ def test_every_view_on_the_default_model():
     tab(at, "Compare methods")
     at.number_input(key="cmp_reps").set_value(1)
     at.button(key="cmp_go").click().run()
+    ok(at)
+    finish(at)
     ok(at)
     rows = [r.row() for r in result.comparison]
     methods = {r["method"] for r in rows}

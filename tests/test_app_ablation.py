@@ -20,24 +20,17 @@ from ppcore import ConfigError, PruneConfig, session
 from ppcore.ablations import ABLATIONS, grid
 from ppcore.calibrate import calibrate
 from ppcore.config import CalibConfig
-from tests.conftest import tiny_llama
-from tests.test_app import ok, start, tab, titles
+from tests.conftest import DecodeOnlyTokenizer, tiny_llama
+from tests.test_app import finish, ok, start, tab, titles
 
 VOCAB = 128
-
-
-class _Tokenizer:
-    """Just enough of a tokenizer for `session.analyse` on a tiny model (it decodes top-k and the prompt)."""
-
-    def decode(self, ids, skip_special_tokens=False):
-        return " ".join(f"t{i}" for i in ids)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny Llama (4 layers, layer 0 skipped), its calibration, and a pp analysis at 0.4 of a 6 x 16 batch with
     two padded samples."""
-    lm = dataclasses.replace(tiny_llama(layers=4), tokenizer=_Tokenizer())
+    lm = dataclasses.replace(tiny_llama(layers=4), tokenizer=DecodeOnlyTokenizer())
     g = torch.Generator().manual_seed(1)
     stats = calibrate(lm, torch.randint(0, VOCAB, (8, 16), generator=g), 4, cache=False, progress=False)
     calib = session.Calibration(stats, CalibConfig(windows=8, seq_len=16, batch_size=4), 0, {})
@@ -169,6 +162,7 @@ def test_the_compare_tab_runs_an_ablation_on_the_batch():
     at.selectbox(key="abl_name").set_value("fusion").run()
     assert any(ABLATIONS["fusion"].question in c.value for c in at.caption)
     at.button(key="abl_go").click().run()
+    finish(at)
     ok(at)
     shown = at.dataframe[-1].value
     assert at.session_state["result"] is r

@@ -29,7 +29,7 @@ from ppcore import ModelLoadError, Pruner, PruneConfig
 from ppcore.config import CalibConfig
 from ppcore.generate import generate
 from ppcore.session import BlockTiming, CompareRow, Latency, Timing
-from tests.test_app import ok, tab
+from tests.test_app import finish, ok, tab
 from tests.test_app import start as app_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,6 +339,7 @@ def test_latency_and_compare_views_say_whether_pp_beat_dense(paste_page):
     at = tab(at, "Compare methods")
     at.number_input(key="cmp_reps").set_value(1)
     at.button(key="cmp_go").click().run()
+    finish(at)
     ok(at)
     assert any(i.value.startswith("On this batch (2 x 16 tokens) pp at ratio 0.40 took") for i in at.info)
     assert any("Measured on a CPU" in w.value for w in at.warning)

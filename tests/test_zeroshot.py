@@ -290,13 +290,14 @@ def test_the_apps_zero_shot_view_agrees_with_its_comparison():
     """The Zero-shot tab runs one task for dense and pp on the analysed batch's model: its metrics are the
     comparison's, each run's acc is the share of its picks that are right, and the table lists exactly the
     documents where the picks differ."""
-    from tests.test_app import ok, start, tab
+    from tests.test_app import finish, ok, start, tab
 
     at = tab(start(), "Zero-shot")
     ok(at)
     at.selectbox(key="zs_task").set_value("piqa")
     at.number_input(key="zs_docs").set_value(4)
     at.button(key="zs_go").click().run()
+    finish(at)
     ok(at)
     z = at.session_state["result"].zeroshot
     assert z.task == "piqa" and z.method == "pp" and z.documents == 4 and len(z.docs) == 4

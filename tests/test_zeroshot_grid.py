@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,22 @@ def test_bad_grid_input_gets_one_line_before_any_model_loads(argv, message, caps
     assert main(["zeroshot", "--tasks", "piqa", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_the_committed_results_are_their_json():
+    """docs/zeroshot.md and bench/results/zeroshot_default.md hold the report of the committed grid JSON, as
+    grid_report makes it from that JSON alone (both comparisons: against PP at 40 % and at 20 %)."""
+    import json
+
+    from ppcore.lmeval.grid_report import grid_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "bench/results/zeroshot_default.json").read_text())
+    report = grid_markdown(res).strip()
+    assert (root / "bench/results/zeroshot_default.md").read_text().strip() == report
+    docs = (root / "docs/zeroshot.md").read_text()
+    assert report in docs
+    at_20 = grid_markdown(res, "pp 0.2")
+    for title in ("| pp 0.2 minus (acc) |", "| pp 0.2 minus (acc_norm) |"):
+        table = at_20[at_20.index(title):].split("\n\n")[0]
+        assert table in docs, title

@@ -13,6 +13,7 @@ from ..header import FORMATS, NA, speed_note, text_table
 from ..glossary import explain
 from ..result import Result
 from ..state import limits
+from .controls import reused_line
 from .latency import cpu_note
 
 # The table as the page shows it: every figure written as the header writes it, NA where there is none.
@@ -58,6 +59,8 @@ def render(r: Result, start_compare) -> None:
         st.info(f"Press **Compare all methods** to run {', '.join(session.METHODS)} at ratio {r.analysis.ratio:.2f} "
                 "on this batch.")
         return
+    reused_line(r.reused.get("comparison"), "cmp_again",
+                lambda: start_compare(ratios_text if sweep else None, int(reps), fresh=True))
     a = r.analysis
     device = a.info["device"]
     notes = speed_notes(r.comparison, a.cfg.method, device, tuple(a.batch.ids.shape))
@@ -70,3 +73,5 @@ def render(r: Result, start_compare) -> None:
     df = table(r)
     st.dataframe(shown_table(df), hide_index=True, width="stretch")
     st.plotly_chart(charts.compare_scatter(df), width="stretch", key="cmp_chart")
+    if df["ratio"][df["method"] != "dense"].nunique() > 1:  # a sweep: perplexity against the ratio, per method
+        st.plotly_chart(charts.ratio_sweep(df), width="stretch", key="cmp_sweep_chart")

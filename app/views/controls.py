@@ -39,3 +39,14 @@ def count_and_button(label: str, high: int, default: int, key: str, button: str,
     if left.button(button, key=button_key):
         start(int(n))
     return right
+
+
+def reused_line(note: str | None, button_key: str, again: Callable[[], None]) -> None:
+    """Under a timed result this server's disk gave back (`note`: when it was computed, app/stored.py): say so, and
+    offer a new measurement (`again`). Nothing when the result was measured in this session (`note` None)."""
+    if note is None:
+        return
+    left, right = st.columns([3, 1])
+    left.caption(f"These times were {note}: press **Measure again** for a new measurement on this machine now.")
+    if right.button("Measure again", key=button_key):
+        again()

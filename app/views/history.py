@@ -10,10 +10,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from ppcore import session
-from ppcore.record import BLOCK_NAMES
+from ppcore.record import BLOCK_NAMES, BlockRecord
 
 from .. import charts
 from ..glossary import explain
@@ -101,7 +102,6 @@ def _layer(r: Result) -> None:
         return
     s = session.stage2(rec)
     unit = BLOCK_TEXT[block].unit
-    labels = charts.decision_labels(rec.total, s.kept, s.kept_probe_only)
     effect = session.history_effect(rec)
     m1, m2, m3 = st.columns(3)
     m1.metric("Probe positions", len(rec.probe_tokens), help=explain("probe tokens"))
@@ -112,13 +112,7 @@ def _layer(r: Result) -> None:
     if s.fusion_weight is not None:
         m3.metric("Mean fusion weight", f"{float(np.mean(s.fusion_weight)):.2f}",
                   help=explain("fusion weight") + "\n\nAbove 0.5 the probe weighed more, below it the history did.")
-    title = f"Layer {layer}, {BLOCK_TEXT[block].long}: probe, history and fused energy"
-    if rec.total <= 64:
-        fig = charts.stage2_bars(s.energy_probe, s.energy_history, s.energy_fused, s.fusion_weight, labels, unit,
-                                 title)
-    else:
-        fig = charts.stage2_scatter(s.energy_probe, s.energy_history, s.scores, labels, unit, title)
-    st.plotly_chart(fig, width="stretch", key="hist_energies")
+    st.plotly_chart(stage2_figure(rec, layer, block), width="stretch", key="hist_energies")
     st.caption("P, G and the fused energy are sums over the probe's positions" + (" and each head's channels" if
                rec.total <= 64 and block == "attn" else "") + ". The fusion mixes P and G position by position, "
                "so a fused sum can exceed both sums, and the mean fusion weight (a mean of per-position weights) "
@@ -133,6 +127,20 @@ def _layer(r: Result) -> None:
         if rec.total > 64:
             st.caption("Each dot is one channel. Above the dotted line the history expected more energy than the "
                        "probe saw; green and red dots are the decisions the history turned around.")
+
+
+def stage2_figure(rec: BlockRecord, layer: int, block: str) -> go.Figure:
+    """Stage 2 of one pruned block (`rec`, with energies): per head, bars of the probe's, the history's and the
+    fused energy with the fusion weight; per MLP channel (over 64 units), P against G as dots. Each unit coloured by
+    what the history did to its decision (`charts.decision_labels`)."""
+    s = session.stage2(rec)
+    unit = BLOCK_TEXT[block].unit
+    labels = charts.decision_labels(rec.total, s.kept, s.kept_probe_only)
+    title = f"Layer {layer}, {BLOCK_TEXT[block].long}: probe, history and fused energy"
+    if rec.total <= 64:
+        return charts.stage2_bars(s.energy_probe, s.energy_history, s.energy_fused, s.fusion_weight, labels, unit,
+                                  title)
+    return charts.stage2_scatter(s.energy_probe, s.energy_history, s.scores, labels, unit, title)
 
 
 def _short(units: list[int], n: int = 12) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from ppcore import session
@@ -13,7 +14,7 @@ from ..header import FORMATS, speed_note, text_table
 from ..glossary import explain
 from ..result import Result
 from ..state import limits
-from .controls import count_and_button
+from .controls import count_and_button, reused_line
 
 PARTS = (("probe", "probe_s"), ("decide", "decide_s"), ("full inference", "full_s"),
          ("dense full inference", "dense_full_s"))
@@ -76,13 +77,23 @@ def render(r: Result, start_latency) -> None:
                  f"{method} ran faster than dense, against what its FLOPs predict." if method != "dense" else
                  "Press **Measure latency** to time dense on this batch.")
         return
+    reused_line(r.reused.get("latency"), "lat_again", lambda: start_latency(lat.repeats, fresh=True))
     note = latency_note(lat)
     if note:
         st.info(note, icon="⏱️")
     caveat = cpu_note(lat.device, lat.threads)
     if caveat:
         st.warning(caveat, icon="ℹ️")
-    st.dataframe(text_table(summary_table(lat), SUMMARY_FORMATS), hide_index=True, width="stretch")
-    st.plotly_chart(charts.latency_bars(layer_times(lat), f"Per layer: {lat.runs[-1].method} vs dense "
-                                        f"(batch {lat.batch[0]} x {lat.batch[1]}, median of {lat.repeats})"),
-                    width="stretch", key="lat_layers")
+    st.dataframe(shown_summary(lat), hide_index=True, width="stretch")
+    st.plotly_chart(per_layer_chart(lat), width="stretch", key="lat_layers")
+
+
+def shown_summary(lat: session.Latency) -> pd.DataFrame:
+    """`summary_table` as the page shows it (text, formatted like the header)."""
+    return text_table(summary_table(lat), SUMMARY_FORMATS)
+
+
+def per_layer_chart(lat: session.Latency) -> go.Figure:
+    """Per layer and block: the pruned run's probe, decision and full-inference seconds beside dense's."""
+    return charts.latency_bars(layer_times(lat), f"Per layer: {lat.runs[-1].method} vs dense (batch {lat.batch[0]} "
+                                                 f"x {lat.batch[1]}, median of {lat.repeats})")

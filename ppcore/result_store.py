@@ -1,0 +1,180 @@
+"""Finished computations kept on disk, shared by every session and every restart of a server (issue 14 item 4).
+
+A front end asks the engine for the same things again and again: the default batch's analysis, its baselines, a
+comparison of every method, a ratio sweep. Each is a pure function of the model, the calibration, the batch and the
+settings, and of the engine's code; `result_key` hashes all of them, so an entry is reused only for exactly what it
+was computed from. Timed results (latency, a comparison's wall times) are measurements of this machine: a front end
+that reuses one says when it was measured (`Stored.saved_at`).
+
+Entries are pickled Python objects (the engine's dataclasses, CPU tensors, numpy arrays), written atomically under
+`cache_root()/results`, at most `max_bytes` in all: a `put` that goes over drops the least recently used entries
+first. Pickle runs code when read, so the folder must be writable only by the server (SECURITY.md): nothing a
+visitor sends is ever unpickled, and a damaged or unreadable entry is dropped and recomputed, never an error.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .cache import cache_root, numerics_key
+from .versions import package_version
+
+FORMAT_VERSION = 1  # bump when what an entry holds changes shape outside the engine's code
+DEFAULT_MAX_MB = 512  # the disk a store uses at most unless told otherwise ($PPCORE_RESULT_CACHE_MB)
+SUFFIX = ".pkl"
+
+
+@functools.lru_cache(maxsize=1)
+def package_source_hash() -> str:
+    """16 hex digits of every .py file of the ppcore package (names and contents), read once per process: any
+    edit to the engine makes every stored result stale."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as JSON-able data with one spelling per value: tensors by dtype, shape and content hash."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {"tensor": str(t.dtype), "shape": list(t.shape),
+                "sha256": hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"result_key cannot hash a {type(value).__name__}; give its parts as plain data")
+
+
+def result_key(kind: str, **parts: Any) -> str:
+    """Key (32 hex digits) of one stored result: `kind` (e.g. "baselines"), the `parts` it was computed from
+    (plain data and tensors: model fingerprint, dtype, device, batch ids and mask, configs, calibration, ratios,
+    repeats), the engine's source, the torch and transformers versions and the fp32 numerics settings.
+    Raises TypeError for a part that is not plain data or a tensor."""
+    device = str(parts.get("device", "cpu")).split(":")[0]
+    payload = {"kind": kind, "parts": _canonical(parts), "format": FORMAT_VERSION, "engine": package_source_hash(),
+               "torch": torch.__version__, "transformers": package_version("transformers"),
+               "numerics": numerics_key(device)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored result: the value, when it was saved (seconds since the epoch) and how many wall seconds computing
+    it took."""
+
+    value: Any
+    saved_at: float
+    seconds: float
+
+    def when(self) -> str:
+        """'2026-12-01 04:12 UTC': when it was computed, for a page."""
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.saved_at))
+
+
+class ResultStore:
+    """Finished results on disk under `root` (default `cache_root()/results`), at most `max_bytes` in all (default
+    $PPCORE_RESULT_CACHE_MB MiB, else DEFAULT_MAX_MB). Safe to share between threads and processes: every write is
+    a whole file renamed into place. Raises ConfigError (from cache_root) when the folder cannot be created."""
+
+    def __init__(self, root: Optional[str | Path] = None, max_bytes: Optional[int] = None):
+        self.root = Path(root) if root is not None else cache_root() / "results"
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if max_bytes is None:
+            max_bytes = int(float(os.environ.get("PPCORE_RESULT_CACHE_MB", DEFAULT_MAX_MB)) * 2**20)
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be at least 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        if not (len(key) == 32 and all(c in "0123456789abcdef" for c in key)):
+            raise ValueError(f"not a result key: {key!r} (use result_key)")
+        return self.root / f"{key}{SUFFIX}"
+
+    def get(self, key: str) -> Optional[Stored]:
+        """The result stored under `key`, or None (never stored, evicted, or unreadable: a damaged entry is
+        removed). Marks the entry as recently used."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                obj = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 — a damaged or stale entry is recomputed, never an error
+            path.unlink(missing_ok=True)
+            return None
+        if not isinstance(obj, Stored):
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            os.utime(path)  # least recently used is judged by mtime
+        except OSError:
+            pass
+        return obj
+
+    def put(self, key: str, value: Any, seconds: float) -> Optional[Stored]:
+        """Store `value` under `key` (computed in `seconds`), then drop the least recently used entries while the
+        store is over its bound. Returns the Stored, or None when it was not kept: bigger than the whole bound, or
+        the disk refused it (a full or read-only disk costs a recomputation later, never an error now).
+        Raises pickle.PicklingError / TypeError for a value that cannot be pickled (a caller's bug)."""
+        path = self._path(key)
+        stored = Stored(value, time.time(), float(seconds))
+        data = pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > self.max_bytes:
+            return None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return None
+        self.evict()
+        return stored if path.exists() else None
+
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(path, bytes, mtime) of every entry, least recently used first."""
+        out = []
+        for p in self.root.glob(f"*{SUFFIX}"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append((p, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: e[2])
+
+    def used_bytes(self) -> int:
+        """Bytes the entries take on disk now."""
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self) -> int:
+        """Drop the least recently used entries until the store is within its bound; returns how many went."""
+        with self._lock:
+            entries = self.entries()
+            total, gone = sum(size for _, size, _ in entries), 0
+            for path, size, _ in entries:
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total, gone = total - size, gone + 1
+            return gone
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        for path, _, _ in self.entries():
+            path.unlink(missing_ok=True)

@@ -1,0 +1,236 @@
+"""Lecture mode (issue 14 item 1) through AppTest, on the default model with the small test settings: the server
+prepares the lecture once (a progress bar meanwhile), every step draws its figure with no error, the figures' numbers
+are the engine's, Previous and Next only redraw, a second session reuses the lecture from memory and, after a
+restart, from the server's disk without computing anything, a failed part leaves one message on its steps only,
+and the toggle and the link open and close it. The preparation runs a quick plan (a two-ratio sweep, one repeat):
+the production defaults are app/lecture.py's."""
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import lecture, lecture_job, stored
+from app.header import header_metrics
+from app.lecture import STEPS, lecture_settings
+from app.state import Settings, from_query
+from ppcore import ConfigError, session
+from ppcore.result_store import ResultStore
+from tests.browser_util import LECTURE_FIGURES as FIGURES
+from tests.test_app import SMALL, charts, ok, start, titles
+
+QUICK = {lecture.SWEEP_ENV: "0.2", lecture.REPEATS_ENV: "1"}
+PREPARE_S = 1500  # the whole preparation on 2 busy cores: the analysis, 4 baselines, 2 x 6 timed methods, latency
+
+
+def _preparing(at: AppTest) -> list[str]:
+    """The texts of the page's 'Preparing the lecture' progress bars."""
+    return [p.proto.text for p in at.get("progress") if p.proto.text.startswith("Preparing the lecture")]
+
+
+def open_lecture(**params: str) -> tuple[AppTest, bool]:
+    """The app opened on a lecture link with the small settings, rerun until the lecture is drawn; whether the page
+    showed the shared preparation's progress on the way."""
+    at = start(lecture="1", **params)
+    seen = bool(_preparing(at))
+    deadline = time.monotonic() + PREPARE_S
+    while _preparing(at):
+        assert time.monotonic() < deadline, "the lecture was not prepared in time"
+        time.sleep(3)
+        at.run()
+    return at, seen
+
+
+@dataclass
+class Prepared:
+    store: ResultStore
+    at: AppTest
+    saw_progress: bool
+    data: lecture.LectureData
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """One lecture prepared by the app (store switched on, in a fresh folder), shared by the tests below."""
+    with pytest.MonkeyPatch.context() as mp:
+        store = ResultStore(tmp_path_factory.mktemp("lecture") / "results", max_bytes=256 << 20)
+        mp.setattr(stored, "store", lambda: store)
+        for k, v in QUICK.items():
+            mp.setenv(k, v)
+        lecture_job.forget()
+        at, seen = open_lecture()
+        s, _ = lecture_settings(from_query(SMALL)[0])
+        job = lecture_job.job(s.key(), s)
+        assert job.data is not None, job.error
+        yield Prepared(store, at, seen, job.data)
+        lecture_job.forget()
+
+
+def _values(y) -> list[float]:
+    """A Plotly trace's numbers from its JSON: a list, or a typed array (`{"dtype": "f8", "bdata": base64}`)."""
+    if isinstance(y, dict):
+        return np.frombuffer(base64.b64decode(y["bdata"]), dtype=np.dtype(y["dtype"])).tolist()
+    return list(y)
+
+
+def _header(at: AppTest) -> str:
+    return next(h.value for h in at.header)
+
+
+def test_walks_every_step_and_draws_the_engines_numbers(prepared):
+    at, d = prepared.at, prepared.data
+    ok(at)
+    assert prepared.saw_progress  # the first session watched the shared preparation
+    r = d.result
+    a = r.analysis
+    assert a.batch.ids.shape == (4, 48) and a.cfg.method == "pp" and d.sweep == (0.2, 0.4)
+    assert not d.errors and set(d.when) == set(lecture.PARTS)
+    assert len(prepared.store.entries()) == 4  # analysis, baselines, comparison, latency: kept on disk
+    n = len(a.main.layers)
+    assert at.session_state["lecture_layer"] == d.layer == lecture.middle_layer(r) and 3 <= d.layer < n
+    for k, step in enumerate(STEPS, start=1):
+        ok(at)
+        assert _header(at) == f"{k}. {step.title}"
+        assert at.query_params["step"] == [str(k)] or at.query_params["step"] == str(k)
+        t = titles(at)
+        assert any(FIGURES[step.slug] in x for x in t), (step.slug, t)
+        assert any("Where in the model" in x for x in t) == step.layered  # the overview on layer steps only
+        if step.slug == "outputs":
+            want = [m.value for m in header_metrics(a.summary(), "pp")[:4]]
+            assert [m.value for m in at.metric][:4] == want
+        if step.slug == "compare":
+            rows = {row.timing.method: row for row in r.comparison if row.timing.ratio in (0.0, 0.4)}
+            table = at.dataframe[0].value
+            assert set(table["method"]) == {"dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib"}
+            for _, row in table.iterrows():
+                assert row["ppl"] == f"{rows[row['method']].ppl:.2f}"
+            # The engine again, another path: the comparison's dense and pp equal the analysis's perplexities.
+            summary = a.summary()
+            assert rows["dense"].ppl == pytest.approx(summary["ppl_dense"], rel=1e-5)
+            assert rows["pp"].ppl == pytest.approx(summary["ppl_pruned"], rel=1e-4)
+            assert any("Measured on a CPU" in w.value for w in at.warning)
+            assert any("computed on" in c.value for c in at.caption)  # when it was measured
+        if step.slug == "sweep":
+            fig = next(c for c in charts(at) if "pruning ratio" in c["layout"]["title"]["text"])
+            lines = {tr["name"]: _values(tr["y"]) for tr in fig["data"]}
+            assert set(lines) == {"pp", "wanda-sp", "flap", "fullbatch", "ppsp-calib"}
+            for m, got in lines.items():
+                want = [row.ppl for row in sorted(r.comparison, key=lambda x: x.timing.ratio)
+                        if row.timing.method == m]
+                assert got == pytest.approx(want), m
+        if k < len(STEPS):
+            at.button(key="lecture_next").click().run()
+    assert at.button(key="lecture_next").disabled
+    # Previous walks back; nothing was recomputed: the same shared object is drawn.
+    for k in range(len(STEPS) - 1, 0, -1):
+        at.button(key="lecture_prev").click().run()
+        ok(at)
+        assert _header(at).startswith(f"{k}. ")
+    assert at.button(key="lecture_prev").disabled
+    s, _ = lecture_settings(from_query(SMALL)[0])
+    assert lecture_job.job(s.key(), s).data is d
+
+
+def test_a_layer_step_follows_the_layer(prepared):
+    at = prepared.at
+    at.slider(key="lecture_layer").set_value(10).run()
+    ok(at)
+    assert at.query_params["layer"] in ("10", ["10"])
+    strip = next(c for c in charts(at) if "Where in the model" in c["layout"]["title"]["text"])
+    assert any(sh.get("x0") == 9.5 for sh in strip["layout"]["shapes"])  # layer 10 outlined
+    at.slider(key="lecture_layer").set_value(1).run()  # a skipped layer says so, the page goes on
+    ok(at)
+    at.button(key="lecture_next").click().run()
+    ok(at)
+    assert any("runs whole" in i.value for i in at.info)
+
+
+def test_second_session_and_a_restart_compute_nothing(prepared, monkeypatch):
+    for k, v in QUICK.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(stored, "store", lambda: prepared.store)
+    calls: list[str] = []
+    for name in ("analyse", "baselines", "comparison", "latency"):
+        real = getattr(session, name)
+        monkeypatch.setattr(session, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
+    other, seen = open_lecture(step="8")
+    ok(other)
+    assert not seen and calls == [] and _header(other).startswith("8. ")  # from memory, at once
+    lecture_job.forget()  # as after a restart: the memory is empty, the disk is not
+    again, _ = open_lecture(step="10")
+    ok(again)
+    assert calls == []
+    s, _ = lecture_settings(from_query(SMALL)[0])
+    d = lecture_job.job(s.key(), s).data
+    assert d is not prepared.data and all("kept on this server" in d.when[p] for p in lecture.PARTS)
+    assert d.result.latency.runs[0].seconds == prepared.data.result.latency.runs[0].seconds
+    assert any("kept on this server" in c.value for c in again.caption)
+
+
+def test_a_failed_part_says_so_on_its_steps_only(prepared):
+    s, _ = lecture_settings(replace(from_query(SMALL)[0], seed=7))
+    job = lecture_job.job(s.key(), s)  # another lecture whose comparison failed
+    job.data = replace(prepared.data, errors={"comparison": "boom"})
+    at = start(lecture="1", seed="7", step="8")
+    assert [e.value for e in at.error] == ["This step cannot be drawn: the comparison of every method over the ratio "
+                                           "sweep failed: boom"]
+    at.button(key="lecture_next").click().run()  # the sweep needs it too
+    assert len(at.error) == 1
+    at.button(key="lecture_next").click().run()  # the latency does not
+    ok(at)
+    assert _header(at).startswith("10. ")
+
+
+def test_toggle_and_link(prepared):
+    at = start(lecture="1", step="99")
+    assert any("step='99'" in w.value for w in at.warning)
+    assert _header(at).startswith("1. ")
+    at.toggle(key="lecture_on").set_value(False).run()  # off: the tabs, and the link forgets the lecture
+    ok(at)
+    assert "lecture" not in at.query_params and at.session_state["result"] is not None
+    at.toggle(key="lecture_on").set_value(True).run()
+    ok(at)
+    assert _header(at).startswith("1. ")
+
+
+def test_settings_and_plan(monkeypatch):
+    for name in QUICK:
+        monkeypatch.delenv(name, raising=False)
+    pp = Settings()
+    assert lecture_settings(pp) == (pp, [])
+    s, notes = lecture_settings(replace(pp, method="wanda-sp", ratio=0.0, source="upload"))
+    assert (s.method, s.ratio, s.source) == ("pp", pp.ratio, "examples") and len(notes) == 3
+    assert lecture.step_number("3") == 3 and lecture.step_number("0") == 1 and lecture.step_number("x", 2) == 2
+    assert lecture.plan(replace(pp, ratio=0.45)) == ((0.2, 0.4, 0.45, 0.6), 2, 3)
+    monkeypatch.setenv(lecture.SWEEP_ENV, "0.5")
+    monkeypatch.setenv(lecture.REPEATS_ENV, "1")
+    assert lecture.plan(pp) == ((0.4, 0.5), 1, 1)
+    monkeypatch.setenv(lecture.SWEEP_ENV, "1.5")
+    with pytest.raises(ConfigError):
+        lecture.plan(pp)
+
+
+def test_demo_lectures_on_the_defaults(demo_mode):
+    s, notes = lecture_settings(replace(Settings(), ratio=0.3))
+    assert s == Settings().locked() and notes
+    assert lecture_settings(Settings().locked()) == (Settings().locked(), [])
+    assert stored.writable(s)  # the demo's one lecture may be kept on disk; nothing a visitor chose is
+
+
+def test_prepare_script_reads_the_lecture_back(prepared, monkeypatch, capsys):
+    from urllib.parse import urlencode
+
+    from app import lecture_prepare
+
+    for k, v in QUICK.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(stored, "store", lambda: prepared.store)
+    assert lecture_prepare.main(["--query", urlencode(SMALL)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("kept on this server") == len(lecture.PARTS) and "100.0%" in out
+    monkeypatch.setattr(stored, "store", lambda: None)  # the store off: nothing would reach the server
+    assert lecture_prepare.main([]) == 2
