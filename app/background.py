@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 # one long computation at a time on the server, whichever asked for it.
 COMPUTE_LOCK = threading.Lock()
 KEEP_FINISHED = 32  # finished jobs kept for the sessions that have not picked theirs up yet (newest kept)
+MAX_PER_PAGE = 4  # background computations one page may wait for at once (app/main.py)
 
 
 class Cancelled(Exception):
@@ -42,6 +43,7 @@ class Job:
     submitted: float = field(default_factory=time.time)
     cancel: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    requesters: set[str] = field(default_factory=set)  # the pages waiting for it; none left: it is cancelled
 
     def progress(self, fraction: float, text: str) -> None:
         """The computation's Progress callback: records where it is; raises Cancelled once cancelled."""
@@ -59,16 +61,18 @@ class Jobs:
         self._lock = threading.Lock()
 
     def submit(self, key: str, label: str, fn: Callable[[Callable[[float, str], None]], Any],
-               on_value: Optional[Callable[[Any, float], None]] = None, fresh: bool = False) -> Job:
+               on_value: Optional[Callable[[Any, float], None]] = None, fresh: bool = False,
+               requester: str = "") -> Job:
         """The job computing `key`: the running or finished one when there is (a failed or cancelled one, or with
         `fresh` a finished one, is started again), else a new one queued to run `fn(progress)`. `on_value(value,
         seconds)` runs in the worker once it succeeded (e.g. to keep the value on disk; what it raises is ignored:
-        the value is still shown)."""
+        the value is still shown). `requester` (a page's id) is added to the pages waiting for it."""
         with self._lock:
             job = self._jobs.get(key)
-            if job is not None and (not job.done.is_set() or (job.error is None and not fresh)):
+            if job is not None and not job.cancel and (not job.done.is_set() or (job.error is None and not fresh)):
+                job.requesters.add(requester)
                 return job
-            job = self._jobs[key] = Job(key, label)
+            job = self._jobs[key] = Job(key, label, requesters={requester})
             self._forget_old()
         self._pool.submit(self._run, job, fn, on_value)
         return job
@@ -93,6 +97,17 @@ class Jobs:
             job.fraction = 1.0
             job.done.set()
 
+    def release(self, key: str, requester: str) -> None:
+        """`requester` no longer waits for the job of `key` (it cancelled, or asked for something else): the job is
+        cancelled once no page waits for it, so a page can never leave work queued for nobody."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                return
+            job.requesters.discard(requester)
+            if not job.requesters and not job.done.is_set():
+                job.cancel = True
+
     def get(self, key: str) -> Optional[Job]:
         """The job for `key`, or None (never submitted, or forgotten after KEEP_FINISHED newer ones finished)."""
         with self._lock:
@@ -106,7 +121,9 @@ class Jobs:
     def wait(self, timeout: float = 900.0) -> bool:
         """Block until every job submitted so far is done (tests, scripts); False if `timeout` s passed first."""
         deadline = time.monotonic() + timeout
-        for job in list(self._jobs.values()):
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
             if not job.done.wait(max(0.0, deadline - time.monotonic())):
                 return False
         return True

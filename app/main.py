@@ -6,7 +6,10 @@ layer slider or switching tabs redraws from the stored record without touching t
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+import uuid
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
@@ -84,6 +87,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             analysis, hit = stored.remembered(akey, lambda: session.analyse(
                 lm, calib, cfg, batch, ratio=s.ratio, seed=s.seed, settings=asdict(s), progress=step),
                 stored.writable(s))
+            analysis.batch = batch  # the same token ids (the key holds them); the texts as this page built them
             analysis.protocol = messages.scrub(analysis.protocol)
             res = Result(key, s, analysis)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
@@ -97,6 +101,8 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             messages.release_memory()
             raise
         notes["running"] = False
+        if st.session_state.get("result") is not None:
+            release_all(st.session_state["result"])  # its background computations: nobody here waits for them now
         st.session_state["result"], st.session_state["error"] = res, None
         done = messages.done_text(cfg.method, cfg.ratio, tuple(batch.ids.shape), batch.mask is not None,
                                   sum(analysis.seconds.values()), stored.reused_note(hit) if hit else None)
@@ -108,14 +114,15 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
 
 def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any],
                 params: Callable[[], dict[str, Any]] = dict, entry: Optional[str] = None, fresh: bool = False,
-                background: bool = False) -> None:
+                background: bool = False, exclusive: bool = False) -> None:
     """Run an on-request computation for the current result with the cached model, and keep it in the result's
     field `name` (under `entry` of that field's dict, when given: one ablation of several). A result this server
     already computed for the same model, calibration, batch, settings and `params` comes from its disk
     (app/stored.py) unless `fresh` asks for a new one; the status line then says when it was computed. `params()`
     gives what the computation depends on besides those (read inside, so a bad input becomes the one message).
     With `background`, a computation not stored yet is queued on the server's worker (app/background.py) and the
-    page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done."""
+    page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done. `exclusive` (a timed
+    measurement) waits until no background computation runs, so that what it stores was measured alone."""
     with st.status(f"{label}…", expanded=not background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
@@ -123,16 +130,20 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
             lm, calib = _model_and_calib(r.settings)
             key = session.result_key_of(name, lm, calib, r.analysis, **params(), entry=entry)
             hit = None if fresh else stored.lookup(key)
+            write = stored.writable(r.settings, on_request=True)
             if hit is None and background:
-                engine.get_jobs().submit(key, label, lambda progress: fn(lm, calib, progress),
-                                         stored.keeper(key, stored.writable(r.settings)), fresh)
-                r.pending[entry or name] = Pending(key, name, entry, label)
+                _submit(r, Pending(key, name, entry, label), lambda progress: fn(lm, calib, progress),
+                        stored.keeper(key, write), fresh)
                 st.rerun()  # from the top: the progress panel shows above the views
             if hit is None:
-                value, _ = stored.remembered(
-                    key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
-                                                                         text=messages.clean(t))),
-                    stored.writable(r.settings), fresh=True)
+                if exclusive and background_busy():
+                    bar.progress(0.0, text="waiting for the server's background computation to finish, so that this "
+                                           "measurement runs alone")
+                with _alone() if exclusive else contextlib.nullcontext():
+                    value, _ = stored.remembered(
+                        key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
+                                                                             text=messages.clean(t))),
+                        write, fresh=True)
             _keep(r, name, entry, hit.value if hit is not None else value, hit)
             done = f"reused ({stored.reused_note(hit)})" if hit is not None else \
                 f"done in {time.perf_counter() - t0:.1f} s"
@@ -140,6 +151,43 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
         except Exception as e:  # noqa: BLE001
             status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
             st.error(messages.failure(e))
+
+
+def page_id() -> str:
+    """This browser session's id: who waits for a background computation (app/background.py)."""
+    return st.session_state.setdefault("_page_id", uuid.uuid4().hex)
+
+
+def _alone() -> threading.Lock:
+    """The lock held while a background computation runs: a timed measurement holding it runs alone."""
+    return background.COMPUTE_LOCK
+
+
+def background_busy() -> bool:
+    """Whether a background computation (a tab's or the lecture's preparation) runs now."""
+    return background.COMPUTE_LOCK.locked()
+
+
+def _submit(r: Result, p: Pending, fn: Callable[[Progress], Any], keep: Callable[[Any, float], None],
+            fresh: bool) -> None:
+    """Queue `fn` for `r`'s slot `p` on the server's worker, replacing what the slot waited for. Raises PPCoreError
+    past MAX_PER_PAGE computations at once for this page."""
+    jobs, slot = engine.get_jobs(), p.entry or p.name
+    old = r.pending.get(slot)
+    if old is None and len(r.pending) >= background.MAX_PER_PAGE:
+        raise PPCoreError(f"this page already waits for {len(r.pending)} computations: wait for one to finish, or "
+                          "cancel one at the top of the page")
+    if old is not None and old.key != p.key:
+        jobs.release(old.key, page_id())
+    jobs.submit(p.key, p.label, fn, keep, fresh, requester=page_id())
+    r.pending[slot] = p
+
+
+def release_all(r: Result) -> None:
+    """This page no longer waits for `r`'s background computations (a new result replaces it)."""
+    for p in r.pending.values():
+        engine.get_jobs().release(p.key, page_id())
+    r.pending.clear()
 
 
 def _keep(r: Result, name: str, entry: Optional[str], value: Any, hit: Optional[session.Stored]) -> None:
@@ -152,6 +200,8 @@ def _keep(r: Result, name: str, entry: Optional[str], value: Any, hit: Optional[
 
 def _collect(r: Result) -> None:
     """Keep the values of this result's background computations that finished; one message for each that failed."""
+    for note in st.session_state.pop("_job_notes", []):
+        st.info(note)
     jobs = engine.get_jobs()
     for slot, p in list(r.pending.items()):
         job = jobs.get(p.key)
@@ -184,13 +234,18 @@ def _pending_panel(r: Result) -> None:
     queue = [j.key for j in jobs.running()]
     for slot, p in list(r.pending.items()):
         job = jobs.get(p.key)
-        assert job is not None
+        if job is None:  # forgotten meanwhile: the rerun above picks it up next time
+            continue
         place = queue.index(p.key) if p.key in queue else 0
         text = job.text if place == 0 else f"queued behind {place} other computation{'s' * (place > 1)}"
         c1, c2 = st.columns([5, 1])
         c1.progress(job.fraction, text=messages.clean(f"{p.label}: {text}"))
-        if c2.button("Cancel", key=f"cancel_{slot}", help="Stop this computation at its next layer"):
-            job.cancel = True
+        if c2.button("Cancel", key=f"cancel_{slot}", help="This page stops waiting for it; the server stops it at its "
+                     "next step unless another page waits for the same result"):
+            jobs.release(p.key, page_id())
+            r.pending.pop(slot, None)
+            st.session_state.setdefault("_job_notes", []).append(f"{p.label}: cancelled.")
+            st.rerun(scope="app")
     st.caption("These run on the server while you browse; what you do meanwhile shares its CPU, so the times they "
                "measure are slower than on an idle machine.")
 
@@ -311,11 +366,12 @@ def _view(label: str, r: Result) -> None:
         outputs.render(r, None if replayed else lambda prompt, n: _on_request(
             r, "generation", "Generating", lambda lm, c, p: session.generation(lm, c, a.cfg, prompt, n, limits().seq,
                                                                        repeats=repeats, progress=p),
-            lambda: {"prompt": prompt, "new_tokens": n, "max_prompt": limits().seq, "repeats": repeats}))
+            lambda: {"prompt": prompt, "new_tokens": n, "max_prompt": limits().seq, "repeats": repeats},
+            exclusive=True))
     elif label == "Latency":
         latency.render(r, lambda reps, fresh=False: _on_request(
             r, "latency", "Timing dense and pruned", lambda lm, c, p: session.latency(lm, c, a, reps),
-            lambda: {"repeats": reps}, fresh=fresh))
+            lambda: {"repeats": reps}, fresh=fresh, exclusive=True))
     elif label == "Compare methods":
         compare.render(r, lambda ratios, reps, fresh=False: _on_request(
             r, "comparison", "Comparing methods",

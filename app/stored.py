@@ -2,7 +2,7 @@
 
 One store per server process (st.cache_resource). A result is looked up before it is computed; a computed one is
 kept unless the store may not be written: in demo mode visitors choose what is computed, so only results of the
-default settings on the default batch (a fixed, bounded set: what the lecture and a first visit show) are written,
+default settings' analysis and lecture (a fixed, bounded set: what the lecture and a first visit show) are written,
 and everything else is computed in memory as before (SECURITY.md, resource exhaustion).
 """
 from __future__ import annotations
@@ -37,10 +37,11 @@ def _store(cache: str, megabytes: str) -> Optional[ResultStore]:
     return s if s.max_bytes > 0 else None
 
 
-def writable(settings: Settings, upload_digest: str = "") -> bool:
-    """Whether results for these settings may be written: always outside demo mode; in demo mode only for the
-    default settings with no upload."""
-    return not demo() or (not upload_digest and settings.key() == Settings().locked().key())
+def writable(settings: Settings, upload_digest: str = "", on_request: bool = False) -> bool:
+    """Whether results for these settings may be written: always outside demo mode; in demo mode only the analysis
+    and the lecture of the default settings with no upload, never a result a visitor asked for on request (their
+    prompts, ratios, repeats and tasks are theirs to choose: `on_request`)."""
+    return not demo() or (not on_request and not upload_digest and settings.key() == Settings().locked().key())
 
 
 def lookup(key: str) -> Optional[Stored]:

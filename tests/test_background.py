@@ -54,6 +54,22 @@ def test_cancel_stops_at_the_next_progress_point():
     assert jobs.wait(10) and isinstance(job.error, Cancelled) and len(steps) < 1000
 
 
+def test_a_job_nobody_waits_for_is_cancelled():
+    jobs = Jobs()
+    gate = threading.Event()
+    jobs.submit("first", "first", lambda p: gate.wait(10), requester="a")  # keeps the worker busy
+    job = jobs.submit("k", "K", lambda p: "value", requester="a")
+    assert jobs.submit("k", "K", lambda p: "value", requester="b") is job  # shared
+    jobs.release("k", "a")
+    assert not job.cancel  # page b still waits for it
+    jobs.release("k", "b")
+    assert job.cancel
+    again = jobs.submit("k", "K", lambda p: "value", requester="c")  # asked anew: a new job, not the cancelled one
+    assert again is not job
+    gate.set()
+    assert jobs.wait(10) and isinstance(job.error, Cancelled) and again.value == "value"
+
+
 def test_finished_jobs_are_forgotten_past_the_bound(monkeypatch):
     import app.background as bg
 
@@ -98,7 +114,8 @@ def test_cancel_from_the_page():
     at.number_input(key="cmp_reps").set_value(3)  # not the comparison another test ran: the server keeps those
     at.button(key="cmp_go").click().run()
     at.button(key="cancel_comparison").click().run()
+    ok(at)
+    assert not r.pending and any("cancelled" in i.value for i in at.info)
     finish(at)
     ok(at)
     assert not r.pending and r.comparison is None
-    assert any("cancelled" in i.value for i in at.info)

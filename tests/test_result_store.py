@@ -31,26 +31,28 @@ def test_key_depends_on_every_part_and_only_on_them():
 
 
 def test_round_trip_bound_and_least_recently_used(tmp_path):
-    store = ResultStore(tmp_path, max_bytes=10_000)
+    store = ResultStore(tmp_path, max_bytes=1 << 20)
     keys = [result_key("x", n=i) for i in range(4)]
-    value = {"t": torch.randn(300), "text": "ä"}  # about 1.5 kB pickled
+    value = {"t": torch.randn(300), "text": "ä"}
     first = store.put(keys[0], value, 1.25)
     assert isinstance(first, Stored) and first.seconds == 1.25
     got = store.get(keys[0])
     assert got is not None and torch.equal(got.value["t"], value["t"]) and got.value["text"] == "ä"
     assert store.get(keys[1]) is None
-    # Fill past the bound: the least recently used entries go first, a read counts as a use.
-    big = {"t": torch.randn(900)}  # about 3.7 kB
+    big = {"t": torch.randn(900)}
     store.put(keys[1], big, 1.0)
+    small, large = (store._path(k).stat().st_size for k in keys[:2])
+    # Room for the small entry and two big ones: a third big one sends out the least recently used.
+    store.max_bytes = small + 2 * large + large // 2
     os.utime(store._path(keys[0]), (1, 1))  # keys[0] is now the oldest...
     os.utime(store._path(keys[1]), (2, 2))
     assert store.get(keys[0]) is not None  # ...until it is read
     store.put(keys[2], big, 1.0)
     store.put(keys[3], big, 1.0)
-    assert store.used_bytes() <= 10_000
+    assert store.used_bytes() <= store.max_bytes
     assert store.get(keys[1]) is None and store.get(keys[0]) is not None and store.get(keys[3]) is not None
     # Bigger than the whole bound: not kept, no error.
-    assert store.put(result_key("x", n=9), {"t": torch.randn(5000)}, 1.0) is None
+    assert store.put(result_key("x", n=9), {"t": torch.randn(50_000)}, 1.0) is None
 
 
 def test_damaged_entry_is_dropped_and_bad_keys_refused(tmp_path):
@@ -81,6 +83,7 @@ def test_demo_writes_only_the_default_settings(monkeypatch):
 
     monkeypatch.setenv("PP_DEMO", "1")
     assert stored.writable(Settings()) and not stored.writable(Settings(), "some-upload")
+    assert not stored.writable(Settings(), on_request=True)  # a visitor's prompt, ratios, task: never written
     assert not stored.writable(replace(Settings(), ratio=0.3))
     monkeypatch.setenv("PP_DEMO", "0")
     assert stored.writable(replace(Settings(), ratio=0.3))
@@ -145,3 +148,61 @@ def test_demo_visitor_settings_are_not_written(app_store, monkeypatch):
     at = start()  # the small test settings are not the demo's defaults
     ok(at)
     assert app_store.entries() == []
+
+
+def test_every_kind_of_result_comes_back_from_disk(tmp_path):
+    """What the app stores (an analysis, baselines, a comparison with its timings, latency, an ablation, side by
+    side) is rebuilt by `torch.load(weights_only=True)` from the allowed globals alone, equal to what was saved."""
+    import dataclasses
+
+    from ppcore import session
+    from ppcore.calibrate import calibrate
+    from ppcore.config import CalibConfig
+    from tests.conftest import DecodeOnlyTokenizer, tiny_llama
+
+    lm = dataclasses.replace(tiny_llama(layers=4), tokenizer=DecodeOnlyTokenizer())
+    g = torch.Generator().manual_seed(0)
+    stats = calibrate(lm, torch.randint(0, 128, (8, 12), generator=g), 4, cache=False, progress=False)
+    calib = session.Calibration(stats, CalibConfig(windows=8, seq_len=12, batch_size=4), 0, {"seed": 0})
+    ids = torch.randint(0, 128, (3, 12), generator=g)
+    batch = session.Batch(ids, None, "tiny", [[f"t{i}" for i in row] for row in ids.tolist()])
+    a = session.analyse(lm, calib, PruneConfig(ratio=0.4, skip_layers=(0,)), batch)
+    values = {"analysis": a, "baselines": session.baselines(lm, calib, a),
+              "comparison": session.comparison(lm, calib, a, [0.4], 1), "latency": session.latency(lm, calib, a, 1),
+              "ablation": session.ablation(lm, calib, a, "fusion"),
+              "side_by_side": session.side_by_side(lm, calib, batch, a.cfg, a.cfg.as_method("flap", 0.4))}
+    store = ResultStore(tmp_path, max_bytes=256 << 20)
+    for kind, value in values.items():
+        key = session.result_key_of(kind, lm, calib, a)
+        assert store.put(key, value, 1.0) is not None, kind
+        back = store.get(key)
+        assert back is not None, f"{kind} did not come back"
+        assert type(back.value) is type(value), kind
+    back = store.get(session.result_key_of("analysis", lm, calib, a)).value
+    assert back.summary() == a.summary() and torch.equal(back.top_pruned.ids, a.top_pruned.ids)
+    assert back.protocol.to_dict() == a.protocol.to_dict()
+    rows = store.get(session.result_key_of("comparison", lm, calib, a)).value
+    assert [r.row() for r in rows] == [r.row() for r in values["comparison"]]
+
+
+class _Planted:
+    """What an attacker would plant: unpickling it calls a function of their choice."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # would create the marker file if it were ever called
+
+
+def test_a_planted_entry_cannot_run_code(tmp_path):
+    store = ResultStore(tmp_path / "results", max_bytes=1 << 20)
+    key = result_key("planted")
+    marker = tmp_path / "ran"
+    torch.save(_Planted(marker), store._path(key))
+    assert store.get(key) is None and not marker.exists() and not store._path(key).exists()
+    # A real entry naming a ppcore function (not a class) is refused too.
+    from ppcore.result_store import _allowed
+
+    assert _allowed("ppcore.loading.load_model") is None and _allowed("builtins.eval") is None
+    assert _allowed("numpy.load") is None and _allowed("ppcore.config.PruneConfig") is PruneConfig

@@ -86,7 +86,8 @@ def render(s: Settings, run_clicked: bool) -> None:
     for n in notes:
         st.caption(messages.clean(n))
     job = lecture_job.job(ls.key(), ls)
-    job.start()
+    if job.error is None:  # after a failure only "Try again" starts it again (no loop of failing preparations)
+        job.start()
     if job.data is None and job.error is None:
         job.wait(FIRST_WAIT_S)
     if job.error is not None:
