@@ -138,6 +138,19 @@ class ResultStore:
             raise ValueError(f"max_bytes must be at least 0, got {max_bytes}")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._drop_leftovers()
+
+    def _drop_leftovers(self, older_than_s: float = 3600.0) -> None:
+        """Remove what no entry counts: files of an older format (another suffix) and half-written temporary files
+        more than `older_than_s` old (a process killed mid-write), so they never hold disk outside the bound."""
+        now = time.time()
+        for p in self.root.iterdir():
+            try:
+                stale_tmp = p.name.endswith(".tmp") and now - p.stat().st_mtime > older_than_s
+                if p.is_file() and (stale_tmp or (not p.name.endswith(".tmp") and p.suffix != SUFFIX)):
+                    p.unlink()
+            except OSError:
+                continue
 
     def _path(self, key: str) -> Path:
         if not (len(key) == 32 and all(c in "0123456789abcdef" for c in key)):

@@ -206,3 +206,16 @@ def test_a_planted_entry_cannot_run_code(tmp_path):
 
     assert _allowed("ppcore.loading.load_model") is None and _allowed("builtins.eval") is None
     assert _allowed("numpy.load") is None and _allowed("ppcore.config.PruneConfig") is PruneConfig
+
+
+def test_leftovers_outside_the_bound_are_removed(tmp_path):
+    """An older format's files and a write a killed process left are not entries: they are removed when a store
+    opens the folder, so they never hold disk outside the bound; a fresh temporary file (a write going on) stays."""
+    root = tmp_path / "results"
+    root.mkdir()
+    old, stale, fresh = root / f"{'a' * 32}.pkl", root / ".x.pt.1.2.tmp", root / ".y.pt.3.4.tmp"
+    for p in (old, stale, fresh):
+        p.write_bytes(b"x" * 100)
+    os.utime(stale, (1, 1))
+    ResultStore(root, max_bytes=1 << 20)
+    assert not old.exists() and not stale.exists() and fresh.exists()
