@@ -7,7 +7,6 @@ layer slider or switching tabs redraws from the stored record without touching t
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -114,16 +113,16 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
 
 def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Calibration, Progress], Any],
                 params: Callable[[], dict[str, Any]] = dict, entry: Optional[str] = None, fresh: bool = False,
-                background: bool = False, exclusive: bool = False) -> None:
+                in_background: bool = False, exclusive: bool = False) -> None:
     """Run an on-request computation for the current result with the cached model, and keep it in the result's
     field `name` (under `entry` of that field's dict, when given: one ablation of several). A result this server
     already computed for the same model, calibration, batch, settings and `params` comes from its disk
     (app/stored.py) unless `fresh` asks for a new one; the status line then says when it was computed. `params()`
     gives what the computation depends on besides those (read inside, so a bad input becomes the one message).
-    With `background`, a computation not stored yet is queued on the server's worker (app/background.py) and the
+    With `in_background`, a computation not stored yet is queued on the server's worker (app/background.py) and the
     page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done. `exclusive` (a timed
     measurement) waits until no background computation runs, so that what it stores was measured alone."""
-    with st.status(f"{label}…", expanded=not background) as status:
+    with st.status(f"{label}…", expanded=not in_background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
         try:
@@ -131,7 +130,7 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
             key = session.result_key_of(name, lm, calib, r.analysis, **params(), entry=entry)
             hit = None if fresh else stored.lookup(key)
             write = stored.writable(r.settings, on_request=True)
-            if hit is None and background:
+            if hit is None and in_background:
                 _submit(r, Pending(key, name, entry, label), lambda progress: fn(lm, calib, progress),
                         stored.keeper(key, write), fresh)
                 st.rerun()  # from the top: the progress panel shows above the views
@@ -139,7 +138,7 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
                 if exclusive and background_busy():
                     bar.progress(0.0, text="waiting for the server's background computation to finish, so that this "
                                            "measurement runs alone")
-                with _alone() if exclusive else contextlib.nullcontext():
+                with background.COMPUTE_LOCK if exclusive else contextlib.nullcontext():
                     value, _ = stored.remembered(
                         key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
                                                                              text=messages.clean(t))),
@@ -156,11 +155,6 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
 def page_id() -> str:
     """This browser session's id: who waits for a background computation (app/background.py)."""
     return st.session_state.setdefault("_page_id", uuid.uuid4().hex)
-
-
-def _alone() -> threading.Lock:
-    """The lock held while a background computation runs: a timed measurement holding it runs alone."""
-    return background.COMPUTE_LOCK
 
 
 def background_busy() -> bool:
@@ -377,10 +371,10 @@ def _view(label: str, r: Result) -> None:
             r, "comparison", "Comparing methods",
             lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p),
             lambda: {"ratios": parse_ratios(ratios) if ratios else [a.ratio], "repeats": reps}, fresh=fresh,
-            background=True))
+            in_background=True))
         ablation.render(r, lambda name: _on_request(  # every ablation run so far stays, by name
             r, "ablations", f"Running the ablation '{name}' on this batch",
-            lambda lm, c, p: session.ablation(lm, c, a, name, p), entry=name, background=True))
+            lambda lm, c, p: session.ablation(lm, c, a, name, p), entry=name, in_background=True))
     elif label == "Side by side":
         side_by_side.render(r, lambda entry, cfg_a, cfg_b: _on_request(  # every comparison run so far stays, by B
             r, "side_by_side", f"Running A and B side by side ({entry})",
@@ -390,7 +384,7 @@ def _view(label: str, r: Result) -> None:
         zeroshot.render(r, lambda task, n: _on_request(
             r, "zeroshot", f"Zero-shot {task} on {n} documents, dense and pruned",
             lambda lm, c, p: session.zeroshot(lm, c, a, task, n, p), lambda: {"task": task, "documents": n},
-            background=True))
+            in_background=True))
     else:
         export.render(r)
 
