@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 
-from ppcore import ConfigError, LoadedModel, session
+from ppcore import ConfigError, LoadedModel, PruneConfig, session
 from ppcore.session import Progress, Stored
 
 from . import messages
@@ -44,6 +44,11 @@ PARTS = {"analysis": "the analysis of the batch", "baselines": "the oracle's and
 TIMED = ("comparison", "latency")  # wall-time measurements of this machine: the page says when they were made
 
 
+class NotStored(Exception):
+    """A lecture read back from the server's disk only (app/lecture_job.py preload) lacks a part there: `prepare`
+    lets it through (it is not one part's failure), and nothing is computed."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One lecture step: `slug` names its figure (app/views/lecture.py draws it), `title` and `text` (plain words,
@@ -64,23 +69,22 @@ STEPS: tuple[Step, ...] = (
          "Probe Pruning (PP) removes whole heads and channels **for each batch of text**, a fresh decision every "
          "time, in three stages: a small **probe** (1), mixed with the **history** of earlier batches (2), decides "
          "what the whole batch runs on (3). The strip shows every layer: blue is the share the batch kept; the "
-         "first layers are left whole.", layered=True),
+         "first layers are left whole."),
     Step("importance", "Stage 1: which words are loud",
          "Before a block runs, PP measures how **loud** each word is: the length of its vector in the residual "
          "stream (the running sum every layer adds to). Bright cells are loud. Loud positions carry most of what "
-         "the block will compute, so PP keeps only the loudest half of the positions for its probe: the **red "
-         "ticks** above the map.", layered=True),
+         "the block will compute, so PP keeps {positions} for its probe: the **red ticks** above the map.",
+         layered=True),
     Step("samples", "Stage 1: the probe's samples",
-         "Then PP keeps only the few samples (texts) that are loudest **at those positions**: the red bars. The "
-         "probe is these samples at these positions, a few percent of the batch. It runs through the block with "
-         "**all** its weights, which shows what each head and channel would do on this batch.", layered=True),
+         "Then PP keeps only the samples (texts) that are loudest **at those positions**, {samples}: the red "
+         "bars. The probe is these samples at these positions, {probe_share} of the batch. It runs through the "
+         "block with **all** its weights, which shows what each head and channel would do on this batch.",
+         layered=True),
     Step("history", "Stage 2: the probe meets the history",
          "A probe this small is noisy, so PP does not trust it alone. It keeps a **history**: what each channel "
-         "did on earlier batches (the calibration text at first). For every channel it mixes the probe's energy "
-         "(P) with the history's (G), trusting whichever is larger, and scores the mix. Green and red bars are "
-         "decisions the history turned around.", layered=True),
+         "did on earlier batches (the calibration text at first). {fusion}", layered=True),
     Step("kept", "Stage 3: what the batch runs on",
-         "Each head and channel gets a **PPsp score**: its fused energy times the size of its output weights. "
+         "Each head and channel gets a score: {score} "
          "The highest scores are kept (blue), the rest removed, and the whole batch runs on the smaller "
          "matrices. The map: the heads every layer kept (a row per layer). Below it: this layer's scores, kept "
          "against pruned.",
@@ -108,6 +112,32 @@ STEPS: tuple[Step, ...] = (
          "bars split PP's time into probing, deciding and running the kept weights, beside the dense block's "
          "time.", needs=("latency",)),
 )
+
+
+def step_text(step: Step, cfg: PruneConfig) -> str:
+    """`step.text` in the words of the lecture's config `cfg`: its probe sizes, fusion and score (a lecture on
+    ablation settings says what it runs, not the paper's defaults)."""
+    half = cfg.token_frac == 0.5
+    words = {
+        "positions": "every position (here the probe takes them all)" if cfg.token_frac >= 1 else
+                     f"only the loudest {'half' if half else f'{cfg.token_frac:.0%}'} of the positions",
+        "samples": "here all of them" if cfg.sample_frac >= 1 else
+                   f"{cfg.sample_frac:.0%} of the batch's samples (at least one)",
+        "probe_share": f"nominally {cfg.token_frac * cfg.sample_frac:.1%}",
+        "fusion": ("Here it runs **without history** (the setting `history` is off): the probe's energy (P) alone is "
+                   "scored." if not cfg.use_history else
+                   (f"For every channel it mixes the probe's energy (P) with the history's (G) at fixed weights, "
+                    f"**{cfg.probe_weight:g}·P + {1 - cfg.probe_weight:g}·G**, and scores the mix." if
+                    cfg.fusion == "fixed" else
+                    "For every channel it mixes the probe's energy (P) with the history's (G), trusting whichever is "
+                    "larger, and scores the mix.") + " Green and red bars are decisions the history turned around."),
+        "score": {"ppsp": "the **PPsp score**, its fused energy times the size of its output weights.",
+                  "wanda-sp": "here **Wanda-sp's** metric on the fused energy, the L1 norm of its output weights times "
+                              "the root of its energy.",
+                  "flap": "here **FLAP's** metric on the fused energy, its energy times the squared norm of its "
+                          "output weights."}.get(cfg.score, f"the score {cfg.score!r}."),
+    }
+    return step.text.format(**words)
 
 
 def step_number(text: Any, default: int = 1) -> int:
@@ -252,6 +282,8 @@ def prepare(s: Settings, lm: LoadedModel, calib: session.Calibration, remember: 
             # The key the app's on-request views use (app/main.py _on_request): one stored result serves both.
             key = session.result_key_of(name, lm, calib, analysis, **params, entry=None)
             value, hit = remember(key, lambda: compute(_span(progress, lo, hi)), write)
+        except NotStored:
+            raise
         except Exception as e:  # noqa: BLE001 — one part's failure is that part's message; the lecture goes on
             errors[name] = messages.failure(e)
             continue

@@ -7,22 +7,29 @@ belongs to no session, so a page that reruns (a click on Next) or closes does no
 compute the same lecture twice. Jobs run one at a time, and never beside a tab's background computation
 (app/background.py COMPUTE_LOCK), so lectures on several settings cannot take every core at once. Once done,
 the data stays in memory: a step only redraws.
+
+A lecture prepared on the server's disk before class (`python -m app.lecture_prepare`) is read back into memory
+once the server has drawn its first page (`preload`), so that the first student to open it does not wait for the
+disk either; a lecture that is not (completely) on the disk is left alone there: nobody asked for it yet.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import streamlit as st
 
 from ppcore import session
+from ppcore.session import Stored
 
 from . import engine, lecture, messages, stored
+from .lecture import NotStored
 from .background import COMPUTE_LOCK
 from .state import Settings
 
+T = TypeVar("T")
 MAX_LECTURES = 4  # lectures (settings) held in memory at once; the demo has one
 THREAD_PREFIX = "lecture-job-"
 _ONE_AT_A_TIME = COMPUTE_LOCK  # one long computation at a time, server-wide: lectures and the tabs' background jobs
@@ -53,14 +60,18 @@ class LectureJob:
         self.seconds: Optional[float] = None  # how long the preparation took, once done
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._wanted = False  # a page asked for the lecture: a preload that finds a part missing computes it
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> None:
-        """Start preparing, unless the data is there or a preparation runs; after a failure, start again."""
+    def start(self, stored_only: bool = False) -> None:
+        """Start preparing, unless the data is there or a preparation runs; after a failure, start again.
+        `stored_only` (a preload): read the lecture back from the server's disk if every part is there, else stop
+        and compute nothing, unless a page asks for it meanwhile (`start()`)."""
         with self._lock:
+            self._wanted = self._wanted or not stored_only
             if self.data is not None or self.running:
                 return
             self.fraction, self.text, self.error = 0.0, "waiting for another lecture's preparation to finish", None
@@ -82,26 +93,59 @@ class LectureJob:
         t0 = time.perf_counter()
         with _ONE_AT_A_TIME:
             try:
-                self.data = build(self.settings, self._say)
+                try:
+                    self.data = build(self.settings, self._say, stored_only=not self._wanted)
+                except NotStored:
+                    with self._lock:  # nobody asked: stop; a page that asks from now on starts a new thread
+                        if not self._wanted:
+                            self._thread, self.fraction, self.text = None, 0.0, "waiting to start"
+                            return
+                    self.data = build(self.settings, self._say)  # a page asked meanwhile: compute what is missing
                 self.seconds = time.perf_counter() - t0
             except Exception as e:  # noqa: BLE001 — one message on every page that waits for it
                 self.error = messages.failure(e)
 
 
-def build(s: Settings, progress: session.Progress) -> lecture.LectureData:
+def build(s: Settings, progress: session.Progress, stored_only: bool = False) -> lecture.LectureData:
     """The lecture data for the lecture settings `s`: the shared model and calibration (app/engine.py), then every
     part read back from the server's disk or computed and kept there when the settings may be written
-    (app/stored.py). Raises as app/lecture.py `prepare` does, and for a model that does not load."""
+    (app/stored.py). Raises as app/lecture.py `prepare` does, and for a model that does not load; with
+    `stored_only`, raises NotStored at the first part the disk lacks (before loading anything when the store is
+    off), having computed nothing."""
+    if stored_only and stored.store() is None:
+        raise NotStored("the result store is off")
     progress(0.0, f"loading the model {s.model!r} (quick once this server has loaded it)")
     session.prepare(s.model, progress)  # an embedded model's first use: joined and converted once
     lm, calib = engine.for_settings(s)
-    return lecture.prepare(s, lm, calib, stored.remembered, stored.writable(s), progress)
+    return lecture.prepare(s, lm, calib, _from_disk if stored_only else stored.remembered, stored.writable(s),
+                           progress)
+
+
+def _from_disk(key: str, compute: Callable[[], T], write: bool) -> tuple[T, Stored]:
+    """app/stored.py `remembered` for a preload: the stored value, or NotStored (nothing is computed)."""
+    hit = stored.lookup(key)
+    if hit is None:
+        raise NotStored(key)
+    return hit.value, hit
 
 
 @st.cache_resource(show_spinner=False, max_entries=MAX_LECTURES)
 def job(key: str, _settings: Settings) -> LectureJob:
     """The server's one job for the lecture settings whose key is `key` (`Settings.key()`)."""
     return LectureJob(_settings)
+
+
+@st.cache_resource(show_spinner=False)
+def preload() -> Optional[LectureJob]:
+    """Once per server, after its first page: the default settings' lecture (the demo's in demo mode) read back from
+    the server's disk into memory in the background, when `python -m app.lecture_prepare` (or any session) stored
+    all of it; nothing happens when a part is missing or the store is off. Returns that lecture's job."""
+    if stored.store() is None:
+        return None
+    s, _ = lecture.lecture_settings(Settings())
+    j = job(s.key(), s)
+    j.start(stored_only=True)
+    return j
 
 
 def forget() -> None:

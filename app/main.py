@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
-from app import background, engine, inputs, messages, stored, viewlink
+from app import background, engine, inputs, lecture_job, messages, stored, viewlink
 from app.batch import build_batch, check_settings, left_out_note
 from app.glossary import GLOSSARY
 from app.header import header_metrics
@@ -313,6 +313,7 @@ def main() -> None:
             _view(open_tab, r)
     except Exception as e:  # noqa: BLE001 — a view that cannot draw says so; the sidebar stays usable
         st.error(messages.failure(e))
+    lecture_job.preload()  # once per server, its first page drawn: a lecture prepared on disk into memory
 
 
 # The views that need the model for everything they show: a replay shows this note in their place.

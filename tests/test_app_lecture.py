@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 from app import lecture, lecture_job, stored
 from app.header import header_metrics
-from app.lecture import STEPS, lecture_settings
+from app.lecture import STEPS, lecture_settings, step_text
 from app.state import Settings, from_query
-from ppcore import ConfigError, session
+from ppcore import ConfigError, PruneConfig, session
 from ppcore.result_store import ResultStore
 from tests.browser_util import LECTURE_FIGURES as FIGURES
 from tests.test_app import SMALL, charts, ok, start, titles
@@ -91,14 +91,17 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
     assert not d.errors and set(d.when) == set(lecture.PARTS)
     assert len(prepared.store.entries()) == 4  # analysis, baselines, comparison, latency: kept on disk
     n = len(a.main.layers)
-    assert at.session_state["lecture_layer"] == d.layer == lecture.middle_layer(r) and 3 <= d.layer < n
+    assert d.layer == lecture.middle_layer(r) and 3 <= d.layer < n
     for k, step in enumerate(STEPS, start=1):
         ok(at)
         assert _header(at) == f"{k}. {step.title}"
+        if step.layered:  # the layer steps open on the middle pruned layer
+            assert at.session_state["lecture_layer"] == d.layer
         assert at.query_params["step"] == [str(k)] or at.query_params["step"] == str(k)
         t = titles(at)
         assert any(FIGURES[step.slug] in x for x in t), (step.slug, t)
-        assert any("Where in the model" in x for x in t) == step.layered  # the overview on layer steps only
+        # The overview on layer steps (outlining the layer) and on the first step (the whole model).
+        assert any("Where in the model" in x for x in t) == (step.layered or step.slug == "model")
         if step.slug == "outputs":
             want = [m.value for m in header_metrics(a.summary(), "pp")[:4]]
             assert [m.value for m in at.metric][:4] == want
@@ -137,6 +140,8 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
 
 def test_a_layer_step_follows_the_layer(prepared):
     at = prepared.at
+    assert not at.slider  # the first step shows the whole model: no layer selector
+    at.button(key="lecture_next").click().run()
     at.slider(key="lecture_layer").set_value(10).run()
     ok(at)
     assert at.query_params["layer"] in ("10", ["10"])
@@ -234,3 +239,48 @@ def test_prepare_script_reads_the_lecture_back(prepared, monkeypatch, capsys):
     assert out.count("kept on this server") == len(lecture.PARTS) and "100.0%" in out
     monkeypatch.setattr(stored, "store", lambda: None)  # the store off: nothing would reach the server
     assert lecture_prepare.main([]) == 2
+
+
+def test_a_preload_reads_a_stored_lecture_and_computes_nothing(prepared, tmp_path, monkeypatch):
+    """What the server does after its first page (lecture_job.preload): a lecture wholly on disk comes back into
+    memory without a page asking; one that is not there is left alone (nothing computed, nothing stored), until a
+    page asks for it."""
+    s, _ = lecture_settings(from_query(SMALL)[0])
+    for k, v in QUICK.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(stored, "store", lambda: prepared.store)
+    before = len(prepared.store.entries())
+    lecture_job.forget()  # as after a restart
+    job = lecture_job.job(s.key(), s)
+    job.start(stored_only=True)
+    assert job.wait(300) and job.error is None
+    assert job.data is not None and job.data.result.analysis.cfg == prepared.data.result.analysis.cfg
+    assert len(prepared.store.entries()) == before
+    empty = ResultStore(tmp_path / "results", max_bytes=1 << 20)
+    monkeypatch.setattr(stored, "store", lambda: empty)
+    lecture_job.forget()
+    job = lecture_job.job(s.key(), s)
+    job.start(stored_only=True)
+    assert job.wait(300)
+    assert job.data is None and job.error is None and not job.running and empty.entries() == []
+    lecture_job.forget()
+    monkeypatch.setattr(stored, "store", lambda: None)  # the store off: a preload does not even load a model
+    lecture_job.preload.clear()
+    assert lecture_job.preload() is None
+    lecture_job.preload.clear()
+
+
+def test_step_words_follow_the_config():
+    """The steps' plain words say what the lecture's config does, not the paper's defaults."""
+    by = {st_.slug: st_ for st_ in STEPS}
+    default, other = PruneConfig(), PruneConfig(token_frac=0.3, sample_frac=0.2, fusion="fixed", probe_weight=0.3,
+                                                score="flap")
+    assert "loudest half of the positions" in step_text(by["importance"], default)
+    assert "loudest 30% of the positions" in step_text(by["importance"], other)
+    assert "5% of the batch's samples" in step_text(by["samples"], default)
+    assert "nominally 6.0%" in step_text(by["samples"], other)
+    assert "trusting whichever is larger" in step_text(by["history"], default)
+    assert "0.3·P + 0.7·G" in step_text(by["history"], other)
+    assert "without history" in step_text(by["history"], PruneConfig(use_history=False))
+    assert "PPsp score" in step_text(by["kept"], default) and "FLAP's" in step_text(by["kept"], other)
+    assert all("{" not in step_text(st_, default) for st_ in STEPS)

@@ -183,12 +183,15 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     a = d.result.analysis
     info, (B, L) = a.info, tuple(a.batch.ids.shape)
     s = a.summary()
+    # No layer selector on this first step, and a plain table: fewer components for a new page to load first.
+    st.plotly_chart(charts.model_strip(kept_strip(d.result), None, f"Where in the model: {info['layers']} decoder "
+                                       "layers"), width="stretch", key="lecture_strip")
     text.markdown(f"Here: **{info['name']}**, {info['layers']} layers of {info['heads']} attention heads and "
                   f"{info['intermediate']} MLP channels, pruned at ratio **{a.ratio:.2f}**: the batch runs on "
                   f"{s['decoder_flops_ratio']:.0%} of the decoder's FLOPs.")
     st.markdown(f"**The batch**: {messages.clean(a.batch.description)}, {B} samples of up to {L} tokens.")
     rows = [{"sample": b, "text": "".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip()[:160]} for b in range(B)]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.table(pd.DataFrame(rows).set_index("sample"))
 
 
 def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
