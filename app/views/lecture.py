@@ -183,7 +183,8 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     a = d.result.analysis
     info, (B, L) = a.info, tuple(a.batch.ids.shape)
     s = a.summary()
-    # No layer selector on this first step, and a plain table: fewer components for a new page to load first.
+    # No layer selector on this first step: one component fewer for a new page to load first. The batch stays in a
+    # dataframe: st.table would render Markdown (links, images) from a pasted text.
     st.plotly_chart(charts.model_strip(kept_strip(d.result), None, f"Where in the model: {info['layers']} decoder "
                                        "layers"), width="stretch", key="lecture_strip")
     text.markdown(f"Here: **{info['name']}**, {info['layers']} layers of {info['heads']} attention heads and "
@@ -191,7 +192,7 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"{s['decoder_flops_ratio']:.0%} of the decoder's FLOPs.")
     st.markdown(f"**The batch**: {messages.clean(a.batch.description)}, {B} samples of up to {L} tokens.")
     rows = [{"sample": b, "text": "".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip()[:160]} for b in range(B)]
-    st.table(pd.DataFrame(rows).set_index("sample"))
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
