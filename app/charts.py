@@ -413,36 +413,6 @@ def loss_diff_heatmap(diff: np.ndarray, mask: np.ndarray, tokens: list[list[str]
 
 # --- lecture mode (app/views/lecture.py) -----------------------------------------------------------------------------
 
-def model_strip(kept: np.ndarray, selected: Optional[int], title: str) -> go.Figure:
-    """Where in the model: every decoder layer's attention and MLP block as one cell, coloured by the share of heads
-    or channels the batch kept (`kept`: (2, layers), rows attention and MLP, NaN for a block run whole: a skipped
-    layer, drawn grey), the embeddings before and the LM head after, and the layer `selected` outlined."""
-    z = np.asarray(kept, dtype=float)
-    layers = z.shape[1]
-    text = np.where(np.isfinite(z), np.vectorize(lambda v: f"{v:.0%} kept")(np.nan_to_num(z)), "run whole")
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(layers)), y=["attention", "MLP"], zmin=0, zmax=1,
-                               colorscale=[[0, "#f0f0f0"], [1, KEPT]], customdata=text, xgap=2, ygap=2,
-                               colorbar=dict(title="kept", tickformat=".0%", len=0.9, x=1.1),
-                               hovertemplate="layer %{x}, %{y}: %{customdata}<extra></extra>"))
-    skipped = [i for i in range(layers) if not np.isfinite(z[:, i]).any()]
-    for i in skipped:  # a layer run whole: grey, so that it does not read as "kept everything"
-        fig.add_shape(type="rect", x0=i - 0.45, x1=i + 0.45, y0=-0.45, y1=1.45, fillcolor=PRUNED, line_width=0,
-                      layer="below")
-    if selected is not None:
-        fig.add_shape(type="rect", x0=selected - 0.5, x1=selected + 0.5, y0=-0.55, y1=1.55,
-                      line=dict(color=PROBE, width=4), fillcolor="rgba(0,0,0,0)")
-    fig.add_annotation(x=0, y=0.5, xref="paper", yref="paper", text="embeddings →", showarrow=False,
-                       xanchor="right", xshift=-70, font=dict(size=14))
-    fig.add_annotation(x=1, y=0.5, xref="paper", yref="paper", text="→ LM head", showarrow=False, xanchor="left",
-                       xshift=6, font=dict(size=14))
-    fig.update_layout(title=title, height=230, margin=dict(l=170, r=170, t=50, b=40), font=dict(size=15),
-                      plot_bgcolor="rgba(0,0,0,0)")
-    fig.update_xaxes(title="decoder layer" + (f" (grey: run whole, {len(skipped)} skipped)" if skipped else ""),
-                     range=[-0.5, layers - 0.5], dtick=1 if layers <= 32 else None, showgrid=False, zeroline=False)
-    fig.update_yaxes(showgrid=False)
-    return fig
-
-
 def sample_bars(scores: Sequence[float], picked: Sequence[int], title: str) -> go.Figure:
     """One bar per sample (its score at the probe's tokens), the samples the probe picked in red."""
     s = np.asarray(scores, dtype=float)

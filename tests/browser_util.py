@@ -109,8 +109,11 @@ def browser_page(width: int = 1500, height: int = 1000):
 
 
 def chart_title(page, text: str, timeout_ms: float):
-    """Wait until a drawn Plotly chart's title contains `text`; returns its locator."""
-    loc = page.locator(".js-plotly-plot .gtitle", has_text=text).first
+    """Wait until a drawn figure's title contains `text`: a Plotly chart's, or the lecture's HTML model overview's
+    (app/model_strip.py); returns its locator."""
+    from app.model_strip import TITLE_CLASS
+
+    loc = page.locator(f".js-plotly-plot .gtitle, .{TITLE_CLASS}", has_text=text).first
     loc.wait_for(state="visible", timeout=timeout_ms)
     return loc
 

@@ -77,6 +77,11 @@ def _values(y) -> list[float]:
     return list(y)
 
 
+def strips(at: AppTest) -> list[str]:
+    """The HTML of the lecture's model overviews on the page (app/model_strip.py)."""
+    return [e.proto.body for e in at.get("html") if 'class="pp-strip"' in e.proto.body]
+
+
 def _header(at: AppTest) -> str:
     return next(h.value for h in at.header)
 
@@ -99,9 +104,9 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
             assert at.session_state["lecture_layer"] == d.layer
         assert at.query_params["step"] == [str(k)] or at.query_params["step"] == str(k)
         t = titles(at)
-        assert any(FIGURES[step.slug] in x for x in t), (step.slug, t)
+        assert any(FIGURES[step.slug] in x for x in t + strips(at)), (step.slug, t)
         # The overview on layer steps (outlining the layer) and on the first step (the whole model).
-        assert any("Where in the model" in x for x in t) == (step.layered or step.slug == "model")
+        assert any("Where in the model" in x for x in strips(at)) == (step.layered or step.slug == "model")
         if step.slug == "outputs":
             want = [m.value for m in header_metrics(a.summary(), "pp")[:4]]
             assert [m.value for m in at.metric][:4] == want
@@ -145,8 +150,8 @@ def test_a_layer_step_follows_the_layer(prepared):
     at.slider(key="lecture_layer").set_value(10).run()
     ok(at)
     assert at.query_params["layer"] in ("10", ["10"])
-    strip = next(c for c in charts(at) if "Where in the model" in c["layout"]["title"]["text"])
-    assert any(sh.get("x0") == 9.5 for sh in strip["layout"]["shapes"])  # layer 10 outlined
+    strip = next(x for x in strips(at) if "Where in the model" in x)
+    assert "layer 10 outlined" in strip and "<title>layer 10</title>" in strip  # the outline's own hover text
     at.slider(key="lecture_layer").set_value(1).run()  # a skipped layer says so, the page goes on
     ok(at)
     at.button(key="lecture_next").click().run()
@@ -284,3 +289,25 @@ def test_step_words_follow_the_config():
     assert "without history" in step_text(by["history"], PruneConfig(use_history=False))
     assert "PPsp score" in step_text(by["kept"], default) and "FLAP's" in step_text(by["kept"], other)
     assert all("{" not in step_text(st_, default) for st_ in STEPS)
+
+
+def test_the_model_overview_colours_each_block_by_its_kept_share():
+    """app/model_strip.py against its written-out rule: a block's colour blends EMPTY (0 % kept) to KEPT (100 %)
+    linearly, a block run whole is grey and says so, the selected layer is outlined; bad input raises."""
+    from app.charts import KEPT, PRUNED
+    from app.model_strip import EMPTY, model_strip_html
+
+    kept = np.array([[np.nan, 0.0, 1.0, 0.5], [np.nan, 1.0, 0.25, 0.5]])
+    body = model_strip_html(kept, 2, "Where in the model: 4 decoder layers, layer 2 outlined")
+    assert f'fill="{PRUNED}"><title>layer 0, attention: run whole</title>' in body
+    assert f'fill="{EMPTY}"><title>layer 1, attention: 0% kept</title>' in body
+    assert f'fill="{KEPT}"><title>layer 2, attention: 100% kept</title>' in body
+    # Halfway between #f0f0f0 and #1f77b4 per channel: (240+31)/2, (240+119)/2, (240+180)/2, rounded half to even.
+    assert 'fill="#88b4d2"><title>layer 3, MLP: 50% kept</title>' in body
+    assert "1 skipped" in body and body.count("<title>layer 2</title>") == 1
+    assert "<title>layer" in model_strip_html(kept, None, "t") and "stroke-width" not in model_strip_html(kept, None, "t")
+    assert "&lt;b&gt;" in model_strip_html(kept, None, "<b>")  # the title is text, never markup
+    with pytest.raises(ValueError, match="shape"):
+        model_strip_html(np.zeros((3, 4)), None, "t")
+    with pytest.raises(ValueError, match="outside"):
+        model_strip_html(kept, 4, "t")

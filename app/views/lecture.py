@@ -20,6 +20,7 @@ from ppcore.record import BlockRecord
 
 from .. import charts, lecture_job, messages
 from ..header import header_metrics
+from ..model_strip import model_strip_html
 from ..lecture import (STEPS, URL_PARAMS, LectureData, first_pruned_unit, kept_strip, lecture_settings, pruned_layers,
                        sample_scores, step_number)
 from ..state import MAX_SKIP_INDEX, Settings
@@ -131,9 +132,8 @@ def _walk(d: LectureData) -> None:
                 () if layer is not None else ("layer",))
     if layer is not None:
         a = d.result.analysis
-        st.plotly_chart(charts.model_strip(kept_strip(d.result), layer,
-                                           f"Where in the model: {a.info['layers']} decoder layers, layer {layer} "
-                                           "outlined"), width="stretch", key="lecture_strip")
+        st.html(model_strip_html(kept_strip(d.result), layer, f"Where in the model: {a.info['layers']} decoder "
+                                 f"layers, layer {layer} outlined"))
     left, right = st.columns([2, 3], gap="large")
     text = left.container(key="lecture_text")
     text.markdown(step.text)
@@ -183,10 +183,9 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     a = d.result.analysis
     info, (B, L) = a.info, tuple(a.batch.ids.shape)
     s = a.summary()
-    # No layer selector on this first step: one component fewer for a new page to load first. The batch stays in a
-    # dataframe: st.table would render Markdown (links, images) from a pasted text.
-    st.plotly_chart(charts.model_strip(kept_strip(d.result), None, f"Where in the model: {info['layers']} decoder "
-                                       "layers"), width="stretch", key="lecture_strip")
+    # No layer selector and no Plotly on this first step: fewer components for a new page to load first. The batch
+    # stays in a dataframe: st.table would render Markdown (links, images) from a pasted text.
+    st.html(model_strip_html(kept_strip(d.result), None, f"Where in the model: {info['layers']} decoder layers"))
     text.markdown(f"Here: **{info['name']}**, {info['layers']} layers of {info['heads']} attention heads and "
                   f"{info['intermediate']} MLP channels, pruned at ratio **{a.ratio:.2f}**: the batch runs on "
                   f"{s['decoder_flops_ratio']:.0%} of the decoder's FLOPs.")
