@@ -42,6 +42,22 @@ def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
     return out
 
 
+def same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether an ablation JSON's `key` (`old`) is the run `new` describes: the same name, ratios, setup and
+    calibration, and the same base config once the fields at today's PruneConfig defaults are left out on both
+    sides. So a file written before a new setting existed (the field absent, i.e. at its default) resumes, and one
+    whose base differs from today's in any setting does not."""
+    defaults = PruneConfig().to_dict()
+
+    def trimmed(key: dict[str, Any]) -> dict[str, Any]:
+        base = key.get("base")
+        if not isinstance(base, dict):
+            return key
+        return {**key, "base": {k: v for k, v in base.items() if k not in defaults or v != defaults[k]}}
+
+    return trimmed(old) == trimmed(new)
+
+
 def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: PruneConfig = PruneConfig(),
                  calib: Optional[CalibConfig] = None, progress: bool = True, json_path: Optional[str] = None,
                  resume: bool = False, **setup: Any) -> dict[str, Any]:
@@ -62,7 +78,7 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
                            "carried": carried(base), "key": key, "rows": []}
     if resume and json_path and Path(json_path).is_file():
         old = read_json_object(json_path, ("key", "rows", "seeds"), "an ablation's JSON")
-        if old["key"] != key:
+        if not same_run(old["key"], key):
             raise DataError(f"{json_path} holds another ablation run (name, ratios, settings or protocol): write to "
                             "another folder, or drop --resume")
         res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]

@@ -4,6 +4,7 @@ what it says, the report is made from the JSON, and bad input gets one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -128,6 +129,16 @@ def test_an_ablation_is_written_after_every_seed_and_resumes(tiny_setup, tmp_pat
     assert both["rows"][: len(first["rows"])] == first["rows"]
     with pytest.raises(DataError, match="another ablation run"):
         ablate_run.run_ablation("fusion", [0.4], [0], base=base, progress=False, json_path=str(path), resume=True)
+    # A file written before a setting existed (absent: at its default) still resumes; a changed setting does not.
+    old = json.loads(path.read_text())
+    del old["key"]["base"]["probe_weight"]
+    path.write_text(json.dumps(old))
+    again = ablate_run.run_ablation("fusion", [0.5], [0, 1], base=base, progress=False, json_path=str(path),
+                                    resume=True)
+    assert prepared == [0, 1] and again["seeds"] == [0, 1]
+    with pytest.raises(DataError, match="another ablation run"):
+        ablate_run.run_ablation("fusion", [0.5], [0], base=replace(base, ema=0.9), progress=False,
+                                json_path=str(path), resume=True)
 
 
 def test_a_broken_file_to_resume_gets_one_message(tiny_setup, tmp_path, monkeypatch):

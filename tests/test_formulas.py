@@ -437,6 +437,13 @@ def test_adjusted_ratio_without_skips_is_unchanged():
     assert adjusted_ratio(0.4, 32, 0) == 0.4
 
 
+def test_adjusted_ratio_at_zero_allows_every_layer_skipped():
+    # Dense (ratio 0) on a 3-layer model whose default skip list (0-2) covers every layer: nothing to divide.
+    assert adjusted_ratio(0.0, 3, 3) == 0.0
+    with pytest.raises(ZeroDivisionError):
+        adjusted_ratio(0.4, 3, 3)
+
+
 @settings(max_examples=50, deadline=None)
 @given(r1=st.floats(0.0, 0.95), r2=st.floats(0.0, 0.95), layers=st.integers(4, 48),
        heads=st.integers(1, 64), channels=st.integers(1, 20000), multiple=st.sampled_from([1, 8, 64]))
