@@ -311,3 +311,12 @@ def test_the_model_overview_colours_each_block_by_its_kept_share():
         model_strip_html(np.zeros((3, 4)), None, "t")
     with pytest.raises(ValueError, match="outside"):
         model_strip_html(kept, 4, "t")
+
+
+def test_the_batch_table_shows_text_as_typed():
+    from app.views.lecture import batch_table
+
+    body = batch_table(["plain", "<img src=x onerror=alert(1)> [a link](http://example.com) **bold**"])
+    assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "[a link](http://example.com) **bold**" in body  # no Markdown either: st.html shows it as typed
+    assert body.count("<tr>") == 3 and "<td>1</td>" in body

@@ -8,10 +8,12 @@ lecture for the first time, every session that opens it sees the same progress b
 """
 from __future__ import annotations
 
+import html
 from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
@@ -33,7 +35,7 @@ READ, LINKED_LAYER, SETTINGS = "_lecture_url_read", "_lecture_link_layer", "_lec
 POLL_S = 1.0  # while the server prepares a lecture, each page looks at its progress this often
 FIRST_WAIT_S = 1.5  # a lecture read back from disk is ready within this: the page waits instead of flashing a bar
 TEXT_CSS = ("<style>.st-key-lecture_text p, .st-key-lecture_text li {font-size: 1.4rem !important; "
-            "line-height: 1.5 !important}</style>")
+            "line-height: 1.5 !important} .st-key-lecture_warm {display: none}</style>")
 
 
 def _read_url() -> None:
@@ -190,8 +192,21 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"{info['intermediate']} MLP channels, pruned at ratio **{a.ratio:.2f}**: the batch runs on "
                   f"{s['decoder_flops_ratio']:.0%} of the decoder's FLOPs.")
     st.markdown(f"**The batch**: {messages.clean(a.batch.description)}, {B} samples of up to {L} tokens.")
-    rows = [{"sample": b, "text": "".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip()[:160]} for b in range(B)]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    texts = ["".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip()[:160] for b in range(B)]
+    st.html(batch_table(texts))
+    # Step 1 draws no Plotly chart, so the browser would fetch and start Plotly only when Next is pressed (over a
+    # second on 2 cores): an empty chart in a hidden container, drawn after everything visible, warms it meanwhile.
+    with st.container(key="lecture_warm"):
+        st.plotly_chart(go.Figure(), key="lecture_warm_chart")
+
+
+def batch_table(texts: list[str]) -> str:
+    """The batch as a plain HTML table (sample, text), each text escaped: shown as typed, never as Markdown or
+    markup. Not a dataframe, so that a lecture's first page loads no data-grid code in the browser."""
+    rows = "".join(f"<tr><td>{b}</td><td>{html.escape(t)}</td></tr>" for b, t in enumerate(texts))
+    return ('<table class="pp-batch" style="width: 100%; border-collapse: collapse; font-size: 0.95rem">'
+            "<thead><tr><th style='text-align: left'>sample</th><th style='text-align: left'>text</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
