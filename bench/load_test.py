@@ -45,8 +45,8 @@ from urllib.parse import urlencode
 
 from app.header import header_metrics as page_metrics
 from app.state import Settings
-from tests.browser_util import (ERROR_SELECTOR, LECTURE_FIGURES, chromium,  # run from the repository root (-m)
-                                streamlit_process)
+from tests.browser_util import (ERROR_SELECTOR, FIGURE_TITLE, LECTURE_FIGURES,  # run from the repository root (-m)
+                                chromium, streamlit_process)
 
 METHODS = ("pp", "wanda-sp", "flap", "fullbatch", "ppsp-calib")
 RATIOS = (0.2, 0.3, 0.4, 0.5, 0.25, 0.35, 0.45, 0.15)
@@ -187,7 +187,7 @@ def lecture_ready(page, want: LectureStep) -> bool:
 
     step = STEPS[want.k - 1]
     return (page.get_by_role("heading", name=f"{want.k}. {step.title}").count() > 0 and
-            page.locator(".js-plotly-plot .gtitle", has_text=LECTURE_FIGURES[step.slug]).count() > 0)
+            page.locator(FIGURE_TITLE, has_text=LECTURE_FIGURES[step.slug]).count() > 0)
 
 
 def page_state(page, s: Settings | LectureStep) -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 def adjusted_ratio(ratio: float, num_layers: int, num_skipped: int) -> float:
     """Per-layer ratio r_eff, so that the average over all `num_layers` equals `ratio` (docs/algorithm.md §6).
 
-    `round(num_layers / (num_layers - num_skipped) * ratio, 2)`; `ratio` itself when nothing is skipped or when
-    `ratio` is 0 (nothing is pruned, so a skip list covering every layer is fine: dense on a 3-layer model).
-    Raises ZeroDivisionError when every layer is skipped at a ratio above 0 (PruneConfig.check_layers refuses that
-    first).
+    `round(num_layers / (num_layers - num_skipped) * ratio, 2)`; `ratio` itself when nothing is skipped, and when
+    every layer is skipped (no layer uses it: dense, or block ratios of 0, on a 3-layer model with the default skip
+    list; PruneConfig.check_layers refuses a skip list that covers every layer of a run that prunes).
     """
-    if num_skipped == 0 or ratio == 0:
+    if num_skipped == 0 or num_skipped >= num_layers:
         return ratio
     return round(num_layers / (num_layers - num_skipped) * ratio, 2)
 

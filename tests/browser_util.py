@@ -108,12 +108,13 @@ def browser_page(width: int = 1500, height: int = 1000):
         yield browser.new_page(viewport={"width": width, "height": height})
 
 
+FIGURE_TITLE = ".js-plotly-plot .gtitle, .pp-strip-title"  # a Plotly chart's title, or app/model_strip.py's
+
+
 def chart_title(page, text: str, timeout_ms: float):
     """Wait until a drawn figure's title contains `text`: a Plotly chart's, or the lecture's HTML model overview's
     (app/model_strip.py); returns its locator."""
-    from app.model_strip import TITLE_CLASS
-
-    loc = page.locator(f".js-plotly-plot .gtitle, .{TITLE_CLASS}", has_text=text).first
+    loc = page.locator(FIGURE_TITLE, has_text=text).first
     loc.wait_for(state="visible", timeout=timeout_ms)
     return loc
 
@@ -140,6 +141,10 @@ def lecture_step(page, k: int, timeout_ms: float) -> float:
     page.get_by_role("heading", name=f"{k}. {step.title}").first.wait_for(state="visible", timeout=timeout_ms)
     chart_title(page, LECTURE_FIGURES[step.slug], timeout_ms)
     seconds = time.perf_counter() - t0
+    if step.slug == "model":  # the overview's blocks survived st.html's sanitiser (it drops <svg>, for one)
+        from app.model_strip import CELL_CLASS
+
+        assert page.locator(f".{CELL_CLASS}").count() > 0, "lecture step 1 shows the overview's title but no blocks"
     errors = page.locator(ERROR_SELECTOR)
     assert errors.count() == 0, f"lecture step {k} ({step.slug}) shows an error: {errors.first.inner_text()[:300]}"
     return seconds

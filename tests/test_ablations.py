@@ -240,3 +240,15 @@ def test_a_baseline_beside_an_ablated_pp_keeps_its_own_settings():
 def test_fusion_settings_where_nothing_is_fused_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PruneConfig(**kwargs)
+
+
+def test_a_model_no_deeper_than_the_skip_list_runs_dense_and_zero_block_ratios():
+    """Three layers, the default skip list (0-2) covers them all: dense, and PP with both block ratios at 0, run
+    whole (they prune nothing, so there is no per-layer ratio to compute) and equal each other."""
+    small = tiny_llama(layers=3)
+    ids = _batches(1)[0]
+    dense = walk(small.adapter, Pruner(small.adapter, PruneConfig(method="dense", ratio=0.0)), ids, level="none",
+                 timing=False)
+    off = PruneConfig(ratio=0.4, attn_ratio=0.0, mlp_ratio=0.0, use_history=False)
+    pp = walk(small.adapter, Pruner(small.adapter, off), ids, level="none", timing=False)
+    assert torch.equal(dense.hidden, pp.hidden)

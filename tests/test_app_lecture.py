@@ -151,7 +151,7 @@ def test_a_layer_step_follows_the_layer(prepared):
     ok(at)
     assert at.query_params["layer"] in ("10", ["10"])
     strip = next(x for x in strips(at) if "Where in the model" in x)
-    assert "layer 10 outlined" in strip and "<title>layer 10</title>" in strip  # the outline's own hover text
+    assert "layer 10 outlined" in strip and 'title="layer 10" style="grid-row: 1 / span 2; grid-column: 12;' in strip
     at.slider(key="lecture_layer").set_value(1).run()  # a skipped layer says so, the page goes on
     ok(at)
     at.button(key="lecture_next").click().run()
@@ -295,17 +295,28 @@ def test_the_model_overview_colours_each_block_by_its_kept_share():
     """app/model_strip.py against its written-out rule: a block's colour blends EMPTY (0 % kept) to KEPT (100 %)
     linearly, a block run whole is grey and says so, the selected layer is outlined; bad input raises."""
     from app.charts import KEPT, PRUNED
-    from app.model_strip import EMPTY, model_strip_html
+    from app.model_strip import CELL_CLASS, EMPTY, model_strip_html
 
     kept = np.array([[np.nan, 0.0, 1.0, 0.5], [np.nan, 1.0, 0.25, 0.5]])
     body = model_strip_html(kept, 2, "Where in the model: 4 decoder layers, layer 2 outlined")
-    assert f'fill="{PRUNED}"><title>layer 0, attention: run whole</title>' in body
-    assert f'fill="{EMPTY}"><title>layer 1, attention: 0% kept</title>' in body
-    assert f'fill="{KEPT}"><title>layer 2, attention: 100% kept</title>' in body
+
+    def cell(layer: int, block: str, what: str, colour: str) -> bool:
+        label = f"layer {layer}, {block}: {what}"
+        return (f'title="{label}"' in body and
+                f'aria-label="{label}" role="img" style="grid-row: {1 + (block == "MLP")}; grid-column: '
+                f'{layer + 2}; height: 32px; background: {colour}"' in body)
+
+    assert body.count(f'class="{CELL_CLASS}"') == 8
+    assert cell(0, "attention", "run whole", PRUNED) and cell(0, "MLP", "run whole", PRUNED)
+    assert cell(1, "attention", "0% kept", EMPTY) and cell(2, "attention", "100% kept", KEPT)
     # Halfway between #f0f0f0 and #1f77b4 per channel: (240+31)/2, (240+119)/2, (240+180)/2, rounded half to even.
-    assert 'fill="#88b4d2"><title>layer 3, MLP: 50% kept</title>' in body
-    assert "1 skipped" in body and body.count("<title>layer 2</title>") == 1
-    assert "<title>layer" in model_strip_html(kept, None, "t") and "stroke-width" not in model_strip_html(kept, None, "t")
+    assert cell(3, "MLP", "50% kept", "#88b4d2")
+    assert "1 skipped" in body and 'title="layer 2" style="grid-row: 1 / span 2; grid-column: 4;' in body
+    assert "outline" not in model_strip_html(kept, None, "t")
+    from app.model_strip import TITLE_CLASS
+    from tests.browser_util import FIGURE_TITLE
+
+    assert f".{TITLE_CLASS}" in FIGURE_TITLE  # the browser tests look for the overview's title by this class
     assert "&lt;b&gt;" in model_strip_html(kept, None, "<b>")  # the title is text, never markup
     with pytest.raises(ValueError, match="shape"):
         model_strip_html(np.zeros((3, 4)), None, "t")

@@ -437,11 +437,11 @@ def test_adjusted_ratio_without_skips_is_unchanged():
     assert adjusted_ratio(0.4, 32, 0) == 0.4
 
 
-def test_adjusted_ratio_at_zero_allows_every_layer_skipped():
-    # Dense (ratio 0) on a 3-layer model whose default skip list (0-2) covers every layer: nothing to divide.
+def test_adjusted_ratio_with_every_layer_skipped():
+    # Dense, or block ratios of 0, on a 3-layer model whose default skip list (0-2) covers every layer: no layer uses
+    # the per-layer ratio, so there is nothing to divide.
     assert adjusted_ratio(0.0, 3, 3) == 0.0
-    with pytest.raises(ZeroDivisionError):
-        adjusted_ratio(0.4, 3, 3)
+    assert adjusted_ratio(0.4, 3, 3) == 0.4
 
 
 @settings(max_examples=50, deadline=None)

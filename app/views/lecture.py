@@ -186,7 +186,7 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     info, (B, L) = a.info, tuple(a.batch.ids.shape)
     s = a.summary()
     # No layer selector and no Plotly on this first step: fewer components for a new page to load first. The batch
-    # stays in a dataframe: st.table would render Markdown (links, images) from a pasted text.
+    # is an escaped HTML table: no data grid to load, and no Markdown (st.table would render a pasted text's links).
     st.html(model_strip_html(kept_strip(d.result), None, f"Where in the model: {info['layers']} decoder layers"))
     text.markdown(f"Here: **{info['name']}**, {info['layers']} layers of {info['heads']} attention heads and "
                   f"{info['intermediate']} MLP channels, pruned at ratio **{a.ratio:.2f}**: the batch runs on "
