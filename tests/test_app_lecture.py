@@ -7,6 +7,7 @@ the production defaults are app/lecture.py's."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import dataclass, replace
 
@@ -105,6 +106,8 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
         assert at.query_params["step"] == [str(k)] or at.query_params["step"] == str(k)
         t = titles(at)
         assert any(FIGURES[step.slug] in x for x in t + strips(at)), (step.slug, t)
+        words = [m.value for m in at.markdown]
+        assert step_text(step, a.cfg) in words and not any(re.search(r"\{[a-z_]+\}", w) for w in words), step.slug
         # The overview on layer steps (outlining the layer) and on the first step (the whole model).
         assert any("Where in the model" in x for x in strips(at)) == (step.layered or step.slug == "model")
         if step.slug == "outputs":

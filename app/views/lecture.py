@@ -24,7 +24,7 @@ from .. import charts, lecture_job, messages
 from ..header import header_metrics
 from ..model_strip import model_strip_html
 from ..lecture import (STEPS, URL_PARAMS, LectureData, first_pruned_unit, kept_strip, lecture_settings, pruned_layers,
-                       sample_scores, step_number)
+                       sample_scores, step_number, step_text)
 from ..state import MAX_SKIP_INDEX, Settings
 from ..viewlink import _write as write_query
 from . import compare, history, latency, unit_why
@@ -138,7 +138,7 @@ def _walk(d: LectureData) -> None:
                                  f"layers, layer {layer} outlined"))
     left, right = st.columns([2, 3], gap="large")
     text = left.container(key="lecture_text")
-    text.markdown(step.text)
+    text.markdown(step_text(step, d.result.analysis.cfg))
     with right:
         missing = d.missing(step)
         if missing:
