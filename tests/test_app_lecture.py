@@ -113,6 +113,11 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
         if step.slug == "outputs":
             want = [m.value for m in header_metrics(a.summary(), "pp")[:4]]
             assert [m.value for m in at.metric][:4] == want
+            diff = (a.nll_pruned - a.nll_dense) * a.nll_mask  # the words' sentence, from the engine's numbers
+            b = int(diff.sum(1).argmax())
+            d_b = diff[b, : a.batch.lengths[b] - 1]
+            said = f"its loss rose on **{int((d_b > 0).sum())} of {len(d_b)}** words, by more than 1 nat"
+            assert any(said in w and f"on **{int((d_b > 1).sum())}**." in w for w in words), words
         if step.slug == "compare":
             rows = {row.timing.method: row for row in r.comparison if row.timing.ratio in (0.0, 0.4)}
             table = at.dataframe[0].value

@@ -307,7 +307,10 @@ def _outputs(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     n = a.batch.lengths[b]
     _chart(charts.diff_bars(a.batch.tokens[b][1:n], [float(v) for v in diff[b, : n - 1]],
                             f"Sample {b} (hurt most): change in loss on each word, pruned − dense"), "outputs")
-    text.markdown(f"Here: sample {b} is the one pruning hurt most; most words barely move.")
+    d_b = diff[b, : n - 1]
+    worse, much = int((d_b > 0).sum()), int((d_b > 1).sum())
+    text.markdown(f"Here: sample {b} is the one pruning hurt most: its loss rose on **{worse} of {n - 1}** words, by "
+                  f"more than 1 nat (the word at least e = 2.7 times less likely) on **{much}**.")
 
 
 def _timed_note(d: LectureData, part: str) -> None:
