@@ -344,7 +344,7 @@ def test_any_valid_batch_gives_a_correct_answer(name, cfg, batch):
                 assert b.kept == list(range(total)) and b.probe_tokens == []
                 continue
             if cfg.method != "flap":
-                want = total - p.n_heads_pruned if block == "attn" else p.n_mlp_kept
+                want = p.kept_units.get((i, block)) or (total - p.n_heads_pruned if block == "attn" else p.n_mlp_kept)
                 assert len(b.kept) == want
             assert b.scores is not None and len(b.scores) == total and all(math.isfinite(s) for s in b.scores)
             if cfg.method == "fullbatch":
