@@ -3,6 +3,7 @@ reference on small tensors; the fitted allocation meets PP's decoder FLOPs and l
 combinations that mean nothing are refused."""
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 
@@ -84,7 +85,8 @@ def test_combinations_that_mean_nothing_are_refused(kwargs, message):
 
 def test_without_calibration_or_its_windows_pp_plus_says_why(lm, calib):
     with pytest.raises(ConfigError, match="needs calibration statistics"):
-        Pruner(lm.adapter, PruneConfig(method="pp-plus", use_history=False, **dict(OFF, compensate="on")))
+        Pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), use_history=False,
+                                       **dict(OFF, compensate="on")))
     bare = replace(calib, source=None, fits={})
     with pytest.raises(ConfigError, match="do not carry them"):
         Pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,)), bare)
@@ -221,11 +223,9 @@ def test_the_fit_is_made_once_and_cached_on_disk(lm, calib, fitted, tmp_path, mo
     Pruner(lm.adapter, cfg, cached)
     path = allocation.fit_path(fit_key(cfg, cached), tmp_path)
     assert json.loads(path.read_text())["key"] == fit_key(cfg, cached)
-    import ppcore.walk
-
     def no_walk(*args, **kwargs):
         raise AssertionError("fitted again instead of reading the cached fit")
 
-    monkeypatch.setattr(ppcore.walk, "walk", no_walk)  # the fit imports it when it runs
+    monkeypatch.setattr(importlib.import_module("ppcore.walk"), "walk", no_walk)  # the fit imports it when it runs
     again = calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)
     assert Pruner(lm.adapter, cfg, again).kept_units == Pruner(lm.adapter, cfg, cached).kept_units

@@ -82,7 +82,7 @@ class PPPlus(PP):
 
     def compensation(self, layer: int, block: Block, w: LayerWeights, kept: Tensor) -> tuple[Optional[Tensor], int]:
         """W[:, P] @ mu_P (D,) and its FLOPs with `compensate`, else none."""
-        if not self.compensate:
+        if not self.compensate or kept.shape[0] == block.units(self.run.dims):  # a shape: no sync
             return None, 0
         w_fin = block.final_weight(w)
         kept_ch = block.unit_channels(kept, self.run.dims)
