@@ -104,7 +104,7 @@ def test_compensation_bias_and_its_flops_against_a_written_out_sum():
             for i in range(5):
                 ref[i] += W[i, c] * mean[c]
     torch.testing.assert_close(compensation_bias(W, mean, kept), ref)
-    assert bias_flops(W) == 2 * 5 * 7
+    assert bias_flops(W, 4) == 2 * 5 * 4  # the product over the 4 pruned columns
     torch.testing.assert_close(compensation_bias(W, mean, torch.arange(7)), torch.zeros(5))
 
 
@@ -159,11 +159,16 @@ def test_the_compensation_is_the_calibration_mean_then_an_ema_on_kept_channels(l
 
 def test_the_compensation_is_counted_in_the_pruned_flops(lm, calib):
     base = PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), **OFF)
-    _, off = _run(lm, calib, base, level="none")
-    _, on = _run(lm, calib, replace(base, compensate="on"), level="none")
+    _, off = _run(lm, calib, base, level="summary")
+    _, on = _run(lm, calib, replace(base, compensate="on"), level="summary")
     dims = lm.adapter.dims
-    extra = 3 * 2 * dims.hidden * (dims.num_heads * dims.head_dim + dims.intermediate)  # 3 layers x both blocks
-    assert on[0].flops["pruned"] == off[0].flops["pruned"] + extra
+    rec = on[0].record
+    for layer in range(1, 4):
+        for block in BLOCKS:
+            b, b_off = getattr(rec.layers[layer], block.name), getattr(off[0].record.layers[layer], block.name)
+            pruned = block.channels(dims) - block.unit_channels(torch.tensor(b.kept), dims).numel()
+            assert b.flops["pruned"] == b_off.flops["pruned"] + 2 * dims.hidden * pruned  # the (D x |P|) product
+            assert b.flops["pruned"] <= b.flops["dense"]
 
 
 # --- allocation --------------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ class PPPlus(PP):
             return None, 0
         w_fin = block.final_weight(w)
         kept_ch = block.unit_channels(kept, self.run.dims)
-        return compensation_bias(w_fin, self.means[block.key(layer)], kept_ch), bias_flops(w_fin)
+        pruned = block.channels(self.run.dims) - kept_ch.shape[0]  # shapes: no sync
+        return compensation_bias(w_fin, self.means[block.key(layer)], kept_ch), bias_flops(w_fin, pruned)
 
     def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:
         """PP's history update, and with `compensate` the same EMA of the batch's mean (every position but the
