@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .loading import LoadedModel
 
 CONVERSION_VERSION = 2  # bump when the cached conversion format changes (the code and libraries are keyed too)
-STATS_VERSION = 1  # bump when the calibration statistics or their update rules change
+STATS_VERSION = 2  # bump when the calibration statistics or their update rules change
 MEMO_MIN_BYTES = 1 << 20  # files at least this big have their content hash remembered in cache_root()/hashes
 WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt")  # the files of a checkpoint folder that are hashed
 

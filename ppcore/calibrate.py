@@ -16,7 +16,7 @@ from .cache import STATS_VERSION, calib_key, calib_path, windows_hash
 from .errors import DataError
 from .loading import LoadedModel
 from .methods import Decision, Pruner
-from .stats import CalibStats, StatsAccumulator
+from .stats import CalibSource, CalibStats, StatsAccumulator
 from .walk import walk
 from .walk_context import WalkCtx
 
@@ -37,7 +37,8 @@ def calibrate(lm: LoadedModel, windows: Tensor, batch_size: int, *, cache: bool 
     """Dense pass over `windows` (N x L), running statistics at every o_proj / down_proj input.
 
     The batch size is part of the result: the official FLAP statistics depend on it (docs/algorithm.md §8.1a).
-    Cached under `ppcore.cache.calib_key` in `ppcore.cache.calib_path` unless `cache` is False.
+    Cached under `ppcore.cache.calib_key` in `ppcore.cache.calib_path` unless `cache` is False. The result's
+    `source` names the windows, so that PP+'s allocation can be fitted on them later (`ppcore.allocation`).
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise DataError(f"calibration windows must be a non-empty (N x L) array, got {tuple(windows.shape)}")
@@ -47,17 +48,22 @@ def calibrate(lm: LoadedModel, windows: Tensor, batch_size: int, *, cache: bool 
     path = calib_path(key, cache_dir)
     meta = {"key": key, "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
             "batch_size": batch_size, "windows_sha256_16": windows_hash(windows), "version": STATS_VERSION}
+    source = CalibSource(windows, None if cache_dir is None else str(cache_dir), cache)
     if cache and path.is_file():
         try:
-            return CalibStats.from_tensors(load_file(str(path)), meta)
+            stats = CalibStats.from_tensors(load_file(str(path)), meta)
         except Exception:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
+        else:
+            stats.source = source
+            return stats
     acc = StatsAccumulator()
     observer = _Observer(lm, acc)
     starts = range(0, windows.shape[0], batch_size)
     for s in tqdm(starts, desc="calibration", unit="batch", disable=not progress):
         walk(lm.adapter, observer, windows[s:s + batch_size], level="none", timing=False)
     stats = acc.finish(meta)
+    stats.source = source
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")

@@ -33,6 +33,14 @@ SCORED_METHODS: tuple[str, ...] = ("pp", "fullbatch", "ppsp-calib")
 FUSIONS: tuple[str, ...] = ("importance", "fixed")
 ABLATION_DEFAULTS: dict[str, Any] = {"score": "ppsp", "fusion": "importance", "probe_weight": 0.5, "attn_ratio": None,
                                      "mlp_ratio": None}
+# PP+'s switches (docs/algorithm.md "PP+"): each 'auto' (the method's default: off for every method but pp-plus,
+# PLUS_DEFAULTS for pp-plus) or a value; only pp-plus takes a value other than PP's.
+PLUS_METHOD = "pp-plus"
+SWITCHES: tuple[str, ...] = ("auto", "on", "off")
+ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "sensitivity")
+PLUS_FIELDS: tuple[str, ...] = ("compensate", "error_score", "allocation")
+PLUS_OFF: dict[str, str] = {"compensate": "off", "error_score": "off", "allocation": "uniform"}
+PLUS_DEFAULTS: dict[str, str] = {"compensate": "on", "error_score": "on", "allocation": "sensitivity"}
 
 # Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
 # divides by it (docs/algorithm.md §8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
@@ -155,6 +163,15 @@ class PruneConfig:
     flap_bias: str = setting("official", "FLAP's bias compensation: 'official' divides the calibration mean by "
                              "the calibration batch size, as the official code does; 'mean'; 'none'",
                              choices=FLAP_BIAS_MODES)
+    compensate: str = setting(
+        "auto", "pp-plus: add the removed heads' and channels' mean contribution to the block output as a bias "
+        "('auto': on for pp-plus, off for every other method)", choices=SWITCHES)
+    error_score: str = setting(
+        "auto", "pp-plus: score a unit by the output error its removal adds, energy (variance with compensate) "
+        "times the squared weight-column norm, instead of PPsp ('auto': on for pp-plus)", choices=SWITCHES)
+    allocation: str = setting(
+        "auto", "pp-plus: per-layer and per-block ratios: 'uniform' (PP's), or 'sensitivity' (fitted on "
+        "calibration windows under PP's decoder FLOPs; 'auto': sensitivity for pp-plus)", choices=ALLOCATIONS)
     score: str = setting("ppsp", "the unit score of pp, fullbatch and ppsp-calib: 'ppsp' (the paper's), or Wanda-sp's "
                          "or FLAP's metric on the same activations (an ablation)", choices=SCORES)
     fusion: str = setting("importance", "PP: how the probe is fused with the history: 'importance' (the paper's, "
@@ -176,6 +193,7 @@ class PruneConfig:
             value = _check_fraction(name, getattr(self, name), low_inclusive=low, high_inclusive=high)
             object.__setattr__(self, name, value)  # a plain float from here on (numpy scalars included)
         _check_ablation(self)
+        _check_plus(self)
         for name in ("prune_attn", "prune_mlp", "use_history"):
             object.__setattr__(self, name, _check_bool(name, getattr(self, name)))
         if (not isinstance(self.mlp_multiple, numbers.Integral) or isinstance(self.mlp_multiple, bool)
@@ -235,6 +253,10 @@ class PruneConfig:
             drop.update(fusion=ABLATION_DEFAULTS["fusion"], probe_weight=ABLATION_DEFAULTS["probe_weight"])
         if method == "flap":
             drop.update(attn_ratio=None, mlp_ratio=None)
+        if method != self.method:  # PP+'s switches: the new method's own defaults ('auto')
+            drop.update({name: "auto" for name in PLUS_FIELDS})
+            if method == PLUS_METHOD:
+                drop.update(attn_ratio=None, mlp_ratio=None)  # its allocation decides the blocks' ratios
         return replace(self, method=method, ratio=ratio, **drop)
 
     def block_ratio(self, block: str) -> float:
@@ -366,6 +388,25 @@ def _check_ablation(cfg: "PruneConfig") -> None:
     if (cfg.attn_ratio is not None or cfg.mlp_ratio is not None) and cfg.method == "flap":
         raise ConfigError("FLAP allocates its own ratio to every block: attn_ratio and mlp_ratio apply to the other "
                           "methods")
+
+
+def _check_plus(cfg: "PruneConfig") -> None:
+    """PP+'s switches: 'auto' becomes the method's default (PLUS_DEFAULTS for pp-plus, PP's behaviour, PLUS_OFF, for
+    every other method); a value other than PP's is only valid for pp-plus; a fitted allocation decides the blocks'
+    ratios itself, so it cannot be combined with attn_ratio or mlp_ratio. Raises ConfigError naming the setting."""
+    for name, choices in (("compensate", SWITCHES), ("error_score", SWITCHES), ("allocation", ALLOCATIONS)):
+        value = getattr(cfg, name)
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if value == "auto":
+            value = PLUS_DEFAULTS[name] if cfg.method == PLUS_METHOD else PLUS_OFF[name]
+        if value != PLUS_OFF[name] and cfg.method not in (PLUS_METHOD, "dense"):
+            raise ConfigError(f"{name} {value!r} is a switch of method {PLUS_METHOD!r} (PP+): method {cfg.method!r} "
+                              f"takes only {PLUS_OFF[name]!r} or 'auto'")
+        object.__setattr__(cfg, name, PLUS_OFF[name] if cfg.method == "dense" else value)
+    if cfg.allocation != "uniform" and (cfg.attn_ratio is not None or cfg.mlp_ratio is not None):
+        raise ConfigError(f"allocation {cfg.allocation!r} chooses every block's ratio from the nominal ratio: leave "
+                          "attn_ratio and mlp_ratio unset, or use allocation 'uniform'")
 
 
 def _check_bool(name: str, value: Any) -> bool:

@@ -43,11 +43,14 @@ class EvalResult:
     flops: dict[str, int] = field(default_factory=dict)  # summed over the scored batches: dense, pruned, probe, head
     units: dict[str, int] = field(default_factory=dict)  # heads and MLP channels, all and kept, summed over batches
     records: list[BatchRecord] = field(default_factory=list)
+    fitted: Optional[dict[str, Any]] = None  # what the method fitted on calibration data, and on what (PP+)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the records, as plain JSON-ready values (what `eval --json` writes)."""
         d = asdict(self)
         d.pop("records")
+        if d["fitted"] is None:
+            d.pop("fitted")  # only a method that fitted something says what
         d["protocol"] = self.protocol.to_dict()
         return d
 

@@ -54,11 +54,14 @@ class ScoredRun:
     def figures(self) -> dict[str, Any]:
         """method, ratio, ppl, tokens, seconds (sum over batches), the four FLOPs ratios
         (`ppcore.flops.flops_ratios`), the achieved ratios (`ppcore.ratios.achieved_ratios`), flops, units,
-        batch_loss and batch_seconds: JSON-ready."""
+        batch_loss and batch_seconds: JSON-ready; and `fitted`, what a method fitted on calibration data and on
+        which windows (PP+'s allocation), where it fitted anything."""
+        fitted = getattr(self.pruner.method, "fitted", None)
         return {"method": self.cfg.method, "ratio": self.cfg.ratio, "ppl": self.ppl, "tokens": self.tokens,
                 "seconds": sum(self.batch_seconds), **flops_ratios(self.flops), **achieved_ratios(self.units),
                 "flops": dict(self.flops), "units": dict(self.units),
-                "batch_loss": list(self.batch_loss), "batch_seconds": list(self.batch_seconds)}
+                "batch_loss": list(self.batch_loss), "batch_seconds": list(self.batch_seconds),
+                **({"fitted": fitted} if fitted is not None else {})}
 
 
 def warm_up(lm: LoadedModel, run: ScoredRun, ids: Tensor, level: str = "none") -> None:

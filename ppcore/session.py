@@ -52,7 +52,8 @@ from .protocol import Protocol, build_protocol, describe_calibration
 from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
 from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
-from .session_timing import BlockTiming, CompareRow, Latency, Timing, comparison, latency  # the timed ones
+from .session_timing import (COMPARED_METHODS, BlockTiming, CompareRow, Latency, Timing, comparison,  # the timed ones
+                             latency)
 from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
 from .session_pair import LayerDiff, SideBySide, side_by_side  # two configurations on one batch
 from .replay import LACKS, RecordError, RecordLimits, Replayed, export_record, read_record, rebuild  # replay
@@ -65,8 +66,9 @@ from .why import (SINK_FACTOR, HistoryEffect, Stage2, UnitWhy, Verdict, history_
                   kept_sets, sink_positions, stage2, token_scores, unit_why)
 
 __all__ = [
-    "BASELINES", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration", "CompareRow",
-    "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse", "baselines",
+    "BASELINES", "COMPARED_METHODS", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration",
+    "CompareRow", "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse",
+    "baselines",
     "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
     "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix", "stability",
     # explaining one decision (ppcore.why)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .analysis import perplexity, prr
-from .config import METHODS, PruneConfig
+from .config import METHODS, PLUS_METHOD, PruneConfig
 from .flops import RATIO_NAMES
 from .methods import Pruner
 from .speed import measure
@@ -17,6 +17,11 @@ from .walk import token_nll, walk
 if TYPE_CHECKING:
     from .loading import LoadedModel
     from .session import Analysis, Calibration
+
+# The methods the comparison runs beside the analysed one. pp-plus is left out unless it is the analysed method: its
+# default allocation is fitted on the calibration windows before its first batch (a walk per block and fitted
+# fraction, docs/algorithm.md "PP+"), minutes on a CPU, and the comparison would pay it again for every ratio.
+COMPARED_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != PLUS_METHOD)
 
 
 @dataclass
@@ -112,7 +117,8 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
     rows: list[CompareRow] = []
     progress = progress or (lambda fraction, text: None)
     for k, ratio in enumerate(ratios):
-        cfgs = [a.cfg.as_method(m, ratio) for m in METHODS if m != "dense"]
+        compared = COMPARED_METHODS + ((a.cfg.method,) if a.cfg.method not in COMPARED_METHODS else ())
+        cfgs = [a.cfg.as_method(m, ratio) for m in compared if m != "dense"]
         lo, span = k / len(ratios), 1 / len(ratios)
         progress(lo, f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
         timings = _timings(measure(lm, cfgs, ids, stats, repeats=repeats, hf=False, between=lambda f, text: progress(

@@ -22,6 +22,8 @@ class BlockStats:
     mean:     (C,) true mean of x over samples and positions (FLAP's corrected compensation).
     baseline: (C,) the official `baseline_inp` averaged over positions, i.e. mean / batch size.
     fluc:     (C,) FLAP's fluctuation summed over positions, updated exactly as the official code.
+    mean_rest: (C,) mean of x over samples and every position but the first (PP+'s compensation, docs/algorithm.md
+              "PP+"): the first position (the attention sink) is far from the others in many channels.
     """
 
     sq: Tensor
@@ -29,6 +31,7 @@ class BlockStats:
     baseline: Tensor
     fluc: Tensor
     n: int = 0
+    mean_rest: Optional[Tensor] = None
 
 
 class StatsAccumulator:
@@ -49,7 +52,7 @@ class StatsAccumulator:
         st = self.blocks.get((layer, block))
         if st is None:
             z = torch.zeros(C, device=x.device)
-            st = BlockStats(torch.zeros(L, C, device=x.device), z.clone(), z.clone(), z.clone(), 0)
+            st = BlockStats(torch.zeros(L, C, device=x.device), z.clone(), z.clone(), z.clone(), 0, z.clone())
             self.blocks[(layer, block)] = st
         if L != st.sq.shape[0]:
             raise ValueError("calibration windows must all have the same length")
@@ -57,6 +60,8 @@ class StatsAccumulator:
         keep, add = n / (n + B), 1.0 / (n + B)
         st.sq.mul_(keep).add_(x.square().sum(0), alpha=add)
         st.mean.mul_(keep).add_(x.mean((0, 1)), alpha=B * add)
+        if L > 1:
+            st.mean_rest.mul_(keep).add_(x[:, 1:].mean((0, 1)), alpha=B * add)
         # Official baseline_inp: the batch *mean* divided by (n + B), so it ends as mean / B.
         base_old = st.baseline.clone()
         st.baseline.mul_(keep).add_(x.mean((0, 1)), alpha=add)
@@ -71,14 +76,28 @@ class StatsAccumulator:
 
 
 @dataclass
+class CalibSource:
+    """Where a calibration pass's statistics came from, for what is fitted on the same windows later (PP+'s
+    allocation, `ppcore.allocation`): the windows (N, L) token ids, and the cache folder and switch of the pass."""
+
+    windows: Tensor
+    cache_dir: Optional[str] = None
+    cache: bool = True
+
+
+@dataclass
 class CalibStats:
     """A calibration pass's statistics: (layer, block name) -> `BlockStats`, and `meta` (docs/algorithm.md §7).
 
-    Raises KeyError from `get` for a block the pass did not see.
+    `source`: the windows the pass ran on (None when unknown); `fits`: what was fitted on them since, by key
+    (`ppcore.allocation`), shared by every copy (`to_layers`). Raises KeyError from `get` for a block the pass did
+    not see.
     """
 
     blocks: dict[tuple[int, str], BlockStats]
     meta: dict = field(default_factory=dict)
+    source: Optional[CalibSource] = None
+    fits: dict = field(default_factory=dict)
 
     def get(self, layer: int, block: str) -> BlockStats:
         """The statistics of one block ("attn" or "mlp"); KeyError when absent."""
@@ -103,17 +122,19 @@ class CalibStats:
         """Each layer's statistics on that layer's device (a dispatched model spans several)."""
         moved = {
             (i, b): BlockStats(v.sq.to(device_of(i)), v.mean.to(device_of(i)), v.baseline.to(device_of(i)),
-                               v.fluc.to(device_of(i)), v.n)
+                               v.fluc.to(device_of(i)), v.n,
+                               None if v.mean_rest is None else v.mean_rest.to(device_of(i)))
             for (i, b), v in self.blocks.items()
         }
-        return CalibStats(moved, dict(self.meta))
+        return CalibStats(moved, dict(self.meta), self.source, self.fits)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """Flat CPU tensors for safetensors: '<layer>.<block>.<sq|mean|baseline|fluc|n>'."""
+        """Flat CPU tensors for safetensors: '<layer>.<block>.<sq|mean|baseline|fluc|mean_rest|n>'."""
         out: dict[str, Tensor] = {}
         for (layer, block), st in self.blocks.items():
-            for name in ("sq", "mean", "baseline", "fluc"):
-                out[f"{layer}.{block}.{name}"] = getattr(st, name).detach().cpu().contiguous()
+            for name in ("sq", "mean", "baseline", "fluc", "mean_rest"):
+                if getattr(st, name) is not None:
+                    out[f"{layer}.{block}.{name}"] = getattr(st, name).detach().cpu().contiguous()
             out[f"{layer}.{block}.n"] = torch.tensor([st.n])
         return out
 
@@ -126,7 +147,7 @@ class CalibStats:
             p = f"{layer_s}.{block}."
             blocks[(int(layer_s), block)] = BlockStats(
                 tensors[p + "sq"], tensors[p + "mean"], tensors[p + "baseline"], tensors[p + "fluc"],
-                int(tensors[p + "n"][0]),
+                int(tensors[p + "n"][0]), tensors.get(p + "mean_rest"),
             )
         return cls(blocks, meta)
 

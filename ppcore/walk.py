@@ -213,7 +213,7 @@ def check_finite_layers(flags: list[Tensor], dtype: torch.dtype) -> None:
 def block_flops(adapter: Adapter, block: Block, d: Decision, B: int, L: int) -> dict[str, int]:
     """Dense, pruned and probe FLOPs of one block on B x L tokens, from the slice's shapes (no device sync;
     docs/algorithm.md §2.5). Raises nothing."""
-    return {"dense": block.flops(adapter, B, L), "pruned": block.flops(adapter, B, L, d.slice),
+    return {"dense": block.flops(adapter, B, L), "pruned": block.flops(adapter, B, L, d.slice) + d.extra_flops,
             "probe": d.probe_flops}
 
 
@@ -233,7 +233,7 @@ def _block_record(pruner: Pruner, ctx: WalkCtx, layer: int, block: Block, d: Dec
     if e is not None and e.history_rows is not None and e.weight_pow4 is not None:
         # The counterfactual keep-set is a few integers: recorded at every level (a stability run needs no more).
         alone = block.ppsp(e.probe, e.weight_pow4, pruner.dims)
-        rec.kept_probe_only = pruner.keep_top(block, alone).tolist()
+        rec.kept_probe_only = pruner.keep_top(block, alone, layer).tolist()
     if level == "full":
         rec.importance = round_floats(residual_importance(resid, ctx.valid).cpu(), 5)
         if e is not None:

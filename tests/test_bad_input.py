@@ -344,12 +344,12 @@ def test_any_valid_batch_gives_a_correct_answer(name, cfg, batch):
                 assert b.kept == list(range(total)) and b.probe_tokens == []
                 continue
             if cfg.method != "flap":
-                want = total - p.n_heads_pruned if block == "attn" else p.n_mlp_kept
+                want = p.kept_units.get((i, block)) or (total - p.n_heads_pruned if block == "attn" else p.n_mlp_kept)
                 assert len(b.kept) == want
             assert b.scores is not None and len(b.scores) == total and all(math.isfinite(s) for s in b.scores)
             if cfg.method == "fullbatch":
                 assert b.probe_tokens == list(range(Lw)) and b.probe_samples == list(range(B))
-            elif cfg.method == "pp":
+            elif cfg.method in ("pp", "pp-plus"):  # the probing methods
                 # The token count follows the real length, never the padded one, and every probe
                 # position holds a real token of some sample (the forced position 0 of every one).
                 n_t = probe_token_count(Lw, cfg.token_frac)

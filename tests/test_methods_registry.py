@@ -13,7 +13,8 @@ from tests.conftest import tiny_llama
 
 
 def test_config_names_come_from_the_registry():
-    assert METHODS == tuple(METHOD_CLASSES) == ("dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib")
+    assert METHODS == tuple(METHOD_CLASSES) == ("dense", "pp", "fullbatch", "wanda-sp", "flap", "ppsp-calib",
+                                                "pp-plus")
     assert STATIC_METHODS == {"wanda-sp", "flap", "ppsp-calib"}
     for name, cls in METHOD_CLASSES.items():
         assert PruneConfig(method=name, ratio=0.3).is_static == cls.static == (name in STATIC_METHODS)

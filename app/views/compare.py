@@ -56,8 +56,8 @@ def render(r: Result, start_compare) -> None:
     if st.button("Compare all methods", key="cmp_go"):
         start_compare(ratios_text if sweep else None, int(reps))
     if not r.comparison:
-        st.info(f"Press **Compare all methods** to run {', '.join(session.METHODS)} at ratio {r.analysis.ratio:.2f} "
-                "on this batch.")
+        names = ", ".join(dict.fromkeys((*session.COMPARED_METHODS, r.analysis.cfg.method)))
+        st.info(f"Press **Compare all methods** to run {names} at ratio {r.analysis.ratio:.2f} on this batch.")
         return
     reused_line(r.reused.get("comparison"), "cmp_again",
                 lambda: start_compare(ratios_text if sweep else None, int(reps), fresh=True))

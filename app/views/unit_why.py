@@ -138,7 +138,8 @@ def _panel(r: Result) -> None:
 # What each method's recorded score is (docs/algorithm.md §4, §4.1, §8.1b).
 SCORE_NAMES = {"pp": "PPsp score", "fullbatch": "PPsp score (on the whole batch)",
                "ppsp-calib": "PPsp score (on calibration energies)", "wanda-sp": "Wanda-sp score",
-               "flap": "FLAP score (fluctuation x squared weights)"}
+               "flap": "FLAP score (fluctuation x squared weights)",
+               "pp-plus": "PP+ score (PPsp, or with error_score the energy times the squared weight-column norm)"}
 
 
 def headline(w: session.UnitWhy, unit_name: str) -> str:

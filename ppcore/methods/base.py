@@ -83,6 +83,7 @@ class Decision:
     scores: Optional[Tensor] = None
     energies: Optional[Energies] = None
     probe_flops: int = 0
+    extra_flops: int = 0  # work outside the slice's matrix products, counted as pruned FLOPs (PP+'s compensation)
 
 
 class Method:

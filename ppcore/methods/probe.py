@@ -59,7 +59,7 @@ class ProbeMethod(Method):
         Adds probe_s (probe and its energies) and decide_s (scores and slicing) to `ctx`'s clock for the block.
         """
         run = self.run
-        ad, dims = run.adapter, run.dims
+        ad = run.adapter
         full = run.full_slice(layer, block, w)
         t0 = ctx.now()
         # The walk's layout puts every row's real tokens first (column = token position), so the probe's
@@ -80,21 +80,39 @@ class ProbeMethod(Method):
         else:
             s = P.sum(0)
         pow4 = self._pow4_of(layer, block, w)
-        if cfg.score == "ppsp":
-            scores = block.ppsp(s, pow4, dims)
-        else:  # the score ablation: Wanda-sp's or FLAP's metric on the fused energy (docs/ablations.md)
-            # FLAP's official fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on a probe,
-            # the fused energy is its counterpart.
-            scores = unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=s)
-        kept = run.keep_top(block, scores)
+        scores = self.unit_scores(layer, block, w, s, pow4, p)
+        kept = run.keep_top(block, scores, layer)
+        bias, extra = self.compensation(layer, block, w, kept)
         # PPsp's weight factor feeds the record's probe-alone counterfactual: only where PPsp scored.
-        energies = Energies(P, G, s, pow4 if cfg.score == "ppsp" else None,
+        energies = Energies(P, G, s, pow4 if self.ppsp_scored else None,
                             fixed_weight=cfg.probe_weight if cfg.fusion == "fixed" else None)
-        d = self.decision(layer, block, w, kept, buffers=run.slice_buffers(ctx, block), probe_tokens=p.tokens,
-                          probe_samples=p.samples, scores=scores, energies=energies, probe_flops=probe_flops)
+        d = self.decision(layer, block, w, kept, bias=bias, buffers=run.slice_buffers(ctx, block),
+                          probe_tokens=p.tokens, probe_samples=p.samples, scores=scores, energies=energies,
+                          probe_flops=probe_flops, extra_flops=extra)
         if ctx.timing:
             ctx.add_time(layer, block.name, probe_s=t1 - t0, decide_s=ctx.now() - t1)
         return d
+
+    @property
+    def ppsp_scored(self) -> bool:
+        """Whether `unit_scores` is PPsp (the record's probe-alone counterfactual needs it)."""
+        return self.run.cfg.score == "ppsp"
+
+    def unit_scores(self, layer: int, block: Block, w: LayerWeights, s: Tensor, pow4: Tensor, p: Probe) -> Tensor:
+        """(U,) unit scores from the fused energy s (C,) and sum_i W[i, c]^4 (C,): PPsp, or the config's `score`
+        (docs/algorithm.md §4, docs/ablations.md)."""
+        cfg, dims = self.run.cfg, self.run.dims
+        if cfg.score == "ppsp":
+            return block.ppsp(s, pow4, dims)
+        # The score ablation: Wanda-sp's or FLAP's metric on the fused energy (docs/ablations.md). FLAP's official
+        # fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on a probe, the fused energy is
+        # its counterpart.
+        return unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=s)
+
+    def compensation(self, layer: int, block: Block, w: LayerWeights, kept: Tensor) -> tuple[Optional[Tensor], int]:
+        """A bias (D,) added to the block's output for what the pruned units no longer add, and its FLOPs: none
+        for PP (PP+ overrides it)."""
+        return None, 0
 
     def _pow4_of(self, layer: int, block: Block, w: LayerWeights) -> Tensor:
         """sum_i W[i, c]^4 of the block's final projection, computed once per block (docs/algorithm.md §4)."""

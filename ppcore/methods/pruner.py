@@ -14,6 +14,7 @@ from ..adapters import Adapter, LayerWeights, ModelDims
 from ..blocks import BLOCKS, BlockLike, as_block
 from ..errors import ConfigError
 from ..ratios import adjusted_ratio, heads_pruned, mlp_kept_for_ratio
+from ..scores import keep_top_channels, keep_top_heads
 from ..slices import Buffers, Slice, copied_bytes
 from ..stats import CalibStats, History
 from ..walk_context import WalkCtx
@@ -50,6 +51,16 @@ def _check_calib(calib: CalibStats, cfg: "PruneConfig", dims: ModelDims) -> None
                                   "there: they were computed on a different model; recalibrate on this one")
 
 
+def keep_top_units(block: BlockLike, scores: Tensor, kept: int, dims: ModelDims) -> Tensor:
+    """The `kept` best of the block's (U,) unit scores, ascending, by the same rules as a ratio's keep-set
+    (docs/algorithm.md §4.2): heads drop the lowest, MLP channels keep the highest."""
+    block = as_block(block)
+    units = block.units(dims)
+    if block.name == BLOCKS[0].name:
+        return keep_top_heads(scores, units - kept)
+    return keep_top_channels(scores, kept)
+
+
 class Pruner:
     """One run's decisions: `decide` for every block of every layer, `observe` after its full inference.
 
@@ -60,13 +71,16 @@ class Pruner:
     or their names ("attn", "mlp").
 
     Attributes: `r_eff` (docs/algorithm.md §6) and `r_eff_of` per block kind (the same unless the config sets
-    attn_ratio or mlp_ratio), `n_heads_pruned` and `n_mlp_kept` (per pruned layer, §4.2),
+    attn_ratio or mlp_ratio), `n_heads_pruned` and `n_mlp_kept` (per pruned layer, §4.2), `kept_units` (an explicit
+    allocation, {(layer, block name): units kept}: PP+'s, or the `kept_units` argument; empty for every other method:
+    only the blocks it names are then pruned, each to its count),
     `history` (PP's state or None), `poisoned` (set when a batch went non-finite after the history took it).
     Raises ConfigError for a skip list that does not fit the model, missing calibration statistics, or
     statistics from another model.
     """
 
-    def __init__(self, adapter: Adapter, cfg: "PruneConfig", calib: Optional[CalibStats] = None) -> None:
+    def __init__(self, adapter: Adapter, cfg: "PruneConfig", calib: Optional[CalibStats] = None, *,
+                 kept_units: Optional[dict[tuple[int, str], int]] = None) -> None:
         dims = adapter.dims
         cfg.check_layers(dims.num_layers)
         method_cls = method_class(cfg.method)
@@ -90,12 +104,16 @@ class Pruner:
         self.poisoned: Optional[str] = None
         self._full: dict[tuple[int, str], Slice] = {}
         self._buffers: dict[str, Buffers] = {}
+        self.kept_units: dict[tuple[int, str], int] = dict(kept_units or {})
         self.method: Method = method_cls(self)
 
-    def keep_top(self, block: BlockLike, scores: Tensor) -> Tensor:
+    def keep_top(self, block: BlockLike, scores: Tensor, layer: Optional[int] = None) -> Tensor:
         """The units (n,) the block keeps at its r_eff (`r_eff_of`) from its unit scores (U,) (docs/algorithm.md
-        §4.2, §6)."""
+        §4.2, §6); the count `kept_units` gives for this `layer`'s block where it gives one."""
         block = as_block(block)
+        kept = self.kept_units.get(block.key(layer)) if layer is not None else None
+        if kept is not None:
+            return keep_top_units(block, scores, kept, self.dims)
         return block.keep_top(scores, self.r_eff_of[block.name], self.dims, self.cfg.mlp_multiple)
 
     @property
@@ -116,7 +134,10 @@ class Pruner:
         """Whether the method decides this block (False: dense, ratio 0, skipped layer, switched-off block)."""
         if not self.cfg.prunes or layer in self.cfg.skip_layers:
             return False
-        return as_block(block).enabled(self.cfg)
+        block = as_block(block)
+        if self.kept_units:  # an explicit allocation prunes the blocks it names, and only where it removes a unit
+            return self.kept_units.get(block.key(layer), block.units(self.dims)) < block.units(self.dims)
+        return block.enabled(self.cfg)
 
     def full_slice(self, layer: int, block: BlockLike, w: LayerWeights) -> Slice:
         """The block's unpruned weights (the model's own tensors, no copy), cached unless offloaded."""

@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from .base import Method
 from .dense import Dense
 from .flap import Flap
+from .pp_plus import PPPlus
 from .probe import PP, FullBatch
 from .static import PpspCalib, WandaSp
 
@@ -19,6 +20,7 @@ METHOD_CLASSES: dict[str, type[Method]] = {
     "wanda-sp": WandaSp,
     "flap": Flap,
     "ppsp-calib": PpspCalib,
+    "pp-plus": PPPlus,
 }
 
 

@@ -1,0 +1,240 @@
+"""PP+'s allocation (docs/algorithm.md "PP+"): how many heads and MLP channels each pruned block keeps, chosen
+offline on calibration windows under the decoder FLOPs PP spends at the same nominal ratio.
+
+1. Sensitivity (`fit_sensitivity`): on the first FIT_WINDOWS calibration windows, cut to FIT_TOKENS tokens, every
+   prunable block is pruned alone, by PP's own decisions (pp-plus with every switch off, the run's probe and
+   history settings), at the fractions FIT_GRID of its units, and the mean per-token KL divergence of the model's
+   next-token distribution from the dense one is measured. One fit serves every combination of the other switches
+   (so that the allocation's effect is measured apart from theirs). Nothing else is fitted, and no evaluation text
+   is read.
+2. Allocation (`allocate`): the blocks' KL curves (linear between the measured points, 0 at 0, made non-decreasing)
+   are treated as additive; starting from nothing pruned, the step (one block, to any larger count it allows) with
+   the least KL added per decoder FLOP saved is taken until the FLOPs saved reach PP's. A block loses at most the
+   larger of the largest measured fraction and what PP removes from it (beyond the last measured point the curve
+   goes on along its last slope), so PP's own allocation is always within reach.
+
+The fit is cached in memory on the calibration statistics (`CalibStats.fits`) and on disk beside the calibration
+cache (``alloc/<key>.json``), keyed by the calibration's key, this module's version and every setting the
+decisions depend on. FLOPs use the calibration windows' length (the official protocol scores windows as long).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .blocks import BLOCKS, Block
+from .cache import cache_root, windows_hash
+from .errors import ConfigError
+from .flops import attn_flops, mlp_flops
+from .ratios import heads_pruned, mlp_kept_for_ratio
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
+    from .config import PruneConfig
+    from .stats import CalibStats
+
+ALLOC_VERSION = 1  # bump when the fit or its cached format changes
+FIT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75)
+FIT_WINDOWS = 4
+FIT_TOKENS = 256
+Key = tuple[int, str]
+
+
+# --- FLOPs and PP's budget -------------------------------------------------------------------------------------
+def saved_flops(adapter: "Adapter", block: Block, pruned: int, seq_len: int) -> int:
+    """Decoder FLOPs one sample of `seq_len` tokens saves when the block loses `pruned` units (query heads, their
+    keys and values kept; or MLP channels): `ppcore.flops`'s count, dense minus pruned."""
+    dims = adapter.dims
+    if block is BLOCKS[0]:
+        full = attn_flops(1, seq_len, dims, dims.num_heads, dims.num_kv_heads)
+        return full - attn_flops(1, seq_len, dims, dims.num_heads - pruned, dims.num_kv_heads)
+    full = mlp_flops(1, seq_len, dims, dims.intermediate, adapter.gated_mlp)
+    return full - mlp_flops(1, seq_len, dims, dims.intermediate - pruned, adapter.gated_mlp)
+
+
+def uniform_pruned(block: Block, ratio: float, units: int, multiple: int) -> int:
+    """Units PP removes from a pruned block at per-layer ratio `ratio` (docs/algorithm.md §4.2)."""
+    if block is BLOCKS[0]:
+        return heads_pruned(ratio, units)
+    return units - mlp_kept_for_ratio(ratio, units, multiple)
+
+
+def options(block: Block, units: int, multiple: int, most: int) -> list[int]:
+    """The unit counts a block may lose, ascending from 0 to `most`: any number of heads; MLP channels such that
+    the kept count is a multiple of `multiple` (as PP's rounding keeps it)."""
+    if block is BLOCKS[0]:
+        return list(range(most + 1))
+    kept = sorted({units} | {k for k in range(multiple, units, multiple)}, reverse=True)
+    return [units - k for k in kept if units - k <= most]
+
+
+# --- the allocation ------------------------------------------------------------------------------------------
+def curve(counts: list[int], kl: list[float], at: list[int]) -> list[float]:
+    """The KL at unit counts `at`: linear between (0, 0) and the measured (counts, kl), made non-decreasing, and
+    beyond the last measured count along the last segment's slope."""
+    xs = np.asarray([0, *counts], dtype=np.float64)
+    ys = np.maximum.accumulate(np.maximum(np.asarray([0.0, *kl], dtype=np.float64), 0.0))
+    x = np.asarray(at, dtype=np.float64)
+    out = np.interp(x, xs, ys)
+    if len(xs) > 1:
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        out = np.where(x > xs[-1], ys[-1] + slope * (x - xs[-1]), out)
+    return [float(v) for v in out]
+
+
+def allocate(costs: dict[Key, list[tuple[int, float, float]]], target: float) -> dict[Key, int]:
+    """Units removed per block: greedy on the least cost per FLOP saved until `target` FLOPs are saved.
+
+    `costs[key]` lists the block's options (units removed, cost, FLOPs saved), ascending, the first (0, 0, 0). Each
+    step moves one block from its current option to any larger one, the move with the lowest added cost per added
+    FLOP saved (ties: the first block in `costs` order, then the smaller move). Raises ValueError when every block at
+    its largest option saves less than `target`.
+    """
+    at = {k: 0 for k in costs}
+    saved = 0.0
+    while saved < target:
+        best = None
+        for k, opts in costs.items():
+            i = at[k]
+            for j in range(i + 1, len(opts)):
+                d_saved = opts[j][2] - opts[i][2]
+                if d_saved <= 0:
+                    continue
+                rate = (opts[j][1] - opts[i][1]) / d_saved
+                if best is None or rate < best[0]:
+                    best = (rate, k, j, d_saved)
+        if best is None:
+            raise ValueError(f"the blocks can save at most {saved:.4g} FLOPs, less than the {target:.4g} asked")
+        _, k, j, d_saved = best
+        at[k] = j
+        saved += d_saved
+    return {k: costs[k][i][0] for k, i in at.items()}
+
+
+# --- the sensitivity fit -------------------------------------------------------------------------------------
+def fit_key(cfg: "PruneConfig", calib: "CalibStats") -> str:
+    """Key (20 hex digits) of a sensitivity fit: the calibration's key, ALLOC_VERSION, the fit's sizes and grid, and
+    every setting PP's decisions depend on (not the ratio, which only sets the budget, nor PP+'s switches)."""
+    d = cfg.to_dict()
+    for name in ("ratio", "attn_ratio", "mlp_ratio", "allocation", "compensate", "error_score"):
+        d.pop(name, None)
+    parts = [str(calib.meta.get("key")), str(ALLOC_VERSION), str(FIT_GRID), str(FIT_WINDOWS), str(FIT_TOKENS),
+             json.dumps(d, sort_keys=True)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def fit_windows(calib: "CalibStats") -> torch.Tensor:
+    """The windows the fit runs on: the first FIT_WINDOWS calibration windows, their first FIT_TOKENS tokens.
+    Raises ConfigError for statistics that do not say which windows they came from."""
+    if calib.source is None:
+        raise ConfigError("allocation 'sensitivity' is fitted on the calibration windows, and these calibration "
+                          "statistics do not carry them: compute them with ppcore.calibrate.calibrate")
+    return calib.source.windows[:FIT_WINDOWS, :FIT_TOKENS]
+
+
+@torch.inference_mode()
+def fit_sensitivity(adapter: "Adapter", cfg: "PruneConfig", calib: "CalibStats") -> dict[str, Any]:
+    """Each prunable block's KL curve, measured on calibration windows (module docstring, step 1).
+
+    Returns {"key", "fitted_on": {calibration key, windows, tokens, windows_sha256_16}, "grid", "curves":
+    {"<layer>.<block>": [[units removed...], [KL...]]}}. Cached (module docstring). Costs one dense walk and
+    len(FIT_GRID) walks per prunable block on the fit windows; holds their dense log-probabilities
+    (windows x tokens x vocabulary fp32, 200 MB for the default model) while it runs. Raises ConfigError as
+    `fit_windows`.
+    """
+    from .methods import Pruner  # the methods import this module
+    from .config import PruneConfig
+    from .walk import walk
+
+    key = fit_key(cfg, calib)
+    if key in calib.fits:
+        return calib.fits[key]
+    ids = fit_windows(calib)
+    src = calib.source
+    path = fit_path(key, src.cache_dir) if src.cache else None
+    if path is not None and path.is_file():
+        try:
+            fit = json.loads(path.read_text())
+            if fit.get("key") == key:
+                calib.fits[key] = fit
+                return fit
+        except (OSError, ValueError):
+            pass  # a damaged entry is fitted again
+    dims = adapter.dims
+    ids = ids.to(adapter.device)
+
+    def log_probs(pruner: Pruner) -> list[torch.Tensor]:
+        res = walk(adapter, pruner, ids, level="none", update_history=False, timing=False)
+        return [adapter.head(res.hidden[i, :-1]).float().log_softmax(-1) for i in range(ids.shape[0])]
+
+    ref = log_probs(Pruner(adapter, PruneConfig(method="dense")))
+    sub = replace(cfg, allocation="uniform", compensate="off", error_score="off")  # PP's decisions
+    curves: dict[str, list[list[float]]] = {}
+    for layer in range(dims.num_layers):
+        if layer in cfg.skip_layers:
+            continue
+        for block in BLOCKS:
+            if not getattr(cfg, block.switch):
+                continue
+            units = block.units(dims)
+            counts = sorted({uniform_pruned(block, g, units, cfg.mlp_multiple) for g in FIT_GRID} - {0})
+            counts = [n for n in counts if n < units]
+            kls = []
+            for n in counts:
+                out = log_probs(Pruner(adapter, sub, calib, kept_units={block.key(layer): units - n}))
+                kls.append(sum(float((r.exp() * (r - q)).sum(-1).mean()) for r, q in zip(ref, out)) / len(ref))
+            curves[f"{layer}.{block.name}"] = [counts, kls]
+    fit = {"key": key, "grid": list(FIT_GRID), "curves": curves,
+           "fitted_on": {"calibration": calib.meta.get("key"), "windows": int(ids.shape[0]),
+                         "tokens": int(ids.shape[1]), "windows_sha256_16": windows_hash(ids.cpu())}}
+    calib.fits[key] = fit
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(fit))
+        tmp.replace(path)
+    return fit
+
+
+def sensitivity_allocation(adapter: "Adapter", cfg: "PruneConfig", calib: "CalibStats", r_eff: dict[str, float],
+                           seq_len: int) -> tuple[dict[Key, int], dict[str, Any]]:
+    """Units kept per pruned block under PP's decoder FLOPs at per-layer ratios `r_eff` ({block name: ratio}), from
+    the fitted sensitivity (`fit_sensitivity`), and what the run records about it: the fit's key and windows, the
+    FLOPs saved against PP's, the predicted KL and the units kept per block. Raises ConfigError as
+    `fit_windows`."""
+    dims = adapter.dims
+    fit = fit_sensitivity(adapter, cfg, calib)
+    costs: dict[Key, list[tuple[int, float, float]]] = {}
+    target = 0.0
+    for name, (counts, kls) in fit["curves"].items():
+        layer_s, block_name = name.split(".")
+        block = next(b for b in BLOCKS if b.name == block_name)
+        if not block.enabled(cfg):
+            continue
+        units = block.units(dims)
+        pp = uniform_pruned(block, r_eff[block_name], units, cfg.mlp_multiple)
+        opts = options(block, units, cfg.mlp_multiple, max([pp, *counts]))
+        kl = curve(counts, kls, opts) if counts else [0.0 if n == 0 else float("inf") for n in opts]
+        costs[(int(layer_s), block_name)] = [(n, c, float(saved_flops(adapter, block, n, seq_len)))
+                                             for n, c in zip(opts, kl)]
+        target += saved_flops(adapter, block, pp, seq_len)
+    pruned = allocate(costs, target)
+    got = sum(dict((o[0], o[2]) for o in costs[k])[n] for k, n in pruned.items())
+    predicted = sum(dict((o[0], o[1]) for o in costs[k])[n] for k, n in pruned.items())
+    kept = {k: next(b for b in BLOCKS if b.name == k[1]).units(dims) - n for k, n in pruned.items()}
+    record = {"allocation": "sensitivity", "fit_key": fit["key"], "fitted_on": fit["fitted_on"], "grid": fit["grid"],
+              "flops_saved_per_token": got / seq_len, "pp_flops_saved_per_token": target / seq_len,
+              "predicted_kl": float(predicted), "kept": {f"{k[0]}.{k[1]}": v for k, v in sorted(kept.items())}}
+    return kept, record
+
+
+def fit_path(key: str, cache_dir: str | Path | None = None) -> Path:
+    """Where a sensitivity fit with `key` is cached on disk."""
+    return cache_root(cache_dir) / "alloc" / f"{key}.json"

@@ -1,0 +1,109 @@
+"""`pp-plus` (PP+): Probe Pruning with three switches of ours (docs/algorithm.md "PP+"), each off giving PP exactly.
+
+- `compensate`: the block's output gains W[:, P] @ mu_P, the pruned channels' mean contribution; mu is a running
+  mean per channel over every position but the first, seeded from calibration (`BlockStats.mean_rest`) and moved
+  by the same EMA as PP's history on the channels each batch kept.
+- `error_score`: units are ranked by the output error their removal adds, the fused energy (with `compensate`,
+  the energy left around the mean) times the squared weight-column norm, summed within a head.
+- `allocation` 'sensitivity': each block's keep count from `ppcore.allocation`, fitted on calibration windows
+  under PP's decoder FLOPs; blocks it leaves whole are not probed.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from torch import Tensor
+
+from ..adapters import LayerWeights
+from ..allocation import sensitivity_allocation
+from ..blocks import BLOCKS, Block
+from ..compensation import batch_mean_rest, bias_flops, centred_energy, column_sq, compensation_bias, error_scores
+from ..errors import ConfigError
+from ..walk_context import WalkCtx
+from .base import Decision
+from .probe import PP, Probe
+
+if TYPE_CHECKING:
+    from ..config import PruneConfig
+    from .pruner import Pruner
+
+
+class PPPlus(PP):
+    """PP with compensation, the error score and a fitted allocation, each by its switch (module docstring).
+
+    State per run, beside PP's history: the compensation's running means, (C,) fp32 per pruned block (for the
+    default model 30 x (576 + 1536) floats, 250 KB), and the squared weight-column norms, (C,) per block, computed
+    once. The loaded model is never written: the bias is a new (D,) tensor per block and batch. `fitted` records
+    what the allocation was fitted on (None with 'uniform'). Raises ConfigError for calibration statistics without
+    the compensation's means or the windows the allocation is fitted on.
+    """
+
+    calib_hint = " (pp-plus seeds its history and means from them and fits its allocation on their windows)"
+
+    def __init__(self, run: "Pruner") -> None:
+        super().__init__(run)
+        cfg = run.cfg
+        self.compensate = cfg.compensate == "on"
+        self.error_score = cfg.error_score == "on"
+        self._col_sq: dict[tuple[int, str], Tensor] = {}
+        self.means: dict[tuple[int, str], Tensor] = {}
+        self.fitted: Optional[dict[str, Any]] = None
+        if not cfg.prunes:
+            return
+        if self.compensate:
+            for key, st in run.calib.blocks.items():
+                if st.mean_rest is None:
+                    raise ConfigError("these calibration statistics have no per-channel mean (they predate pp-plus): "
+                                      "recalibrate to use compensate")
+                self.means[key] = st.mean_rest.float().clone()
+        if cfg.allocation == "sensitivity" and not run.kept_units:
+            kept, self.fitted = sensitivity_allocation(run.adapter, cfg, run.calib, run.r_eff_of, run.calib.seq_len)
+            run.kept_units.update(kept)
+
+    @classmethod
+    def needs_calibration(cls, cfg: "PruneConfig") -> bool:
+        """The history, the compensation's means and the allocation all start from calibration."""
+        return cfg.use_history or cfg.compensate == "on" or cfg.allocation != "uniform"
+
+    @property
+    def ppsp_scored(self) -> bool:
+        return not self.error_score and super().ppsp_scored
+
+    def unit_scores(self, layer: int, block: Block, w: LayerWeights, s: Tensor, pow4: Tensor, p: Probe) -> Tensor:
+        """PPsp, or with `error_score` the error score of `ppcore.compensation.error_scores` on the fused energy,
+        centred on the compensation's mean when `compensate` is on."""
+        if not self.error_score:
+            return super().unit_scores(layer, block, w, s, pow4, p)
+        key = block.key(layer)
+        if key not in self._col_sq:
+            self._col_sq[key] = column_sq(block.final_weight(w))
+        energy = centred_energy(s, self.means[key], p.tokens.shape[0]) if self.compensate else s
+        return error_scores(energy, self._col_sq[key], self.run.dims.head_dim if block is BLOCKS[0] else None)
+
+    def compensation(self, layer: int, block: Block, w: LayerWeights, kept: Tensor) -> tuple[Optional[Tensor], int]:
+        """W[:, P] @ mu_P (D,) and its FLOPs with `compensate`, else none."""
+        if not self.compensate or kept.shape[0] == block.units(self.run.dims):  # a shape: no sync
+            return None, 0
+        w_fin = block.final_weight(w)
+        kept_ch = block.unit_channels(kept, self.run.dims)
+        pruned = block.channels(self.run.dims) - kept_ch.shape[0]  # shapes: no sync
+        return compensation_bias(w_fin, self.means[block.key(layer)], kept_ch), bias_flops(w_fin, pruned)
+
+    def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:
+        """PP's history update, and with `compensate` the same EMA of the batch's mean (every position but the
+        first) on the kept channels; pruned channels keep their mean."""
+        super().observe(ctx, layer, block, z, d)
+        if not self.compensate or not ctx.update_history or not d.pruned:
+            return
+        key = block.key(layer)
+        mean, seen = batch_mean_rest(z, ctx.valid)
+        old = self.means[key]
+        kept = None if d.kept is None else block.unit_channels(d.kept, self.run.dims)
+        m = self.run.cfg.ema
+        cur = old if kept is None else old.index_select(0, kept)
+        new = cur * m + mean * (1 - m)
+        new = new.where(seen, cur)
+        if kept is None:
+            old.copy_(new)
+        else:
+            old.index_copy_(0, kept, new)
