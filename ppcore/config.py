@@ -148,7 +148,9 @@ class PruneConfig:
     layers; pruned layers use `round(N/(N-len(skip)) * ratio, 2)` (docs/algorithm.md §6).
     """
 
-    method: str = setting("pp", "the method that decides which heads and channels each batch keeps", choices=METHODS)
+    method: str = setting("pp", "the method that decides which heads and channels each batch keeps (pp-plus, ours, "
+                          "first fits its per-block allocation on calibration windows: several minutes on 2 CPU "
+                          "cores the first time, cached afterwards)", choices=METHODS)
     ratio: float = setting(0.4, "fraction of attention heads and MLP channels removed, averaged over all layers")
     token_frac: float = setting(0.5, "probe: fraction of the batch's tokens, chosen first by residual importance")
     sample_frac: float = setting(0.05, "probe: fraction of the batch's samples, chosen over the probe's tokens")
