@@ -117,8 +117,8 @@ def done_text(method: str, ratio: float, shape: tuple[int, ...], padded: bool, s
     With `reused` (when an identical earlier run was computed, app/stored.py), 'Shown again: ... (computed on ...)'."""
     B, L = shape[0], shape[1]
     what = f"{B} sample{'s' * (B != 1)} of {'up to ' if padded else ''}{L} tokens"
-    head, took = ("Shown again", f"({reused})") if reused else ("Done", f"in {seconds:.1f} s")
+    head, took = ("Shown again", f" ({reused})") if reused else ("Done", f" in {seconds:.1f} s")
     if method == "dense":
-        return f"{head}: ran {what} through the unpruned (dense) model {took}"
+        return f"{head}: ran {what} through the unpruned (dense) model{took}"
     return (f"{head}: pruned {what} with {method} at ratio {ratio:.2f}, and ran the unpruned model on them for "
-            f"comparison, {took}")
+            f"comparison{'' if reused else ','}{took}")
