@@ -13,7 +13,7 @@ run: setup
 
 test: setup-dev browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 setup: $(RUN_OK)
 setup-dev: $(DEV_OK)

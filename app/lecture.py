@@ -68,8 +68,7 @@ STEPS: tuple[Step, ...] = (
          "heads decide which earlier words matter) and an **MLP** (its channels transform each word). "
          "Probe Pruning (PP) removes whole heads and channels **for each batch of text**, a fresh decision every "
          "time, in three stages: a small **probe** (1), mixed with the **history** of earlier batches (2), decides "
-         "what the whole batch runs on (3). The strip shows every layer: blue is the share the batch kept; the "
-         "first layers are left whole."),
+         "what the whole batch runs on (3). The strip shows every layer: blue is the share the batch kept; {skipped}."),
     Step("importance", "Stage 1: which words are loud",
          "Before a block runs, PP measures how **loud** each word is: the length of its vector in the residual "
          "stream (the running sum every layer adds to). Bright cells are loud. Loud positions carry most of what "
@@ -118,7 +117,12 @@ def step_text(step: Step, cfg: PruneConfig) -> str:
     """`step.text` in the words of the lecture's config `cfg`: its probe sizes, fusion and score (a lecture on
     ablation settings says what it runs, not the paper's defaults)."""
     half = cfg.token_frac == 0.5
+    skip = cfg.skip_layers
     words = {
+        "skipped": ("no layer is left whole" if not skip else
+                    f"layer {skip[0]} is left whole" if len(skip) == 1 else
+                    f"layers {skip[0]}-{skip[-1]} are left whole" if list(skip) == list(range(skip[0], skip[-1] + 1))
+                    else f"layers {', '.join(map(str, skip))} are left whole"),
         "positions": "every position (here the probe takes them all)" if cfg.token_frac >= 1 else
                      f"only the loudest {'half' if half else f'{cfg.token_frac:.0%}'} of the positions",
         "samples": "here all of them" if cfg.sample_frac >= 1 else

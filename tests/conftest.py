@@ -18,6 +18,11 @@ from ppcore.loading import LoadedModel
 # store switch it on for themselves (tests/test_result_store.py).
 os.environ["PPCORE_RESULT_CACHE_MB"] = "0"
 
+# `make test` runs two pytest-xdist workers on a 2-core machine: each worker's own matrix products take one core, so
+# that the two do not fight over both (servers and subprocesses a test starts keep torch's default).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_cpu_run"
 
 
@@ -114,6 +119,24 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
     yield
     assert attempts == [], f"a test tried to reach the network: {attempts}"
+
+
+TINY_VOCAB = 128  # tiny_llama's vocabulary
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> LoadedModel:
+    """A 4-layer tiny Llama shared by the formula tests of the ablations and PP+ (no test writes it)."""
+    return tiny_llama(layers=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_calib(tiny_lm):
+    """`tiny_lm`'s calibration on 8 random 16-token windows (not cached on disk)."""
+    from ppcore.calibrate import calibrate
+
+    windows = torch.randint(0, TINY_VOCAB, (8, 16), generator=torch.Generator().manual_seed(1))
+    return calibrate(tiny_lm, windows, 4, cache=False, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -11,24 +11,21 @@ import torch
 
 from ppcore import ConfigError, PruneConfig, Pruner, walk
 from ppcore.blocks import ATTN, BLOCKS
-from ppcore.calibrate import calibrate
 from ppcore.config import settings_of
 from ppcore.ratios import adjusted_ratio, heads_pruned, mlp_kept_for_ratio
 from ppcore.scores import flap_channels, fuse_fixed, wanda_sp_channels
+from tests.conftest import TINY_VOCAB as VOCAB
 from tests.conftest import tiny_llama
 
-VOCAB = 128
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_llama(layers=4)
-
-
-@pytest.fixture(scope="module")
-def calib(lm):
-    windows = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(1))
-    return calibrate(lm, windows, 4, cache=False, progress=False)
+def calib(tiny_calib):
+    return tiny_calib
 
 
 def _batches(n=3, B=6, L=16):

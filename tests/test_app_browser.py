@@ -29,15 +29,15 @@ def test_app_in_a_real_browser(tmp_path):
 
 def test_lecture_in_a_real_browser():
     """Lecture mode on a fresh server (its store off: the server prepares the lecture itself, a progress bar
-    meanwhile, with the quick plan of tests/test_app_lecture.py), then every step forward with no error element,
-    and back."""
+    meanwhile, with a quicker plan than tests/test_app_lecture.py's: the sweep is the lecture's own ratio alone, so
+    its curve has one point), then every step forward with no error element, and back."""
     pytest.importorskip("playwright", reason="playwright is not installed (requirements-dev.txt)")
     if chromium_path() is None:
         pytest.skip("chromium not found at /usr/bin/chromium (make test installs it with apt-get)")
     from app.lecture import REPEATS_ENV, STEPS, SWEEP_ENV
     from tests.browser_util import lecture_next, lecture_step
 
-    env = {SWEEP_ENV: "0.2", REPEATS_ENV: "1"}
+    env = {SWEEP_ENV: "0.4", REPEATS_ENV: "1"}
     with streamlit_server(env) as url, browser_page(height=1400) as page:
         page.goto(url + "/?lecture=1&batch_size=4&seq_len=48&calib_windows=8&calib_seq_len=64")
         page.get_by_text("Preparing the lecture").first.wait_for(timeout=120_000)

@@ -297,6 +297,10 @@ def test_step_words_follow_the_config():
     assert "without history" in step_text(by["history"], PruneConfig(use_history=False))
     assert "PPsp score" in step_text(by["kept"], default) and "FLAP's" in step_text(by["kept"], other)
     assert all("{" not in step_text(st_, default) for st_ in STEPS)
+    assert "layers 0-2 are left whole" in step_text(by["model"], default)
+    assert "no layer is left whole" in step_text(by["model"], PruneConfig(skip_layers=()))
+    assert "layer 5 is left whole" in step_text(by["model"], PruneConfig(skip_layers=(5,)))
+    assert "layers 0, 3 are left whole" in step_text(by["model"], PruneConfig(skip_layers=(3, 0)))
 
 
 def test_the_model_overview_colours_each_block_by_its_kept_share():

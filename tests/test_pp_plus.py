@@ -18,21 +18,19 @@ from ppcore.compensation import (batch_mean_rest, bias_flops, centred_energy, co
                                  error_scores)
 from ppcore.flops import flops_ratios
 from ppcore.walk import Capture
-from tests.conftest import tiny_llama
+from tests.conftest import TINY_VOCAB as VOCAB
 
-VOCAB = 128
 OFF = dict(compensate="off", error_score="off", allocation="uniform")
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_llama(layers=4)
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
-def calib(lm):
-    windows = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(1))
-    return calibrate(lm, windows, 4, cache=False, progress=False)
+def calib(tiny_calib):
+    return tiny_calib
 
 
 def _batches(n=3, B=6, L=16):
