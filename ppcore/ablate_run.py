@@ -104,7 +104,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
     same batch, or None where the ablation compares none) and the protocol."""
     a = ablation(name)
     cfgs = [c for _, c in labelled]
-    runs = scored_runs(s.lm, cfgs, s.calibration() if any(c.needs_calibration for c in cfgs) else None)
+    runs = scored_runs(s.lm, cfgs, s.calibration() if any(c.needs_calibration for c in cfgs) else None, progress)
     bs = s.batch_size
     for run in runs:
         warm_up(s.lm, run, s.windows[:bs])

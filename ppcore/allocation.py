@@ -1,10 +1,11 @@
 """PP+'s allocation (docs/algorithm.md "PP+"): how many heads and MLP channels each pruned block keeps, chosen
 offline on calibration windows under the decoder FLOPs PP spends at the same nominal ratio.
 
-1. Sensitivity (`fit_sensitivity`): on the first FIT_WINDOWS calibration windows, cut to FIT_TOKENS tokens, every
-   prunable block is pruned alone, by PP's own decisions (pp-plus with every switch off, the run's probe and
-   history settings), at the fractions FIT_GRID of its units, and the mean per-token KL divergence of the model's
-   next-token distribution from the dense one is measured. One fit serves every combination of the other switches
+1. Sensitivity (`ppcore.fitting.fit_allocation`, a step above the walk, since it runs walks): on the first
+   FIT_WINDOWS calibration windows, cut to FIT_TOKENS tokens, every prunable block is pruned alone, by PP's own
+   decisions (pp-plus with every switch off, the run's probe and history settings), at the fractions FIT_GRID of
+   its units, and the mean per-token KL divergence of the model's next-token distribution from the dense one is
+   measured. One fit serves every combination of the other switches
    (so that the allocation's effect is measured apart from theirs). Nothing else is fitted, and no evaluation text
    is read.
 2. Allocation (`allocate`): the blocks' KL curves (linear between the measured points, 0 at 0, made non-decreasing)
@@ -14,23 +15,23 @@ offline on calibration windows under the decoder FLOPs PP spends at the same nom
    goes on along its last slope), so PP's own allocation is always within reach.
 
 The fit is cached in memory on the calibration statistics (`CalibStats.fits`) and on disk beside the calibration
-cache (``alloc/<key>.json``), keyed by the calibration's key, this module's version and every setting the
-decisions depend on. FLOPs use the calibration windows' length (the official protocol scores windows as long).
+cache (``alloc/<key>.json``; `stored_fit`, `keep_fit`), keyed by the calibration's key, this module's version and
+every setting the decisions depend on. FLOPs use the calibration windows' length (the official protocol scores
+windows as long).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 from .blocks import BLOCKS, Block
-from .cache import cache_root, windows_hash
+from .cache import cache_root
 from .errors import ConfigError
 from .flops import attn_flops, mlp_flops
 from .ratios import heads_pruned, mlp_kept_for_ratio
@@ -139,78 +140,57 @@ def fit_windows(calib: "CalibStats") -> torch.Tensor:
     return calib.source.windows[:FIT_WINDOWS, :FIT_TOKENS]
 
 
-@torch.inference_mode()
-def fit_sensitivity(adapter: "Adapter", cfg: "PruneConfig", calib: "CalibStats") -> dict[str, Any]:
-    """Each prunable block's KL curve, measured on calibration windows (module docstring, step 1).
-
-    Returns {"key", "fitted_on": {calibration key, windows, tokens, windows_sha256_16}, "grid", "curves":
-    {"<layer>.<block>": [[units removed...], [KL...]]}}. Cached (module docstring). Costs one dense walk and
-    len(FIT_GRID) walks per prunable block on the fit windows; holds their dense log-probabilities
-    (windows x tokens x vocabulary fp32, 200 MB for the default model) while it runs. Raises ConfigError as
-    `fit_windows`.
-    """
-    from .methods import Pruner  # the methods import this module
-    from .config import PruneConfig
-    from .walk import walk
-
+def stored_fit(cfg: "PruneConfig", calib: "CalibStats") -> Optional[dict[str, Any]]:
+    """The sensitivity fit for `cfg` on `calib` (`fit_key`) if one was made: from memory (`calib.fits`), else from
+    the disk cache beside the calibration's (kept in memory then); None when there is none. A damaged disk entry
+    reads as none (it is fitted again)."""
     key = fit_key(cfg, calib)
     if key in calib.fits:
         return calib.fits[key]
-    ids = fit_windows(calib)
     src = calib.source
-    path = fit_path(key, src.cache_dir) if src.cache else None
-    if path is not None and path.is_file():
-        try:
-            fit = json.loads(path.read_text())
-            if fit.get("key") == key:
-                calib.fits[key] = fit
-                return fit
-        except (OSError, ValueError):
-            pass  # a damaged entry is fitted again
-    dims = adapter.dims
-    ids = ids.to(adapter.device)
-
-    def log_probs(pruner: Pruner) -> list[torch.Tensor]:
-        res = walk(adapter, pruner, ids, level="none", update_history=False, timing=False)
-        return [adapter.head(res.hidden[i, :-1]).float().log_softmax(-1) for i in range(ids.shape[0])]
-
-    ref = log_probs(Pruner(adapter, PruneConfig(method="dense")))
-    sub = replace(cfg, allocation="uniform", compensate="off", error_score="off")  # PP's decisions
-    curves: dict[str, list[list[float]]] = {}
-    for layer in range(dims.num_layers):
-        if layer in cfg.skip_layers:
-            continue
-        for block in BLOCKS:
-            if not getattr(cfg, block.switch):
-                continue
-            units = block.units(dims)
-            counts = sorted({uniform_pruned(block, g, units, cfg.mlp_multiple) for g in FIT_GRID} - {0})
-            counts = [n for n in counts if n < units]
-            kls = []
-            for n in counts:
-                out = log_probs(Pruner(adapter, sub, calib, kept_units={block.key(layer): units - n}))
-                kls.append(sum(float((r.exp() * (r - q)).sum(-1).mean()) for r, q in zip(ref, out)) / len(ref))
-            curves[f"{layer}.{block.name}"] = [counts, kls]
-    fit = {"key": key, "grid": list(FIT_GRID), "curves": curves,
-           "fitted_on": {"calibration": calib.meta.get("key"), "windows": int(ids.shape[0]),
-                         "tokens": int(ids.shape[1]), "windows_sha256_16": windows_hash(ids.cpu())}}
+    path = fit_path(key, src.cache_dir) if src is not None and src.cache else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        fit = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fit, dict) or fit.get("key") != key:
+        return None
     calib.fits[key] = fit
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(fit))
-        tmp.replace(path)
     return fit
+
+
+def keep_fit(fit: dict[str, Any], calib: "CalibStats") -> None:
+    """Keep a new fit in memory and, when the calibration is cached on disk, beside it (written whole, then
+    renamed, so a reader never sees half a file)."""
+    calib.fits[fit["key"]] = fit
+    src = calib.source
+    if src is None or not src.cache:
+        return
+    path = fit_path(fit["key"], src.cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(fit))
+    tmp.replace(path)
+
+
+NOT_FITTED = ("pp-plus's allocation 'sensitivity' is fitted on the calibration windows before the first batch, and "
+              "these calibration statistics hold no fit for this config: build the pruner with "
+              "ppcore.build_pruner(adapter, cfg, calib) (it fits once, then reads the cache), or set "
+              "allocation='uniform'")
 
 
 def sensitivity_allocation(adapter: "Adapter", cfg: "PruneConfig", calib: "CalibStats", r_eff: dict[str, float],
                            seq_len: int) -> tuple[dict[Key, int], dict[str, Any]]:
     """Units kept per pruned block under PP's decoder FLOPs at per-layer ratios `r_eff` ({block name: ratio}), from
-    the fitted sensitivity (`fit_sensitivity`), and what the run records about it: the fit's key and windows, the
-    FLOPs saved against PP's, the predicted KL and the units kept per block. Raises ConfigError as
-    `fit_windows`."""
+    the sensitivity fit (`ppcore.fitting.fit_allocation`, read back by `stored_fit`), and what the run records about
+    it: the fit's key and windows, the FLOPs saved against PP's, the predicted KL and the units kept per block.
+    Raises ConfigError (NOT_FITTED) when no fit for `cfg` was made on `calib`."""
     dims = adapter.dims
-    fit = fit_sensitivity(adapter, cfg, calib)
+    fit = stored_fit(cfg, calib)
+    if fit is None:
+        raise ConfigError(NOT_FITTED)
     costs: dict[Key, list[tuple[int, float, float]]] = {}
     target = 0.0
     for name, (counts, kls) in fit["curves"].items():

@@ -27,7 +27,7 @@ def bench_setup(setup: EvalSetup, cfgs: list[PruneConfig], repeats: int = 1, see
     (docs/algorithm.md §9). One JSON-ready row per config: `ScoredRun.figures()` plus seed, repeats and
     the protocol (with the config and the interleaved methods)."""
     needs = any(c.needs_calibration for c in cfgs)
-    runs = scored_runs(setup.lm, cfgs, setup.calibration() if needs else None)
+    runs = scored_runs(setup.lm, cfgs, setup.calibration() if needs else None, progress)
     score(setup.lm, runs, setup.windows, setup.batch_size, repeats=repeats, progress=progress,
           desc=f"bench seed {seed}")
     interleaved = [c.method for c in cfgs]

@@ -194,7 +194,7 @@ def _calibrate(a: argparse.Namespace, lm: LoadedModel, calib: CalibConfig, windo
 def _cmd_generate(a: argparse.Namespace) -> int:
     from .experiment import calibration_windows
     from .generate import generate
-    from .methods import Pruner
+    from .fitting import build_pruner
     from .protocol import build_protocol
 
     cfg = _prune_config(a)
@@ -215,7 +215,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     runs = [PruneConfig(method="dense")] + ([cfg] if cfg.method != "dense" else [])
     report = []
     for c in runs:
-        gen = generate(lm.adapter, Pruner(lm.adapter, c, stats), prompts,
+        gen = generate(lm.adapter, build_pruner(lm.adapter, c, stats), prompts,
                        a.max_new_tokens, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id)
         texts = [tok.decode(t, skip_special_tokens=True) for t in gen.tokens]
         label = c.method if c.method == "dense" else f"{c.method} {c.ratio:g}"

@@ -93,7 +93,7 @@ def evaluate(lm: LoadedModel, cfg: PruneConfig, windows: Tensor, batch_size: int
     check_windows(windows, batch_size)
     if protocol is None:
         protocol = build_protocol("eval", lm, describe_windows({}, windows, batch_size), config=cfg.to_dict())
-    run = scored_runs(lm, [cfg], calib)[0]
+    run = scored_runs(lm, [cfg], calib, progress)[0]
     score(lm, [run], windows, batch_size, warmup=warmup, level=level, progress=progress,
           desc=f"{cfg.method} {cfg.ratio:g}")
     return EvalResult(**run.figures(), protocol=Protocol.from_dict(protocol), records=run.records)

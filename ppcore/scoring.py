@@ -22,6 +22,7 @@ from .config import PruneConfig
 from .flops import add_flops, flops_ratios
 from .ratios import achieved_ratios
 from .loading import LoadedModel
+from .fitting import build_pruner, printed, silent
 from .methods import Pruner
 from .record import BatchRecord
 from .stats import CalibStats
@@ -125,6 +126,10 @@ def score(lm: LoadedModel, runs: list[ScoredRun], windows: Tensor, batch_size: i
             score_batch(lm, run, ids, b, level=level, repeats=repeats)
 
 
-def scored_runs(lm: LoadedModel, cfgs: list[PruneConfig], calib: Optional[CalibStats]) -> list[ScoredRun]:
-    """One fresh `ScoredRun` per config; `calib` goes only to the configs that need calibration."""
-    return [ScoredRun(c, Pruner(lm.adapter, c, calib if c.needs_calibration else None)) for c in cfgs]
+def scored_runs(lm: LoadedModel, cfgs: list[PruneConfig], calib: Optional[CalibStats],
+                progress: bool = False) -> list[ScoredRun]:
+    """One fresh `ScoredRun` per config; `calib` goes only to the configs that need calibration. With `progress`, a
+    fit a config needs first (pp-plus's allocation, `ppcore.fitting`) says how far it is on stderr."""
+    say = printed() if progress else silent
+    return [ScoredRun(c, build_pruner(lm.adapter, c, calib if c.needs_calibration else None, progress=say))
+            for c in cfgs]

@@ -47,6 +47,7 @@ from .flops import flops_ratios
 from .generate import generate
 from .embedded import EMBEDDED, EmbeddedModel, embedded_model, terms_file
 from .loading import LoadedModel, Placement, load_model, prepare_model
+from .fitting import build_pruner, fit_allocation, needs_fit
 from .methods import Pruner
 from .protocol import Protocol, build_protocol, describe_calibration
 from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
@@ -185,7 +186,7 @@ def _stats(calib: Optional[Calibration]) -> Optional[CalibStats]:
 def _walk(lm: LoadedModel, cfg: PruneConfig, calib: Optional[Calibration], ids: Tensor, mask: Optional[Tensor],
           level: str, tick: Optional[Callable[[int, int], None]] = None) -> WalkResult:
     """One batch through a fresh Pruner."""
-    pruner = Pruner(lm.adapter, cfg, _stats(calib))
+    pruner = build_pruner(lm.adapter, cfg, _stats(calib))
     return walk(lm.adapter, pruner, ids, mask, level=level, on_layer=tick)
 
 
@@ -290,6 +291,8 @@ def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, bat
                                                             _ticks(progress, lo, hi, label)), lm.device)
         return res
 
+    if calib is not None and needs_fit(cfg):  # pp-plus's allocation: fitted once, before and outside the timed walk
+        fit_allocation(lm.adapter, cfg, calib.stats, lambda f, text: progress(0.1 * f, text))
     label = f"{cfg.method} at ratio {cfg.ratio:.2f}"
     progress(0.1, label)
     main = run(cfg, "full", 0.1, 0.45, label)
@@ -419,7 +422,7 @@ def stability(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, corpus
     """The analysis's batch, then `extra_batches` windows of the same shape from `corpus`'s eval split
     (seeds seed+1, seed+2, ...), all through ONE Pruner, so that PP's history evolves from batch to batch.
     Raises DataError for an unknown or too short corpus."""
-    pruner = Pruner(lm.adapter, a.cfg, _stats(calib))
+    pruner = build_pruner(lm.adapter, a.cfg, _stats(calib))
     B, L = a.batch.ids.shape
     tokens = _eval_tokens(lm.tokenizer, corpus)
     batches = [(a.batch.ids, a.batch.mask)] + [(sample_windows(tokens, B, L, seed + 1 + k, lm.bos_id), None)
@@ -519,7 +522,7 @@ def generation(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, 
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         raise DataError(f"the prompt has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten it")
     cfgs = [PruneConfig(method="dense")] + ([] if cfg.method == "dense" else [cfg])
-    pruners = [Pruner(lm.adapter, c, _stats(calib)) for c in cfgs]
+    pruners = [build_pruner(lm.adapter, c, _stats(calib)) for c in cfgs]
 
     def run(p: Pruner, n: int) -> Any:
         return generate(lm.adapter, p, [ids], n, pad_id=tok.pad_token_id or 0, eos_id=tok.eos_token_id,

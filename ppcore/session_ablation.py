@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .flops import flops_ratios
 from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
 from .record import BLOCK_NAMES, BatchRecord
-from .methods import Pruner
+from .fitting import build_pruner
 from .walk import token_nll, walk
 
 if TYPE_CHECKING:
@@ -149,7 +149,8 @@ def ablation(lm: "LoadedModel", calib: Optional["Calibration"], a: "Analysis", n
         lo, hi = k / len(runs), (k + 1) / len(runs)
         text = f"{label} ({k + 1} of {len(runs)})"
         progress(lo, text)
-        pruner = Pruner(lm.adapter, cfg, calib.stats if calib is not None else None)  # fresh: one batch, no warm-up
+        # Fresh: one batch, no warm-up.
+        pruner = build_pruner(lm.adapter, cfg, calib.stats if calib is not None else None)
         res = walk(lm.adapter, pruner, ids, mask, level="summary", on_layer=_ticks(progress, lo, hi, text))
         nll, m = token_nll(lm.adapter, res.hidden, ids, res.valid)
         ppl = perplexity(nll, m)

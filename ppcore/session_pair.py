@@ -17,7 +17,7 @@ from .analysis import jaccard, perplexity
 from .config import PruneConfig
 from .errors import ConfigError
 from .flops import flops_ratios
-from .methods import Pruner
+from .fitting import build_pruner
 from .progress import Progress, layer_ticks, quiet
 from .record import BLOCK_NAMES, BatchRecord
 from .walk import token_nll, walk
@@ -109,7 +109,7 @@ def side_by_side(lm: "LoadedModel", calib: Optional["Calibration"], batch: "Batc
     for k, (name, cfg) in enumerate((("A", cfg_a), ("B", cfg_b))):
         label = f"{name}: {cfg.method} at ratio {cfg.ratio:.2f}"
         progress(k / 2, label)
-        pruner = Pruner(lm.adapter, cfg, calib.stats if calib is not None and cfg.needs_calibration else None)
+        pruner = build_pruner(lm.adapter, cfg, calib.stats if calib is not None and cfg.needs_calibration else None)
         res = walk(lm.adapter, pruner, batch.ids, batch.mask, level="summary",
                    on_layer=layer_ticks(progress, k / 2, (k + 1) / 2, label))
         nll, mask = token_nll(lm.adapter, res.hidden, batch.ids, res.valid)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from .analysis import perplexity, prr
 from .config import METHODS, PLUS_METHOD, PruneConfig
 from .flops import RATIO_NAMES
-from .methods import Pruner
+from .fitting import build_pruner
 from .speed import measure
 from .walk import token_nll, walk
 
@@ -126,7 +126,7 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
         dense = next(t for t in timings if t.method == "dense")
         for j, (c, t) in enumerate(zip(cfgs, [t for t in timings if t.method != "dense"])):
             progress(lo + span * (0.8 + 0.2 * j / len(cfgs)), f"ratio {ratio:.2f}: perplexity of {c.method}")
-            res = walk(ad, Pruner(ad, c, stats), ids, mask, level="none")
+            res = walk(ad, build_pruner(ad, c, stats), ids, mask, level="none")
             ppl = perplexity(*token_nll(ad, res.hidden, ids, res.valid))
             rows.append(CompareRow(t, ppl, ppl - dense_ppl, prr(ppl, dense_ppl, t.seconds, dense.seconds)))
         if k == 0:

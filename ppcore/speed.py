@@ -19,6 +19,7 @@ from .flops import flops_ratios
 from .head_chunks import run_head
 from .ratios import achieved_ratios
 from .loading import LoadedModel
+from .fitting import build_pruner, silent
 from .methods import Pruner
 from .record import BLOCK_NAMES
 from .stats import CalibStats
@@ -60,7 +61,8 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     ad, dev = lm.adapter, lm.device
     if not any(c.method == "dense" for c in cfgs):
         cfgs = [PruneConfig(method="dense")] + cfgs
-    pruners = [Pruner(ad, c, calib) for c in cfgs]
+    # A fit a config needs (pp-plus's allocation) is made here, before any timed region, and reported as progress.
+    pruners = [build_pruner(ad, c, calib, progress=between or silent) for c in cfgs]
 
     def run(p: Pruner, timing: bool, level: str = "none"):
         with torch.inference_mode():
@@ -144,7 +146,7 @@ def measure_generation(lm: LoadedModel, cfgs: list[PruneConfig], prompts: Tensor
     if not any(c.method == "dense" for c in cfgs):
         cfgs = [PruneConfig(method="dense")] + cfgs
     rows = prompts.tolist()
-    pruners = [Pruner(ad, c, calib) for c in cfgs]
+    pruners = [build_pruner(ad, c, calib) for c in cfgs]
     for p in pruners:
         generate(ad, p, rows, 2, level="none")
     gens: list[list] = [[] for _ in cfgs]

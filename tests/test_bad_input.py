@@ -25,8 +25,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ppcore import (METHODS, ConfigError, DataError, ModelLoadError, PPCoreError, PruneConfig, Pruner, load_model,
-                    token_nll, walk)
+from ppcore import (METHODS, ConfigError, DataError, ModelLoadError, PPCoreError, PruneConfig, Pruner, build_pruner,
+                    load_model, token_nll, walk)
 from ppcore.analysis import perplexity
 from ppcore.calibrate import calibrate
 from ppcore.data import corpus_text, load_windows, sample_windows
@@ -58,7 +58,7 @@ def calib(name: str):
 
 
 def pruner(name: str, cfg: PruneConfig) -> Pruner:
-    return Pruner(model(name).adapter, cfg, calib(name) if cfg.needs_calibration else None)
+    return build_pruner(model(name).adapter, cfg, calib(name) if cfg.needs_calibration else None)
 
 
 def make_mask(lengths: list[int], L: int, side: str) -> torch.Tensor:
@@ -487,7 +487,7 @@ def test_calibration_from_another_model_is_refused():
     short = calibrate(tiny_llama(layers=2), torch.randint(0, VOCAB, (4, 8)), 4, cache=False, progress=False)
     for method in ("pp", "flap", "ppsp-calib"):
         with pytest.raises(ConfigError) as e:
-            Pruner(model("llama").adapter, PruneConfig(method=method, ratio=0.5, skip_layers=(0,)), short)
+            build_pruner(model("llama").adapter, PruneConfig(method=method, ratio=0.5, skip_layers=(0,)), short)
         assert_ppcore_error(e, "layer 2")
     deep = calibrate(tiny_llama(layers=6), torch.randint(0, VOCAB, (4, 8)), 4, cache=False, progress=False)
     with pytest.raises(ConfigError) as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppcore import PruneConfig, Pruner, load_model, walk
+from ppcore import PruneConfig, Pruner, build_pruner, load_model, walk
 from ppcore.calibrate import calibrate
 from ppcore.generate import generate
 from ppcore.cache import cache_root
@@ -97,7 +97,7 @@ def test_every_method_equals_the_whole_model(pair):
         assert torch.equal(st.sq, c_split.blocks[key].sq.cpu()), key
     for method in METHODS:
         cfg = PruneConfig(method=method, ratio=0.4, skip_layers=(0,))
-        p_whole, p_split = Pruner(whole.adapter, cfg, c_whole), Pruner(split.adapter, cfg, c_split)
+        p_whole, p_split = build_pruner(whole.adapter, cfg, c_whole), build_pruner(split.adapter, cfg, c_split)
         for _ in range(2):  # the second batch runs on PP's updated history and on cached static slices
             a = walk(whole.adapter, p_whole, ids, mask, level="summary")
             b = walk(split.adapter, p_split, ids, mask, level="summary")
@@ -118,7 +118,7 @@ def test_generation_equals_the_whole_model(pair, method):
     out = []
     for lm in (whole, split):
         calib = calibrate(lm, calib_ids, 4, cache=False, progress=False)
-        out.append(generate(lm.adapter, Pruner(lm.adapter, cfg, calib), prompts, 6).tokens)
+        out.append(generate(lm.adapter, build_pruner(lm.adapter, cfg, calib), prompts, 6).tokens)
     assert out[0] == out[1]
 
 

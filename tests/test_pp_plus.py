@@ -3,14 +3,13 @@ reference on small tensors; the fitted allocation meets PP's decoder FLOPs and l
 combinations that mean nothing are refused."""
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from ppcore import ConfigError, PruneConfig, Pruner, walk
+from ppcore import ConfigError, PruneConfig, Pruner, build_pruner, walk
 from ppcore.allocation import allocate, curve, fit_key, options
 from ppcore.blocks import ATTN, BLOCKS, MLP
 from ppcore.calibrate import calibrate
@@ -42,7 +41,7 @@ def _batches(n=3, B=6, L=16):
 
 
 def _run(lm, calib, cfg, level="summary"):
-    pruner = Pruner(lm.adapter, cfg, calib if cfg.needs_calibration else None)
+    pruner = build_pruner(lm.adapter, cfg, calib if cfg.needs_calibration else None)
     return pruner, [walk(lm.adapter, pruner, ids, m, level=level, timing=False) for ids, m in _batches()]
 
 
@@ -87,7 +86,7 @@ def test_without_calibration_or_its_windows_pp_plus_says_why(lm, calib):
                                        **dict(OFF, compensate="on")))
     bare = replace(calib, source=None, fits={})
     with pytest.raises(ConfigError, match="do not carry them"):
-        Pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,)), bare)
+        build_pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,)), bare)
 
 
 # --- the formulas ------------------------------------------------------------------------------------------------
@@ -220,15 +219,54 @@ def test_the_fit_is_made_once_and_cached_on_disk(lm, calib, fitted, tmp_path, mo
     key = fit_key(cfg, calib)
     assert key in calib.fits and key == fit_key(replace(cfg, ratio=0.2, compensate="on"), calib)
     import ppcore.allocation as allocation
+    import ppcore.fitting as fitting
 
     windows = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(5))
     cached = calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)
-    Pruner(lm.adapter, cfg, cached)
+    said = []
+    build_pruner(lm.adapter, cfg, cached, progress=lambda f, t: said.append((f, t)))
     path = allocation.fit_path(fit_key(cfg, cached), tmp_path)
     assert json.loads(path.read_text())["key"] == fit_key(cfg, cached)
+    # Progress after every walk: one dense, then one per pruned block and fitted count (3 layers x 2 blocks here).
+    assert said[0][0] == 0.0 and said[-1][0] == 1.0 and len(said) == 1 + sum(
+        len(c) for c, _ in json.loads(path.read_text())["curves"].values())
+    assert all("allocation" in t for _, t in said) and [f for f, _ in said] == sorted(f for f, _ in said)
+
     def no_walk(*args, **kwargs):
         raise AssertionError("fitted again instead of reading the cached fit")
 
-    monkeypatch.setattr(importlib.import_module("ppcore.walk"), "walk", no_walk)  # the fit imports it when it runs
+    monkeypatch.setattr(fitting, "walk", no_walk)
     again = calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)
-    assert Pruner(lm.adapter, cfg, again).kept_units == Pruner(lm.adapter, cfg, cached).kept_units
+    assert build_pruner(lm.adapter, cfg, again).kept_units == build_pruner(lm.adapter, cfg, cached).kept_units
+    # A Pruner built directly reads the fit the disk holds, and says how to make one when there is none.
+    assert Pruner(lm.adapter, cfg, calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)).kept_units
+    fresh = calibrate(lm, windows, 4, cache=False, progress=False)
+    with pytest.raises(ConfigError, match="build_pruner"):
+        Pruner(lm.adapter, cfg, fresh)
+
+
+def test_the_analysis_fits_first_and_says_so(lm, calib):
+    """The app's analysis (ppcore.session.analyse) fits pp-plus's allocation before its timed walk, with progress in
+    the first tenth of its bar; the walk then reads the fit (a second analysis fits nothing)."""
+    import dataclasses
+
+    from ppcore import session
+    from ppcore.config import CalibConfig
+    from tests.conftest import DecodeOnlyTokenizer
+
+    tok_lm = dataclasses.replace(lm, tokenizer=DecodeOnlyTokenizer())
+    fresh = calibrate(lm, torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(7)), 4,
+                      cache=False, progress=False)
+    cal = session.Calibration(fresh, CalibConfig(windows=8, seq_len=16, batch_size=4), 0, {})
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(8))
+    batch = session.Batch(ids, None, "tiny", [[f"t{i}" for i in row] for row in ids.tolist()])
+    cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=1)
+    said: list = []
+    a = session.analyse(tok_lm, cal, cfg, batch, progress=lambda f, t: said.append((f, t)))
+    fitting = [(f, t) for f, t in said if "allocation" in t]
+    assert fitting and all(f <= 0.1 for f, _ in fitting) and said.index(fitting[-1]) < said.index(
+        next(x for x in said if x[1].startswith("pp-plus at ratio")))
+    assert len(fresh.fits) == 1 and a.main.layers[1].attn is not None
+    said.clear()
+    session.analyse(tok_lm, cal, cfg, batch, progress=lambda f, t: said.append((f, t)))
+    assert not any("allocation" in t for _, t in said)

@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from ppcore import PruneConfig, Pruner, walk
+from ppcore import PruneConfig, Pruner, build_pruner, walk
 from ppcore.calibrate import calibrate
 from ppcore.config import METHODS
 from ppcore.generate import generate
@@ -44,7 +44,7 @@ def test_no_sync_in_the_layer_loop_for_any_method(monkeypatch, name):
     counter = patch_syncs(monkeypatch)
     monkeypatch.setattr(WALK, "run_layers", counter.region(WALK.run_layers))
     for method in METHODS:
-        pruner = Pruner(lm.adapter, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib)
+        pruner = build_pruner(lm.adapter, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib)
         for batch, m in ((ids, None), (ids, mask), (ids, mask)):  # first and later batches, padded or not
             walk(lm.adapter, pruner, batch, m, level="none", timing=False)
             assert counter.calls == [], f"{method} synchronised in the layer loop: {counter.calls}"
@@ -64,7 +64,7 @@ def test_no_sync_in_the_layer_loop_under_the_ablation_settings(monkeypatch):
     counter = patch_syncs(monkeypatch)
     monkeypatch.setattr(WALK, "run_layers", counter.region(WALK.run_layers))
     for cfg in ABLATED:
-        pruner = Pruner(lm.adapter, replace(cfg, skip_layers=(0,)), calib)
+        pruner = build_pruner(lm.adapter, replace(cfg, skip_layers=(0,)), calib)
         for batch, m in ((ids, None), (ids, mask)):
             walk(lm.adapter, pruner, batch, m, level="none", timing=False)
             assert counter.calls == [], f"{cfg} synchronised in the layer loop: {counter.calls}"
@@ -91,7 +91,7 @@ def test_no_sync_per_decoded_token(monkeypatch, name):
     counter = patch_syncs(monkeypatch)
     monkeypatch.setattr(GENERATE, "decode_one_token", counter.region(GENERATE.decode_one_token))
     for method in ("dense", "pp", "wanda-sp"):
-        pruner = Pruner(lm.adapter, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib)
+        pruner = build_pruner(lm.adapter, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib)
         generate(lm.adapter, pruner, prompts, 12, level="none")
         assert counter.calls == [], f"{method} synchronised in a decode step: {counter.calls}"
     # Without an EOS nothing in the loop between steps asks the host either: the whole generation's
@@ -130,8 +130,8 @@ def test_no_sync_in_the_layer_loop_or_a_decode_step_on_a_gpu(monkeypatch, name):
     monkeypatch.setattr(WALK, "run_layers", _strict(WALK.run_layers))
     monkeypatch.setattr(GENERATE, "decode_one_token", _strict(GENERATE.decode_one_token))
     for method in METHODS:
-        pruner = Pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev))
+        pruner = build_pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev))
         for m in (None, mask.to(dev)):
             walk(ad, pruner, ids.to(dev), m, level="none", timing=False)
-        generate(ad, Pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev)),
+        generate(ad, build_pruner(ad, PruneConfig(method=method, ratio=0.4, skip_layers=(0,)), calib.to(dev)),
                  [ids[0, :9].tolist(), ids[1].tolist()], 6, level="none")

@@ -216,9 +216,9 @@ class PPCoreLM(TemplateLM):
             self.calibration: Optional[dict[str, Any]] = None
             if calib_stats is None and opts.prune.needs_calibration:
                 calib_stats, self.calibration = self._calibrate()
-        from ..methods import Pruner
+        from ..fitting import build_pruner
 
-        self.pruner = Pruner(lm.adapter, opts.prune, calib_stats)
+        self.pruner = build_pruner(lm.adapter, opts.prune, calib_stats)
         self.batch_log: list[dict[str, Any]] = []  # per batch: kind, task, rows, real and padded tokens
 
     @classmethod

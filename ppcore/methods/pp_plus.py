@@ -6,7 +6,7 @@
 - `error_score`: units are ranked by the output error their removal adds, the fused energy (with `compensate`,
   the energy left around the mean) times the squared weight-column norm, summed within a head.
 - `allocation` 'sensitivity': each block's keep count from `ppcore.allocation`, fitted on calibration windows
-  under PP's decoder FLOPs; blocks it leaves whole are not probed.
+  under PP's decoder FLOPs (`ppcore.fitting`, before the Pruner is built); blocks it leaves whole are not probed.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ class PPPlus(PP):
     default model 30 x (576 + 1536) floats, 250 KB), and the squared weight-column norms, (C,) per block, computed
     once. The loaded model is never written: the bias is a new (D,) tensor per block and batch. `fitted` records
     what the allocation was fitted on (None with 'uniform'). Raises ConfigError for calibration statistics without
-    the compensation's means or the windows the allocation is fitted on.
+    the compensation's means, or without a fit for this config (`ppcore.build_pruner` makes it).
     """
 
-    calib_hint = " (pp-plus seeds its history and means from them and fits its allocation on their windows)"
+    calib_hint = " (pp-plus seeds its history and means from them and its allocation is fitted on their windows)"
 
     def __init__(self, run: "Pruner") -> None:
         super().__init__(run)
