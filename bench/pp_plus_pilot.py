@@ -29,6 +29,8 @@ VARIANTS = {  # label -> PP+ switches (compensate, error_score, allocation)
     "C+E": ("on", "on", "uniform"),
     "A": ("off", "off", "sensitivity"),
     "A+C+E": ("on", "on", "sensitivity"),
+    "L": ("off", "off", "local"),
+    "L+C+E": ("on", "on", "local"),
 }
 GROUPS = {  # what runs together, most informative first
     1: [("A", 0.4), ("A+C+E", 0.4), ("C+E", 0.4)],
@@ -36,6 +38,8 @@ GROUPS = {  # what runs together, most informative first
     3: [("C", 0.4), ("E", 0.4)],
     4: [("C", 0.2), ("E", 0.2)],
     5: [("dense", 0.0), ("pp", 0.4), ("pp", 0.2)],
+    6: [("L", 0.4), ("L+C+E", 0.4)],
+    7: [("L", 0.2), ("L+C+E", 0.2)],
 }
 # Dense and PP where this run has not measured them: `make bench-official`'s rows (bench/results/official.json),
 # whose code path PP+ leaves unchanged (group 5 reruns them as a check).

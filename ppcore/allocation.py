@@ -45,6 +45,8 @@ ALLOC_VERSION = 1  # bump when the fit or its cached format changes
 FIT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75)
 FIT_WINDOWS = 4
 FIT_TOKENS = 256
+LOCAL_ROUNDS = 2  # 'local': rounds of exchanges, each block moving at most one step per round
+LOCAL_MLP_STEP = 3  # 'local': an MLP step is this many multiples of mlp_multiple (192 channels by default)
 Key = tuple[int, str]
 
 
@@ -119,15 +121,58 @@ def allocate(costs: dict[Key, list[tuple[int, float, float]]], target: float) ->
     return {k: costs[k][i][0] for k, i in at.items()}
 
 
+def exchange(removed: dict[Key, int], step: dict[Key, int], more: dict[Key, tuple[float, float]],
+             less: dict[Key, tuple[float, float]], surplus: float) -> tuple[dict[Key, int], int]:
+    """One round of the 'local' allocation's exchanges (`ppcore.fitting.fit_local`): the new units removed per block
+    and the number of blocks moved.
+
+    `removed`: units removed per block now; `step`: a block's step; `more[k]` = (KL added, FLOPs saved) by removing
+    one more step of k, `less[k]` = (KL saved, FLOPs given up) by restoring one (blocks that cannot move that way
+    are absent); `surplus`: FLOPs saved beyond the budget now (>= 0). Restores are taken by KL saved per FLOP, best
+    first; each is paid for by the blocks with the least KL added per FLOP saved, in that order, until the FLOPs
+    saved are back at or above the budget; the exchange is made only if the restore saves more KL than its payers
+    add, and the first that is not ends the round. Each block moves at most once. Pure: `removed` is not changed.
+    """
+    out = dict(removed)
+    restore = sorted(less, key=lambda k: less[k][0] / less[k][1], reverse=True)
+    payers = sorted(more, key=lambda k: more[k][0] / more[k][1])
+    moved: set[Key] = set()
+    for r in restore:
+        if r in moved:
+            continue
+        gain, given = less[r]
+        paid, cost, chosen = surplus - given, 0.0, []
+        for p in payers:
+            if paid >= 0:
+                break
+            if p in moved or p == r:
+                continue
+            chosen.append(p)
+            cost += more[p][0]
+            paid += more[p][1]
+        if paid < 0 or cost >= gain:
+            break
+        out[r] -= step[r]
+        for p in chosen:
+            out[p] += step[p]
+        moved.update([r, *chosen])
+        surplus = paid
+    return out, len(moved)
+
+
 # --- the sensitivity fit -------------------------------------------------------------------------------------
 def fit_key(cfg: "PruneConfig", calib: "CalibStats") -> str:
-    """Key (20 hex digits) of a sensitivity fit: the calibration's key, ALLOC_VERSION, the fit's sizes and grid, and
-    every setting PP's decisions depend on (not the ratio, which only sets the budget, nor PP+'s switches)."""
+    """Key (20 hex digits) of an allocation fit: the calibration's key, ALLOC_VERSION, the fit's sizes and grid, and
+    every setting the fit depends on. A 'sensitivity' fit prunes one block at a time by PP's decisions, so neither
+    the ratio (it only sets the budget) nor PP+'s switches enter; a 'local' fit is made at the run's ratio with its
+    switches, so every setting enters."""
     d = cfg.to_dict()
-    for name in ("ratio", "attn_ratio", "mlp_ratio", "allocation", "compensate", "error_score"):
+    drop = ("ratio", "attn_ratio", "mlp_ratio", "allocation", "compensate", "error_score")
+    for name in drop if cfg.allocation != "local" else ():
         d.pop(name, None)
+    local = [str(LOCAL_ROUNDS), str(LOCAL_MLP_STEP)] if cfg.allocation == "local" else []
     parts = [str(calib.meta.get("key")), str(ALLOC_VERSION), str(FIT_GRID), str(FIT_WINDOWS), str(FIT_TOKENS),
-             json.dumps(d, sort_keys=True)]
+             *local, json.dumps(d, sort_keys=True)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -212,6 +257,20 @@ def sensitivity_allocation(adapter: "Adapter", cfg: "PruneConfig", calib: "Calib
     record = {"allocation": "sensitivity", "fit_key": fit["key"], "fitted_on": fit["fitted_on"], "grid": fit["grid"],
               "flops_saved_per_token": got / seq_len, "pp_flops_saved_per_token": target / seq_len,
               "predicted_kl": float(predicted), "kept": {f"{k[0]}.{k[1]}": v for k, v in sorted(kept.items())}}
+    return kept, record
+
+
+def local_allocation(cfg: "PruneConfig", calib: "CalibStats") -> tuple[dict[Key, int], dict[str, Any]]:
+    """Units kept per pruned block from the 'local' fit for `cfg` on `calib` (`ppcore.fitting.fit_local`), and what
+    the run records about it (the fit's key, windows, rounds with their KL, FLOPs saved against PP's, units kept).
+    Raises ConfigError (NOT_FITTED) when no such fit was made."""
+    fit = stored_fit(cfg, calib)
+    if fit is None:
+        raise ConfigError(NOT_FITTED.replace("'sensitivity'", "'local'"))
+    kept = {(int(k.split(".")[0]), k.split(".")[1]): int(v) for k, v in fit["kept"].items()}
+    record = {"allocation": "local", "fit_key": fit["key"], "fitted_on": fit["fitted_on"], "rounds": fit["rounds"],
+              "flops_saved_per_token": fit["flops_saved_per_token"],
+              "pp_flops_saved_per_token": fit["pp_flops_saved_per_token"], "kept": fit["kept"]}
     return kept, record
 
 

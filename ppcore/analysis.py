@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .head_chunks import MAX_SAMPLES, head_blocks
+from .ratios import adjusted_ratio, heads_pruned, mlp_kept_for_ratio
 from .record import BLOCK_NAMES, BatchRecord
 
 if TYPE_CHECKING:  # annotations only: analysis reads the LM head, nothing else of an adapter
     from .adapters import Adapter
+    from .config import PruneConfig
 
 
 def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
@@ -44,6 +46,21 @@ def kept_fractions(rec: BatchRecord, block: str) -> list[float]:
     """Per layer, the fraction of the block's heads or channels kept (1.0 where it was not pruned)."""
     _check_block(block)
     return [getattr(layer, block).kept_fraction for layer in rec.layers]
+
+
+def uniform_kept_fractions(rec: BatchRecord, cfg: "PruneConfig", block: str) -> list[float]:
+    """Per layer, the fraction of the block's heads or channels PP keeps at `cfg`'s nominal ratio (docs/algorithm.md
+    §4.2, §6; 1.0 in skipped layers and switched-off blocks): the uniform allocation an allocation of PP+'s is drawn
+    against. The block's unit count is the record's."""
+    _check_block(block)
+    total = getattr(rec.layers[0], block).total
+    n = len(rec.layers)
+    r_eff = adjusted_ratio(cfg.block_ratio(block), n, len(cfg.skip_layers))
+    if not cfg.prunes or not getattr(cfg, f"prune_{block}"):
+        return [1.0] * n
+    kept = (total - heads_pruned(r_eff, total) if block == "attn" else
+            mlp_kept_for_ratio(r_eff, total, cfg.mlp_multiple))
+    return [1.0 if i in cfg.skip_layers else kept / total for i in range(n)]
 
 
 def kept_matrix(rec: BatchRecord, block: str) -> np.ndarray:

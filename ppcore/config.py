@@ -37,7 +37,7 @@ ABLATION_DEFAULTS: dict[str, Any] = {"score": "ppsp", "fusion": "importance", "p
 # PLUS_DEFAULTS for pp-plus) or a value; only pp-plus takes a value other than PP's.
 PLUS_METHOD = "pp-plus"
 SWITCHES: tuple[str, ...] = ("auto", "on", "off")
-ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "sensitivity")
+ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "sensitivity", "local")
 PLUS_FIELDS: tuple[str, ...] = ("compensate", "error_score", "allocation")
 PLUS_OFF: dict[str, str] = {"compensate": "off", "error_score": "off", "allocation": "uniform"}
 PLUS_DEFAULTS: dict[str, str] = {"compensate": "on", "error_score": "on", "allocation": "sensitivity"}
@@ -172,8 +172,10 @@ class PruneConfig:
         "auto", "pp-plus: score a unit by the output error its removal adds, energy (variance with compensate) "
         "times the squared weight-column norm, instead of PPsp ('auto': on for pp-plus)", choices=SWITCHES)
     allocation: str = setting(
-        "auto", "pp-plus: per-layer and per-block ratios: 'uniform' (PP's), or 'sensitivity' (fitted on "
-        "calibration windows under PP's decoder FLOPs; 'auto': sensitivity for pp-plus)", choices=ALLOCATIONS)
+        "auto", "pp-plus: per-layer and per-block ratios: 'uniform' (PP's), 'sensitivity' (each block's KL "
+        "curve, pruned alone, on calibration windows, then a greedy allocation under PP's decoder FLOPs) or 'local' "
+        "(exchanges from PP's allocation, measured at the operating point with the run's switches; fitted per "
+        "ratio); 'auto': sensitivity for pp-plus", choices=ALLOCATIONS)
     score: str = setting("ppsp", "the unit score of pp, fullbatch and ppsp-calib: 'ppsp' (the paper's), or Wanda-sp's "
                          "or FLAP's metric on the same activations (an ablation)", choices=SCORES)
     fusion: str = setting("importance", "PP: how the probe is fused with the history: 'importance' (the paper's, "

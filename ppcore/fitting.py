@@ -12,11 +12,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from .adapters import Adapter
-from .allocation import (FIT_GRID, fit_key, fit_windows, keep_fit, stored_fit, uniform_pruned)
+from .allocation import (FIT_GRID, LOCAL_MLP_STEP, LOCAL_ROUNDS, Key, exchange, fit_key, fit_windows, keep_fit,
+                         saved_flops, stored_fit, uniform_pruned)
 from .blocks import BLOCKS
 from .cache import windows_hash
 from .config import PruneConfig
 from .methods import Pruner
+from .ratios import adjusted_ratio
 from .stats import CalibStats
 from .walk import walk
 
@@ -41,8 +43,25 @@ def printed(every: float = 0.1) -> Progress:
 
 
 def needs_fit(cfg: PruneConfig) -> bool:
-    """Whether `cfg` prunes with a fitted allocation (pp-plus with allocation 'sensitivity', the default)."""
-    return cfg.prunes and cfg.allocation == "sensitivity"
+    """Whether `cfg` prunes with a fitted allocation (pp-plus with allocation 'sensitivity', its default, or
+    'local')."""
+    return cfg.prunes and cfg.allocation in ("sensitivity", "local")
+
+
+def _dense_log_probs(adapter: Adapter, ids: torch.Tensor) -> Callable[[Pruner], float]:
+    """A function from a Pruner to the mean per-token KL divergence of its next-token distributions from dense's
+    on `ids` (the fits' measure), with dense's log-probabilities computed once here."""
+    def log_probs(pruner: Pruner) -> list[torch.Tensor]:
+        res = walk(adapter, pruner, ids, level="none", update_history=False, timing=False)
+        return [adapter.head(res.hidden[i, :-1]).float().log_softmax(-1) for i in range(ids.shape[0])]
+
+    ref = log_probs(Pruner(adapter, PruneConfig(method="dense")))
+
+    def kl(pruner: Pruner) -> float:
+        out = log_probs(pruner)
+        return sum(float((r.exp() * (r - q)).sum(-1).mean()) for r, q in zip(ref, out)) / len(ref)
+
+    return kl
 
 
 @torch.inference_mode()
@@ -61,13 +80,10 @@ def fit_allocation(adapter: Adapter, cfg: PruneConfig, calib: CalibStats,
     fit = stored_fit(cfg, calib)
     if fit is not None:
         return fit
+    if cfg.allocation == "local":
+        return fit_local(adapter, cfg, calib, progress)
     ids = fit_windows(calib).to(adapter.device)
     dims = adapter.dims
-
-    def log_probs(pruner: Pruner) -> list[torch.Tensor]:
-        res = walk(adapter, pruner, ids, level="none", update_history=False, timing=False)
-        return [adapter.head(res.hidden[i, :-1]).float().log_softmax(-1) for i in range(ids.shape[0])]
-
     sub = replace(cfg, allocation="uniform", compensate="off", error_score="off")  # PP's decisions
     plan: list[tuple[int, Any, int, list[int]]] = []
     for layer in range(dims.num_layers):
@@ -81,18 +97,90 @@ def fit_allocation(adapter: Adapter, cfg: PruneConfig, calib: CalibStats,
             plan.append((layer, block, units, [n for n in counts if n < units]))
     total = 1 + sum(len(counts) for *_, counts in plan)
     progress(0.0, f"fitting pp-plus's allocation: {total} walks on {ids.shape[0]} calibration windows")
-    ref = log_probs(Pruner(adapter, PruneConfig(method="dense")))
+    kl = _dense_log_probs(adapter, ids)
     done = 1
     curves: dict[str, list[list[float]]] = {}
     for layer, block, units, counts in plan:
         kls = []
         for n in counts:
-            out = log_probs(Pruner(adapter, sub, calib, kept_units={block.key(layer): units - n}))
-            kls.append(sum(float((r.exp() * (r - q)).sum(-1).mean()) for r, q in zip(ref, out)) / len(ref))
+            kls.append(kl(Pruner(adapter, sub, calib, kept_units={block.key(layer): units - n})))
             done += 1
             progress(done / total, f"fitting pp-plus's allocation: layer {layer} {block.name}, walk {done} of {total}")
         curves[f"{layer}.{block.name}"] = [counts, kls]
     fit = {"key": fit_key(cfg, calib), "grid": list(FIT_GRID), "curves": curves,
+           "fitted_on": {"calibration": calib.meta.get("key"), "windows": int(ids.shape[0]),
+                         "tokens": int(ids.shape[1]), "windows_sha256_16": windows_hash(ids.cpu())}}
+    keep_fit(fit, calib)
+    return fit
+
+
+@torch.inference_mode()
+def fit_local(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: Progress = silent) -> dict[str, Any]:
+    """The 'local' allocation (docs/algorithm.md "PP+"): exchanges from PP's own allocation, measured where the run
+    operates.
+
+    Start from the units PP removes from each prunable block at the run's ratio. Each of LOCAL_ROUNDS rounds walks
+    the fit windows with every block at its current count (KL k0, as `fit_allocation` measures it) and, for every
+    block, once with one more step removed and once with one step restored (a step: one head; LOCAL_MLP_STEP
+    multiples of mlp_multiple channels), each walk with the run's own switches (compensation, error score), every
+    other block pruned. Then, best first, a block whose restored step buys the most KL per decoder FLOP is restored
+    and the blocks whose next step costs the least KL per FLOP pay for it, while the KL the restore saves exceeds
+    what its payers add; each block moves at most one step per round, and the FLOPs saved never fall below PP's.
+
+    Returns {"key", "fitted_on", "rounds": [{"kl", "moves"}...] plus the final {"kl"}, "kept": {"<layer>.<block>":
+    units}, "flops_saved_per_token", "pp_flops_saved_per_token"}, kept by `keep_fit`. Costs
+    LOCAL_ROUNDS x (1 + 2 x prunable blocks) + 2 walks of the fit windows (for the default model, 220 walks of
+    4 x 256 tokens, about ten minutes on 2 CPU cores), once per calibration and config. Raises ConfigError when
+    `calib` does not carry its windows.
+    """
+    ids = fit_windows(calib).to(adapter.device)
+    dims = adapter.dims
+    seq_len = calib.seq_len
+    r_eff = {b.name: adjusted_ratio(cfg.block_ratio(b.name), dims.num_layers, len(cfg.skip_layers)) for b in BLOCKS}
+    blocks = {b.key(layer): b for layer in range(dims.num_layers) if layer not in cfg.skip_layers
+              for b in BLOCKS if getattr(cfg, b.switch)}
+    units = {k: b.units(dims) for k, b in blocks.items()}
+    step = {k: 1 if b is BLOCKS[0] else LOCAL_MLP_STEP * cfg.mlp_multiple for k, b in blocks.items()}
+    most = {k: units[k] - (1 if b is BLOCKS[0] else cfg.mlp_multiple) for k, b in blocks.items()}  # keep one unit
+    removed = {k: uniform_pruned(b, r_eff[b.name], units[k], cfg.mlp_multiple) for k, b in blocks.items()}
+
+    def saved(k: Key, n: int) -> float:
+        return float(saved_flops(adapter, blocks[k], n, seq_len))
+
+    target = sum(saved(k, n) for k, n in removed.items())
+    sub = replace(cfg, allocation="uniform")  # the run's own decisions and switches, at explicit counts
+
+    def pruner(counts: dict[Key, int]) -> Pruner:
+        return Pruner(adapter, sub, calib, kept_units={k: units[k] - n for k, n in counts.items()})
+
+    total = LOCAL_ROUNDS * (1 + 2 * len(blocks)) + 2
+    progress(0.0, f"fitting pp-plus's local allocation: {total} walks on {ids.shape[0]} calibration windows")
+    kl = _dense_log_probs(adapter, ids)
+    done = 1
+    rounds: list[dict[str, Any]] = []
+    for rnd in range(LOCAL_ROUNDS):
+        k0 = kl(pruner(removed))
+        done += 1
+        more: dict[Key, tuple[float, float]] = {}  # block -> (KL added, FLOPs saved) by one more step removed
+        less: dict[Key, tuple[float, float]] = {}  # block -> (KL saved, FLOPs given up) by one step restored
+        for k in blocks:
+            for sign, out in ((1, more), (-1, less)):
+                n = removed[k] + sign * step[k]
+                if 0 <= n <= most[k]:
+                    d_kl = kl(pruner({**removed, k: n})) - k0
+                    out[k] = (sign * d_kl, sign * (saved(k, n) - saved(k, removed[k])))
+                done += 1
+                progress(done / total, f"fitting pp-plus's local allocation: round {rnd + 1}, layer {k[0]} {k[1]}, "
+                                       f"walk {done} of {total}")
+        surplus = sum(saved(k, n) for k, n in removed.items()) - target
+        removed, moves = exchange(removed, step, more, less, surplus)
+        rounds.append({"kl": k0, "moves": moves})
+    rounds.append({"kl": kl(pruner(removed))})
+    progress(1.0, "fitting pp-plus's local allocation: done")
+    got = sum(saved(k, n) for k, n in removed.items())
+    fit = {"key": fit_key(cfg, calib), "rounds": rounds,
+           "kept": {f"{k[0]}.{k[1]}": units[k] - n for k, n in sorted(removed.items())},
+           "flops_saved_per_token": got / seq_len, "pp_flops_saved_per_token": target / seq_len,
            "fitted_on": {"calibration": calib.meta.get("key"), "windows": int(ids.shape[0]),
                          "tokens": int(ids.shape[1]), "windows_sha256_16": windows_hash(ids.cpu())}}
     keep_fit(fit, calib)

@@ -35,7 +35,7 @@ from torch import Tensor
 from . import clock
 from .ablations import ABLATIONS, carried as carried_settings
 from .analysis import (keep_jaccard, kept_fractions, kept_matrix, masked_mean, next_tokens, perplexity,
-                       probe_token_matrix)
+                       probe_token_matrix, uniform_kept_fractions)
 from .analysis import stability as keep_set_stability
 from .blocks import BLOCKS
 from .calibrate import calibrate
@@ -72,6 +72,7 @@ __all__ = [
     "baselines",
     "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
     "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix", "stability",
+    "uniform_kept_fractions",
     # explaining one decision (ppcore.why)
     "SINK_FACTOR", "HistoryEffect", "Stage2", "UnitWhy", "Verdict", "history_changes", "history_effect", "kept_sets",
     "sink_positions", "stage2", "token_scores", "unit_why",

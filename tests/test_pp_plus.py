@@ -270,3 +270,65 @@ def test_the_analysis_fits_first_and_says_so(lm, calib):
     said.clear()
     session.analyse(tok_lm, cal, cfg, batch, progress=lambda f, t: said.append((f, t)))
     assert not any("allocation" in t for _, t in said)
+    # The Pruned channels tab draws the allocation against PP's uniform one, and says what it is.
+    from app.result import Result
+    from app.state import Settings
+    from app.views import channels
+
+    r = Result("k", Settings(), a)
+    drawn = channels._with_uniform(r, channels.layer_table(r))
+    assert set(drawn.block) == {"attn", "mlp", "attn, PP", "mlp, PP"} and len(drawn) == 4 * 4
+    assert "PP+'s allocation** (sensitivity)" in channels._allocation_note(r)
+    r_pp = Result("k", Settings(), session.analyse(tok_lm, cal, PruneConfig(ratio=0.4, skip_layers=(0,)), batch))
+    assert channels._allocation_note(r_pp) == "" and set(channels._with_uniform(
+        r_pp, channels.layer_table(r_pp)).block) == {"attn", "mlp"}
+
+
+# --- the 'local' allocation ----------------------------------------------------------------------------------------
+
+def test_an_exchange_restores_the_best_block_and_the_cheapest_pay_for_it():
+    from ppcore.allocation import exchange
+
+    removed = {(1, "attn"): 2, (1, "mlp"): 64, (2, "mlp"): 64}
+    step = {(1, "attn"): 1, (1, "mlp"): 32, (2, "mlp"): 32}
+    less = {(1, "attn"): (1.0, 10.0)}  # restoring a head saves 1.0 nat of KL and gives up 10 FLOPs
+    more = {(1, "mlp"): (0.2, 5.0), (2, "mlp"): (0.3, 6.0)}  # 0.04 and 0.05 nat per FLOP: both must pay (5 < 10)
+    out, moved = exchange(removed, step, more, less, surplus=0.0)
+    assert out == {(1, "attn"): 1, (1, "mlp"): 96, (2, "mlp"): 96} and moved == 3
+    assert removed[(1, "attn")] == 2  # the input is left as it was
+    # Payers that would add more KL than the restore saves: nothing moves.
+    assert exchange(removed, step, {(1, "mlp"): (0.6, 5.0), (2, "mlp"): (0.5, 6.0)}, less, 0.0) == (removed, 0)
+    # A surplus already there pays on its own; FLOPs that cannot be paid back end the round.
+    assert exchange(removed, step, more, less, surplus=10.0)[0] == {**removed, (1, "attn"): 1}
+    assert exchange(removed, step, {(1, "mlp"): (0.01, 1.0)}, less, 0.0) == (removed, 0)
+
+
+def test_the_local_allocation_meets_pps_flops_where_it_operates(lm, calib):
+    cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=2, allocation="local")
+    pruner, res = _run(lm, calib, cfg, level="summary")
+    _, pp = _run(lm, calib, replace(cfg, method="pp", allocation="auto", compensate="auto", error_score="auto"),
+                 level="none")
+    ours, theirs = flops_ratios(res[0].flops), flops_ratios(pp[0].flops)
+    assert ours["decoder_flops_ratio"] <= theirs["decoder_flops_ratio"] + 1e-9
+    assert abs(ours["decoder_flops_ratio"] - theirs["decoder_flops_ratio"]) <= 0.01
+    fit = pruner.method.fitted
+    assert fit["allocation"] == "local" and len(fit["rounds"]) == 3 and "moves" in fit["rounds"][0]
+    assert fit["flops_saved_per_token"] >= fit["pp_flops_saved_per_token"]
+    assert all(layer != 0 for layer, _ in pruner.kept_units)
+    assert all(n % 2 == 0 for (_, b), n in pruner.kept_units.items() if b == "mlp")
+    # The fit is made at the run's ratio and switches: another ratio is another fit.
+    assert fit_key(cfg, calib) != fit_key(replace(cfg, ratio=0.2), calib)
+    assert fit_key(cfg, calib) != fit_key(replace(cfg, compensate="off"), calib)
+
+
+def test_the_uniform_line_drawn_beside_an_allocation_is_what_pp_keeps(lm, calib):
+    """The Pruned channels tab draws PP+'s kept fractions against PP's uniform allocation: that line is exactly what
+    PP's own run keeps, layer by layer, skipped layers whole."""
+    from ppcore.analysis import kept_fractions, uniform_kept_fractions
+
+    for cfg in (PruneConfig(method="pp", ratio=0.4, skip_layers=(0,), mlp_multiple=8),
+                PruneConfig(method="pp", ratio=0.3, skip_layers=(0, 2), attn_ratio=0.4, mlp_ratio=0.2, mlp_multiple=1),
+                PruneConfig(method="pp", ratio=0.4, skip_layers=(1,), prune_attn=False)):
+        _, res = _run(lm, calib, cfg, level="summary")
+        for b in ("attn", "mlp"):
+            assert uniform_kept_fractions(res[0].record, cfg, b) == kept_fractions(res[0].record, b), (cfg, b)

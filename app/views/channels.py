@@ -35,8 +35,11 @@ def render(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
                                     f"MLP channels kept by {method}"), width="stretch", key="map_mlp")
     table = layer_table(r)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.lines(table, "layer", "kept_fraction", "block", "Kept fraction per layer", "kept fraction",
-                                 [0, 1.05]), width="stretch", key="kept_frac")
+    c1.plotly_chart(charts.lines(_with_uniform(r, table), "layer", "kept_fraction", "block", "Kept fraction per layer",
+                                 "kept fraction", [0, 1.05]), width="stretch", key="kept_frac")
+    fitted = _allocation_note(r)
+    if fitted:
+        c1.caption(fitted, help=explain("kept heads"))
     block = block_radio(c2, "Agreement for", "jac_block", long=True, horizontal=True)
     c2.caption("Jaccard = shared kept units / units kept by either (1.0 = the same choice).", help=explain("Jaccard"))
     jcols = [c for c in table.columns if c.startswith("jaccard_")]
@@ -61,6 +64,34 @@ def render(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
             out.plotly_chart(charts.stability_chart(getattr(stab, b), b), width="stretch", key=f"stab_{b}")
             out.caption(f"{BLOCK_TEXT[b].long}: mean Jaccard over pruned layers and {stab.batches - 1} batch pairs = "
                         f"{stab.mean(b):.3f}")
+
+
+def _fitted(r: Result) -> bool:
+    """Whether the analysed run chose its blocks' keep counts from a fitted allocation (PP+)."""
+    cfg = r.analysis.cfg
+    return cfg.method == "pp-plus" and cfg.allocation != "uniform" and cfg.prunes
+
+
+def _with_uniform(r: Result, table: pd.DataFrame) -> pd.DataFrame:
+    """The kept-fraction table, plus PP's uniform allocation at the same nominal ratio as two more lines ("attn, PP",
+    "mlp, PP") when PP+'s fitted allocation chose the counts, so that the chart shows where it moved the budget."""
+    if not _fitted(r):
+        return table
+    main, cfg = r.analysis.main, r.analysis.cfg
+    extra = [{"layer": i, "block": f"{b}, PP", "kept_fraction": f}
+             for b in ("attn", "mlp") for i, f in enumerate(session.uniform_kept_fractions(main, cfg, b))]
+    return pd.concat([table[["layer", "block", "kept_fraction"]], pd.DataFrame(extra)], ignore_index=True)
+
+
+def _allocation_note(r: Result) -> str:
+    """Plain words for PP+'s allocation under the chart (empty for every other run)."""
+    if not _fitted(r):
+        return ""
+    how = {"sensitivity": "each block's sensitivity, measured pruned alone on calibration windows",
+           "local": "exchanges from PP's allocation, measured on calibration windows at this ratio"}
+    return (f"**PP+'s allocation** ({r.analysis.cfg.allocation}): each layer's heads and channels were chosen from "
+            f"{how.get(r.analysis.cfg.allocation, 'a fit on calibration windows')}, at the same decoder FLOPs as PP's "
+            "uniform allocation (the \"PP\" lines). Blocks PP+ keeps whole are not probed.")
 
 
 @st.fragment

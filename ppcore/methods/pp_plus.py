@@ -7,6 +7,7 @@
   the energy left around the mean) times the squared weight-column norm, summed within a head.
 - `allocation` 'sensitivity': each block's keep count from `ppcore.allocation`, fitted on calibration windows
   under PP's decoder FLOPs (`ppcore.fitting`, before the Pruner is built); blocks it leaves whole are not probed.
+  'local': the keep counts of exchanges from PP's allocation measured at the run's operating point (`ppcore.fitting`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from torch import Tensor
 
 from ..adapters import LayerWeights
-from ..allocation import sensitivity_allocation
+from ..allocation import local_allocation, sensitivity_allocation
 from ..blocks import BLOCKS, Block
 from ..compensation import batch_mean_rest, bias_flops, centred_energy, column_sq, compensation_bias, error_scores
 from ..errors import ConfigError
@@ -58,6 +59,9 @@ class PPPlus(PP):
                 self.means[key] = st.mean_rest.float().clone()
         if cfg.allocation == "sensitivity" and not run.kept_units:
             kept, self.fitted = sensitivity_allocation(run.adapter, cfg, run.calib, run.r_eff_of, run.calib.seq_len)
+            run.kept_units.update(kept)
+        elif cfg.allocation == "local" and not run.kept_units:
+            kept, self.fitted = local_allocation(cfg, run.calib)
             run.kept_units.update(kept)
 
     @classmethod
