@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,8 +39,9 @@ GROUPS = {  # what runs together, most informative first
     3: [("C", 0.4), ("E", 0.4)],
     4: [("C", 0.2), ("E", 0.2)],
     5: [("dense", 0.0), ("pp", 0.4), ("pp", 0.2)],
-    6: [("L", 0.4), ("L+C+E", 0.4)],
+    6: [("L", 0.4), ("L+C+E", 0.4)],  # measured with LOCAL_ROUNDS 2: labelled "L2", "L2+C+E" in the table
     7: [("L", 0.2), ("L+C+E", 0.2)],
+    8: [("L", 0.4), ("L", 0.2)],
 }
 # Dense and PP where this run has not measured them: `make bench-official`'s rows (bench/results/official.json),
 # whose code path PP+ leaves unchanged (group 5 reruns them as a check).
@@ -61,7 +63,9 @@ def label_of(row: dict) -> str:
     if cfg["method"] != "pp-plus":
         return cfg["method"]
     switches = (cfg["compensate"], cfg["error_score"], cfg["allocation"])
-    return next(k for k, v in VARIANTS.items() if v == switches)
+    label = next(k for k, v in VARIANTS.items() if v == switches)
+    rounds = len((row.get("fitted") or {}).get("rounds", [])) - 1  # 'local': its rounds of exchanges
+    return label.replace("L", f"L{rounds}", 1) if label.startswith("L") and rounds > 0 else label
 
 
 def with_reference(rows: list[dict]) -> list[dict]:
@@ -81,7 +85,12 @@ def table(rows: list[dict]) -> str:
     lines = ["| ratio | run | ppl | removed of PP's degradation | decoder FLOPs ratio | decoder probe FLOPs ratio |"
              " measured |", "|---|---|---|---|---|---|---|"]
     order = ["dense", "pp", *VARIANTS]
-    for r in sorted(rows, key=lambda r: (-r["ratio"], order.index(label_of(r)))):
+
+    def rank(r: dict) -> tuple:
+        label = label_of(r)
+        return (-r["ratio"], order.index(re.sub(r"^L\d+", "L", label)), label)  # L2+C+E sorts as L+C+E
+
+    for r in sorted(rows, key=rank):
         base = pp.get(r["ratio"])
         frac = (f"{(base - r['ppl']) / (base - dense):+.1%}" if base is not None and dense is not None
                 and r["method"] == "pp-plus" else "")

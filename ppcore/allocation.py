@@ -45,7 +45,7 @@ ALLOC_VERSION = 1  # bump when the fit or its cached format changes
 FIT_GRID: tuple[float, ...] = (0.25, 0.5, 0.75)
 FIT_WINDOWS = 4
 FIT_TOKENS = 256
-LOCAL_ROUNDS = 2  # 'local': rounds of exchanges, each block moving at most one step per round
+LOCAL_ROUNDS = 4  # 'local': rounds of exchanges, each block moving at most one step per round
 LOCAL_MLP_STEP = 3  # 'local': an MLP step is this many multiples of mlp_multiple (192 channels by default)
 Key = tuple[int, str]
 

@@ -129,8 +129,8 @@ def fit_local(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: P
 
     Returns {"key", "fitted_on", "rounds": [{"kl", "moves"}...] plus the final {"kl"}, "kept": {"<layer>.<block>":
     units}, "flops_saved_per_token", "pp_flops_saved_per_token"}, kept by `keep_fit`. Costs
-    LOCAL_ROUNDS x (1 + 2 x prunable blocks) + 2 walks of the fit windows (for the default model, 220 walks of
-    4 x 256 tokens, about ten minutes on 2 CPU cores), once per calibration and config. Raises ConfigError when
+    LOCAL_ROUNDS x (1 + 2 x prunable blocks) + 2 walks of the fit windows (for the default model, 438 walks of
+    4 x 256 tokens, about 20 minutes on 2 CPU cores), once per calibration and config. Raises ConfigError when
     `calib` does not carry its windows.
     """
     ids = fit_windows(calib).to(adapter.device)
