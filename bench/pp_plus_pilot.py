@@ -41,7 +41,8 @@ GROUPS = {  # what runs together, most informative first
     5: [("dense", 0.0), ("pp", 0.4), ("pp", 0.2)],
     6: [("L", 0.4), ("L+C+E", 0.4)],  # measured with LOCAL_ROUNDS 2: labelled "L2", "L2+C+E" in the table
     7: [("L", 0.2), ("L+C+E", 0.2)],
-    8: [("L", 0.4), ("L", 0.2)],
+    8: [("L", 0.4)],
+    9: [("L", 0.2)],
 }
 # Dense and PP where this run has not measured them: `make bench-official`'s rows (bench/results/official.json),
 # whose code path PP+ leaves unchanged (group 5 reruns them as a check).

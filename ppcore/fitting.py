@@ -1,7 +1,8 @@
 """The fitting step some configs need before their first batch, beside calibration and above the walk (a fit runs
-walks, so it cannot live in a method): today PP+'s sensitivity allocation (`ppcore.allocation`, docs/algorithm.md
-"PP+"). `build_pruner` is the one way the commands, the app and lm-eval make a Pruner: it fits what the config
-needs (once per calibration; then from memory or the disk cache), reporting progress, and builds the Pruner.
+walks, so it cannot live in a method): today PP+'s allocations, 'sensitivity' and 'local' (`ppcore.allocation`,
+docs/algorithm.md "PP+"). `build_pruner` is the one way the commands, the app and lm-eval make a Pruner: it fits
+what the config needs (once per calibration; then from memory or the disk cache), reporting progress, and builds
+the Pruner.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def silent(fraction: float, text: str) -> None:
 
 def printed(every: float = 0.1) -> Progress:
     """A progress callback for the command line: prints its text to stderr at the start, every `every` of the way
-    and at the end (a fit reports after each of its ~160 walks)."""
+    and at the end (a fit reports after each of its hundreds of walks)."""
     shown = [-1.0]
 
     def say(fraction: float, text: str) -> None:
@@ -48,7 +49,7 @@ def needs_fit(cfg: PruneConfig) -> bool:
     return cfg.prunes and cfg.allocation in ("sensitivity", "local")
 
 
-def _dense_log_probs(adapter: Adapter, ids: torch.Tensor) -> Callable[[Pruner], float]:
+def _kl_to_dense(adapter: Adapter, ids: torch.Tensor) -> Callable[[Pruner], float]:
     """A function from a Pruner to the mean per-token KL divergence of its next-token distributions from dense's
     on `ids` (the fits' measure), with dense's log-probabilities computed once here."""
     def log_probs(pruner: Pruner) -> list[torch.Tensor]:
@@ -97,7 +98,7 @@ def fit_allocation(adapter: Adapter, cfg: PruneConfig, calib: CalibStats,
             plan.append((layer, block, units, [n for n in counts if n < units]))
     total = 1 + sum(len(counts) for *_, counts in plan)
     progress(0.0, f"fitting pp-plus's allocation: {total} walks on {ids.shape[0]} calibration windows")
-    kl = _dense_log_probs(adapter, ids)
+    kl = _kl_to_dense(adapter, ids)
     done = 1
     curves: dict[str, list[list[float]]] = {}
     for layer, block, units, counts in plan:
@@ -155,7 +156,7 @@ def fit_local(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: P
 
     total = LOCAL_ROUNDS * (1 + 2 * len(blocks)) + 2
     progress(0.0, f"fitting pp-plus's local allocation: {total} walks on {ids.shape[0]} calibration windows")
-    kl = _dense_log_probs(adapter, ids)
+    kl = _kl_to_dense(adapter, ids)
     done = 1
     rounds: list[dict[str, Any]] = []
     for rnd in range(LOCAL_ROUNDS):
