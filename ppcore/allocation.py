@@ -180,15 +180,15 @@ def fit_windows(calib: "CalibStats") -> torch.Tensor:
     """The windows the fit runs on: the first FIT_WINDOWS calibration windows, their first FIT_TOKENS tokens.
     Raises ConfigError for statistics that do not say which windows they came from."""
     if calib.source is None:
-        raise ConfigError("allocation 'sensitivity' is fitted on the calibration windows, and these calibration "
+        raise ConfigError("pp-plus's allocation is fitted on the calibration windows, and these calibration "
                           "statistics do not carry them: compute them with ppcore.calibrate.calibrate")
     return calib.source.windows[:FIT_WINDOWS, :FIT_TOKENS]
 
 
 def stored_fit(cfg: "PruneConfig", calib: "CalibStats") -> Optional[dict[str, Any]]:
-    """The sensitivity fit for `cfg` on `calib` (`fit_key`) if one was made: from memory (`calib.fits`), else from
-    the disk cache beside the calibration's (kept in memory then); None when there is none. A damaged disk entry
-    reads as none (it is fitted again)."""
+    """The allocation fit ('sensitivity' or 'local') for `cfg` on `calib` (`fit_key`) if one was made: from memory
+    (`calib.fits`), else from the disk cache beside the calibration's (kept in memory then); None when there is
+    none. A damaged disk entry reads as none (it is fitted again)."""
     key = fit_key(cfg, calib)
     if key in calib.fits:
         return calib.fits[key]
