@@ -24,14 +24,18 @@ from ppcore.experiment import prepare
 from ppcore.jsonfile import write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "pp_plus"
-VARIANTS = {  # label -> PP+ switches (compensate, error_score, allocation)
-    "C": ("on", "off", "uniform"),
-    "E": ("off", "on", "uniform"),
-    "C+E": ("on", "on", "uniform"),
-    "A": ("off", "off", "sensitivity"),
-    "A+C+E": ("on", "on", "sensitivity"),
-    "L": ("off", "off", "local"),
-    "L+C+E": ("on", "on", "local"),
+VARIANTS = {  # label -> PP+ switches (compensate, error_score, allocation, recover)
+    "C": ("on", "off", "uniform", "off"),
+    "E": ("off", "on", "uniform", "off"),
+    "C+E": ("on", "on", "uniform", "off"),
+    "A": ("off", "off", "sensitivity", "off"),
+    "A+C+E": ("on", "on", "sensitivity", "off"),
+    "L": ("off", "off", "local", "off"),
+    "L+C+E": ("on", "on", "local", "off"),
+    "R": ("off", "off", "uniform", "on"),
+    "R+E": ("off", "on", "uniform", "on"),
+    "R+A": ("off", "off", "sensitivity", "on"),
+    "R+L": ("off", "off", "local", "on"),
 }
 GROUPS = {  # what runs together, most informative first
     1: [("A", 0.4), ("A+C+E", 0.4), ("C+E", 0.4)],
@@ -43,6 +47,11 @@ GROUPS = {  # what runs together, most informative first
     7: [("L", 0.2), ("L+C+E", 0.2)],
     8: [("L", 0.4)],
     9: [("L", 0.2)],
+    10: [("R", 0.4), ("R", 0.2)],
+    11: [("R+A", 0.4), ("R+E", 0.4)],
+    12: [("R+A", 0.2), ("R+E", 0.2)],
+    13: [("R+L", 0.4)],
+    14: [("R+L", 0.2)],
 }
 # Dense and PP where this run has not measured them: `make bench-official`'s rows (bench/results/official.json),
 # whose code path PP+ leaves unchanged (group 5 reruns them as a check).
@@ -53,8 +62,8 @@ def config(label: str, ratio: float) -> PruneConfig:
     """The config of a pilot label at a ratio: dense, pp, or pp-plus with VARIANTS[label]."""
     if label in ("dense", "pp"):
         return PruneConfig(method=label, ratio=ratio)
-    c, e, a = VARIANTS[label]
-    return PruneConfig(method="pp-plus", ratio=ratio, compensate=c, error_score=e, allocation=a)
+    c, e, a, r = VARIANTS[label]
+    return PruneConfig(method="pp-plus", ratio=ratio, compensate=c, error_score=e, allocation=a, recover=r)
 
 
 def label_of(row: dict) -> str:
@@ -63,10 +72,10 @@ def label_of(row: dict) -> str:
         return cfg["method"]
     if cfg["method"] != "pp-plus":
         return cfg["method"]
-    switches = (cfg["compensate"], cfg["error_score"], cfg["allocation"])
+    switches = (cfg["compensate"], cfg["error_score"], cfg["allocation"], cfg.get("recover", "off"))
     label = next(k for k, v in VARIANTS.items() if v == switches)
     rounds = len((row.get("fitted") or {}).get("rounds", [])) - 1  # 'local': its rounds of exchanges
-    return label.replace("L", f"L{rounds}", 1) if label.startswith("L") and rounds > 0 else label
+    return label.replace("L", f"L{rounds}", 1) if "L" in label and rounds > 0 else label
 
 
 def with_reference(rows: list[dict]) -> list[dict]:
@@ -89,7 +98,7 @@ def table(rows: list[dict]) -> str:
 
     def rank(r: dict) -> tuple:
         label = label_of(r)
-        return (-r["ratio"], order.index(re.sub(r"^L\d+", "L", label)), label)  # L2+C+E sorts as L+C+E
+        return (-r["ratio"], order.index(re.sub(r"L\d+", "L", label)), label)  # L2+C+E sorts as L+C+E
 
     for r in sorted(rows, key=rank):
         base = pp.get(r["ratio"])

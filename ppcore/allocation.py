@@ -164,8 +164,8 @@ def exchange(removed: dict[Key, int], step: dict[Key, int], more: dict[Key, tupl
 def fit_key(cfg: "PruneConfig", calib: "CalibStats") -> str:
     """Key (20 hex digits) of an allocation fit: the calibration's key, ALLOC_VERSION, the fit's sizes and grid, and
     every setting the fit depends on. A 'sensitivity' fit prunes one block at a time by PP's decisions, so neither
-    the ratio (it only sets the budget) nor PP+'s switches enter; a 'local' fit is made at the run's ratio with its
-    switches, so every setting enters."""
+    the ratio (it only sets the budget) nor PP+'s switches enter, but for `recover`, which the fit keeps; a 'local'
+    fit is made at the run's ratio with its switches, so every setting enters."""
     d = cfg.to_dict()
     drop = ("ratio", "attn_ratio", "mlp_ratio", "allocation", "compensate", "error_score")
     for name in drop if cfg.allocation != "local" else ():

@@ -8,6 +8,7 @@ statistics and PP's history file it. The math itself is in `ppcore.slices` and `
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
 from torch import Tensor, nn
@@ -74,6 +75,14 @@ class Block:
 
     def final_weight(self, w: LayerWeights) -> Tensor:
         """W, the final projection's weight (D_out, C): o_proj or down_proj (fc2 on OPT)."""
+        raise NotImplementedError
+
+    def slice_final(self, sl: Slice) -> Tensor:
+        """The slice's final projection weight (D_out, C_kept)."""
+        raise NotImplementedError
+
+    def with_slice_final(self, sl: Slice, weight: Tensor) -> Slice:
+        """A copy of the slice whose final projection weight is `weight` (D_out, C_kept) (PP+'s recovery)."""
         raise NotImplementedError
 
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
@@ -153,6 +162,12 @@ class AttnBlock(Block):
     def final_weight(self, w: LayerWeights) -> Tensor:
         return w.o_w
 
+    def slice_final(self, sl: AttnSlice) -> Tensor:
+        return sl.o_w
+
+    def with_slice_final(self, sl: AttnSlice, weight: Tensor) -> AttnSlice:
+        return replace(sl, o_w=weight)
+
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
               buffers: Optional[Buffers] = None) -> AttnSlice:
         return slice_attn(w, dims, kept, buffers)
@@ -215,6 +230,12 @@ class MlpBlock(Block):
 
     def unit_channels(self, units: Tensor, dims: ModelDims) -> Tensor:
         return units  # a unit is a channel
+
+    def slice_final(self, sl: MlpSlice) -> Tensor:
+        return sl.down_w
+
+    def with_slice_final(self, sl: MlpSlice, weight: Tensor) -> MlpSlice:
+        return replace(sl, down_w=weight)
 
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
               buffers: Optional[Buffers] = None) -> MlpSlice:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .config import METHODS, CalibConfig, PruneConfig, settings_of
+from .config import METHODS, PLUS_FIELDS, PLUS_METHOD, CalibConfig, PruneConfig, settings_of
 from .embedded import embedded_model
 from .errors import PPCoreError
 from .flags import given, read_settings
@@ -138,8 +138,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench import configs, run_bench
     from .bench_report import chart_html, markdown, official_markdown
 
-    base = _prune_config(a, method="pp", ratio=PruneConfig().ratio)
     methods, ratios = _methods(a.methods), _numbers(a.ratios, "ratios", float)
+    # PP+'s switches (--recover on, ...) set pp-plus's runs; every other method keeps its own defaults
+    plus = PLUS_METHOD in methods and any(f in given(a) for f in PLUS_FIELDS)
+    base = _prune_config(a, method=PLUS_METHOD if plus else "pp", ratio=PruneConfig().ratio)
     if not ratios and any(m != "dense" for m in methods):
         raise PPCoreError(f"--ratios {a.ratios!r} gives no ratio: give one or more, e.g. --ratios 0.2,0.4")
     cfgs = configs(methods, ratios, base)  # validates before loading

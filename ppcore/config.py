@@ -38,9 +38,11 @@ ABLATION_DEFAULTS: dict[str, Any] = {"score": "ppsp", "fusion": "importance", "p
 PLUS_METHOD = "pp-plus"
 SWITCHES: tuple[str, ...] = ("auto", "on", "off")
 ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "sensitivity", "local")
-PLUS_FIELDS: tuple[str, ...] = ("compensate", "error_score", "allocation")
-PLUS_OFF: dict[str, str] = {"compensate": "off", "error_score": "off", "allocation": "uniform"}
-PLUS_DEFAULTS: dict[str, str] = {"compensate": "on", "error_score": "on", "allocation": "sensitivity"}
+PLUS_FIELDS: tuple[str, ...] = ("compensate", "error_score", "allocation", "recover")
+PLUS_OFF: dict[str, str] = {"compensate": "off", "error_score": "off", "allocation": "uniform", "recover": "off"}
+# pp-plus's default: recovery with the sensitivity allocation, the best of the pilots (docs/algorithm.md §10.6)
+PLUS_DEFAULTS: dict[str, str] = {"compensate": "off", "error_score": "off", "allocation": "sensitivity",
+                                 "recover": "on"}
 
 # Calibration runs its dense pass in batches of this many windows. FLAP's official compensation
 # divides by it (docs/algorithm.md §8.1c, `stats.BlockStats.baseline`), so it is a setting of its own, recorded in
@@ -149,8 +151,8 @@ class PruneConfig:
     """
 
     method: str = setting("pp", "the method that decides which heads and channels each batch keeps (pp-plus, ours, "
-                          "first fits its per-block allocation on calibration windows: several minutes on 2 CPU "
-                          "cores the first time, cached afterwards)", choices=METHODS)
+                          "first fits its recovery and per-block allocation on calibration windows: several minutes "
+                          "on 2 CPU cores the first time, cached afterwards)", choices=METHODS)
     ratio: float = setting(0.4, "fraction of attention heads and MLP channels removed, averaged over all layers")
     token_frac: float = setting(0.5, "probe: fraction of the batch's tokens, chosen first by residual importance")
     sample_frac: float = setting(0.05, "probe: fraction of the batch's samples, chosen over the probe's tokens")
@@ -167,15 +169,19 @@ class PruneConfig:
                              choices=FLAP_BIAS_MODES)
     compensate: str = setting(
         "auto", "pp-plus: add the removed heads' and channels' mean contribution to the block output as a bias "
-        "('auto': on for pp-plus, off for every other method)", choices=SWITCHES)
+        "('auto': off, since pp-plus recovers by default, and recover includes it)", choices=SWITCHES)
     error_score: str = setting(
         "auto", "pp-plus: score a unit by the output error its removal adds, energy (variance with compensate) "
-        "times the squared weight-column norm, instead of PPsp ('auto': on for pp-plus)", choices=SWITCHES)
+        "times the squared weight-column norm, instead of PPsp ('auto': off)", choices=SWITCHES)
     allocation: str = setting(
         "auto", "pp-plus: per-layer and per-block ratios: 'uniform' (PP's), 'sensitivity' (each block's KL "
         "curve, pruned alone, on calibration windows, then a greedy allocation under PP's decoder FLOPs) or 'local' "
         "(exchanges from PP's allocation, measured at the operating point with the run's switches; fitted per "
         "ratio); 'auto': sensitivity for pp-plus", choices=ALLOCATIONS)
+    recover: str = setting(
+        "auto", "pp-plus: replace the pruned channels' contribution by its least-squares estimate from kept ones "
+        "(every kept channel for attention, a fixed core of MLP channels, always kept), fitted once on calibration "
+        "windows; it includes the mean, so it excludes compensate ('auto': on for pp-plus)", choices=SWITCHES)
     score: str = setting("ppsp", "the unit score of pp, fullbatch and ppsp-calib: 'ppsp' (the paper's), or Wanda-sp's "
                          "or FLAP's metric on the same activations (an ablation)", choices=SCORES)
     fusion: str = setting("importance", "PP: how the probe is fused with the history: 'importance' (the paper's, "
@@ -398,7 +404,8 @@ def _check_plus(cfg: "PruneConfig") -> None:
     """PP+'s switches: 'auto' becomes the method's default (PLUS_DEFAULTS for pp-plus, PP's behaviour, PLUS_OFF, for
     every other method); a value other than PP's is only valid for pp-plus; a fitted allocation decides the blocks'
     ratios itself, so it cannot be combined with attn_ratio or mlp_ratio. Raises ConfigError naming the setting."""
-    for name, choices in (("compensate", SWITCHES), ("error_score", SWITCHES), ("allocation", ALLOCATIONS)):
+    for name, choices in (("compensate", SWITCHES), ("error_score", SWITCHES), ("allocation", ALLOCATIONS),
+                          ("recover", SWITCHES)):
         value = getattr(cfg, name)
         if not isinstance(value, str) or value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -408,6 +415,9 @@ def _check_plus(cfg: "PruneConfig") -> None:
             raise ConfigError(f"{name} {value!r} is a switch of method {PLUS_METHOD!r} (PP+): method {cfg.method!r} "
                               f"takes only {PLUS_OFF[name]!r} or 'auto'")
         object.__setattr__(cfg, name, PLUS_OFF[name] if cfg.method == "dense" else value)
+    if cfg.recover == "on" and cfg.compensate == "on":
+        raise ConfigError("compensate and recover are both on, but recover already adds the pruned channels' mean (its "
+                          "intercept): keep one, e.g. --recover off for the mean compensation alone")
     if cfg.allocation != "uniform" and (cfg.attn_ratio is not None or cfg.mlp_ratio is not None):
         raise ConfigError(f"allocation {cfg.allocation!r} chooses every block's ratio from the nominal ratio: leave "
                           "attn_ratio and mlp_ratio unset, or use allocation 'uniform'")

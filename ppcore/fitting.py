@@ -1,8 +1,8 @@
 """The fitting step some configs need before their first batch, beside calibration and above the walk (a fit runs
-walks, so it cannot live in a method): today PP+'s allocations, 'sensitivity' and 'local' (`ppcore.allocation`,
-docs/algorithm.md "PP+"). `build_pruner` is the one way the commands, the app and lm-eval make a Pruner: it fits
-what the config needs (once per calibration; then from memory or the disk cache), reporting progress, and builds
-the Pruner.
+walks, so it cannot live in a method): today PP+'s allocations, 'sensitivity' and 'local' (`ppcore.allocation`),
+and its recovery's covariances (`ppcore.recovery`), docs/algorithm.md §10. `build_pruner` is the one way the
+commands, the app and lm-eval make a Pruner: it fits what the config needs (once per calibration; then from
+memory or the disk cache), reporting progress, and builds the Pruner.
 """
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .adapters import Adapter
+from .adapters import Adapter, LayerWeights
 from .allocation import (FIT_GRID, LOCAL_MLP_STEP, LOCAL_ROUNDS, Key, exchange, fit_key, fit_windows, keep_fit,
                          saved_flops, stored_fit, uniform_pruned)
-from .blocks import BLOCKS
+from .blocks import BLOCKS, BlockLike, as_block
 from .cache import windows_hash
 from .config import PruneConfig
-from .methods import Pruner
+from .errors import ConfigError
+from .methods import Decision, Pruner
 from .ratios import adjusted_ratio
+from .recovery import BlockCov, Fit, core_ranking, core_size, keep_recovery, recover_key, stored_recovery
 from .stats import CalibStats
 from .walk import walk
+from .walk_context import WalkCtx
 
 Progress = Callable[[float, str], None]
 
@@ -44,9 +47,26 @@ def printed(every: float = 0.1) -> Progress:
 
 
 def needs_fit(cfg: PruneConfig) -> bool:
-    """Whether `cfg` prunes with a fitted allocation (pp-plus with allocation 'sensitivity', its default, or
-    'local')."""
-    return cfg.prunes and cfg.allocation in ("sensitivity", "local")
+    """Whether `cfg` prunes with something fitted on calibration windows: pp-plus with a fitted allocation
+    ('sensitivity', its default, or 'local') or with `recover` (its default)."""
+    return cfg.prunes and (cfg.allocation in ("sensitivity", "local") or cfg.recover == "on")
+
+
+def fit_for(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: Progress = silent,
+            allocation: bool = True) -> None:
+    """Every fit `cfg` needs (`needs_fit`), each from the cache when it was made before: recovery's covariances
+    first (a 'local' allocation is walked with recovery on), then the allocation unless `allocation` is False
+    (explicit keep counts). `progress(fraction, text)` over both: recovery's pass takes the first fifth when an
+    allocation follows. Raises what `fit_recovery` and `fit_allocation` raise."""
+    if not cfg.prunes:
+        return
+    alloc = allocation and cfg.allocation in ("sensitivity", "local")
+    split = 0.2 if alloc else 1.0
+    if cfg.recover == "on":
+        fit_recovery(adapter, cfg, calib, lambda f, text: progress(split * f, text))
+    if alloc:
+        start = split if cfg.recover == "on" else 0.0
+        fit_allocation(adapter, cfg, calib, lambda f, text: progress(start + (1 - start) * f, text))
 
 
 def _kl_to_dense(adapter: Adapter, ids: torch.Tensor) -> Callable[[Pruner], float]:
@@ -85,7 +105,8 @@ def fit_allocation(adapter: Adapter, cfg: PruneConfig, calib: CalibStats,
         return fit_local(adapter, cfg, calib, progress)
     ids = fit_windows(calib).to(adapter.device)
     dims = adapter.dims
-    sub = replace(cfg, allocation="uniform", compensate="off", error_score="off")  # PP's decisions
+    # PP's decisions; with recovery when the run recovers (it changes what pruning a block costs; `fit_key` has it)
+    sub = replace(cfg, allocation="uniform", compensate="off", error_score="off")
     plan: list[tuple[int, Any, int, list[int]]] = []
     for layer in range(dims.num_layers):
         if layer in cfg.skip_layers:
@@ -188,11 +209,94 @@ def fit_local(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: P
     return fit
 
 
+class _CovObserver(Pruner):
+    """A dense pruner that ranks each MLP's core on its first batch (from the calibration energies and the
+    weights the walk hands it) and adds every block's (B, L, C) final-projection input, all positions but the
+    first, to running sums for `fit_recovery`."""
+
+    def __init__(self, adapter: Adapter, cfg: PruneConfig, calib: CalibStats) -> None:
+        super().__init__(adapter, PruneConfig(method="dense"))
+        self.energy = {k: st.sq.sum(0) for k, st in calib.blocks.items()}
+        self.m = core_size(adapter.dims.intermediate, cfg.mlp_multiple)
+        self.cols: dict[tuple[int, str], torch.Tensor] = {}
+        self.sums: dict[tuple[int, str], list] = {}
+
+    def decide(self, ctx: WalkCtx, layer: int, block: BlockLike, w: LayerWeights, resid: torch.Tensor,
+               x: torch.Tensor) -> Decision:
+        block = as_block(block)
+        key = block.key(layer)
+        if key not in self.cols:
+            if block is BLOCKS[0]:  # attention: any kept channel may be a regressor
+                self.cols[key] = torch.arange(block.channels(self.dims), device=x.device)
+            else:
+                self.cols[key] = core_ranking(self.energy[key].to(x.device), block.final_weight(w))[:self.m]
+        return super().decide(ctx, layer, block, w, resid, x)
+
+    def observe(self, ctx: WalkCtx, layer: int, block: BlockLike, z: torch.Tensor, d: Decision) -> None:
+        key = as_block(block).key(layer)
+        rest = z[:, 1:].float()
+        if ctx.valid is not None:
+            rest = rest * ctx.valid[:, 1:, None].to(rest.dtype)
+            n = ctx.valid[:, 1:].sum()
+        else:
+            n = torch.tensor(float(rest.shape[0] * rest.shape[1]), device=z.device)
+        flat = rest.reshape(-1, rest.shape[-1])
+        cross = flat.T @ flat.index_select(1, self.cols[key])  # (C, r0)
+        total = flat.sum(0)
+        if key in self.sums:
+            acc = self.sums[key]
+            acc[0] += cross
+            acc[1] += total
+            acc[2] += n
+        else:
+            self.sums[key] = [cross, total, n]
+
+    def result(self) -> Fit:
+        out: Fit = {}
+        for key, (cross, total, n) in self.sums.items():
+            mean = total / n
+            cols = self.cols[key]
+            out[key] = BlockCov(cols.cpu(), (cross / n - torch.outer(mean, mean.index_select(0, cols))).cpu(),
+                                mean.cpu())
+        return out
+
+
+@torch.inference_mode()
+def fit_recovery(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: Progress = silent) -> Fit:
+    """The covariances PP+'s recovery regresses with (`ppcore.recovery`, docs/algorithm.md §10.5), or the fit already
+    made for this calibration (`stored_recovery`).
+
+    One dense pass over every calibration window (in the calibration's batches): for each layer's attention, the
+    covariance of its o_proj input channels (C x C); for each MLP, the covariance of every down_proj input channel
+    with its core (C x r0, the core ranked by `core_ranking` on the calibration energies); and the means. Every
+    position but the first of each window counts. For the default model: 87 MB in memory and on disk, about the time
+    of the calibration pass itself. Raises ConfigError when `calib` does not carry its windows.
+    """
+    key = recover_key(cfg, calib)
+    fit = stored_recovery(cfg, calib)
+    if fit is not None:
+        return fit
+    if calib.source is None:
+        raise ConfigError("pp-plus's recovery is fitted on the calibration windows, and these calibration statistics "
+                          "do not carry them: compute them with ppcore.calibrate.calibrate")
+    windows = calib.source.windows
+    bs = max(1, calib.batch_size)
+    obs = _CovObserver(adapter, cfg, calib)
+    starts = list(range(0, windows.shape[0], bs))
+    progress(0.0, f"fitting pp-plus's recovery: {len(starts)} dense batches of calibration windows")
+    for i, s in enumerate(starts):
+        walk(adapter, obs, windows[s:s + bs].to(adapter.device), level="none", update_history=False, timing=False)
+        progress((i + 1) / len(starts), f"fitting pp-plus's recovery: batch {i + 1} of {len(starts)}")
+    fit = obs.result()
+    keep_recovery(key, fit, calib)
+    return fit
+
+
 def build_pruner(adapter: Adapter, cfg: PruneConfig, calib: Optional[CalibStats] = None, *,
                  progress: Progress = silent, kept_units: Optional[dict[tuple[int, str], int]] = None) -> Pruner:
-    """`Pruner(adapter, cfg, calib, kept_units=...)` after the fit `cfg` needs (`needs_fit`; none for every method
-    but pp-plus), reported through `progress(fraction, text)`. Raises what `Pruner` and `fit_allocation` raise."""
+    """`Pruner(adapter, cfg, calib, kept_units=...)` after the fits `cfg` needs (`fit_for`; none for every method
+    but pp-plus), reported through `progress(fraction, text)`. Raises what `Pruner` and `fit_for` raise."""
     cfg.check_layers(adapter.dims.num_layers)  # before minutes of fitting on a skip list the model refuses
-    if needs_fit(cfg) and calib is not None and not kept_units:
-        fit_allocation(adapter, cfg, calib, progress)
+    if needs_fit(cfg) and calib is not None:
+        fit_for(adapter, cfg, calib, progress, allocation=not kept_units)
     return Pruner(adapter, cfg, calib, kept_units=kept_units)

@@ -47,7 +47,7 @@ from .flops import flops_ratios
 from .generate import generate
 from .embedded import EMBEDDED, EmbeddedModel, embedded_model, terms_file
 from .loading import LoadedModel, Placement, load_model, prepare_model
-from .fitting import build_pruner, fit_allocation, needs_fit
+from .fitting import build_pruner, fit_for, needs_fit
 from .methods import Pruner
 from .protocol import Protocol, build_protocol, describe_calibration
 from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
@@ -292,8 +292,8 @@ def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, bat
                                                             _ticks(progress, lo, hi, label)), lm.device)
         return res
 
-    if calib is not None and needs_fit(cfg):  # pp-plus's allocation: fitted once, before and outside the timed walk
-        fit_allocation(lm.adapter, cfg, calib.stats, lambda f, text: progress(0.1 * f, text))
+    if calib is not None and needs_fit(cfg):  # pp-plus's fits: made once, before and outside the timed walk
+        fit_for(lm.adapter, cfg, calib.stats, lambda f, text: progress(0.1 * f, text))
     label = f"{cfg.method} at ratio {cfg.ratio:.2f}"
     progress(0.1, label)
     main = run(cfg, "full", 0.1, 0.45, label)

@@ -156,3 +156,27 @@ def test_bench_official_windows_only_writes_compare_rows(tmp_path, monkeypatch, 
     assert "4.8000, 4.7900" in table and "| flap | 50% |" in table
     assert not (tmp_path / "res" / "bench.json").exists()  # nothing seeded: the seeded files are left alone
     assert "our batch losses" in capsys.readouterr().out
+
+
+def test_bench_pp_plus_switches_set_pp_plus_runs_only(tmp_path, monkeypatch):
+    """`bench --methods pp,pp-plus --recover on`: the switch reaches pp-plus's runs and PP's stay PP's."""
+    import numpy as np
+
+    import ppcore.experiment
+    from ppcore.cli import main
+
+    g = torch.Generator().manual_seed(6)
+    ref = tmp_path / "official"
+    ref.mkdir()
+    np.save(ref / "eval_windows.npy", torch.randint(0, 128, (40, 16), generator=g).numpy())
+    np.save(ref / "calib_windows.npy", torch.randint(0, 128, (20, 16), generator=g).numpy())
+    (ref / "results.json").write_text(json.dumps({"results": []}))
+    monkeypatch.setattr(ppcore.experiment, "load_model", lambda *a, **k: tiny_llama())
+    out = tmp_path / "official.json"
+    assert main(["bench", "--seeds", "none", "--official", str(ref), "--methods", "pp,pp-plus", "--ratios", "0.5",
+                 "--skip-layers", "0", "--mlp-multiple", "8", "--recover", "on", "--compensate", "off",
+                 "--official-out", str(out), "--out-dir", str(tmp_path), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    cfg = {r["method"]: r["protocol"]["config"] for r in json.loads(out.read_text())}
+    assert list(cfg) == ["dense", "pp", "pp-plus"]
+    assert cfg["pp-plus"]["recover"] == "on" and cfg["pp"]["recover"] == "off" and cfg["dense"]["recover"] == "off"

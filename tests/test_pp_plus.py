@@ -19,7 +19,7 @@ from ppcore.flops import flops_ratios
 from ppcore.walk import Capture
 from tests.conftest import TINY_VOCAB as VOCAB
 
-OFF = dict(compensate="off", error_score="off", allocation="uniform")
+OFF = dict(compensate="off", error_score="off", allocation="uniform", recover="off")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,12 @@ def test_every_switch_off_is_pp_bit_for_bit(lm, calib):
 
 def test_auto_is_each_methods_own_default_and_as_method_resets_it():
     plus = PruneConfig(method="pp-plus")
-    assert (plus.compensate, plus.error_score, plus.allocation) == ("on", "on", "sensitivity")
-    assert (PruneConfig().compensate, PruneConfig().error_score, PruneConfig().allocation) == ("off", "off", "uniform")
+    assert (plus.compensate, plus.error_score, plus.allocation, plus.recover) == ("off", "off", "sensitivity", "on")
+    pp = PruneConfig()
+    assert (pp.compensate, pp.error_score, pp.allocation, pp.recover) == ("off", "off", "uniform", "off")
     assert PruneConfig(method="pp").as_method("pp-plus", 0.2) == replace(plus, ratio=0.2)
-    assert PruneConfig(method="pp-plus", compensate="on").as_method("wanda-sp", 0.4).compensate == "off"
+    assert PruneConfig(method="pp-plus", compensate="on", recover="off").as_method("wanda-sp", 0.4).compensate == "off"
+    assert PruneConfig(method="pp-plus").as_method("pp", 0.4).recover == "off"
     assert PruneConfig(method="dense", compensate="on").compensate == "off"  # dense ignores them, as the ablations
     assert PruneConfig.from_dict(plus.to_dict()) == plus
 
@@ -263,13 +265,15 @@ def test_the_analysis_fits_first_and_says_so(lm, calib):
     cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=1)
     said: list = []
     a = session.analyse(tok_lm, cal, cfg, batch, progress=lambda f, t: said.append((f, t)))
-    fitting = [(f, t) for f, t in said if "allocation" in t]
+    fitting = [(f, t) for f, t in said if "fitting" in t]
     assert fitting and all(f <= 0.1 for f, _ in fitting) and said.index(fitting[-1]) < said.index(
         next(x for x in said if x[1].startswith("pp-plus at ratio")))
-    assert len(fresh.fits) == 1 and a.main.layers[1].attn is not None
+    assert any("recovery" in t for _, t in fitting) and any("allocation" in t for _, t in fitting)
+    assert [f for f, _ in fitting] == sorted(f for f, _ in fitting)  # one bar over both fits
+    assert len(fresh.fits) == 2 and a.main.layers[1].attn is not None  # recovery's and the allocation's
     said.clear()
     session.analyse(tok_lm, cal, cfg, batch, progress=lambda f, t: said.append((f, t)))
-    assert not any("allocation" in t for _, t in said)
+    assert not any("fitting" in t for _, t in said)
     # The Pruned channels tab draws the allocation against PP's uniform one, and says what it is.
     from app.result import Result
     from app.state import Settings
@@ -304,10 +308,9 @@ def test_an_exchange_restores_the_best_block_and_the_cheapest_pay_for_it():
 
 
 def test_the_local_allocation_meets_pps_flops_where_it_operates(lm, calib):
-    cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=2, allocation="local")
+    cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=2, **dict(OFF, allocation="local"))
     pruner, res = _run(lm, calib, cfg, level="summary")
-    _, pp = _run(lm, calib, replace(cfg, method="pp", allocation="auto", compensate="auto", error_score="auto"),
-                 level="none")
+    _, pp = _run(lm, calib, replace(cfg, method="pp", **{k: "auto" for k in OFF}), level="none")
     ours, theirs = flops_ratios(res[0].flops), flops_ratios(pp[0].flops)
     assert ours["decoder_flops_ratio"] <= theirs["decoder_flops_ratio"] + 1e-9
     assert abs(ours["decoder_flops_ratio"] - theirs["decoder_flops_ratio"]) <= 0.01
@@ -320,7 +323,7 @@ def test_the_local_allocation_meets_pps_flops_where_it_operates(lm, calib):
     assert all(n % 2 == 0 for (_, b), n in pruner.kept_units.items() if b == "mlp")
     # The fit is made at the run's ratio and switches: another ratio is another fit.
     assert fit_key(cfg, calib) != fit_key(replace(cfg, ratio=0.2), calib)
-    assert fit_key(cfg, calib) != fit_key(replace(cfg, compensate="off"), calib)
+    assert fit_key(cfg, calib) != fit_key(replace(cfg, compensate="on"), calib)
 
 
 def test_the_uniform_line_drawn_beside_an_allocation_is_what_pp_keeps(lm, calib):

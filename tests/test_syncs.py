@@ -50,6 +50,20 @@ def test_no_sync_in_the_layer_loop_for_any_method(monkeypatch, name):
             assert counter.calls == [], f"{method} synchronised in the layer loop: {counter.calls}"
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_sync_in_the_layer_loop_with_pp_plus_recovery(monkeypatch, name):
+    """PP+'s recovery (a solve per block and batch, the MLP core forced in) keeps the rule on every family."""
+    lm, calib, ids, mask = _setup(name)
+    cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), recover="on", compensate="off")
+    pruner = build_pruner(lm.adapter, cfg, calib)  # the fit's dense pass is outside the counted region
+    counter = patch_syncs(monkeypatch)
+    monkeypatch.setattr(WALK, "run_layers", counter.region(WALK.run_layers))
+    for batch, m in ((ids, None), (ids, mask)):
+        res = walk(lm.adapter, pruner, batch, m, level="none", timing=False)
+        assert counter.calls == [], f"recovery synchronised in the layer loop: {counter.calls}"
+        assert torch.isfinite(res.hidden).all()
+
+
 ABLATED = [PruneConfig(method="pp", score="wanda-sp"), PruneConfig(method="pp", score="flap"),
            PruneConfig(method="fullbatch", score="flap"), PruneConfig(method="ppsp-calib", score="flap"),
            PruneConfig(method="pp", fusion="fixed", probe_weight=0.3),

@@ -8,11 +8,15 @@
 - `allocation` 'sensitivity': each block's keep count from `ppcore.allocation`, fitted on calibration windows
   under PP's decoder FLOPs (`ppcore.fitting`, before the Pruner is built); blocks it leaves whole are not probed.
   'local': the keep counts of exchanges from PP's allocation measured at the run's operating point (`ppcore.fitting`).
+- `recover`: the pruned channels' contribution is replaced by its least-squares estimate from kept channels, on
+  covariances fitted once on calibration windows (`ppcore.recovery`, `ppcore.fitting.fit_recovery`): every kept
+  channel regresses for attention; for the MLP a fixed core of channels, always kept, does.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+import torch
 from torch import Tensor
 
 from ..adapters import LayerWeights
@@ -20,6 +24,8 @@ from ..allocation import local_allocation, sensitivity_allocation
 from ..blocks import BLOCKS, Block
 from ..compensation import batch_mean_rest, bias_flops, centred_energy, column_sq, compensation_bias, error_scores
 from ..errors import ConfigError
+from ..recovery import BlockCov, recovery_fit, recovery_terms
+from ..slices import Buffers
 from ..walk_context import WalkCtx
 from .base import Decision
 from .probe import PP, Probe
@@ -49,8 +55,13 @@ class PPPlus(PP):
         self._col_sq: dict[tuple[int, str], Tensor] = {}
         self.means: dict[tuple[int, str], Tensor] = {}
         self.fitted: Optional[dict[str, Any]] = None
+        self.recover = cfg.recover == "on"
+        self._cov: dict[tuple[int, str], BlockCov] = {}  # recovery's statistics, on their layer's device
         if not cfg.prunes:
             return
+        if self.recover:
+            fit = recovery_fit(cfg, run.calib)
+            self._cov = {k: st.to(run.adapter.layer_device(k[0])) for k, st in fit.items()}
         if self.compensate:
             for key, st in run.calib.blocks.items():
                 if st.mean_rest is None:
@@ -67,7 +78,7 @@ class PPPlus(PP):
     @classmethod
     def needs_calibration(cls, cfg: "PruneConfig") -> bool:
         """The history, the compensation's means and the allocation all start from calibration."""
-        return cfg.use_history or cfg.compensate == "on" or cfg.allocation != "uniform"
+        return cfg.use_history or cfg.compensate == "on" or cfg.allocation != "uniform" or cfg.recover == "on"
 
     @property
     def ppsp_scored(self) -> bool:
@@ -92,6 +103,46 @@ class PPPlus(PP):
         kept_ch = block.unit_channels(kept, self.run.dims)
         pruned = block.channels(self.run.dims) - kept_ch.shape[0]  # shapes: no sync
         return compensation_bias(w_fin, self.means[block.key(layer)], kept_ch), bias_flops(w_fin, pruned)
+
+    def _core(self, layer: int, block: Block, kept_count: int) -> Optional[Tensor]:
+        """The MLP's core channels (r,), best first, cut to what the block keeps; None for attention (every kept
+        channel regresses) or without recovery."""
+        if not self.recover or block is BLOCKS[0]:
+            return None
+        cols = self._cov[block.key(layer)].cols
+        return cols[:min(cols.shape[0], kept_count)]
+
+    def keep(self, layer: int, block: Block, scores: Tensor) -> Tensor:
+        """PP's keep-set, with recovery's MLP core always in it: the core's units rank first, the other kept units
+        by their scores (the recorded scores stay as scored)."""
+        core = self._core(layer, block, self.run.kept_units.get(block.key(layer), self.run.n_mlp_kept))
+        if core is None:
+            return super().keep(layer, block, scores)
+        return self.run.keep_top(block, scores.index_fill(0, core, float("inf")), layer)
+
+    def decision(self, layer: int, block: Block, w: LayerWeights, kept: Tensor, *, bias: Optional[Tensor] = None,
+                 buffers: Optional[Buffers] = None, **fields: Any) -> Decision:
+        """PP's decision; with `recover`, its final projection's regressor columns gain M and its output the bias b
+        of `ppcore.recovery.recovery_terms`, counted in `extra_flops` (new tensors: the model is not written)."""
+        d = super().decision(layer, block, w, kept, bias=bias, buffers=buffers, **fields)
+        if not self.recover or d.kept is None:
+            return d
+        dims = self.run.dims
+        st = self._cov[block.key(layer)]
+        kept_ch = block.unit_channels(d.kept, dims)
+        core = self._core(layer, block, kept_ch.shape[0])
+        if core is None:  # attention: every kept channel; its position in `cols` is the channel itself
+            reg_pos, cols = kept_ch, None
+        else:
+            reg_pos = torch.arange(core.shape[0], device=core.device)
+            cols = torch.searchsorted(kept_ch, core)  # the core's columns in the sliced weights
+        m, b, flops = recovery_terms(block.final_weight(w), st, kept_ch, reg_pos)
+        fin = block.slice_final(d.slice)
+        new = fin + m.to(fin.dtype) if cols is None else fin.index_add(1, cols, m.to(fin.dtype))
+        d.slice = block.with_slice_final(d.slice, new)
+        d.bias = b.to(fin.dtype) if d.bias is None else d.bias + b.to(fin.dtype)
+        d.extra_flops += flops
+        return d
 
     def observe(self, ctx: WalkCtx, layer: int, block: Block, z: Tensor, d: Decision) -> None:
         """PP's history update, and with `compensate` the same EMA of the batch's mean (every position but the

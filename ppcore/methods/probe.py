@@ -81,7 +81,7 @@ class ProbeMethod(Method):
             s = P.sum(0)
         pow4 = self._pow4_of(layer, block, w)
         scores = self.unit_scores(layer, block, w, s, pow4, p)
-        kept = run.keep_top(block, scores, layer)
+        kept = self.keep(layer, block, scores)
         bias, extra = self.compensation(layer, block, w, kept)
         # PPsp's weight factor feeds the record's probe-alone counterfactual: only where PPsp scored.
         energies = Energies(P, G, s, pow4 if self.ppsp_scored else None,
@@ -108,6 +108,11 @@ class ProbeMethod(Method):
         # fluctuation is close to a running mean of z^2 (docs/algorithm.md §8.1a): on a probe, the fused energy is
         # its counterpart.
         return unit_scores(block, cfg.score, block.final_weight(w), s, dims, fluc=s)
+
+    def keep(self, layer: int, block: Block, scores: Tensor) -> Tensor:
+        """The units (n,) the block keeps from its unit scores (U,): the top ones at its r_eff (`Pruner.keep_top`;
+        PP+'s recovery overrides it)."""
+        return self.run.keep_top(block, scores, layer)
 
     def compensation(self, layer: int, block: Block, w: LayerWeights, kept: Tensor) -> tuple[Optional[Tensor], int]:
         """A bias (D,) added to the block's output for what the pruned units no longer add, and its FLOPs: none
