@@ -254,6 +254,7 @@ class _CovObserver(Pruner):
     def result(self) -> Fit:
         out: Fit = {}
         for key, (cross, total, n) in self.sums.items():
+            n = n.clamp_min(1.0)  # one-token windows leave no position: then no covariance, and recovery adds nothing
             mean = total / n
             cols = self.cols[key]
             out[key] = BlockCov(cols.cpu(), (cross / n - torch.outer(mean, mean.index_select(0, cols))).cpu(),

@@ -172,6 +172,20 @@ NOT_RECOVERED = ("pp-plus's recovery is fitted on the calibration windows before
                  "for this calibration: build the pruner with ppcore.build_pruner, which fits it")
 
 
+def recovery_record(cfg: "PruneConfig", calib: "CalibStats", fit: Fit) -> dict:
+    """What a run records about its recovery fit (`EvalResult.fitted["recovery"]`): the fit's key, the calibration
+    windows it was measured on (key, count, length, hash; every position but the first), the MLP core's size and
+    the ridge."""
+    src = calib.source
+    cores = [st.cols.shape[0] for (_, name), st in fit.items() if name != "attn"]
+    return {"fit_key": recover_key(cfg, calib), "ridge": RIDGE, "mlp_core": max(cores) if cores else None,
+            "fitted_on": {"calibration": calib.meta.get("key"), "windows": int(calib.meta.get("windows", 0)),
+                          "tokens": int(calib.meta.get("seq_len", 0)),
+                          "windows_sha256_16": calib.meta.get("windows_sha256_16"),
+                          "positions": "every position but the first",
+                          "source_windows": None if src is None else int(src.windows.shape[0])}}
+
+
 def recovery_fit(cfg: "PruneConfig", calib: "CalibStats") -> Fit:
     """`stored_recovery`, or ConfigError (NOT_RECOVERED) when there is none."""
     fit = stored_recovery(cfg, calib)

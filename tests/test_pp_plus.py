@@ -283,6 +283,7 @@ def test_the_analysis_fits_first_and_says_so(lm, calib):
     drawn = channels._with_uniform(r, channels.layer_table(r))
     assert set(drawn.block) == {"attn", "mlp", "attn, PP", "mlp, PP"} and len(drawn) == 4 * 4
     assert "PP+'s allocation** (sensitivity)" in channels._allocation_note(r)
+    assert "PP+'s recovery" in channels._allocation_note(r)  # pp-plus recovers by default
     r_pp = Result("k", Settings(), session.analyse(tok_lm, cal, PruneConfig(ratio=0.4, skip_layers=(0,)), batch))
     assert channels._allocation_note(r_pp) == "" and set(channels._with_uniform(
         r_pp, channels.layer_table(r_pp)).block) == {"attn", "mlp"}

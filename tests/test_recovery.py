@@ -140,6 +140,9 @@ def test_the_mlp_core_is_always_kept_and_the_run_counts_the_solve(tiny_lm, tiny_
             assert set(fit[MLP.key(layer)].cols.tolist()) <= kept
             assert len(kept) == len(b.record.layers[layer].mlp.kept)
         assert a.flops["pruned"] > b.flops["pruned"]  # the same keep counts, plus the solves
+    rec = plus.method.fitted["recovery"]
+    assert rec["mlp_core"] == 24 and rec["fitted_on"]["calibration"] == tiny_calib.meta["key"]
+    assert rec["fitted_on"]["windows"] == 8 and rec["fitted_on"]["tokens"] == 16
 
 
 def test_the_fit_is_cached_on_disk_and_a_bare_pruner_names_build_pruner(tiny_lm, tmp_path):

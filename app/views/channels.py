@@ -84,14 +84,20 @@ def _with_uniform(r: Result, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _allocation_note(r: Result) -> str:
-    """Plain words for PP+'s allocation under the chart (empty for every other run)."""
-    if not _fitted(r):
-        return ""
-    how = {"sensitivity": "each block's sensitivity, measured pruned alone on calibration windows",
-           "local": "exchanges from PP's allocation, measured on calibration windows at this ratio"}
-    return (f"**PP+'s allocation** ({r.analysis.cfg.allocation}): each layer's heads and channels were chosen from "
-            f"{how.get(r.analysis.cfg.allocation, 'a fit on calibration windows')}, at the same decoder FLOPs as PP's "
-            "uniform allocation (the \"PP\" lines). Blocks PP+ keeps whole are not probed.")
+    """Plain words for PP+'s allocation and recovery under the chart (empty for every other run)."""
+    cfg = r.analysis.cfg
+    notes = []
+    if _fitted(r):
+        how = {"sensitivity": "each block's sensitivity, measured pruned alone on calibration windows",
+               "local": "exchanges from PP's allocation, measured on calibration windows at this ratio"}
+        notes.append(f"**PP+'s allocation** ({cfg.allocation}): each layer's heads and channels were chosen from "
+                     f"{how.get(cfg.allocation, 'a fit on calibration windows')}, at the same decoder FLOPs as PP's "
+                     "uniform allocation (the \"PP\" lines). Blocks PP+ keeps whole are not probed.")
+    if cfg.method == "pp-plus" and cfg.recover == "on" and cfg.prunes:
+        notes.append("**PP+'s recovery**: what the pruned heads and channels would have added is estimated from kept "
+                     "ones (least squares on calibration statistics) and added back; every MLP keeps a fixed core "
+                     "of channels, ranked once on calibration, that the estimate is made from.")
+    return " ".join(notes)
 
 
 @st.fragment

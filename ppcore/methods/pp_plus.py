@@ -24,7 +24,7 @@ from ..allocation import local_allocation, sensitivity_allocation
 from ..blocks import BLOCKS, Block
 from ..compensation import batch_mean_rest, bias_flops, centred_energy, column_sq, compensation_bias, error_scores
 from ..errors import ConfigError
-from ..recovery import BlockCov, recovery_fit, recovery_terms
+from ..recovery import BlockCov, recovery_fit, recovery_record, recovery_terms
 from ..slices import Buffers
 from ..walk_context import WalkCtx
 from .base import Decision
@@ -40,8 +40,9 @@ class PPPlus(PP):
 
     State per run, beside PP's history: the compensation's running means, (C,) fp32 per pruned block (for the
     default model 30 x (576 + 1536) floats, 250 KB), and the squared weight-column norms, (C,) per block, computed
-    once. The loaded model is never written: the bias is a new (D,) tensor per block and batch. `fitted` records
-    what the allocation was fitted on (None with 'uniform'). Raises ConfigError for calibration statistics without
+    once; with `recover`, the fit's covariances (87 MB for the default model). The loaded model is never written:
+    the bias and recovered weights are new tensors per block and batch. `fitted` records what the allocation and
+    the recovery were fitted on (None when neither was). Raises ConfigError for calibration statistics without
     the compensation's means, or without a fit for this config (`ppcore.build_pruner` makes it).
     """
 
@@ -62,6 +63,7 @@ class PPPlus(PP):
         if self.recover:
             fit = recovery_fit(cfg, run.calib)
             self._cov = {k: st.to(run.adapter.layer_device(k[0])) for k, st in fit.items()}
+            recovery = recovery_record(cfg, run.calib, fit)
         if self.compensate:
             for key, st in run.calib.blocks.items():
                 if st.mean_rest is None:
@@ -74,6 +76,8 @@ class PPPlus(PP):
         elif cfg.allocation == "local" and not run.kept_units:
             kept, self.fitted = local_allocation(cfg, run.calib)
             run.kept_units.update(kept)
+        if self.recover:
+            self.fitted = {**(self.fitted or {}), "recovery": recovery}
 
     @classmethod
     def needs_calibration(cls, cfg: "PruneConfig") -> bool:
