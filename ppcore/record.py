@@ -21,8 +21,9 @@ from .protocol import Protocol
 # 4: what a replay needs, written by the app's Export tab (ppcore.replay.export_record): a batch's token_texts,
 #    token_loss, token_kl and token_top1 (per position, exact float32), the record's "saved" time, and the model's
 #    sizes in protocol.model. Versions 1-3 still load (new fields: None).
-SCHEMA_VERSION = 4
-SCHEMAS = (1, 2, 3, 4)  # the versions this code reads
+# 5: a block's "forced": units kept whatever their score (PP+'s recovery core). Versions 1-4 still load (None).
+SCHEMA_VERSION = 5
+SCHEMAS = (1, 2, 3, 4, 5)  # the versions this code reads
 LEVELS = ("none", "summary", "full")
 BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
 
@@ -67,6 +68,7 @@ class BlockRecord:
     fusion_weight: Optional[list[float]] = None  # a = P / (P + G + eps), averaged over probe positions
     weight_factor: Optional[list[float]] = None  # sqrt(sum_i W[i, c]^4) of the final projection
     kept_probe_only: Optional[list[int]] = None  # the keep-set PPsp picks from the probe alone (any level)
+    forced: Optional[list[int]] = None  # units kept whatever their score (PP+'s recovery core), ascending; schema 5
     flops: dict[str, int] = field(default_factory=dict)  # dense, pruned, probe
     times: dict[str, float] = field(default_factory=dict)  # probe_s, decide_s, full_s
 
@@ -150,7 +152,7 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
-        """From `to_dict()` output; schemas 1-3 and free-form protocols load too. (`ppcore.replay.read_record` reads
+        """From `to_dict()` output; schemas 1-4 and free-form protocols load too. (`ppcore.replay.read_record` reads
         an untrusted file: it checks the schema, the sizes and every index first.)"""
         saved = d.get("saved")
         return cls(protocol=Protocol.from_dict(d.get("protocol") or {}),

@@ -277,6 +277,9 @@ def _check_block(blk: BlockRecord, where: str, B: int, L: int, layers: int, limi
             raise RecordError(f"{where}: a pruned block that keeps no unit")
     if blk.kept_probe_only is not None:
         _indices(blk.kept_probe_only, total, f"{where}: kept_probe_only")
+    forced = None if blk.forced is None else _indices(blk.forced, total, f"{where}: forced")
+    if forced is not None and not set(forced.tolist()) <= set(kept.tolist()):
+        raise RecordError(f"{where}: a forced unit that is not kept")
     if blk.importance is not None and _grid(blk.importance, f"{where}: importance", ndim=2).shape != (B, L):
         raise RecordError(f"{where}: the importance grid is not {B} samples x {L} positions")
     sizes = {len(_grid(getattr(blk, k), f"{where}: {k}", ndim=1)) for k in ENERGIES if getattr(blk, k) is not None}

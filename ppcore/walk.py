@@ -233,7 +233,10 @@ def _block_record(pruner: Pruner, ctx: WalkCtx, layer: int, block: Block, d: Dec
     if e is not None and e.history_rows is not None and e.weight_pow4 is not None:
         # The counterfactual keep-set is a few integers: recorded at every level (a stability run needs no more).
         alone = block.ppsp(e.probe, e.weight_pow4, pruner.dims)
-        rec.kept_probe_only = pruner.keep_top(block, alone, layer).tolist()
+        keep = getattr(pruner.method, "keep", None)  # a probing method's own rule (PP+'s core is kept either way)
+        rec.kept_probe_only = (keep(layer, block, alone) if keep else pruner.keep_top(block, alone, layer)).tolist()
+    if d.forced is not None:
+        rec.forced = d.forced.tolist()
     if level == "full":
         rec.importance = round_floats(residual_importance(resid, ctx.valid).cpu(), 5)
         if e is not None:

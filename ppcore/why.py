@@ -75,11 +75,12 @@ class Verdict:
 class UnitWhy:
     """One head or channel of one block, explained (docs/algorithm.md §3.3-4).
 
-    `kept`, `score`, `rank` (1 = best of `total`), `n_kept` and `cutoff` (the lowest kept score) come from the
-    record. Per channel of the unit (`channels`, indices into the final projection's input): the probe's energy,
-    the history's (None without history), the fusion weight (None likewise), the fused energy and the weight
-    factor (None in a record older than schema 3). `probe_only_kept` says whether PPsp on the probe's energy
-    alone would have kept the unit (None without history). `others`: each other method's verdict.
+    `kept`, `score`, `rank` (1 = best of `total`), `n_kept` and `cutoff` (the lowest score among the kept units
+    the score chose, leaving out `forced` ones) come from the record; `forced` says the unit was kept whatever its
+    score (PP+'s recovery core, schema 5). Per channel of the unit (`channels`, indices into the final projection's
+    input): the probe's energy, the history's (None without history), the fusion weight (None likewise), the fused
+    energy and the weight factor (None in a record older than schema 3). `probe_only_kept` says whether PPsp on the
+    probe's energy alone would have kept the unit (None without history). `others`: each other method's verdict.
     """
 
     method: str
@@ -100,6 +101,7 @@ class UnitWhy:
     weight_factor: Optional[list[float]]
     probe_only_kept: Optional[bool]
     others: list[Verdict]
+    forced: bool = False
 
     @property
     def contributions(self) -> Optional[list[float]]:
@@ -137,7 +139,9 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
         raise ValueError(f"layer {layer}'s {block} block was not pruned by {main.method} (a skipped layer, a "
                          "switched-off block or a dense run): nothing was scored there")
     kept = set(b.kept)
-    kept_scores = [b.scores[k] for k in kept]  # non-empty: a pruned block keeps at least one unit
+    forced = set(b.forced or [])
+    # The cut-off is what the score had to beat: units kept whatever their score (PP+'s core) do not set it.
+    kept_scores = [b.scores[k] for k in kept - forced] or [b.scores[k] for k in kept]  # a pruned block keeps one
     d = channels_per_unit(b) if b.energy_fused is not None else (1 if block == "mlp" else None)
     chans = list(range(unit * d, (unit + 1) * d)) if d else []
 
@@ -152,13 +156,13 @@ def unit_why(main: BatchRecord, others: Mapping[str, BatchRecord], layer: int, b
         verdicts.append(Verdict(m, unit in set(o.kept), o.pruned, rank, float(o.scores[unit]) if scored else None))
     return UnitWhy(
         method=main.method, layer=layer, block=block, unit=unit, total=b.total, kept=unit in kept,
-        score=float(b.scores[unit]), rank=int(ranks(b.scores, b.kept)[unit]), n_kept=len(kept),
+        score=float(b.scores[unit]), rank=int(ranks(b.scores, sorted(kept - forced))[unit]), n_kept=len(kept),
         cutoff=float(min(kept_scores)),
         channels=chans,
         energy_probe=part(b.energy_probe), energy_history=part(b.energy_history), fusion_weight=part(b.fusion_weight),
         energy_fused=part(b.energy_fused), weight_factor=part(b.weight_factor),
         probe_only_kept=None if b.kept_probe_only is None else unit in set(b.kept_probe_only),
-        others=verdicts)
+        others=verdicts, forced=unit in forced)
 
 
 def kept_sets(records: Mapping[str, BatchRecord], layer: int, block: str) -> dict[str, list[int]]:

@@ -56,7 +56,7 @@ def test_export_save_load_and_replay_give_the_same_numbers(live, tmp_path):
     path = tmp_path / "run.json"
     rec.save(path)
     raw = json.loads(path.read_text())
-    assert raw["schema"] == 4 and raw["saved"].endswith("Z") and raw["protocol"]["model"]["layers"] == 30
+    assert raw["schema"] == 5 and raw["saved"].endswith("Z") and raw["protocol"]["model"]["layers"] == 30
     assert [b["method"] for b in raw["batches"]] == ["pp", "dense", "fullbatch"]
     assert raw["batches"][2]["token_loss"] is None  # the per-token numbers ride on the analysed and dense batches
     r = session.replay(RunRecord.load(path), "run.json")
@@ -162,6 +162,8 @@ BAD = [
     ("huge unit count", lambda d: _edit(d, "batches.0.layers.1.mlp.total", 10**9), "must be a whole number"),
     ("kept outside", lambda d: _edit(d, "batches.0.layers.1.attn.kept", [0, 6]), "index outside 0..5"),
     ("probe outside", lambda d: _edit(d, "batches.0.layers.1.attn.probe_samples", [7]), "index outside 0..1"),
+    ("forced not kept", lambda d: _edit(d, "batches.0.layers.1.attn.forced", [0, 1, 2, 3, 4, 5]),
+     "a forced unit that is not kept"),
     ("importance shape", lambda d: _edit(d, "batches.0.layers.1.attn.importance", [[1.0]]), "not 2 samples x 8"),
     ("energies", lambda d: _edit(d, "batches.0.layers.1.attn.energy_fused", [1.0] * 7), "different lengths"),
     ("ragged ids", lambda d: _edit(d, "batches.0.input_ids", [[1, 2], [3]]), "not a rectangular grid"),

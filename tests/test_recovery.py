@@ -145,6 +145,28 @@ def test_the_mlp_core_is_always_kept_and_the_run_counts_the_solve(tiny_lm, tiny_
     assert rec["fitted_on"]["windows"] == 8 and rec["fitted_on"]["tokens"] == 16
 
 
+def test_the_record_names_the_core_and_why_leaves_it_out_of_the_cut_off(tiny_lm, tiny_calib, fit):
+    from app.views.unit_why import headline
+    from ppcore.why import unit_why
+
+    ad = tiny_lm.adapter
+    plus = build_pruner(ad, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), **R), tiny_calib)
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(9))
+    walk(ad, plus, ids, level="full", timing=False)  # the history has moved: its first batch is the warm-up
+    rec = walk(ad, plus, ids, level="full", timing=False).record
+    for layer in range(1, ad.dims.num_layers):
+        mlp, attn = rec.layers[layer].mlp, rec.layers[layer].attn
+        assert mlp.forced == sorted(fit[MLP.key(layer)].cols.tolist()) and set(mlp.forced) <= set(mlp.kept)
+        assert attn.forced is None  # attention keeps PP's rule: every kept head regresses
+        assert set(mlp.forced) <= set(mlp.kept_probe_only)  # the counterfactual keeps the core too
+        free = set(mlp.kept) - set(mlp.forced)
+        w = unit_why(rec, {}, layer, "mlp", mlp.forced[0])
+        assert w.forced and w.kept and w.cutoff == pytest.approx(min(mlp.scores[k] for k in free))
+        assert "whatever its score" in headline(w, "channel")
+        pruned = next(u for u in range(mlp.total) if u not in set(mlp.kept))
+        assert mlp.scores[pruned] <= unit_why(rec, {}, layer, "mlp", pruned).cutoff  # PP's rule, for the rest
+
+
 def test_the_fit_is_cached_on_disk_and_a_bare_pruner_names_build_pruner(tiny_lm, tmp_path):
     from ppcore.calibrate import calibrate
 

@@ -155,6 +155,10 @@ def headline(w: session.UnitWhy, unit_name: str) -> str:
     else:
         rel = "above a cut-off of 0"
     name = SCORE_NAMES.get(w.method, "score")
+    if w.forced:
+        return (f"{where} was {verdict} by {w.method} whatever its score: it is one of the MLP core channels PP+'s "
+                f"recovery always keeps and estimates the pruned channels from. Its {name} {w.score:.4g} ranks "
+                f"{_ordinal(w.rank)} of {w.total}; the other kept channels scored at least {w.cutoff:.4g}.")
     return (f"{where} was {verdict} by {w.method}: its {name} {w.score:.4g} ranks {_ordinal(w.rank)} of "
             f"{w.total}, and {w.method} kept the top {w.n_kept}. The cut-off (the lowest kept score) is "
             f"{w.cutoff:.4g}, so this {unit_name} scored {rel}.")

@@ -84,6 +84,7 @@ class Decision:
     energies: Optional[Energies] = None
     probe_flops: int = 0
     extra_flops: int = 0  # work outside the slice's matrix products, counted as pruned FLOPs (PP+'s compensation)
+    forced: Optional[Tensor] = None  # units kept whatever their score (PP+'s recovery core), ascending, or None
 
 
 class Method:

@@ -141,6 +141,8 @@ class PPPlus(PP):
             reg_pos = torch.arange(core.shape[0], device=core.device)
             cols = torch.searchsorted(kept_ch, core)  # the core's columns in the sliced weights
         m, b, flops = recovery_terms(block.final_weight(w), st, kept_ch, reg_pos)
+        if core is not None:
+            d.forced = core.sort().values  # kept whatever their score: the record and the "why" view say so
         fin = block.slice_final(d.slice)
         new = fin + m.to(fin.dtype) if cols is None else fin.index_add(1, cols, m.to(fin.dtype))
         d.slice = block.with_slice_final(d.slice, new)
