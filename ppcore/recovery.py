@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 RECOVER_VERSION = 1  # bump when the fit or its stored format changes
 CORE_FRACTION = 1 / 6  # the MLP's core: this fraction of its channels, rounded to mlp_multiple (256 of 1536)
 RIDGE = 1e-3  # lam = RIDGE x the mean variance of the regressors: keeps S_RR + lam I well conditioned
+# A block recovers only where its solve costs at most this share of the FLOPs its pruning saves on the batch: on a
+# tiny batch the per-batch solve would cost more than pruning saves (the run would cost more than dense)
+MAX_COST_SHARE = 0.5
 
 
 def core_size(channels: int, multiple: int) -> int:

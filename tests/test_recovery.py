@@ -199,3 +199,17 @@ def test_a_sensitivity_fit_is_keyed_by_recovery(tiny_calib):
 def test_recover_with_the_mean_compensation_or_outside_pp_plus_is_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PruneConfig(**kwargs)
+
+
+def test_a_block_recovers_only_where_pruning_saves_more_than_twice_the_solve(tiny_lm, tiny_calib, fit):
+    """On a one-token batch every solve would cost more than pruning saves: nothing recovers, the run costs no more
+    than dense, and the core is not forced; on a 4 x 16 batch both blocks recover."""
+    ad = tiny_lm.adapter
+    plus = build_pruner(ad, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), **R), tiny_calib)
+    one = walk(ad, plus, torch.tensor([[5]]), level="summary", timing=False)
+    assert one.flops["pruned"] <= one.flops["dense"]
+    assert all(layer.mlp.forced is None for layer in one.record.layers)
+    many = walk(ad, plus, torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(4)),
+                level="summary", timing=False)
+    assert all(layer.mlp.forced for layer in many.record.layers[1:])
+    assert plus.method.recovers(1, ATTN) and plus.method.recovers(1, MLP)

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 
 from ..adapters import LayerWeights
-from ..allocation import local_allocation, sensitivity_allocation
+from ..allocation import local_allocation, saved_flops, sensitivity_allocation
 from ..blocks import BLOCKS, Block
 from ..compensation import batch_mean_rest, bias_flops, centred_energy, column_sq, compensation_bias, error_scores
 from ..errors import ConfigError
-from ..recovery import BlockCov, recovery_fit, recovery_record, recovery_terms
+from ..recovery import MAX_COST_SHARE, BlockCov, recovery_fit, recovery_flops, recovery_record, recovery_terms
 from ..slices import Buffers
 from ..walk_context import WalkCtx
 from .base import Decision
@@ -58,6 +58,7 @@ class PPPlus(PP):
         self.fitted: Optional[dict[str, Any]] = None
         self.recover = cfg.recover == "on"
         self._cov: dict[tuple[int, str], BlockCov] = {}  # recovery's statistics, on their layer's device
+        self._shape: Optional[tuple[int, int]] = None  # the batch being decided (B, L): what recovery may cost
         if not cfg.prunes:
             return
         if self.recover:
@@ -108,10 +109,40 @@ class PPPlus(PP):
         pruned = block.channels(self.run.dims) - kept_ch.shape[0]  # shapes: no sync
         return compensation_bias(w_fin, self.means[block.key(layer)], kept_ch), bias_flops(w_fin, pruned)
 
+    def decide(self, ctx: WalkCtx, layer: int, block: Block, w: LayerWeights, resid: Tensor, x: Tensor) -> Decision:
+        """PP's decision, with the batch's shape noted first: whether a block recovers depends on it (`recovers`)."""
+        self._shape = (x.shape[0], x.shape[1])
+        return super().decide(ctx, layer, block, w, resid, x)
+
+    def _kept_units(self, layer: int, block: Block) -> int:
+        run = self.run
+        default = block.units(run.dims) - run.n_heads_pruned if block is BLOCKS[0] else run.n_mlp_kept
+        return run.kept_units.get(block.key(layer), default)
+
+    def recovers(self, layer: int, block: Block) -> bool:
+        """Whether this block recovers on the batch being decided: `recover` on, and its solve (`recovery_flops`)
+        at most MAX_COST_SHARE of the FLOPs its pruning saves on the batch's B x L tokens (from shapes alone: no
+        sync). Always, for a decision made outside a walk (no batch shape noted)."""
+        if not self.recover:
+            return False
+        if self._shape is None:
+            return True
+        dims, units = self.run.dims, block.units(self.run.dims)
+        kept_units = self._kept_units(layer, block)
+        if kept_units >= units:
+            return False
+        per = block.channels(dims) // units
+        kept_ch = kept_units * per
+        cols = self._cov[block.key(layer)].cols.shape[0]
+        r = min(cols, kept_ch) if block is not BLOCKS[0] else kept_ch
+        cost = recovery_flops(dims.hidden, block.channels(dims) - kept_ch, r)
+        B, L = self._shape
+        return cost <= MAX_COST_SHARE * B * saved_flops(self.run.adapter, block, units - kept_units, L)
+
     def _core(self, layer: int, block: Block, kept_count: int) -> Optional[Tensor]:
         """The MLP's core channels (r,), best first, cut to what the block keeps; None for attention (every kept
-        channel regresses) or without recovery."""
-        if not self.recover or block is BLOCKS[0]:
+        channel regresses), without recovery, or where the block does not recover on this batch."""
+        if block is BLOCKS[0] or not self.recovers(layer, block):
             return None
         cols = self._cov[block.key(layer)].cols
         return cols[:min(cols.shape[0], kept_count)]
@@ -119,7 +150,7 @@ class PPPlus(PP):
     def keep(self, layer: int, block: Block, scores: Tensor) -> Tensor:
         """PP's keep-set, with recovery's MLP core always in it: the core's units rank first, the other kept units
         by their scores (the recorded scores stay as scored)."""
-        core = self._core(layer, block, self.run.kept_units.get(block.key(layer), self.run.n_mlp_kept))
+        core = self._core(layer, block, self._kept_units(layer, block))
         if core is None:
             return super().keep(layer, block, scores)
         return self.run.keep_top(block, scores.index_fill(0, core, float("inf")), layer)
@@ -129,7 +160,7 @@ class PPPlus(PP):
         """PP's decision; with `recover`, its final projection's regressor columns gain M and its output the bias b
         of `ppcore.recovery.recovery_terms`, counted in `extra_flops` (new tensors: the model is not written)."""
         d = super().decision(layer, block, w, kept, bias=bias, buffers=buffers, **fields)
-        if not self.recover or d.kept is None:
+        if d.kept is None or not self.recovers(layer, block):
             return d
         dims = self.run.dims
         st = self._cov[block.key(layer)]
