@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -190,34 +189,17 @@ def stored_fit(cfg: "PruneConfig", calib: "CalibStats") -> Optional[dict[str, An
     (`calib.fits`), else from the disk cache beside the calibration's (kept in memory then); None when there is
     none. A damaged disk entry reads as none (it is fitted again)."""
     key = fit_key(cfg, calib)
-    if key in calib.fits:
-        return calib.fits[key]
-    src = calib.source
-    path = fit_path(key, src.cache_dir) if src is not None and src.cache else None
-    if path is None or not path.is_file():
-        return None
-    try:
+
+    def read(path: Path) -> Optional[dict[str, Any]]:
         fit = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(fit, dict) or fit.get("key") != key:
-        return None
-    calib.fits[key] = fit
-    return fit
+        return fit if isinstance(fit, dict) and fit.get("key") == key else None
+
+    return calib.stored_fit(key, fit_path, read)
 
 
 def keep_fit(fit: dict[str, Any], calib: "CalibStats") -> None:
-    """Keep a new fit in memory and, when the calibration is cached on disk, beside it (written whole, then
-    renamed, so a reader never sees half a file)."""
-    calib.fits[fit["key"]] = fit
-    src = calib.source
-    if src is None or not src.cache:
-        return
-    path = fit_path(fit["key"], src.cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(fit))
-    tmp.replace(path)
+    """Keep a new fit in memory and, when the calibration is cached on disk, beside it (`CalibStats.keep_fit`)."""
+    calib.keep_fit(fit["key"], fit, fit_path, lambda f, path: path.write_text(json.dumps(f)))
 
 
 NOT_FITTED = ("pp-plus's allocation 'sensitivity' is fitted on the calibration windows before the first batch, and "

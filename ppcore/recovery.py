@@ -18,7 +18,6 @@ stays r x r with r far below C (`core_size`).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -143,36 +142,12 @@ def _from_tensors(t: dict[str, Tensor]) -> Fit:
 def stored_recovery(cfg: "PruneConfig", calib: "CalibStats") -> Optional[Fit]:
     """The recovery fit for `cfg` on `calib` if one was made: from memory (`calib.fits`), else from the disk cache
     (then kept in memory); None when there is none. A damaged disk entry reads as none (it is fitted again)."""
-    key = recover_key(cfg, calib)
-    if key in calib.fits:
-        return calib.fits[key]
-    src = calib.source
-    path = recover_path(key, src.cache_dir) if src is not None and src.cache else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        fit = _from_tensors(load_file(str(path)))
-    except Exception:
-        return None
-    calib.fits[key] = fit
-    return fit
+    return calib.stored_fit(recover_key(cfg, calib), recover_path, lambda path: _from_tensors(load_file(str(path))))
 
 
 def keep_recovery(key: str, fit: Fit, calib: "CalibStats") -> None:
-    """Keep a new fit in memory and, when the calibration is cached on disk, beside it (written, then renamed)."""
-    calib.fits[key] = fit
-    src = calib.source
-    if src is None or not src.cache:
-        return
-    path = recover_path(key, src.cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    save_file(_to_tensors(fit), str(tmp))
-    tmp.replace(path)
-
-
-NOT_RECOVERED = ("pp-plus's recovery is fitted on the calibration windows before the first batch, and no fit was made "
-                 "for this calibration: build the pruner with ppcore.build_pruner, which fits it")
+    """Keep a new fit in memory and, when the calibration is cached on disk, beside it (`CalibStats.keep_fit`)."""
+    calib.keep_fit(key, fit, recover_path, lambda f, path: save_file(_to_tensors(f), str(path)))
 
 
 def recovery_record(cfg: "PruneConfig", calib: "CalibStats", fit: Fit) -> dict:
@@ -187,6 +162,10 @@ def recovery_record(cfg: "PruneConfig", calib: "CalibStats", fit: Fit) -> dict:
                           "windows_sha256_16": calib.meta.get("windows_sha256_16"),
                           "positions": "every position but the first",
                           "source_windows": None if src is None else int(src.windows.shape[0])}}
+
+
+NOT_RECOVERED = ("pp-plus's recovery is fitted on the calibration windows before the first batch, and no fit was made "
+                 "for this calibration: build the pruner with ppcore.build_pruner, which fits it")
 
 
 def recovery_fit(cfg: "PruneConfig", calib: "CalibStats") -> Fit:

@@ -6,8 +6,10 @@ per-run, per-position state, updated by EMA on kept channels after each full inf
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -98,6 +100,39 @@ class CalibStats:
     meta: dict = field(default_factory=dict)
     source: Optional[CalibSource] = None
     fits: dict = field(default_factory=dict)
+
+    def stored_fit(self, key: str, path_of: Callable[[str, Optional[str]], Path],
+                   read: Callable[[Path], Any]) -> Any:
+        """A fit made on these statistics' windows under `key` (PP+'s allocation or recovery): from memory (`fits`),
+        else from the disk cache at `path_of(key, cache_dir)` through `read` (then kept in memory); None when there
+        is none. A damaged entry (`read` raises or returns None) reads as none, so it is fitted again."""
+        if key in self.fits:
+            return self.fits[key]
+        src = self.source
+        path = path_of(key, src.cache_dir) if src is not None and src.cache else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            fit = read(path)
+        except Exception:
+            return None
+        if fit is not None:
+            self.fits[key] = fit
+        return fit
+
+    def keep_fit(self, key: str, fit: Any, path_of: Callable[[str, Optional[str]], Path],
+                 write: Callable[[Any, Path], None]) -> None:
+        """Keep a new fit in memory and, when these statistics are cached on disk, at `path_of(key, cache_dir)`
+        through `write(fit, path)` (written whole to a temporary name, then renamed: a reader never sees half)."""
+        self.fits[key] = fit
+        src = self.source
+        if src is None or not src.cache:
+            return
+        path = path_of(key, src.cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        write(fit, tmp)
+        tmp.replace(path)
 
     def get(self, layer: int, block: str) -> BlockStats:
         """The statistics of one block ("attn" or "mlp"); KeyError when absent."""
