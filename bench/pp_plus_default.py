@@ -1,15 +1,17 @@
 """PP+ against PP on the default protocol: the pass rule's table from a `bench` run of dense, pp and pp-plus.
 
-    python -m ppcore bench --methods dense,pp,pp-plus --ratios 0.2,0.4 --seeds 0,1,2 --official none \\
-        --out-dir bench/results/pp_plus/default
-    PYTHONPATH=. .venv/bin/python bench/pp_plus_default.py [bench/results/pp_plus/default/bench.json]
+    python -m ppcore bench --methods dense,pp,pp-plus --ratios 0.4 --seeds S --official none \\
+        --out-dir bench/results/pp_plus/default/seedS          (one process per seed: each writes its rows)
+    PYTHONPATH=. .venv/bin/python bench/pp_plus_default.py [BENCH_JSON ...]
+
+(default: every bench.json under bench/results/pp_plus/default/, their rows merged).
 
 Per ratio: perplexity mean and standard error over seeds for dense, PP and PP+; the paired difference PP - PP+
 (mean and standard error over seeds: the improvement is significant when larger than twice its SE, as
 ../shared/BENCHMARKS.md asks); the fraction of PP's degradation removed, (ppl_PP - ppl) / (ppl_PP - ppl_dense),
 from the seed means; the decoder FLOPs ratios; and PP+'s time over PP's, the median over every scored batch of
 the two runs' per-batch seconds, measured interleaved in that one process (one run, not the noise rule's three).
-Writes default.md beside the JSON and prints it.
+Writes bench/results/pp_plus/default/default.md and prints it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parent / "results" / "pp_plus" / "default" / "bench.json"
+DEFAULT = Path(__file__).resolve().parent / "results" / "pp_plus" / "default"
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
@@ -27,7 +29,7 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 
 
 def table(rows: list[dict]) -> str:
-    by = {}
+    by: dict = {}
     for r in rows:
         by.setdefault((r["method"], r["ratio"]), {})[r["seed"]] = r
     seeds = sorted(by[("dense", 0.0)])
@@ -59,9 +61,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0]) if argv else DEFAULT
-    text = table(json.loads(path.read_text())["seeded"])
-    path.with_name("default.md").write_text(text)
+    paths = [Path(a) for a in argv] or sorted(DEFAULT.glob("**/bench.json"))
+    rows = [r for p in paths for r in json.loads(p.read_text())["seeded"]]
+    text = table(rows)
+    (DEFAULT / "default.md").write_text(text)
     print(text)
     return 0
 
