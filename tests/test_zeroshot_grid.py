@@ -190,6 +190,24 @@ def test_a_setting_added_since_counts_as_its_default_when_resuming():
     assert not same_setup(old, dict(old, model_args={"batch_size": "8", "ema": "0.99"}))
 
 
+def test_a_grid_from_before_pp_plus_resumes_with_todays_settings():
+    """The command writes every PruneConfig setting as the base (PP) config resolves it: PP+'s switches are 'off' /
+    'uniform', not their declared default 'auto'. A file from before those settings existed ran PP's behaviour,
+    so it must resume; one written with a switch on must not."""
+    from ppcore.config import PLUS_OFF, PruneConfig, settings_of
+    from ppcore.lmeval.grid import _setup, same_setup
+
+    cfg = PruneConfig()
+    today = {s.name: getattr(cfg, s.name) for s in settings_of(PruneConfig)}
+    new = _setup(["piqa_offline"], today, 5, 0, None)
+    before = {k: v for k, v in new["model_args"].items() if k not in PLUS_OFF}
+    old = dict(new, model_args=before)
+    assert set(new["model_args"]) - set(before) == set(PLUS_OFF)
+    assert same_setup(old, new) and same_setup(new, old)
+    on = dict(new, model_args=dict(new["model_args"], recover="on"))
+    assert not same_setup(old, on)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "pp", "--subset", "0"], "subset must be at least 1"),
     (["--subset", "5", "--limit", "3"], "--subset or --limit"),

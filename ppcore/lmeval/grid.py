@@ -100,10 +100,13 @@ def _setup(tasks: Sequence[str], model_args: dict[str, Any], subset: Optional[in
 
 
 def _default_args() -> dict[str, str]:
-    """Every pruning and calibration setting's default, as `_setup` writes values (text)."""
+    """Every pruning and calibration setting's value in a default config, as `_setup` writes values (text). A
+    setting's 'auto' is resolved as PP's config resolves it (PP+'s switches: off), which is what a grid written
+    before the setting existed ran."""
     from ..config import CalibConfig, settings_of
 
-    out = {s.name: str(s.default) for s in settings_of(PruneConfig)}
+    pp = PruneConfig()
+    out = {s.name: str(getattr(pp, s.name)) for s in settings_of(PruneConfig)}
     out.update({f"calib_{s.name}": str(s.default) for s in settings_of(CalibConfig)})
     return out
 
