@@ -59,6 +59,7 @@ class PPPlus(PP):
         self.recover = cfg.recover == "on"
         self._cov: dict[tuple[int, str], BlockCov] = {}  # recovery's statistics, on their layer's device
         self._shape: Optional[tuple[int, int]] = None  # the batch being decided (B, L): what recovery may cost
+        self._gate: dict[tuple[int, str], tuple[tuple[int, int], bool]] = {}  # `recovers` per block, for a shape
         if not cfg.prunes:
             return
         if self.recover:
@@ -127,6 +128,15 @@ class PPPlus(PP):
             return False
         if self._shape is None:
             return True
+        key = block.key(layer)
+        hit = self._gate.get(key)
+        if hit is None or hit[0] != self._shape:  # keep, decision and _core all ask, once per block and batch
+            hit = self._gate[key] = (self._shape, self._pays(layer, block))
+        return hit[1]
+
+    def _pays(self, layer: int, block: Block) -> bool:
+        """`recovers`'s cost rule for the noted batch shape (see there)."""
+        assert self._shape is not None
         dims, units = self.run.dims, block.units(self.run.dims)
         kept_units = self._kept_units(layer, block)
         if kept_units >= units:
