@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 from .bench_report import Row
 from .config import CalibConfig, PruneConfig
+from .errors import DataError
 from .experiment import EvalSetup, prepare
+from .jsonfile import read_json_object, write_json
 from .scoring import score, scored_runs
 
 OFFICIAL_BATCH_SIZE = 20  # the official run's eval and calibration batch size
@@ -59,20 +61,46 @@ def official_rows(setup: EvalSetup, cfgs: list[PruneConfig], official: list[Row]
     return rows
 
 
+def bench_key(cfgs: list[PruneConfig], calib: Optional[CalibConfig], setup: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed bench must share with the file it resumes: every config, the calibration and the setup."""
+    return {"configs": [c.to_dict() for c in cfgs], "calib": None if calib is None else calib.to_dict(),
+            "setup": {k: str(v) for k, v in sorted(setup.items())}}
+
+
 def run_bench(cfgs: list[PruneConfig], seeds: list[int], *, calib: Optional[CalibConfig] = None, repeats: int = 1,
-              official_dir: Optional[str] = None, progress: bool = True, **setup: Any) -> dict[str, list[Row]]:
+              official_dir: Optional[str] = None, progress: bool = True, json_path: Optional[str] = None,
+              resume: bool = False, **setup: Any) -> dict[str, Any]:
     """The seeded protocol for every seed (none: official windows only), plus the official windows when
     `official_dir` holds eval_windows.npy, calib_windows.npy and results.json.
 
     `setup` takes `prepare`'s model and window arguments (model, device, dtype, seq_len, batch_size,
     batches, cache_dir, placement, calib_len_follows); the seeded runs calibrate as `calib` says. The
     official windows are run as the official protocol ran them (eval and calibration batches of 20),
-    whatever the arguments say. Returns {"seeded": rows, "official": rows}; each row's protocol records what it used.
+    whatever the arguments say. `json_path`: the result is written there after every seed (a bench stopped in
+    its third seed keeps its first two); with `resume`, the seeds a file there already holds for the same configs,
+    calibration, repeats and setup are kept, not rerun. Returns {"seeded": rows, "official": rows, "seeds": the
+    seeds done, "key": `bench_key`}; each row's protocol records what it used. Raises DataError for a file to
+    resume that holds another bench, and what `prepare` raises.
     """
-    results: dict[str, list[Row]] = {"seeded": [], "official": []}
+    key = json.loads(json.dumps({**bench_key(cfgs, calib, setup), "repeats": repeats}, default=str))  # as read back
+    results: dict[str, Any] = {"seeded": [], "official": [], "seeds": [], "key": key}
+    if resume and json_path and Path(json_path).is_file():
+        old = read_json_object(json_path, ("seeded",), "a bench's JSON")
+        if old.get("key") != key:
+            raise DataError(f"{json_path} holds another bench (methods, ratios, settings, calibration or windows), or "
+                            "one written before bench could resume: write to another --out-dir, or drop --resume")
+        results["seeds"] = [x for x in old.get("seeds", []) if x in seeds]
+        results["seeded"] = [r for r in old["seeded"] if r["seed"] in results["seeds"]]
     for seed in seeds:
+        if seed in results["seeds"]:
+            if progress:
+                print(f"bench seed {seed}: kept from {json_path}", flush=True)
+            continue
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="bench")
         results["seeded"] += bench_setup(s, cfgs, repeats, seed, progress)
+        results["seeds"].append(seed)
+        if json_path:
+            write_json(json_path, results)
     if official_dir:
         ref = Path(official_dir)
         s = prepare(**{k: v for k, v in setup.items() if k in LOAD_ARGS}, batch_size=OFFICIAL_BATCH_SIZE,

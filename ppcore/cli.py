@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"('auto': {OFFICIAL_GUESS} when present; 'none' to skip)")
     b.add_argument("--out-dir", default="bench/results", help="where bench.json, bench.md and bench.html go "
                    "(written when seeded runs ran)")
+    b.add_argument("--resume", action="store_true", help="keep the seeds OUT_DIR/bench.json already holds for the "
+                   "same methods, ratios, settings and windows (bench writes it after every seed)")
     b.add_argument("--official-out", default=None, help="write the official windows' rows here as a JSON list, "
                    "and their table beside it (.md); default with --seeds none: OUT_DIR/official.json")
     b.add_argument("--quiet", action="store_true")

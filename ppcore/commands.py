@@ -16,6 +16,7 @@ from .config import METHODS, PLUS_FIELDS, PLUS_METHOD, CalibConfig, PruneConfig,
 from .embedded import embedded_model
 from .errors import PPCoreError
 from .flags import given, read_settings
+from .jsonfile import write_json
 from .record import RunRecord
 
 if TYPE_CHECKING:
@@ -160,7 +161,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             Path(a.out_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PPCoreError(f"--out-dir {a.out_dir}: cannot create it ({e.strerror or e})") from None
+    if a.resume and not seeds:
+        raise PPCoreError("--resume keeps seeds already run: give --seeds")
     res = run_bench(cfgs, seeds, calib=calib, repeats=a.repeats, official_dir=official, progress=not a.quiet,
+                    json_path=str(Path(a.out_dir) / "bench.json") if seeds else None, resume=a.resume,
                     calib_len_follows=_follows(a), model=a.model, device=a.device, dtype=a.dtype,
                     seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, cache_dir=a.cache_dir,
                     placement=_placement(a))
@@ -173,7 +177,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if res["seeded"]:
         out = Path(a.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(res, indent=1))
+        write_json(out / "bench.json", res)
         (out / "bench.md").write_text(text + "\n")
         (out / "bench.html").write_text(chart_html(res["seeded"], "Perplexity vs runtime"))
     if official_out and res["official"]:

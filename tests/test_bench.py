@@ -180,3 +180,36 @@ def test_bench_pp_plus_switches_set_pp_plus_runs_only(tmp_path, monkeypatch):
     cfg = {r["method"]: r["protocol"]["config"] for r in json.loads(out.read_text())}
     assert list(cfg) == ["dense", "pp", "pp-plus"]
     assert cfg["pp-plus"]["recover"] == "on" and cfg["pp"]["recover"] == "off" and cfg["dense"]["recover"] == "off"
+
+
+def test_bench_writes_after_every_seed_and_resumes(tmp_path, monkeypatch):
+    """A bench stopped in its second seed keeps its first in bench.json; `resume` reruns only what is missing, and
+    refuses a file written for other configs."""
+    import ppcore.bench as bench
+    from ppcore.errors import DataError
+
+    ran: list[int] = []
+
+    def fake_setup(s, cfgs, repeats, seed, progress):
+        if seed == 1 and not ran.count(-1):
+            raise KeyboardInterrupt  # the user stops it during seed 1
+        ran.append(seed)
+        return [{"method": c.method, "ratio": c.ratio, "seed": seed, "ppl": 10.0 + seed} for c in cfgs]
+
+    monkeypatch.setattr(bench, "prepare", lambda **kw: None)
+    monkeypatch.setattr(bench, "bench_setup", fake_setup)
+    cfgs = bench.configs(["pp"], [0.4])
+    path = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(cfgs, [0, 1], json_path=str(path), progress=False, seq_len=32)
+    kept = json.loads(path.read_text())
+    assert kept["seeds"] == [0] and {r["seed"] for r in kept["seeded"]} == {0} and ran == [0]
+    ran.append(-1)  # seed 1 may run now
+    res = bench.run_bench(cfgs, [0, 1], json_path=str(path), resume=True, progress=False, seq_len=32)
+    assert ran == [0, -1, 1] and res["seeds"] == [0, 1] and len(res["seeded"]) == 4
+    assert json.loads(path.read_text())["seeds"] == [0, 1]
+    with pytest.raises(DataError, match="another bench"):
+        bench.run_bench(bench.configs(["pp"], [0.2]), [0, 1], json_path=str(path), resume=True, progress=False,
+                        seq_len=32)
+    with pytest.raises(DataError, match="another bench"):
+        bench.run_bench(cfgs, [0, 1], json_path=str(path), resume=True, progress=False, seq_len=64)
