@@ -279,6 +279,10 @@ def main() -> None:
             st.info(messages.clean(n), icon="📎")
     key = s.key(inputs.upload_digest(upload) if upload else "")
     notes = st.session_state.setdefault("_notes", {})
+    if notes.get("running") and not run_clicked:
+        # A page run that starts while a run is marked running: a widget (a tab, a layer) was used mid-run and
+        # Streamlit is stopping that run, whose own note can come after this page has drawn. Note it here.
+        notes.update(running=False, stopped=notes.get("step") or "starting", by="page")
     if run_clicked or not st.session_state.get("_auto_run_done"):
         st.session_state["_auto_run_done"] = True  # the page opens on a result, once; then Run decides
         if run_clicked or not (s.source == "upload" and upload is None):  # a link to an upload waits for the file

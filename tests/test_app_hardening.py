@@ -486,6 +486,16 @@ def test_stop_during_a_run_keeps_the_previous_result_and_the_next_run_works(loca
     at.run()
     assert not at.exception and not at.error
 
+    # A widget used mid-run in a real browser: the new page run can start before the stopped run's own handler
+    # has noted the stop (found by a newcomer switching tabs). The page run notes it itself, once.
+    at.session_state["_notes"].update(running=True, step="pp at ratio 0.50: 12 of 30 layers")
+    at.run()
+    notes = [w.value for w in at.warning if "Run stopped" in w.value]
+    assert len(notes) == 1 and "page changed" in notes[0] and "12 of 30 layers" in notes[0], notes
+    assert at.session_state["result"].analysis.cfg.ratio == 0.5 and not at.session_state["_notes"]["running"]
+    at.run()
+    assert not any("Run stopped" in w.value for w in at.warning)
+
 
 def test_stop_button_in_a_real_browser(local_mode):
     """The real thing: `streamlit run`, a long run (64 samples of 1024 tokens), the Stop button pressed while

@@ -216,9 +216,11 @@ class PPCoreLM(TemplateLM):
             self.calibration: Optional[dict[str, Any]] = None
             if calib_stats is None and opts.prune.needs_calibration:
                 calib_stats, self.calibration = self._calibrate()
-        from ..fitting import build_pruner
+            from ..fitting import build_pruner, printed, silent
 
-        self.pruner = build_pruner(lm.adapter, opts.prune, calib_stats)
+            # pp-plus's fits take minutes: rank 0 makes them (and says how far it is), the others read its cache
+            self.pruner = build_pruner(lm.adapter, opts.prune, calib_stats,
+                                       progress=printed() if self._rank == 0 else silent)
         self.batch_log: list[dict[str, Any]] = []  # per batch: kind, task, rows, real and padded tokens
 
     @classmethod
@@ -239,7 +241,7 @@ class PPCoreLM(TemplateLM):
         c = self.options.calib
         windows, source = calibration_windows(self.lm, c.dataset, c.windows, c.seq_len, self.options.seed,
                                               self.options.cache_dir)
-        stats = calibrate(self.lm, windows, c.batch_size, cache_dir=self.options.cache_dir, progress=False)
+        stats = calibrate(self.lm, windows, c.batch_size, cache_dir=self.options.cache_dir, progress=self._rank == 0)
         return stats, describe_calibration(source, windows, c.batch_size, self.options.seed)
 
     # --- what lm-eval asks of a model -------------------------------------------------------------------
