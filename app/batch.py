@@ -312,10 +312,32 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
     return _finish(tokenizer, ids, None if bool(mask.all()) else mask, desc, left_out)
 
 
+UTF8_MAX = 4  # bytes in one UTF-8 character: the most tokens a byte-level tokenizer splits one character into
+
+
+def token_texts(tokenizer: Any, row: list[int]) -> list[str]:
+    """Each token's text, one string per id of `row`, joined they give the row's text. A character a byte-level
+    tokenizer splits over several tokens (emoji, most non-Latin scripts) decodes to U+FFFD token by token: the
+    token that completes it gets the whole character and the ones before it an empty text, as a streaming
+    decoder would show them. A U+FFFD that no following token completes (one in the text itself) stays."""
+    out = tokenizer.batch_decode([[t] for t in row])
+    i = 0
+    while i < len(row):
+        if "\ufffd" in out[i]:
+            for j in range(i + 1, min(i + UTF8_MAX, len(row))):
+                joint = tokenizer.decode(row[i:j + 1])
+                if "\ufffd" not in joint:
+                    out[i:j + 1] = [""] * (j - i) + [joint]
+                    i = j
+                    break
+        i += 1
+    return out
+
+
 def _finish(tokenizer: Any, ids: Tensor, mask: Optional[Tensor], desc: str,
             left_out: Optional[LeftOut] = None) -> Batch:
     tokens = []
     for r, row in enumerate(ids.tolist()):
         n = len(row) if mask is None else int(mask[r].sum())
-        tokens.append(tokenizer.batch_decode([[t] for t in row[:n]]) + [""] * (len(row) - n))
+        tokens.append(token_texts(tokenizer, row[:n]) + [""] * (len(row) - n))
     return Batch(ids, mask, desc, tokens) if left_out is None else TextBatch(ids, mask, desc, tokens, left_out)

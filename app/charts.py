@@ -178,11 +178,17 @@ def latency_bars(df: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+# One colour per method in every chart (Plotly's own would follow each chart's row order, so a method would change
+# colour from one lecture step to the next).
+METHOD_COLORS = {"dense": "#7f7f7f", "pp": "#1f77b4", "pp-plus": "#17becf", "fullbatch": "#9467bd",
+                 "wanda-sp": "#ff7f0e", "flap": "#2ca02c"}
+
+
 def compare_scatter(df: pd.DataFrame) -> go.Figure:
     """Perplexity against time relative to dense, one point per method and ratio; PRR shown as "n/a" where a
     method saved no time (never "None")."""
     df = df.assign(prr=[("n/a" if v is None or pd.isna(v) else f"{v:.2f}") for v in df["prr"]])
-    fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method",
+    fig = px.scatter(df, x="time_vs_dense", y="ppl", color="method", color_discrete_map=METHOD_COLORS,
                      symbol="ratio" if df["ratio"].nunique() > 1 else None,
                      hover_data=["ratio", "flops_ratio", "decoder_flops_ratio", "prr"], text="method",
                      title="Perplexity against time (both relative to the same batch)")
@@ -428,8 +434,8 @@ def ratio_sweep(df: pd.DataFrame) -> go.Figure:
     """Perplexity against the pruning ratio, one line per method (rows of `ppcore.session.CompareRow.row()`: method,
     ratio, ppl), dense as a dashed line; a log scale, since the worst methods' perplexity grows by orders."""
     pruned = df[df["method"] != "dense"].sort_values(["method", "ratio"])
-    fig = px.line(pruned, x="ratio", y="ppl", color="method", markers=True, log_y=True,
-                  title="Perplexity against the pruning ratio, per method",
+    fig = px.line(pruned, x="ratio", y="ppl", color="method", color_discrete_map=METHOD_COLORS, markers=True,
+                  log_y=True, title="Perplexity against the pruning ratio, per method",
                   hover_data={"ppl": ":.2f", "ratio": ":.2f"})
     dense = df[df["method"] == "dense"]["ppl"]
     if len(dense):

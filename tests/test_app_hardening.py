@@ -149,6 +149,18 @@ def test_one_token_samples_give_a_message_not_a_nan_perplexity(local_mode, defau
     assert mixed.lengths[0] == 1 and mixed.lengths[1] >= 2  # one short sample beside longer ones is fine
 
 
+def test_non_latin_text_shows_whole_characters_not_replacement_marks(local_mode, default_lm):
+    """Hebrew, emoji and Japanese split into byte tokens: each sample's tokens join to its text (the sample list
+    and the per-token views show characters, not U+FFFD); a U+FFFD in the text itself stays."""
+    tok, vocab = default_lm.tokenizer, default_lm.adapter.dims.vocab
+    lines = ["שלום עולם, hello 😀 again", "日本語のテキストです。", "a \ufffd b and more"]
+    assert any("\ufffd" in t for t in tok.batch_decode([[i] for i in tok(lines[0])["input_ids"]]))  # the trap
+    b = build_batch(tok, vocab, Settings(source="paste", text="\n".join(lines), batch_size=3, seq_len=64))
+    for row, n, line in zip(b.tokens, b.lengths, lines):
+        assert "".join(row[:n]) == line
+        assert ("\ufffd" in "".join(row)) == ("\ufffd" in line)
+
+
 def test_encode_prefix_matches_full_tokenization(default_lm):
     tok = default_lm.tokenizer
     text = " ".join(f"token{i}" for i in range(3000)) + "   \n\n" * 50 + "end"

@@ -192,7 +192,7 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"{info['intermediate']} MLP channels, pruned at ratio **{a.ratio:.2f}**: the batch runs on "
                   f"{s['decoder_flops_ratio']:.0%} of the decoder's FLOPs.")
     st.markdown(f"**The batch**: {messages.clean(a.batch.description)}, {B} samples of up to {L} tokens.")
-    texts = ["".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip()[:160] for b in range(B)]
+    texts = [_cut("".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip(), 160) for b in range(B)]
     st.html(batch_table(texts))
     # Step 1 draws no Plotly chart, so the browser would fetch and start Plotly only when Next is pressed (over a
     # second on 2 cores): an empty chart in a hidden container, drawn after everything visible, warms it meanwhile.
@@ -367,6 +367,15 @@ def _latency(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     st.dataframe(latency.shown_summary(lat), hide_index=True, width="stretch")
     _chart(latency.per_layer_chart(lat), "latency")
     _timed_note(d, "latency")
+
+
+def _cut(text: str, n: int) -> str:
+    """`text` up to `n` characters, cut at a word's end where one is near, with "…" where it was cut."""
+    if len(text) <= n:
+        return text
+    head = text[:n]
+    space = head.rfind(" ")
+    return (head[:space] if space > n // 2 else head).rstrip() + "…"
 
 
 def _token(tokens: list[list[str]], t: int) -> str:
