@@ -9,7 +9,8 @@
 Per ratio: perplexity mean and standard error over seeds for dense, PP and PP+; the paired difference PP - PP+
 (mean and standard error over seeds: the improvement is significant when larger than twice its SE, as
 ../shared/BENCHMARKS.md asks); the fraction of PP's degradation removed, (ppl_PP - ppl) / (ppl_PP - ppl_dense),
-from the seed means; the decoder FLOPs ratios; and PP+'s time over PP's, the median over every scored batch of
+from the seed means (dense's over the same seeds); the decoder FLOPs ratios; and PP+'s time over PP's, the median
+over every scored batch of
 the two runs' per-batch seconds, measured interleaved in that one process (one run, not the noise rule's three).
 Writes bench/results/pp_plus/default/default.md and prints it.
 """
@@ -32,15 +33,17 @@ def table(rows: list[dict]) -> str:
     by: dict = {}
     for r in rows:
         by.setdefault((r["method"], r["ratio"]), {})[r["seed"]] = r
-    seeds = sorted(by[("dense", 0.0)])
-    dense = [by[("dense", 0.0)][s]["ppl"] for s in seeds]
-    dm, dse = mean_se(dense)
-    out = [f"Seeds {', '.join(map(str, seeds))}; dense {dm:.2f} ± {dse:.2f}.", "",
-           "| ratio | PP | PP+ | PP - PP+ (paired) | > 2 SE | removed of PP's degradation | decoder FLOPs PP / PP+ "
-           "| decoder probe FLOPs PP / PP+ | PP+ time / PP's (median per batch) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    all_seeds = sorted(by[("dense", 0.0)])
+    dm, dse = mean_se([by[("dense", 0.0)][s]["ppl"] for s in all_seeds])
+    out = [f"Seeds {', '.join(map(str, all_seeds))}; dense {dm:.2f} ± {dse:.2f}.", "",
+           "| ratio | seeds | PP | PP+ | PP - PP+ (paired) | > 2 SE | removed of PP's degradation "
+           "| decoder FLOPs PP / PP+ | decoder probe FLOPs PP / PP+ | PP+ time / PP's (median per batch) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for ratio in sorted({r for m, r in by if m == "pp"}, reverse=True):
         pp, plus = by[("pp", ratio)], by[("pp-plus", ratio)]
+        seeds = sorted(set(pp) & set(plus) & set(all_seeds))  # a ratio may have been run on fewer seeds
+        dense = [by[("dense", 0.0)][s]["ppl"] for s in seeds]
+        dm = statistics.fmean(dense)
         a = [pp[s]["ppl"] for s in seeds]
         b = [plus[s]["ppl"] for s in seeds]
         diff = [x - y for x, y in zip(a, b)]
@@ -53,7 +56,8 @@ def table(rows: list[dict]) -> str:
 
         f, pf = avg("decoder_flops_ratio"), avg("decoder_probe_flops_ratio")
         seeds_text = ", ".join(f"{x:.1%}" for x in per_seed)
-        out.append(f"| {ratio:g} | {am:.2f} ± {ase:.2f} | {bm:.2f} ± {bse:.2f} | {fm:.2f} ± {fse:.2f} | "
+        out.append(f"| {ratio:g} | {', '.join(map(str, seeds))} "
+                   f"| {am:.2f} ± {ase:.2f} | {bm:.2f} ± {bse:.2f} | {fm:.2f} ± {fse:.2f} | "
                    f"{'yes' if fm > 2 * fse else 'no'} | {removed:.1%} (per seed {seeds_text}) | "
                    f"{f[0]:.4f} / {f[1]:.4f} ({f[1] / f[0] - 1:+.2%}) | {pf[0]:.4f} / {pf[1]:.4f} | "
                    f"{statistics.median(times):.3f} |")
