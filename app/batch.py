@@ -140,8 +140,9 @@ def decode_upload(name: str, data: bytes) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{name} is not UTF-8 text (byte {e.start} cannot be decoded): save it as UTF-8, "
-                        "or upload a .txt, .jsonl or .csv file rather than a binary one") from None
+        raise DataError(f"{name} is not UTF-8 text (byte {e.start} cannot be decoded): if it is text, save it "
+                        "again with the UTF-8 encoding (most editors offer it under Save As) and upload that; "
+                        "images, PDFs and other binary files cannot be read") from None
     if "\x00" in text:
         raise DataError(f"{name} looks like a binary file (it holds NUL bytes), not text: "
                         "upload a .txt, .jsonl or .csv file")
@@ -175,11 +176,15 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
         cols = [c for c in dict.fromkeys(k for r in rows for k in r) if any(isinstance(r.get(c), str) for r in rows)]
     else:
         try:
-            reader = csv.DictReader(line + "\n" for line in iter_lines(text))
+            # strict: an unclosed quote would otherwise swallow the rest of the file into one field, silently
+            reader = csv.DictReader((line + "\n" for line in iter_lines(text)), strict=True)
             rows = list(itertools.islice(reader, max_rows))
             cols = [c for c in (reader.fieldnames or []) if c is not None]
         except csv.Error as e:
-            raise DataError(f"{name}: not a readable CSV file ({e})") from None
+            hint = ("a quote (\") opened there is never closed" if "end of data" in str(e)
+                    else "a quoted field must end at its closing quote")
+            raise DataError(f"{name}, line {reader.line_num + 1}: not a readable CSV file ({e}: {hint}); fix the "
+                            "quotes, or upload the text as .txt or .jsonl") from None
     if not rows or not cols:
         raise DataError(f"{name} holds no text column (no rows, or no string values)")
     return cols, rows

@@ -83,13 +83,29 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# A message's first word is capitalised on the page unless it is a name that keeps its case.
+_NAMES = frozenset({"ppcore", "pp", "pp-plus", "flap", "wanda-sp", "fullbatch", "dense", "lm-eval", "model_args"})
+_FIRST_WORD = re.compile(r"[a-z][a-z-]*(?=[\s,:;]|$)")
+
+
+def sentence(text: str) -> str:
+    """`text` with its first letter capitalised when it starts with a plain lower-case word: the engine's
+    messages are written lower-case for the command line ('the batch is empty: ...'); a file name
+    ('notes.csv, line 3: ...') or a method or package name ('pp', 'ppcore') keeps its case."""
+    m = _FIRST_WORD.match(text)
+    if m is None or m.group() in _NAMES:
+        return text
+    return text[0].upper() + text[1:]
+
+
 def failure(e: BaseException) -> str:
-    """One clear message for any failure: ppcore's own as it is, out-of-memory as advice, else its type."""
+    """One clear message for any failure: ppcore's own as it is (its first word capitalised), out-of-memory as
+    advice, else its type."""
     if is_oom(e):
         release_memory()
         return clean(OOM)
     if isinstance(e, PPCoreError):
-        return clean(str(e))
+        return clean(sentence(str(e)))
     return clean(f"Unexpected {type(e).__name__}: {e}")
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from ppcore.bench import OFFICIAL_BATCH_SIZE, official_rows
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         new = official_rows(s, cfgs, official)
         done = {(label_of(r), r["ratio"]) for r in new}
         rows = [r for r in rows if (label_of(r), r["ratio"]) not in done] + new
-        write_json(str(out), {"date": "2026-12-01", "command": "PYTHONPATH=. .venv/bin/python bench/pp_plus_pilot.py "
+        write_json(str(out), {"date": time.strftime("%Y-%m-%d", time.gmtime()),
+                              "command": "PYTHONPATH=. .venv/bin/python bench/pp_plus_pilot.py "
                               + " ".join(sys.argv[1:]), "rows": rows})
         out.with_suffix(".md").write_text(table(rows))
         print(table(rows), flush=True)

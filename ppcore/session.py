@@ -53,6 +53,7 @@ from .protocol import Protocol, build_protocol, describe_calibration
 from .progress import Progress, layer_ticks as _ticks, quiet as _quiet
 from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
+from .token_text import token_text
 from .session_timing import (COMPARED_METHODS, BlockTiming, CompareRow, Latency, Timing, comparison,  # the timed ones
                              latency)
 from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
@@ -196,7 +197,8 @@ def _walk(lm: LoadedModel, cfg: PruneConfig, calib: Optional[Calibration], ids: 
 @dataclass
 class TopK:
     """The TOP_K most likely next tokens at every position of one run, most likely first: ids (B, L, k)
-    int32 and probs (B, L, k) fp32, with texts: token id -> its decoded text, for every id in `ids`."""
+    int32 and probs (B, L, k) fp32, with texts: token id -> its text (`ppcore.token_text`: a part of a character
+    as its bytes), for every id in `ids`."""
 
     ids: Tensor
     probs: Tensor
@@ -305,7 +307,7 @@ def analyse(lm: LoadedModel, calib: Optional[Calibration], cfg: PruneConfig, bat
     nll_d, m = token_nll(ad, dense.hidden, ids, dense.valid)
     nll_p, _ = token_nll(ad, main.hidden, ids, main.valid)
     nt = next_tokens(ad, dense.hidden, main.hidden, TOP_K)
-    texts = {i: tok.decode([i]) for i in set(nt.ref_ids.flatten().tolist()) | set(nt.ids.flatten().tolist())}
+    texts = {i: token_text(tok, i) for i in set(nt.ref_ids.flatten().tolist()) | set(nt.ids.flatten().tolist())}
     # One batch, no warm-up: the perplexity is that batch's, so the protocol states no warm-up.
     protocol = build_protocol(FRONT_END, lm, {"source": batch.description, "shape": list(ids.shape)},
                               config=cfg.to_dict(), calibration=None if calib is None else calib.protocol,

@@ -198,7 +198,7 @@ def _run(at: AppTest) -> AppTest:
 def test_bad_inputs_show_one_message_and_recover(tmp_path):
     at = start(ratio="1.5")  # out of range, from a shared URL
     assert not at.exception
-    assert len(at.error) == 1 and "ratio must lie in [0, 1)" in at.error[0].value
+    assert len(at.error) == 1 and "Ratio must lie in [0, 1)" in at.error[0].value
     at.selectbox(key="s_model_choice").set_value(OTHER_MODEL).run()
     at.text_input(key="s_model").set_value("/nonexistent/model")
     at.number_input(key="s_ratio").set_value(0.4)
@@ -213,12 +213,12 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     at.selectbox(key="s_model_choice").set_value("default")
     at.number_input(key="s_batch_size").set_value(500)
     _run(at)
-    assert not at.exception and len(at.error) == 1 and "batch size 500 is out of range" in at.error[0].value
+    assert not at.exception and len(at.error) == 1 and "Batch size 500 is out of range" in at.error[0].value
     at.number_input(key="s_batch_size").set_value(4)
     at.radio(key="s_source").set_value("paste").run()
     at.text_area(key="s_text").set_value("  \n\n ")
     _run(at)
-    assert not at.exception and len(at.error) == 1 and "the batch is empty" in at.error[0].value
+    assert not at.exception and len(at.error) == 1 and "The batch is empty" in at.error[0].value
     # The next valid run works: two pasted samples of uneven length (padded on the right).
     at.text_area(key="s_text").set_value("The cat sat on the mat.\n"
                                          "A much longer second sample about the weather today.")
@@ -236,7 +236,7 @@ def test_unreadable_upload_is_reported():
     assert at.text_input(key="s_model").value == "/nonexistent/first"
     at.selectbox(key="s_model_choice").set_value("default")
     _run(at)
-    assert len(at.error) == 1 and "no file uploaded" in at.error[0].value
+    assert len(at.error) == 1 and "No file uploaded" in at.error[0].value
     at.get("file_uploader")[0].upload("bad.jsonl", b'{"text": "fine"}\n{not json', "application/json")
     _run(at)
     assert not at.exception and len(at.error) == 1 and "line 2: not valid JSON" in at.error[0].value

@@ -1,5 +1,6 @@
 """End to end in a real browser: `streamlit run app/main.py`, headless Debian chromium via playwright,
-the default batch, the probe heat map and the channel map drawn, no error element, a screenshot."""
+the default batch, the probe heat map and the channel map drawn, no error element, a screenshot. (The lecture's
+walk in the browser is in tests/test_app_lecture.py, on the lecture its fixture prepared.)"""
 from __future__ import annotations
 
 import pytest
@@ -26,25 +27,3 @@ def test_app_in_a_real_browser(tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
 
-
-def test_lecture_in_a_real_browser():
-    """Lecture mode on a fresh server (its store off: the server prepares the lecture itself, a progress bar
-    meanwhile, with a quicker plan than tests/test_app_lecture.py's: the sweep is the lecture's own ratio alone, so
-    its curve has one point), then every step forward with no error element, and back."""
-    pytest.importorskip("playwright", reason="playwright is not installed (requirements-dev.txt)")
-    if chromium_path() is None:
-        pytest.skip("chromium not found at /usr/bin/chromium (make test installs it with apt-get)")
-    from app.lecture import REPEATS_ENV, STEPS, SWEEP_ENV
-    from tests.browser_util import lecture_next, lecture_step
-
-    env = {SWEEP_ENV: "0.4", REPEATS_ENV: "1"}
-    with streamlit_server(env) as url, browser_page(height=1400) as page:
-        page.goto(url + "/?lecture=1&batch_size=4&seq_len=48&calib_windows=8&calib_seq_len=64")
-        page.get_by_text("Preparing the lecture").first.wait_for(timeout=120_000)
-        lecture_step(page, 1, timeout_ms=1_500_000)
-        for k in range(1, len(STEPS)):
-            lecture_next(page, k)
-            assert f"step={k + 1}" in page.url
-        page.get_by_role("button", name="◀ Previous").click()
-        lecture_step(page, len(STEPS) - 1, timeout_ms=30_000)
-        assert page.locator(ERROR_SELECTOR).count() == 0

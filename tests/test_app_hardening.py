@@ -99,6 +99,9 @@ BAD_UPLOADS = [  # (case, file name, bytes, the message it must give)
     ("JSON nested 100000 deep", "deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: not valid JSON"),
     ("JSON lines without strings", "nums.jsonl", b'{"a": 1}\n{"a": 2}\n', "no text column"),
     ("CSV header only", "head.csv", b"id,text\n", "no text column"),
+    # without strict parsing the rest of the file became one silent field
+    ("CSV unclosed quote", "open.csv", b'id,text\n1,fine\n2,"never closed\n3,more\n', "line 3: not a readable CSV"),
+    ("CSV text after a closing quote", "after.csv", b'id,text\n1,"quoted"tail\n', "line 2: not a readable CSV"),
 ]
 
 
@@ -277,6 +280,19 @@ def test_messages_cannot_become_links_or_images():
     assert len(messages.clean("a" * 10_000)) <= messages.MAX_CHARS
 
 
+def test_engine_messages_start_as_sentences_but_names_keep_their_case(local_mode):
+    """The engine writes lower-case for the command line; the page capitalises the first word, except a file
+    name, a method or a package."""
+    cases = {"the batch is empty: x holds no text": "The batch is empty: x holds no text",
+             "notes.csv, line 3: not a readable CSV file": "notes.csv, line 3: not a readable CSV file",
+             "pp needs a calibration": "pp needs a calibration", "ppcore does not know": "ppcore does not know",
+             "wanda-sp at 0.4": "wanda-sp at 0.4", "model_args x: y": "model_args x: y", "": "",
+             "already Capital": "Already Capital"}
+    for text, shown in cases.items():
+        assert messages.sentence(text) == shown
+    assert messages.failure(DataError("the batch is empty")) == "The batch is empty"
+
+
 @pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                  MemoryError(), RuntimeError("[enforce fail] DefaultCPUAllocator: out of memory")])
 def test_out_of_memory_becomes_advice(exc):
@@ -301,7 +317,7 @@ def test_bad_uploads_in_the_page_then_a_200_mb_upload_works(local_mode):
     at = start(source="upload")
     assert not at.exception and not at.error  # an upload link waits for its file instead of failing
     run(at)
-    one_error(at, "no file uploaded")  # Run pressed without a file: one message
+    one_error(at, "No file uploaded")  # Run pressed without a file: one message
     for name, data, needle in (("cafe.txt", "café\n".encode("latin-1"), "not UTF-8 text"),
                                ("image.txt", PNG, "not UTF-8 text"), ("nul.txt", b"a\x00b\n", "binary file"),
                                ("empty.txt", b"", "is empty")):
@@ -321,11 +337,11 @@ def test_bad_url_gives_warnings_and_one_error_then_recovers(local_mode):
     at = start(source="ftp", dtype="int8", ratio="nan", skip="0-100000000")
     assert not at.exception
     assert len(at.warning) == 3  # source, dtype, ratio: reported, then left at their defaults
-    one_error(at, f"layer list '0-100000000': index 100000000 is above {MAX_SKIP_INDEX}")
+    one_error(at, f"Layer list '0-100000000': index 100000000 is above {MAX_SKIP_INDEX}")
     at.text_input(key="s_skip_layers").set_value("0-2")
     at.session_state["s_seed"] = -5  # the seed widget shows only for corpus batches; the setting is checked anyway
     run(at)
-    one_error(at, "seed -5 is out of range")
+    one_error(at, "Seed -5 is out of range")
     at.session_state["s_seed"] = 0
     run(at)
     assert not at.exception and not at.error
@@ -363,7 +379,7 @@ def test_demo_mode_page(demo_mode, monkeypatch):
 
     monkeypatch.setattr(engine, "get_model", broken)
     run(at)
-    msg = one_error(at, "cannot read [server path]")
+    msg = one_error(at, "Cannot read [server path]")
     monkeypatch.setattr(engine, "get_model", lambda *a, **k: (_ for _ in ()).throw(
         OSError(2, "No such file", f"{engine.__file__}")))
     run(at)

@@ -10,6 +10,7 @@ import base64
 import re
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from app.header import header_metrics
 from app.lecture import STEPS, lecture_settings, step_text
 from app.state import Settings, from_query
 from ppcore import ConfigError, PruneConfig, session
+from ppcore.cache import cache_root
 from ppcore.result_store import ResultStore
 from tests.browser_util import LECTURE_FIGURES as FIGURES
 from tests.test_app import SMALL, charts, ok, start, titles
@@ -54,11 +56,24 @@ class Prepared:
     data: lecture.LectureData
 
 
+def cache_with_own_results(folder: Path) -> Path:
+    """A cache folder whose result store is new and empty and whose models, calibrations and the rest are this
+    machine's (links to them): a server started with PPCORE_CACHE=folder finds the converted model and the cached
+    calibration, and exactly the results the tests put in `folder / "results"`."""
+    real = cache_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in real.iterdir():
+        if p.name != "results":
+            (folder / p.name).symlink_to(p)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """One lecture prepared by the app (store switched on, in a fresh folder), shared by the tests below."""
     with pytest.MonkeyPatch.context() as mp:
-        store = ResultStore(tmp_path_factory.mktemp("lecture") / "results", max_bytes=256 << 20)
+        cache = cache_with_own_results(tmp_path_factory.mktemp("lecture") / "cache")
+        store = ResultStore(cache / "results", max_bytes=256 << 20)
         mp.setattr(stored, "store", lambda: store)
         for k, v in QUICK.items():
             mp.setenv(k, v)
@@ -343,3 +358,29 @@ def test_the_batch_table_shows_text_as_typed():
     assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
     assert "[a link](http://example.com) **bold**" in body  # no Markdown either: st.html shows it as typed
     assert body.count("<tr>") == 3 and "<td>1</td>" in body
+
+
+def test_lecture_in_a_real_browser(prepared):
+    """Every lecture step in headless chromium, forward then one back, with no error element, on a server that reads
+    the lecture the fixture prepared from its disk (the same store, settings and plan): the page opens it without
+    preparing anything, and the store holds no new entry after the walk. (The preparation's progress bar is
+    checked through AppTest above.)"""
+    pytest.importorskip("playwright", reason="playwright is not installed (requirements-dev.txt)")
+    from urllib.parse import urlencode
+
+    from tests.browser_util import browser_page, chromium_path, lecture_next, lecture_step, streamlit_server
+
+    if chromium_path() is None:
+        pytest.skip("chromium not found at /usr/bin/chromium (make test installs it with apt-get)")
+    before = sorted(p.name for p, _, _ in prepared.store.entries())
+    env = {**QUICK, "PPCORE_CACHE": str(prepared.store.root.parent), "PPCORE_RESULT_CACHE_MB": "256"}
+    with streamlit_server(env) as url, browser_page(height=1400) as page:
+        page.goto(url + "/?lecture=1&" + urlencode(SMALL))
+        lecture_step(page, 1, timeout_ms=300_000)
+        assert page.get_by_text("Preparing the lecture").count() == 0
+        for k in range(1, len(STEPS)):
+            lecture_next(page, k)
+            assert f"step={k + 1}" in page.url
+        page.get_by_role("button", name="◀ Previous").click()
+        lecture_step(page, len(STEPS) - 1, timeout_ms=30_000)
+    assert sorted(p.name for p, _, _ in prepared.store.entries()) == before

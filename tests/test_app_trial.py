@@ -361,7 +361,7 @@ def test_first_conversion_shows_in_the_progress_bar(local_mode, monkeypatch):
     at = start()
     assert [p.text for p in at.get("progress")] == [said]  # the bar shows the conversion while it runs
     assert at.status[0].label == "The run failed (see the message above the views)"
-    assert len(at.error) == 1 and "stop here" in at.error[0].value
+    assert len(at.error) == 1 and "Stop here" in at.error[0].value
 
 
 def test_status_lines_in_plain_words():

@@ -132,8 +132,9 @@ def _errors(at: AppTest) -> list[str]:
 
 def test_layer_list_app_url_and_sidebar_give_the_cli_message(local_mode, monkeypatch):
     """Every bad list, from a shared URL and typed into the sidebar: one error, the engine's message, and no
-    model work (the settings are checked first)."""
+    model work (the settings are checked first). The page starts it with a capital ('Layer list ...')."""
     import app.engine as engine
+    from app.messages import sentence
 
     def no_model(*a, **k):
         raise AssertionError("the skip list must be refused before the model loads")
@@ -143,8 +144,8 @@ def test_layer_list_app_url_and_sidebar_give_the_cli_message(local_mode, monkeyp
         at = AppTest.from_file(APP, default_timeout=120)
         at.query_params.update({"skip": text})
         at.run()
-        assert _errors(at) == [message(text)], text
+        assert _errors(at) == [sentence(message(text))], text
     for text in CLI_BAD:
         at.text_input(key="s_skip_layers").set_value(text)
         at.button(key="run").click().run()
-        assert _errors(at) == [message(text)], text
+        assert _errors(at) == [sentence(message(text))], text

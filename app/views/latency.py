@@ -55,7 +55,9 @@ def cpu_note(device: str, threads: Optional[int] = None) -> Optional[str]:
         return None
     return (f"Measured on a CPU{f' ({threads} threads)' if threads else ''}: only ratios mean anything. Small "
             "batches are dominated by fixed overheads (probing, slicing, Python), and other load on the machine "
-            "shifts absolute times; a GPU with large batches is where pruning's FLOPs savings become wall time.")
+            "shifts absolute times; a GPU with large batches is where pruning's FLOPs savings become wall time. "
+            "Latency, Compare and the lecture each time their own runs, so the same method's time / dense can "
+            "differ between them by several percent: a difference that small is noise, not a result.")
 
 
 def latency_note(lat: session.Latency) -> Optional[str]:
