@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from app.background import Cancelled, Jobs
+from tests.test_app import SMALL
 
 
 def test_jobs_share_by_key_run_in_order_and_keep_errors():
@@ -81,10 +82,15 @@ def test_finished_jobs_are_forgotten_past_the_bound(monkeypatch):
     assert jobs.get("a") is None and jobs.get("d") is not None
 
 
+# A smaller batch than the other AppTests' (2 x 24 tokens, not 4 x 48): the comparison times every method at two
+# ratios (18 walks per ratio), which is what these tests exercise, not the numbers of a larger batch.
+TINY_BATCH = dict(SMALL, batch_size="2", seq_len="24")
+
+
 def test_a_comparison_goes_on_while_another_tab_is_open():
     from tests.test_app import finish, ok, start, tab, titles
 
-    at = tab(start(), "Compare methods")
+    at = tab(start(TINY_BATCH), "Compare methods")
     r = at.session_state["result"]
     at.number_input(key="cmp_reps").set_value(1)
     at.checkbox(key="cmp_sweep").check().run()  # a ratio sweep: the perplexity-ratio curve too
@@ -109,7 +115,7 @@ def test_a_comparison_goes_on_while_another_tab_is_open():
 def test_cancel_from_the_page():
     from tests.test_app import finish, ok, start, tab
 
-    at = tab(start(), "Compare methods")
+    at = tab(start(TINY_BATCH), "Compare methods")
     r = at.session_state["result"]
     at.number_input(key="cmp_reps").set_value(3)  # not the comparison another test ran: the server keeps those
     at.button(key="cmp_go").click().run()
