@@ -176,18 +176,34 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
         cols = [c for c in dict.fromkeys(k for r in rows for k in r) if any(isinstance(r.get(c), str) for r in rows)]
     else:
         try:
-            # strict: an unclosed quote would otherwise swallow the rest of the file into one field, silently
-            reader = csv.DictReader((line + "\n" for line in iter_lines(text)), strict=True)
+            # One document may fill a field: allow fields as large as an upload (the csv default is 128 KiB).
+            csv.field_size_limit(max(csv.field_size_limit(), limits().upload_bytes))
+            # strict: an unclosed quote would otherwise swallow the rest of the file into one field, silently;
+            # spaces after a closing quote at a line's end (a common quirk) are dropped first, as strict refuses them
+            reader = csv.DictReader((line.rstrip(" \t") + "\n" for line in iter_lines(text)), strict=True)
             rows = list(itertools.islice(reader, max_rows))
             cols = [c for c in (reader.fieldnames or []) if c is not None]
         except csv.Error as e:
-            hint = ("a quote (\") opened there is never closed" if "end of data" in str(e)
-                    else "a quoted field must end at its closing quote")
-            raise DataError(f"{name}, line {reader.line_num + 1}: not a readable CSV file ({e}: {hint}); fix the "
-                            "quotes, or upload the text as .txt or .jsonl") from None
+            why = str(e)
+            hint = ("a quote (\") opened there is never closed" if "end of data" in why else
+                    "a quoted field must end at its closing quote" if "expected after" in why else "")
+            raise DataError(f"{name}, line {reader.line_num + 1}: not a readable CSV file ({why}"
+                            + (f": {hint}); fix the quotes" if hint else ")")
+                            + ", or upload the text as .txt or .jsonl") from None
     if not rows or not cols:
         raise DataError(f"{name} holds no text column (no rows, or no string values)")
-    return cols, rows
+    return text_first(cols, rows), rows
+
+
+def text_first(cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The columns with the likeliest text column first (the picker's default): one named 'text' (any case), else
+    the one whose string values are longest on average (a document, not an id or a label); the rest by the same
+    measure."""
+    def length(c: str) -> float:
+        vals = [v for r in rows if isinstance(v := r.get(c), str)]
+        return sum(map(len, vals)) / len(vals) if vals else 0.0
+
+    return sorted(cols, key=lambda c: (c.strip().lower() != "text", -length(c)))
 
 
 def iter_upload(name: str, data: bytes, column: str, split: str) -> Iterator[str]:

@@ -249,7 +249,9 @@ def test_batch_parsing():
     assert split_text("a\n\n b \n", "line") == ["a", "b"]
     assert split_text("one\ntwo\n\nthree", "paragraph") == ["one two", "three"]
     cols, rows = read_upload("t.csv", b"id,body\n1,hello there\n2,second row\n")
-    assert cols == ["id", "body"] and len(rows) == 2
+    assert cols == ["body", "id"] and len(rows) == 2  # the likeliest text column first: the picker's default
+    assert read_upload("t.csv", b"id,TEXT,note\n1,a,a much longer note\n")[0][0] == "TEXT"  # a 'text' column wins
+    assert upload_texts("t.csv", b"id,body\n1,hello there\n", "", "line") == ["hello there"]  # no column given
     assert upload_texts("t.csv", b"id,body\n1,hello there\n2,second row\n", "body", "line") == ["hello there",
                                                                                                "second row"]
     assert upload_texts("t.jsonl", b'{"q": "x", "n": 1}\n{"q": "y"}\n', "", "line") == ["x", "y"]

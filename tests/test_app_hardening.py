@@ -113,6 +113,16 @@ def test_bad_upload_gives_one_clear_message(local_mode, case, name, data, needle
     assert name in str(e.value)
 
 
+def test_csv_quirks_that_are_not_errors(local_mode):
+    """Found by a newcomer: a field longer than the csv module's 128 KiB default (one document per row), and spaces
+    after a closing quote at a line's end, read as they should (the strict parsing that refuses an unclosed quote
+    refused both)."""
+    long = b"word " * 40_000
+    got = upload_texts("long.csv", b'id,text\n1,"' + long + b'"\n2,a second sample\n', "text", "line")
+    assert got == [long.decode().strip(), "a second sample"]
+    assert upload_texts("sp.csv", b'id,text\n1,fine\n2," spaced "   \n', "text", "line") == ["fine", "spaced"]
+
+
 def test_utf8_with_bom_and_crlf_reads_correctly(local_mode):
     assert upload_texts("bom.txt", "\ufeffone\r\ntwo\r\n".encode("utf-8"), "", "line") == ["one", "two"]
     assert upload_texts("q.csv", b'id,body\n1,"multi\nline"\n', "body", "line") == ["multi\nline"]
