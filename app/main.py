@@ -299,7 +299,9 @@ def main() -> None:
         st.info("No result yet: fix the input above and press **Run** in the sidebar.")
         return
     if r.key != key:
-        st.info("The sidebar settings differ from this result's: press **Run** to apply them.")
+        st.info("The result below is from earlier settings: the last Run failed (the message above); fix the input "
+                "and press **Run**." if st.session_state.get("error") else
+                "The sidebar settings differ from this result's: press **Run** to apply them.")
     # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
     # open tab's content runs, so switching views is quick.
     _collect(r)  # background computations that finished since the last run of the page

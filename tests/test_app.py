@@ -227,6 +227,13 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     r = at.session_state["result"]
     assert r.analysis.batch.ids.shape[0] == 2 and r.analysis.batch.mask is not None
     assert any(s.startswith("Layer 3, Attention") for s in titles(at))
+    # A failed Run after it: the page keeps the result and says why it is not these settings' (it no longer asks to
+    # press Run, which was just pressed).
+    at.text_area(key="s_text").set_value(" ")
+    _run(at)
+    assert len(at.error) == 1 and at.session_state["result"] is r
+    assert [i.value for i in at.info if "earlier settings" in i.value] and not [
+        i.value for i in at.info if "press **Run** to apply them" in i.value]
 
 
 def test_unreadable_upload_is_reported():
