@@ -190,8 +190,11 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
             raise DataError(f"{name}, line {reader.line_num + 1}: not a readable CSV file ({why}"
                             + (f": {hint}); fix the quotes" if hint else ")")
                             + ", or upload the text as .txt or .jsonl") from None
-    if not rows or not cols:
-        raise DataError(f"{name} holds no text column (no rows, or no string values)")
+    if not rows:
+        raise DataError(f"{name} has no rows" + (" under its header" if suffix == ".csv" else "")
+                        + ": upload a file with at least one sample")
+    if not cols:
+        raise DataError(f"{name} holds no text column (no column has a string value)")
     return text_first(cols, rows), rows
 
 

@@ -98,7 +98,7 @@ BAD_UPLOADS = [  # (case, file name, bytes, the message it must give)
     ("JSON lines, bad line", "bad.jsonl", b'{"text": "fine"}\n{not json\n', "line 2: not valid JSON"),
     ("JSON nested 100000 deep", "deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: not valid JSON"),
     ("JSON lines without strings", "nums.jsonl", b'{"a": 1}\n{"a": 2}\n', "no text column"),
-    ("CSV header only", "head.csv", b"id,text\n", "no text column"),
+    ("CSV header only", "head.csv", b"id,text\n", "has no rows under its header"),
     # without strict parsing the rest of the file became one silent field
     ("CSV unclosed quote", "open.csv", b'id,text\n1,fine\n2,"never closed\n3,more\n', "line 3: not a readable CSV"),
     ("CSV text after a closing quote", "after.csv", b'id,text\n1,"quoted"tail\n', "line 2: not a readable CSV"),
