@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -149,6 +150,9 @@ def decode_upload(name: str, data: bytes) -> str:
     return text
 
 
+_QUOTE_THEN_SPACES = re.compile(r'"[ \t]+$')
+
+
 def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple[list[str], list[dict[str, Any]]]:
     """(column names, rows) of an uploaded .csv or .jsonl; a .txt is one column 'text' holding the whole file.
 
@@ -180,7 +184,9 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
             csv.field_size_limit(max(csv.field_size_limit(), limits().upload_bytes))
             # strict: an unclosed quote would otherwise swallow the rest of the file into one field, silently;
             # spaces after a closing quote at a line's end (a common quirk) are dropped first, as strict refuses them
-            reader = csv.DictReader((line.rstrip(" \t") + "\n" for line in iter_lines(text)), strict=True)
+            # (only there: a quoted field's own lines keep their spaces)
+            reader = csv.DictReader((_QUOTE_THEN_SPACES.sub('"', line) + "\n" for line in iter_lines(text)),
+                                    strict=True)
             rows = list(itertools.islice(reader, max_rows))
             cols = [c for c in (reader.fieldnames or []) if c is not None]
         except csv.Error as e:

@@ -121,6 +121,8 @@ def test_csv_quirks_that_are_not_errors(local_mode):
     got = upload_texts("long.csv", b'id,text\n1,"' + long + b'"\n2,a second sample\n', "text", "line")
     assert got == [long.decode().strip(), "a second sample"]
     assert upload_texts("sp.csv", b'id,text\n1,fine\n2," spaced "   \n', "text", "line") == ["fine", "spaced"]
+    # only spaces after a closing quote go: a quoted field's own lines keep theirs
+    assert upload_texts("ml.csv", b'id,text\n1,"multi  \nline"\n', "text", "line") == ["multi  \nline"]
 
 
 def test_utf8_with_bom_and_crlf_reads_correctly(local_mode):
