@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ppcore import DataError
 from ppcore.session import Batch, corpus_windows
+from ppcore.token_text import shown
 
 from .state import DEMO_CORPORA, SOURCES, Settings, demo, limits
 
@@ -345,12 +346,19 @@ def build_batch(tokenizer: Any, vocab: int, s: Settings, upload: Optional[tuple[
 UTF8_MAX = 4  # bytes in one UTF-8 character: the most tokens a byte-level tokenizer splits one character into
 
 
-def token_texts(tokenizer: Any, row: list[int]) -> list[str]:
-    """Each token's text, one string per id of `row`, joined they give the row's text. A character a byte-level
-    tokenizer splits over several tokens (emoji, most non-Latin scripts) decodes to U+FFFD token by token: the
-    token that completes it gets the whole character and the ones before it an empty text, as a streaming
-    decoder would show them. A U+FFFD that no following token completes (one in the text itself) stays."""
-    out = tokenizer.batch_decode([[t] for t in row])
+def token_texts(tokenizer: Any, row: list[int]) -> tuple[list[str], list[str]]:
+    """Each token's text and its label, one string per id of `row` in each list.
+
+    Texts: joined they give the row's text. A character a byte-level tokenizer splits over several tokens (emoji,
+    most non-Latin scripts) decodes to U+FFFD token by token: the token that completes it gets the whole character
+    and the ones before it an empty text, as a streaming decoder would show them. A U+FFFD that no following token
+    completes (one in the text itself) stays.
+    Labels: each token as it reads alone (`ppcore.token_text.shown`): the same as its text except at such a split,
+    where every part shows its bytes (' <bytes F0 9F 98>', '<bytes 80>'), and for a token of only invisible
+    characters ('<U+FE0F>'), as the next-token candidates do."""
+    alone = tokenizer.batch_decode([[t] for t in row])
+    out = list(alone)
+    labels = [shown(tokenizer, t, a) for t, a in zip(row, alone)]
     i = 0
     while i < len(row):
         if "\ufffd" in out[i]:
@@ -361,13 +369,18 @@ def token_texts(tokenizer: Any, row: list[int]) -> list[str]:
                     i = j
                     break
         i += 1
-    return out
+    return out, labels
 
 
 def _finish(tokenizer: Any, ids: Tensor, mask: Optional[Tensor], desc: str,
             left_out: Optional[LeftOut] = None) -> Batch:
-    tokens = []
+    tokens, labels = [], []
     for r, row in enumerate(ids.tolist()):
         n = len(row) if mask is None else int(mask[r].sum())
-        tokens.append(token_texts(tokenizer, row[:n]) + [""] * (len(row) - n))
-    return Batch(ids, mask, desc, tokens) if left_out is None else TextBatch(ids, mask, desc, tokens, left_out)
+        texts, alone = token_texts(tokenizer, row[:n])
+        pads = [""] * (len(row) - n)
+        tokens.append(texts + pads)
+        labels.append(alone + pads)
+    if left_out is None:
+        return Batch(ids, mask, desc, tokens, labels=labels)
+    return TextBatch(ids, mask, desc, tokens, left_out, labels=labels)

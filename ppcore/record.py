@@ -22,8 +22,10 @@ from .protocol import Protocol
 #    token_loss, token_kl and token_top1 (per position, exact float32), the record's "saved" time, and the model's
 #    sizes in protocol.model. Versions 1-3 still load (new fields: None).
 # 5: a block's "forced": units kept whatever their score (PP+'s recovery core). Versions 1-4 still load (None).
-SCHEMA_VERSION = 5
-SCHEMAS = (1, 2, 3, 4, 5)  # the versions this code reads
+# 6: a batch's token_labels (the export's): each token as it reads alone, where token_texts put a character split
+#    over tokens all on its last one. Versions 1-5 still load (None: labels are the texts).
+SCHEMA_VERSION = 6
+SCHEMAS = (1, 2, 3, 4, 5, 6)  # the versions this code reads
 LEVELS = ("none", "summary", "full")
 BLOCK_NAMES = ("attn", "mlp")  # the two prunable blocks of a decoder layer, in the order they run
 
@@ -112,6 +114,8 @@ class BatchRecord:
     token_loss: Optional[list[list[Optional[float]]]] = None  # B x (L-1), nats, predicting t+1; None: not scored
     token_kl: Optional[list[list[Optional[float]]]] = None  # B x L, KL(dense || this run), nats; None at pads
     token_top1: Optional[list[list[Optional[int]]]] = None  # B x L, 1: the same most likely next token as dense
+    # Schema 6: B x L, each token as it reads alone (a part of a character as '<bytes F0 9F>'; '' for pads).
+    token_labels: Optional[list[list[str]]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (the "batches" entries of a saved RunRecord)."""

@@ -127,6 +127,7 @@ def export_record(a: "Analysis", others: Optional[Mapping[str, BatchRecord]] = N
         return replace(rec, saved=saved or _now())
     valid = a.batch.mask
     main = replace(rec.batches[0], token_texts=[list(row) for row in a.batch.tokens],
+                   token_labels=None if a.batch.labels == a.batch.tokens else [list(row) for row in a.batch.labels],
                    token_loss=exact_floats(a.nll_pruned, a.nll_mask),
                    token_kl=exact_floats(a.kl, valid), token_top1=_ints(a.top1, valid))
     batches = [main]
@@ -322,11 +323,11 @@ def _check_batch(b: BatchRecord, where: str, limits: RecordLimits) -> tuple[int,
             _check_block(getattr(layer, name), f"{where}, layer {n}, block {name}", B, L, len(b.layers), limits)
     for d, what in ((b.flops, "flops"), (b.units, "units"), (b.times, "times")):
         _counts(d, f"{where}: {what}")
-    if b.token_texts is not None:
-        rows = b.token_texts
-        if (not isinstance(rows, list) or len(rows) != B
-                or not all(isinstance(r, list) and len(r) == L and all(isinstance(t, str) for t in r) for r in rows)):
-            raise RecordError(f"{where}: token_texts is not {B} rows of {L} texts")
+    for key in ("token_texts", "token_labels"):
+        rows = getattr(b, key)
+        if rows is not None and (not isinstance(rows, list) or len(rows) != B or not all(
+                isinstance(r, list) and len(r) == L and all(isinstance(t, str) for t in r) for r in rows)):
+            raise RecordError(f"{where}: {key} is not {B} rows of {L} texts")
     for key, width, kind in (("token_loss", L - 1, "f"), ("token_kl", L, "f"), ("token_top1", L, "top1")):
         rows = getattr(b, key)
         if rows is None:
@@ -450,8 +451,8 @@ def _description(record: RunRecord, B: int, L: int) -> str:
 
 @dataclass
 class Rebuilt:
-    """What `ppcore.session.replay` builds its Analysis from (the same names; ids, mask, description and tokens
-    make its Batch)."""
+    """What `ppcore.session.replay` builds its Analysis from (the same names; ids, mask, description, tokens
+    and labels make its Batch)."""
 
     cfg: PruneConfig
     ratio: float
@@ -460,6 +461,7 @@ class Rebuilt:
     mask: Optional[torch.Tensor]
     description: str
     tokens: list[list[str]]
+    labels: list[list[str]]
     main: BatchRecord
     dense: Optional[BatchRecord]
     nll_dense: Optional[torch.Tensor]
@@ -521,6 +523,8 @@ def rebuild(record: RunRecord, name: str = "", limits: RecordLimits = RecordLimi
     if main.method in PROBING and any(b.pruned for b in blocks) and all(b.energy_fused is None for b in blocks):
         lacks.append("energies")
     seconds = {b.method: float(b.times["total_s"]) for b in (main, dense) if b is not None and "total_s" in b.times}
+    labels = texts if main.token_labels is None else main.token_labels
     return Rebuilt(cfg, ratio, _info(record, main), ids, mask, _description(record, B, L), [list(r) for r in texts],
-                   main, dense, nll_d, nll_p, nll_mask, kl, top1, "".join(texts[0][:24]).strip(),
-                   seconds, Replayed(record, name, others, tuple(k for k in LACKS if k in lacks)))
+                   [list(r) for r in labels], main, dense, nll_d, nll_p, nll_mask, kl, top1,
+                   "".join(texts[0][:24]).strip(), seconds,
+                   Replayed(record, name, others, tuple(k for k in LACKS if k in lacks)))

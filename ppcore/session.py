@@ -167,12 +167,20 @@ def corpus_windows(tokenizer: Any, corpus: str, count: int, seq_len: int, seed: 
 class Batch:
     """One batch as a front end built it. ids: (B, L) long token ids, right-padded; mask: (B, L) 0/1, None
     when nothing is padded; description: where the samples came from (protocol, captions); tokens: per
-    sample, the text of each position ('' for pads)."""
+    sample, the text of each position ('' for pads), joined they give the sample's text (a character split over
+    tokens is all on its last one); labels: the same grid with each token as it reads alone (`ppcore.token_text`:
+    a part of a character as its bytes, '<bytes F0 9F>'), for every place that shows one token by itself (a chart
+    axis, "actual next token", a per-token table); None: the same as `tokens`."""
 
     ids: Tensor
     mask: Optional[Tensor]
     description: str
     tokens: list[list[str]]
+    labels: Optional[list[list[str]]] = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            self.labels = self.tokens
 
     @property
     def lengths(self) -> list[int]:
@@ -325,7 +333,8 @@ def replay(record: RunRecord, name: str = "", limits: RecordLimits = RecordLimit
     batch, dense's, the baselines in `replayed.baselines`, the per-token numbers the record holds; no top-k).
     `name`: the file's. Raises RecordError for a record that cannot be replayed."""
     p = rebuild(record, name, limits)
-    return Analysis(p.cfg, p.ratio, p.info, Batch(p.ids, p.mask, p.description, p.tokens), p.main, p.dense,
+    batch = Batch(p.ids, p.mask, p.description, p.tokens, labels=p.labels)
+    return Analysis(p.cfg, p.ratio, p.info, batch, p.main, p.dense,
                     p.nll_dense, p.nll_pruned, p.nll_mask, p.kl, p.top1, None, None, p.prompt, record.protocol,
                     p.seconds, replayed=p.replayed)
 

@@ -3,15 +3,18 @@
 Byte-level tokenizers (GPT-2's scheme, SmolLM2) and SentencePiece with byte fallback (Gemma) split a
 character outside their vocabulary (emoji, most non-Latin scripts) into tokens of one or a few UTF-8
 bytes. Decoded alone such a token gives U+FFFD ("�"), which says nothing; `token_text` shows its bytes
-instead, e.g. '<bytes E6 97>'.
+instead, e.g. '<bytes E6 97>'; a token of only invisible characters (U+FE0F after an emoji) shows their code
+points, '<U+FE0F>'.
 """
 from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from typing import Any, Optional
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback pieces
+_INVISIBLE = {"Mn", "Me", "Cf"}  # combining marks and format characters: nothing to see without a base character
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,14 +44,22 @@ def token_bytes(tokenizer: Any, token_id: int) -> Optional[bytes]:
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
-    """The decoded text of one token; where the token holds only part of a character (it decodes to U+FFFD),
-    those bytes in hex, ' <bytes F0 9F 98>' (a space, then three of an emoji's four bytes), when the
-    tokenizer's pieces tell them."""
-    text = tokenizer.decode([int(token_id)])
-    if "\ufffd" not in text:
-        return text
-    raw = token_bytes(tokenizer, token_id)
-    return text if raw is None else readable(raw)
+    """The decoded text of one token, as `shown` makes it readable alone."""
+    return shown(tokenizer, token_id, tokenizer.decode([int(token_id)]))
+
+
+def shown(tokenizer: Any, token_id: int, text: str) -> str:
+    """One token's decoded `text` as a person can read it alone: where the token holds only part of a character
+    (it decodes to U+FFFD), those bytes in hex, ' <bytes F0 9F 98>' (a space, then three of an emoji's four bytes),
+    when the tokenizer's pieces tell them; a token of only invisible characters (combining marks, format
+    characters such as the emoji variation selector U+FE0F or the zero-width joiner) as their code points,
+    '<U+FE0F>'; any other text unchanged."""
+    if "\ufffd" in text:
+        raw = token_bytes(tokenizer, token_id)
+        text = text if raw is None else readable(raw)
+    if text and all(unicodedata.category(c) in _INVISIBLE for c in text):
+        return "".join(f"<U+{ord(c):04X}>" for c in text)
+    return text
 
 
 def readable(raw: bytes) -> str:

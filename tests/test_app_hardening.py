@@ -23,6 +23,7 @@ from app.state import ALIASES, MAX_SKIP_INDEX, Settings, from_query, limits, par
 from app.charts import colored_tokens
 from ppcore import ConfigError, DataError, ModelLoadError, PruneConfig
 from ppcore.loading import cache_root
+from ppcore.token_text import token_text
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 # Smaller than tests/test_app.py (the same calibration, so it is shared): these tests are about the page, not the model.
@@ -171,9 +172,15 @@ def test_non_latin_text_shows_whole_characters_not_replacement_marks(local_mode,
     lines = ["שלום עולם, hello 😀 again", "日本語のテキストです。", "a \ufffd b and more"]
     assert any("\ufffd" in t for t in tok.batch_decode([[i] for i in tok(lines[0])["input_ids"]]))  # the trap
     b = build_batch(tok, vocab, Settings(source="paste", text="\n".join(lines), batch_size=3, seq_len=64))
-    for row, n, line in zip(b.tokens, b.lengths, lines):
+    for row, labels, ids, n, line in zip(b.tokens, b.labels, b.ids.tolist(), b.lengths, lines):
         assert "".join(row[:n]) == line
         assert ("\ufffd" in "".join(row)) == ("\ufffd" in line)
+        # Labels: each token as it reads alone, as the next-token candidates show it (no '' for a real token,
+        # bytes for every part of a split character), pads ''.
+        assert labels[:n] == [token_text(tok, i) for i in ids[:n]]
+        assert all(labels[:n]) and not any(labels[n:])
+        assert [t for t, x in zip(labels, row) if t != x] == [t for t in labels[:n] if "<bytes " in t]
+    assert any(t.startswith(" <bytes F0 9F") for t in b.labels[0])  # the emoji's first part, with its space
 
 
 def test_encode_prefix_matches_full_tokenization(default_lm):

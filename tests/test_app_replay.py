@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_export_save_load_and_replay_give_the_same_numbers(live, tmp_path):
     path = tmp_path / "run.json"
     rec.save(path)
     raw = json.loads(path.read_text())
-    assert raw["schema"] == 5 and raw["saved"].endswith("Z") and raw["protocol"]["model"]["layers"] == 30
+    assert raw["schema"] == 6 and raw["saved"].endswith("Z") and raw["protocol"]["model"]["layers"] == 30
     assert [b["method"] for b in raw["batches"]] == ["pp", "dense", "fullbatch"]
     assert raw["batches"][2]["token_loss"] is None  # the per-token numbers ride on the analysed and dense batches
     r = session.replay(RunRecord.load(path), "run.json")
@@ -81,6 +82,30 @@ def test_export_save_load_and_replay_give_the_same_numbers(live, tmp_path):
     assert session.export_record(r).to_dict() == RunRecord.load(path).to_dict()
 
 
+def test_token_labels_are_exported_where_they_differ_and_replayed(live):
+    """Schema 6: a batch whose labels differ from its texts (a character split over tokens) exports them and a
+    replay gives them back; without them (labels = texts, or a schema 5 file) the replay's labels are the texts."""
+    a, base, _ = live
+    assert session.export_record(a, base).batches[0].token_labels is None  # labels are the texts: not written
+    labels = [list(row) for row in a.batch.tokens]
+    labels[0][1] = " <bytes F0 9F 98>"
+    batch = session.Batch(a.batch.ids, a.batch.mask, a.batch.description, a.batch.tokens, labels=labels)
+    rec = session.export_record(replace(a, batch=batch), base)
+    rows = token_table(SimpleNamespace(analysis=replace(a, batch=batch)))  # the per-token table shows labels
+    assert rows[(rows["sample"] == 0) & (rows["position"] == 1)]["token"].item() == " <bytes F0 9F 98>"
+    assert rec.batches[0].token_labels == labels and rec.batches[1].token_labels is None
+    r = session.open_record(json.dumps(rec.to_dict()))
+    assert r.batch.labels == labels and r.batch.tokens == a.batch.tokens
+    d = rec.to_dict()
+    d["schema"] = 5
+    for b in d["batches"]:
+        b.pop("token_labels")
+    assert session.open_record(json.dumps(d)).batch.labels == a.batch.tokens
+    d["batches"][0]["token_labels"] = labels[:1]
+    with pytest.raises(session.RecordError, match="token_labels is not 3 rows of 16 texts"):
+        session.open_record(json.dumps(d | {"schema": 6}))
+
+
 def _strip_to_schema_3(d: dict) -> dict:
     d = copy.deepcopy(d)
     d["schema"] = 3
@@ -88,7 +113,7 @@ def _strip_to_schema_3(d: dict) -> dict:
     for k in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab"):
         d["protocol"]["model"].pop(k)
     for b in d["batches"]:
-        for k in ("token_texts", "token_loss", "token_kl", "token_top1"):
+        for k in ("token_texts", "token_loss", "token_kl", "token_top1", "token_labels"):
             b.pop(k)
     return d
 

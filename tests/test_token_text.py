@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ppcore.token_text import readable, token_bytes, token_text
+from ppcore.token_text import readable, shown, token_bytes, token_text
 
 LINES = ["שלום עולם, hello 😀 again", "日本語のテキストです。", "plain English text"]
 
@@ -59,3 +59,14 @@ def test_byte_fallback_pieces_show_their_byte():
     assert token_text(tok, 0) == " hi"
     assert [token_text(tok, i) for i in (1, 2, 3)] == ["<bytes E6>", "<bytes 97>", "<bytes A5>"]
     assert tok.decode([1, 2, 3]) == "日"  # the three together are one character
+
+
+def test_invisible_tokens_show_their_code_points(default_tokenizer):
+    """A token of only a variation selector, joiner or combining mark would show as nothing: its code points."""
+    tok = BytePieces()
+    assert token_text(tok, 0) == " hi"
+    for text, want in (("\ufe0f", "<U+FE0F>"), ("\u200d", "<U+200D>"), ("\u05b8\u05b8", "<U+05B8><U+05B8>"),
+                       ("a\ufe0f", "a\ufe0f"), (" ", " "), ("\n", "\n"), ("", "")):
+        assert shown(tok, 0, text) == want, text
+    ids = [i for i in default_tokenizer("☺️")["input_ids"] if default_tokenizer.decode([i]) == "\ufe0f"]
+    assert ids and token_text(default_tokenizer, ids[0]) == "<U+FE0F>"  # SmolLM2 has U+FE0F as a token of its own

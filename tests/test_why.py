@@ -188,7 +188,7 @@ def test_schema_3_round_trip_and_older_records_load(records, tmp_path):
     path = tmp_path / "r.json"
     run.save(path)
     raw = json.loads(path.read_text())
-    assert raw["schema"] == SCHEMA_VERSION == 5  # schemas 4 (replay) and 5 read schema 3 records the same
+    assert raw["schema"] == SCHEMA_VERSION == 6  # schemas 4 (replay), 5 and 6 read schema 3 records the same
     loaded = RunRecord.load(path).batches[0]
     assert loaded.layers[1].attn.kept_probe_only == records["pp"].layers[1].attn.kept_probe_only
     # A schema-2 record (no stage-2 fields beyond the energies) loads; its new fields read as None.

@@ -305,7 +305,7 @@ def _outputs(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     diff = (a.nll_pruned - a.nll_dense) * a.nll_mask  # (B, L-1) nats
     b = int(diff.sum(1).argmax())  # the sample pruning hurt most
     n = a.batch.lengths[b]
-    _chart(charts.diff_bars(a.batch.tokens[b][1:n], [float(v) for v in diff[b, : n - 1]],
+    _chart(charts.diff_bars(a.batch.labels[b][1:n], [float(v) for v in diff[b, : n - 1]],
                             f"Sample {b} (hurt most): change in loss on each word, pruned − dense"), "outputs")
     d_b = diff[b, : n - 1]
     worse, much = int((d_b > 0).sum()), int((d_b > 1).sum())

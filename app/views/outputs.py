@@ -28,7 +28,7 @@ def token_table(r: Result) -> pd.DataFrame:
     for b in range(m.shape[0]):
         for t in range(m.shape[1]):
             if m[b, t] > 0:
-                rows.append({"sample": b, "position": t + 1, "token": a.batch.tokens[b][t + 1],
+                rows.append({"sample": b, "position": t + 1, "token": a.batch.labels[b][t + 1],
                              "loss_dense": float(a.nll_dense[b, t]), "loss_pruned": float(a.nll_pruned[b, t]),
                              "kl_dense_pruned": float(a.kl[b, t]), "top1_agree": int(a.top1[b, t])})
     return pd.DataFrame(rows)
@@ -98,7 +98,8 @@ def _per_token(r: Result) -> None:
     b = st.selectbox("Sample", list(range(B)), key="out_sample",
                      format_func=lambda i: f"{i}: " + "".join(a.batch.tokens[i][:12]).strip()[:60] + "…")
     n = a.batch.lengths[b]
-    toks = a.batch.tokens[b][:n]
+    toks = a.batch.tokens[b][:n]  # the running text
+    labels = a.batch.labels[b][:n]  # each token alone: a part of a character as its bytes, as the candidates show
     dense = [None] + [float(v) for v in a.nll_dense[b, : n - 1]]
     pruned = [None] + [float(v) for v in a.nll_pruned[b, : n - 1]]
     diff = [None] + [p - d for p, d in zip(pruned[1:], dense[1:])]
@@ -110,7 +111,7 @@ def _per_token(r: Result) -> None:
     st.markdown(large(charts.colored_tokens(toks, pruned, vmax, False)), unsafe_allow_html=True)
     st.markdown("**Difference** (red: pruned is worse, green: better)")
     st.markdown(large(charts.colored_tokens(toks, diff, dmax, True)), unsafe_allow_html=True)
-    st.plotly_chart(charts.diff_bars(toks[1:], diff[1:], f"Sample {b}: loss difference per token"),
+    st.plotly_chart(charts.diff_bars(labels[1:], diff[1:], f"Sample {b}: loss difference per token"),
                     width="stretch", key="out_diff")
     st.subheader("Next-token top-k")
     if a.top_dense is None or a.top_pruned is None:  # a replay: records hold no top-k
@@ -121,7 +122,7 @@ def _per_token(r: Result) -> None:
     k = c2.number_input("k", 1, session.TOP_K, 10, key="out_k",
                         help=f"up to {session.TOP_K}: the candidates kept per position")
     c1.markdown(large(html.escape(f"Context ends with: …{''.join(toks[max(0, pos - 8): pos + 1])!r}"
-                                  + (f"; actual next token {toks[pos + 1]!r}" if pos + 1 < n else ""))),
+                                  + (f"; actual next token {labels[pos + 1]!r}" if pos + 1 < n else ""))),
                 unsafe_allow_html=True)
     for col, (name, top) in zip(st.columns(2), (("dense", a.top_dense), (a.cfg.method, a.top_pruned))):
         rows = top.at(b, pos, int(k))

@@ -78,7 +78,7 @@ def _panel(r: Result) -> None:
         st.info(lacking("residual-importance grid (it was saved at level summary)") if r.replayed else
                 "No importance grid in this record.")
         return
-    tokens = a.batch.tokens
+    tokens = a.batch.labels  # each token as it reads alone (a part of a character as its bytes)
     scores = session.token_scores(rec.importance)
     sinks = session.sink_positions(scores)
     o1, o2 = st.columns(2)

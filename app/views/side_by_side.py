@@ -250,7 +250,7 @@ def render(r: Result, start: Callable[[str, PruneConfig, PruneConfig], None]) ->
     note = r.reused.get(label)
     if note:
         st.caption(f"This comparison was {note}.")
-    _draw(res, a.batch.tokens)
+    _draw(res, a.batch.labels)
 
 
 def _draw(res: session.SideBySide, tokens: list[list[str]]) -> None:
