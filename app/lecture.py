@@ -175,7 +175,8 @@ class LectureData:
     """Everything the lecture draws, held in memory for every session (app/lecture_job.py): `result` holds the
     analysis and, where they succeeded, the baselines, the comparison (every method at each ratio of `sweep`) and
     the latency; `when[part]`: when and where that part was computed, in words; `errors[part]`: one message for a
-    part that failed (the steps that need it say so); `layer`: the layer the layer-specific steps open on."""
+    part that failed (the steps that need it say so); `layer`: the layer the layer-specific steps open on; `figures`:
+    the figures drawn from it so far (a cache)."""
 
     settings: Settings
     result: Result
@@ -183,6 +184,8 @@ class LectureData:
     layer: int
     when: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    # The steps' Plotly figures once built, by (builder, layer): shared by every session (app/views/lecture.py).
+    figures: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def missing(self, step: Step) -> list[str]:
         """The messages of the parts `step` needs that failed."""

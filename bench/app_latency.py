@@ -7,9 +7,11 @@
    is drawn (median and max of several clicks).
 3. Lecture mode (issue 14: first figure <= 3 s, every next step <= 1 s): with the lecture prepared on disk (this
    script prepares it after 1 and 2, as `python -m app.lecture_prepare` does; the first time takes minutes) and the
-   server already running (it has served the page above), seconds from opening `?lecture=1` in a new session until
-   step 1's figure is drawn (the server reads the lecture back from disk), the same in a second new session (the
-   lecture already in the server's memory), and from each click on Next until the next step's figure is drawn.
+   server already running (it has served the page above), by the page's own clock: seconds from opening
+   `?lecture=1` in a new session until step 1's figure is painted (the server reads the lecture back from disk),
+   the same in a second new session (the lecture already in the server's memory), and from each click on Next
+   until the next step's figure is painted, Next pressed `--dwell` seconds (default 3) after the step before was
+   drawn, as a lecturer speaks over each step; then the same in a third session with Next pressed at once.
 4. Pruned channels and Compare (issue 14: the tab <= 5 s; "Compare all methods" for a batch already compared
    <= 2 s): the first session opens the Pruned channels tab (its baselines computed, or read back from the server's
    disk when any session computed them before) and compares every method once (untimed when it was not stored);
@@ -17,7 +19,8 @@
    and pressing "Compare all methods" until the comparison's chart is drawn.
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
-    .venv/bin/python -m bench.app_latency [--shots assets] [--no-lecture] [--out bench/results/app_latency.json]
+    .venv/bin/python -m bench.app_latency [--shots assets] [--no-lecture] [--dwell 3]
+        [--out bench/results/app_latency.json]
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import time
 from pathlib import Path
 
 from app.state import Settings, calib_config
-from tests.browser_util import browser_page, chart_title, lecture_next, lecture_step, open_tab, streamlit_server
+from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, browser_page, chart_title, lecture_step, open_tab,
+                                streamlit_server)
 
 
 def warm_cache() -> None:
@@ -50,23 +54,67 @@ def warm_lecture(query: str = "") -> None:
         raise RuntimeError("the lecture could not be prepared (see above)")
 
 
-def lecture_timings(browser, url: str, query: str = "") -> dict:
-    """Lecture mode in new sessions of a running server: the first figure (lecture read from disk), the first
-    figure again (from the server's memory), and each Next (seconds from the click to the next step's figure).
-    `query`: the lecture's settings as a link's query (default: the app's defaults)."""
+# Lecture timings are taken by the page's own clock: a MutationObserver notes when a step's heading and figure title
+# are in the page, and the time after the next frame (they are painted by then). Playwright's role queries, which
+# `lecture_step` uses to check each step, compute ARIA roles over the whole page on every poll: on 2 cores that
+# polling took 0.2-0.4 s of the browser's time per step, which no lecturer's browser spends.
+_DRAWN_JS = """([title, figure]) => new Promise(done => {
+  const seen = () => [...document.querySelectorAll('h2')].some(h => h.textContent.startsWith(title)) &&
+    [...document.querySelectorAll('""" + FIGURE_TITLE + """')].some(f => f.textContent.includes(figure));
+  const painted = () => requestAnimationFrame(() => setTimeout(() => done(performance.now()), 0));
+  if (seen()) { painted(); return; }
+  const watch = new MutationObserver(() => { if (seen()) { watch.disconnect(); painted(); } });
+  watch.observe(document, {subtree: true, childList: true, characterData: true});
+})"""
+# Next is clicked once it is in the page (a new page shows step 1's figure before its buttons' code has loaded).
+_NEXT_JS = """async ([title, figure]) => {
+  let next;
+  while (!(next = [...document.querySelectorAll('button')].find(b => b.textContent.includes('Next'))))
+    await new Promise(r => requestAnimationFrame(r));
+  const drawn = (%s)([title, figure]);
+  const t0 = performance.now();
+  next.click();
+  return (await drawn) - t0;
+}""" % _DRAWN_JS
+
+
+def _step_id(k: int) -> list[str]:
+    """Lecture step k's heading start and its figure's title (what `_DRAWN_JS` waits for)."""
     from app.lecture import STEPS
 
-    out: dict = {}
-    for name in ("lecture_first_figure_s", "lecture_first_figure_memory_s"):
+    step = STEPS[k - 1]
+    return [f"{k}. {step.title}", LECTURE_FIGURES[step.slug]]
+
+
+def lecture_timings(browser, url: str, query: str = "", dwell: float = 3.0) -> dict:
+    """Lecture mode in new sessions of a running server, by the page's clock: the first figure (lecture read from
+    disk; seconds from the start of navigation until step 1's figure is painted), the first figure again (from the
+    server's memory), and each Next: seconds from the click until the next step's figure is painted, pressed
+    `dwell` seconds after the step before was drawn (a lecturer speaks over each step; 0: at once), and again with
+    no dwell. Each step is then checked for errors (`lecture_step`). `query`: the lecture's settings as a link's
+    query (default: the app's defaults)."""
+    from app.lecture import STEPS
+
+    out: dict = {"lecture_dwell_s": dwell, "lecture_clock": "the page's (performance.now), to the frame after the "
+                                                            "step's heading and figure title are in the page"}
+    runs = (("lecture_first_figure_s", None), ("lecture_first_figure_memory_s", dwell),
+            ("lecture_first_figure_memory2_s", 0.0))
+    for name, wait in runs:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        t0 = time.perf_counter()
+        # Watched from the document's start (an init script), so that a step drawn before goto returns is timed too.
+        page.add_init_script(f"window.__ppFirst = ({_DRAWN_JS})({json.dumps(_step_id(1))})")
         page.goto(url + "/?lecture=1" + (f"&{query}" if query else ""))
+        out[name] = page.evaluate("() => window.__ppFirst") / 1000  # performance.now() counts from navigation
         lecture_step(page, 1, timeout_ms=120_000)
-        out[name] = time.perf_counter() - t0
-        if name.endswith("memory_s"):
-            steps = [lecture_next(page, k) for k in range(1, len(STEPS))]
-            out.update(lecture_next_median_s=statistics.median(steps), lecture_next_max_s=max(steps),
-                       lecture_next_s=steps)
+        if wait is not None:
+            steps = []
+            for k in range(1, len(STEPS)):
+                time.sleep(wait)
+                steps.append(page.evaluate(_NEXT_JS, _step_id(k + 1)) / 1000)
+                lecture_step(page, k + 1, timeout_ms=30_000)  # no error element, and the figure is there
+            tag = "" if wait else "_no_dwell"
+            out.update({f"lecture_next_median{tag}_s": statistics.median(steps),
+                        f"lecture_next_max{tag}_s": max(steps), f"lecture_next{tag}_s": steps})
         page.close()
     return out
 
@@ -77,6 +125,8 @@ def main() -> None:
     ap.add_argument("--shots", help="folder for one screenshot per view (PNG)")
     ap.add_argument("--out", default="bench/results/app_latency.json")
     ap.add_argument("--no-lecture", action="store_true", help="leave out lecture mode's timings")
+    ap.add_argument("--dwell", type=float, default=3.0, help="seconds on each lecture step before Next is pressed "
+                                                             "(a lecturer speaks over each step; default 3)")
     ap.add_argument("--limit", type=int, default=3600, help="hard limit on the whole script, seconds (a lecture "
                                                              "prepared for the first time takes most of it)")
     args = ap.parse_args()
@@ -101,7 +151,7 @@ def main() -> None:
         out.update(tab_timings(page.context.browser, url, page))
         if not args.no_lecture:  # the server is running and has served a page: the lecture's condition
             warm_lecture()  # after the first result, so that its analysis is not the lecture's stored one
-            out.update(lecture_timings(page.context.browser, url))
+            out.update(lecture_timings(page.context.browser, url, dwell=args.dwell))
         if args.shots:
             shots(page, Path(args.shots))
     out["command"] = ".venv/bin/python -m bench.app_latency"

@@ -9,7 +9,8 @@ lecture for the first time, every session that opens it sees the same progress b
 from __future__ import annotations
 
 import html
-from typing import Callable, Optional
+import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,8 @@ ON, STEP, LAYER = "lecture_on", "lecture_step", "lecture_layer"  # session keys:
 READ, LINKED_LAYER, SETTINGS = "_lecture_url_read", "_lecture_link_layer", "_lecture_settings"
 POLL_S = 1.0  # while the server prepares a lecture, each page looks at its progress this often
 FIRST_WAIT_S = 1.5  # a lecture read back from disk is ready within this: the page waits instead of flashing a bar
+WARM_DELAY_S = 1.5  # step 1 is painted within this of its content's arrival on 2 cores: Plotly is started after it
+WARM_SENT = "_lecture_plotly_warm_sent"
 TEXT_CSS = ("<style>.st-key-lecture_text p, .st-key-lecture_text li {font-size: 1.4rem !important; "
             "line-height: 1.5 !important} .st-key-lecture_warm {display: none}</style>")
 
@@ -148,6 +151,7 @@ def _walk(d: LectureData) -> None:
             DRAW[step.slug](d, -1 if layer is None else layer, text)
         except Exception as e:  # noqa: BLE001 — one step that cannot draw says so; Previous and Next still work
             st.error(f"This step could not be drawn: {messages.failure(e)}")
+    _prebuild(d, k + 1, int(st.session_state.get(LAYER, d.layer)) if layer is None else layer)
 
 
 def _layer(d: LectureData) -> int:
@@ -175,8 +179,37 @@ def _whole(d: LectureData, layer: int) -> bool:
     return True
 
 
-def _chart(fig, key: str) -> None:
-    st.plotly_chart(fig, width="stretch", key=f"lecture_{key}")
+Build = Callable[[LectureData, int], go.Figure]
+
+
+def _figure(d: LectureData, build: Build, layer: int = -1) -> go.Figure:
+    """`build(d, layer)`, made once per lecture and layer on this server (`d.figures`) and shared by every session:
+    building a Plotly figure takes up to 0.4 s of a 2-core server, a redraw of the built one a few milliseconds."""
+    key = (build.__name__, layer)
+    fig = d.figures.get(key)
+    if fig is None:
+        fig = d.figures[key] = build(d, layer)
+    return fig
+
+
+def _chart(d: LectureData, build: Build, layer: int = -1) -> None:
+    """The figure `build` makes at `layer` (-1: one that no layer changes), built once (`_figure`), drawn."""
+    st.plotly_chart(_figure(d, build, layer), width="stretch", key=f"lecture_{build.__name__}")
+
+
+def _prebuild(d: LectureData, k: int, layer: int) -> None:
+    """Build step `k`'s figures at `layer` while the page shows the step before it, so that Next only draws. Quietly
+    does nothing where the step would draw no figure (a layer run whole, a failed part): the step says why then."""
+    if not 1 <= k <= len(STEPS) or d.missing(STEPS[k - 1]):
+        return
+    step = STEPS[k - 1]
+    if step.layered and layer not in pruned_layers(d.result):
+        return
+    for build, layered in FIGURES[step.slug]:
+        try:
+            _figure(d, build, layer if layered else -1)
+        except Exception:  # noqa: BLE001 — the step itself, when shown, says what is wrong
+            return
 
 
 # --- the steps' figures: (data, layer or -1, the text column for a sentence about this batch) ----------------------
@@ -194,8 +227,21 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     st.markdown(f"**The batch**: {messages.clean(a.batch.description)}, {B} samples of up to {L} tokens.")
     texts = [_cut("".join(a.batch.tokens[b][: a.batch.lengths[b]]).strip(), 160) for b in range(B)]
     st.html(batch_table(texts))
-    # Step 1 draws no Plotly chart, so the browser would fetch and start Plotly only when Next is pressed (over a
-    # second on 2 cores): an empty chart in a hidden container, drawn after everything visible, warms it meanwhile.
+    _warm_plotly()
+
+
+def _warm_plotly() -> None:
+    """An empty Plotly chart in a hidden container, so that the browser loads and starts Plotly (4.7 MB of
+    JavaScript, about 2 s of a 2-core machine's browser) while the lecturer speaks over step 1, which draws no
+    Plotly chart, rather than when Next is pressed. The first time in a session it is sent WARM_DELAY_S after the
+    step's visible content: sent with it, the browser started Plotly before it had painted the step, and step 1
+    took 4.5 s to appear instead of 2.5 s. A press on Next meanwhile stops the wait at once."""
+    if not st.session_state.get(WARM_SENT):
+        wait, end = st.empty(), time.monotonic() + WARM_DELAY_S
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            wait.empty()  # a Streamlit call: where a rerun asked for meanwhile (Next) stops this one
+        st.session_state[WARM_SENT] = True
     with st.container(key="lecture_warm"):
         st.plotly_chart(go.Figure(), key="lecture_warm_chart")
 
@@ -221,17 +267,27 @@ def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
     return rec
 
 
+def _importance_figure(d: LectureData, layer: int) -> go.Figure:
+    a, rec = d.result.analysis, d.result.analysis.main.layers[layer].attn
+    return charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
+                                     f"Layer {layer}, attention: how loud each word is (log colour scale)", log=True)
+
+
 def _importance(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     rec = _attn_with_importance(d, layer)
     if rec is None:
         return
     a = d.result.analysis
-    _chart(charts.importance_heatmap(rec.importance, a.batch.tokens, rec.probe_tokens, rec.probe_samples,
-                                     f"Layer {layer}, attention: how loud each word is (log colour scale)", log=True),
-           "importance")
-    words = ", ".join(repr(_token(a.batch.tokens, t)) for t in rec.probe_tokens[:8])
+    _chart(d, _importance_figure, layer)
+    words = ", ".join(repr(_token(a.batch.labels, t)) for t in rec.probe_tokens[:8])
     text.markdown(f"Here, at layer {layer}: the probe keeps **{len(rec.probe_tokens)} of {a.batch.ids.shape[1]}** "
                   f"positions, among them {words}{' …' if len(rec.probe_tokens) > 8 else ''}.")
+
+
+def _samples_figure(d: LectureData, layer: int) -> go.Figure:
+    rec = d.result.analysis.main.layers[layer].attn
+    return charts.sample_bars(sample_scores(rec.importance, rec.probe_tokens), rec.probe_samples,
+                              f"Layer {layer}: each sample's loudness at the probe's positions")
 
 
 def _samples(d: LectureData, layer: int, text: DeltaGenerator) -> None:
@@ -240,11 +296,14 @@ def _samples(d: LectureData, layer: int, text: DeltaGenerator) -> None:
         return
     a = d.result.analysis
     B, L = tuple(a.batch.ids.shape)
-    _chart(charts.sample_bars(sample_scores(rec.importance, rec.probe_tokens), rec.probe_samples,
-                              f"Layer {layer}: each sample's loudness at the probe's positions"), "samples")
+    _chart(d, _samples_figure, layer)
     share = len(rec.probe_samples) * len(rec.probe_tokens) / max(sum(a.batch.lengths), 1)
     text.markdown(f"Here: **{len(rec.probe_samples)} of {B}** samples at **{len(rec.probe_tokens)} of {L}** "
                   f"positions: the probe is **{share:.1%}** of the batch's tokens.")
+
+
+def _history_figure(d: LectureData, layer: int) -> go.Figure:
+    return history.stage2_figure(d.result.analysis.main.layers[layer].attn, layer, "attn")
 
 
 def _history(d: LectureData, layer: int, text: DeltaGenerator) -> None:
@@ -254,7 +313,7 @@ def _history(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     if rec.energy_fused is None:
         st.info("This record holds no stage-2 energies.")
         return
-    _chart(history.stage2_figure(rec, layer, "attn"), "history")
+    _chart(d, _history_figure, layer)
     effect = session.history_effect(rec)
     if effect is None:
         text.markdown("Here the run fused no history: the probe decided alone.")
@@ -265,18 +324,33 @@ def _history(d: LectureData, layer: int, text: DeltaGenerator) -> None:
         text.markdown(f"Here, at layer {layer}, the history agreed with the probe: it changed no head's fate.")
 
 
+def _kept_map_figure(d: LectureData, layer: int) -> go.Figure:
+    return charts.kept_map(session.kept_matrix(d.result.analysis.main, "attn"), "query head",
+                           "Heads kept by pp, every layer")
+
+
+def _scores_figure(d: LectureData, layer: int) -> go.Figure:
+    attn = d.result.analysis.main.layers[layer].attn
+    return charts.scores_chart(attn.scores, attn.kept, "head", f"Layer {layer}: PPsp score of each head")
+
+
 def _kept(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     a = d.result.analysis
-    _chart(charts.kept_map(session.kept_matrix(a.main, "attn"), "query head", "Heads kept by pp, every layer"),
-           "kept_map")
+    _chart(d, _kept_map_figure)
     if _whole(d, layer):
         return
     attn, mlp = a.main.layers[layer].attn, a.main.layers[layer].mlp
     if attn.scores is not None:
-        _chart(charts.scores_chart(attn.scores, attn.kept, "head", f"Layer {layer}: PPsp score of each head"),
-               "scores")
+        _chart(d, _scores_figure, layer)
     text.markdown(f"Here, at layer {layer}: **{len(attn.kept)} of {attn.total}** heads and **{len(mlp.kept)} of "
                   f"{mlp.total}** MLP channels kept.")
+
+
+def _why_figure(d: LectureData, layer: int) -> go.Figure:
+    r = d.result
+    sets = session.kept_sets({"pp": r.analysis.main, **(r.baselines or {})}, layer, "attn")
+    return charts.kept_sets_grid(sets, r.analysis.main.layers[layer].attn.total, "head",
+                                 f"Layer {layer}: heads kept by each method")
 
 
 def _why(d: LectureData, layer: int, text: DeltaGenerator) -> None:
@@ -289,10 +363,23 @@ def _why(d: LectureData, layer: int, text: DeltaGenerator) -> None:
         return
     w = session.unit_why(r.analysis.main, dict(r.baselines or {}), layer, "attn", unit)
     text.markdown(unit_why.headline(w, "head"))
-    sets = session.kept_sets({"pp": r.analysis.main, **(r.baselines or {})}, layer, "attn")
-    _chart(charts.kept_sets_grid(sets, r.analysis.main.layers[layer].attn.total, "head",
-                                 f"Layer {layer}: heads kept by each method"), "why_sets")
+    _chart(d, _why_figure, layer)
     st.dataframe(unit_why.verdict_table(w), hide_index=True, width="stretch")
+
+
+def _hurt_most(d: LectureData) -> tuple[Any, int]:
+    """The change in loss, pruned − dense ((B, L-1) nats, 0 where not scored), and the sample it rose most on."""
+    a = d.result.analysis
+    diff = (a.nll_pruned - a.nll_dense) * a.nll_mask
+    return diff, int(diff.sum(1).argmax())
+
+
+def _outputs_figure(d: LectureData, layer: int) -> go.Figure:
+    a = d.result.analysis
+    diff, b = _hurt_most(d)
+    n = a.batch.lengths[b]
+    return charts.diff_bars(a.batch.labels[b][1:n], [float(v) for v in diff[b, : n - 1]],
+                            f"Sample {b} (hurt most): change in loss on each word, pruned − dense")
 
 
 def _outputs(d: LectureData, layer: int, text: DeltaGenerator) -> None:
@@ -302,11 +389,9 @@ def _outputs(d: LectureData, layer: int, text: DeltaGenerator) -> None:
         col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)
     if a.nll_dense is None or a.nll_pruned is None or a.nll_mask is None:
         return
-    diff = (a.nll_pruned - a.nll_dense) * a.nll_mask  # (B, L-1) nats
-    b = int(diff.sum(1).argmax())  # the sample pruning hurt most
+    diff, b = _hurt_most(d)
     n = a.batch.lengths[b]
-    _chart(charts.diff_bars(a.batch.labels[b][1:n], [float(v) for v in diff[b, : n - 1]],
-                            f"Sample {b} (hurt most): change in loss on each word, pruned − dense"), "outputs")
+    _chart(d, _outputs_figure)
     d_b = diff[b, : n - 1]
     worse, much = int((d_b > 0).sum()), int((d_b > 1).sum())
     text.markdown(f"Here: sample {b} is the one pruning hurt most: its loss rose on **{worse} of {n - 1}** words, by "
@@ -333,20 +418,32 @@ def _pruned_nothing(df: pd.DataFrame) -> list[str]:
     return methods
 
 
-def _compare(d: LectureData, layer: int, text: DeltaGenerator) -> None:
-    a = d.result.analysis
+def _at_ratio(d: LectureData) -> pd.DataFrame:
+    """The comparison's rows at the lecture's ratio, and dense's."""
     df = compare.table(d.result)
-    at = df[np.isclose(df["ratio"].astype(float), a.ratio) | (df["method"] == "dense")]
+    return df[np.isclose(df["ratio"].astype(float), d.result.analysis.ratio) | (df["method"] == "dense")]
+
+
+def _compare_figure(d: LectureData, layer: int) -> go.Figure:
+    return charts.compare_scatter(_at_ratio(d))
+
+
+def _compare(d: LectureData, layer: int, text: DeltaGenerator) -> None:
+    at = _at_ratio(d)
     st.dataframe(compare.shown_table(at[["method", "ratio", "ppl", "ppl_increase", "seconds", "time_vs_dense",
                                          "decoder_flops_ratio", "prr"]]), hide_index=True, width="stretch")
-    _chart(charts.compare_scatter(at), "compare")
+    _chart(d, _compare_figure)
     _pruned_nothing(at)
     _timed_note(d, "comparison")
 
 
+def _sweep_figure(d: LectureData, layer: int) -> go.Figure:
+    return charts.ratio_sweep(compare.table(d.result))
+
+
 def _sweep(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     df = compare.table(d.result)
-    _chart(charts.ratio_sweep(df), "sweep")
+    _chart(d, _sweep_figure)
     grid = df[df["method"] != "dense"].pivot_table(index="method", columns="ratio", values="ppl")
     st.dataframe(grid.map(lambda v: f"{v:.2f}").rename(columns=lambda c: f"ratio {c:.2f}"), width="stretch")
     idle = _pruned_nothing(df)
@@ -358,6 +455,11 @@ def _sweep(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     _timed_note(d, "comparison")
 
 
+def _latency_figure(d: LectureData, layer: int) -> go.Figure:
+    assert d.result.latency is not None  # the step's `needs` guarantees it
+    return latency.per_layer_chart(d.result.latency)
+
+
 def _latency(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     lat = d.result.latency
     assert lat is not None  # `needs` guarantees it
@@ -365,7 +467,7 @@ def _latency(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     if note:
         st.info(note, icon="⏱️")
     st.dataframe(latency.shown_summary(lat), hide_index=True, width="stretch")
-    _chart(latency.per_layer_chart(lat), "latency")
+    _chart(d, _latency_figure)
     _timed_note(d, "latency")
 
 
@@ -387,3 +489,10 @@ DRAW: dict[str, Callable[[LectureData, int, DeltaGenerator], None]] = {
     "model": _model, "importance": _importance, "samples": _samples, "history": _history, "kept": _kept,
     "why": _why, "outputs": _outputs, "compare": _compare, "sweep": _sweep, "latency": _latency}
 assert set(DRAW) == {s.slug for s in STEPS}, "every lecture step needs its figure"
+# Each step's Plotly figures, with whether the layer changes them: what `_prebuild` makes ahead of the step.
+FIGURES: dict[str, tuple[tuple[Build, bool], ...]] = {
+    "model": (), "importance": ((_importance_figure, True),), "samples": ((_samples_figure, True),),
+    "history": ((_history_figure, True),), "kept": ((_kept_map_figure, False), (_scores_figure, True)),
+    "why": ((_why_figure, True),), "outputs": ((_outputs_figure, False),), "compare": ((_compare_figure, False),),
+    "sweep": ((_sweep_figure, False),), "latency": ((_latency_figure, False),)}
+assert set(FIGURES) == set(DRAW), "every lecture step says which figures it draws"
