@@ -20,6 +20,7 @@ from app import lecture, lecture_job, stored
 from app.header import header_metrics
 from app.lecture import STEPS, lecture_settings, step_text
 from app.state import Settings, from_query
+from app.views import lecture as lecture_view
 from ppcore import ConfigError, PruneConfig, session
 from ppcore.cache import cache_root
 from ppcore.result_store import ResultStore
@@ -153,15 +154,20 @@ def test_walks_every_step_and_draws_the_engines_numbers(prepared):
                 want = [row.ppl for row in sorted(r.comparison, key=lambda x: x.timing.ratio)
                         if row.timing.method == m]
                 assert got == pytest.approx(want), m
-        if k < len(STEPS):
+        if k < len(STEPS):  # the next step's figures were built while this one showed: Next only draws them
+            nxt = STEPS[k]
+            for build, layered in lecture_view.FIGURES[nxt.slug]:
+                assert (build.__name__, d.layer if layered else -1) in d.figures, (nxt.slug, build.__name__)
             at.button(key="lecture_next").click().run()
     assert at.button(key="lecture_next").disabled
+    built = dict(d.figures)
     # Previous walks back; nothing was recomputed: the same shared object is drawn.
     for k in range(len(STEPS) - 1, 0, -1):
         at.button(key="lecture_prev").click().run()
         ok(at)
         assert _header(at).startswith(f"{k}. ")
     assert at.button(key="lecture_prev").disabled
+    assert d.figures == built and all(d.figures[k] is v for k, v in built.items())  # drawn again, not built again
     s, _ = lecture_settings(from_query(SMALL)[0])
     assert lecture_job.job(s.key(), s).data is d
 
