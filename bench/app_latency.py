@@ -17,6 +17,9 @@
    disk when any session computed them before) and compares every method once (untimed when it was not stored);
    then a NEW session opens the page, and the script times opening Pruned channels until its Jaccard chart is drawn,
    and pressing "Compare all methods" until the comparison's chart is drawn.
+5. Yardstick: a new session's time to draw the smallest Streamlit page with one Plotly chart
+   (bench/yardstick_page.py) on a server of its own: how fast this machine's browser is today, apart from the app
+   (1.75-1.9 s on 2026-12-01, 3.35-3.8 s on 2026-12-02 on the same 2-core machine).
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
     .venv/bin/python -m bench.app_latency [--shots assets] [--no-lecture] [--dwell 3]
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from app.state import Settings, calib_config
 from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, browser_page, chart_title, lecture_step, open_tab,
-                                streamlit_server)
+                                streamlit_process, streamlit_server)
 
 
 def warm_cache() -> None:
@@ -119,6 +122,25 @@ def lecture_timings(browser, url: str, query: str = "", dwell: float = 3.0) -> d
     return out
 
 
+def yardstick(browser, repeats: int = 3) -> list[float]:
+    """Seconds a new browser session takes to draw bench/yardstick_page.py (one Plotly chart, nothing of the app's)
+    on its own server, `repeats` times after one warm-up: this machine's speed today, for comparing days."""
+    with streamlit_process(script=Path(__file__).with_name("yardstick_page.py")) as server:
+        out = []
+        for i in range(repeats + 1):
+            context = browser.new_context(viewport={"width": 1500, "height": 1000})
+            try:
+                page = context.new_page()
+                t = time.perf_counter()
+                page.goto(server.url)
+                chart_title(page, "yardstick chart", timeout_ms=60_000)
+                if i:
+                    out.append(time.perf_counter() - t)
+            finally:
+                context.close()
+        return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=5)
@@ -152,6 +174,7 @@ def main() -> None:
         if not args.no_lecture:  # the server is running and has served a page: the lecture's condition
             warm_lecture()  # after the first result, so that its analysis is not the lecture's stored one
             out.update(lecture_timings(page.context.browser, url, dwell=args.dwell))
+        out["yardstick_s"] = yardstick(page.context.browser)  # this machine's speed today (bench/yardstick_page.py)
         if args.shots:
             shots(page, Path(args.shots))
     out["command"] = ".venv/bin/python -m bench.app_latency"

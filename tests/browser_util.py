@@ -44,14 +44,15 @@ class Server:
 
 @contextlib.contextmanager
 def streamlit_process(env: dict[str, str] | None = None, timeout: float = 60,
-                      log: str | Path | None = None) -> Iterator[Server]:
-    """Start the app on a free 127.0.0.1 port and yield it once it answers its health check.
+                      log: str | Path | None = None, script: Path = ROOT / "app" / "main.py") -> Iterator[Server]:
+    """Start the app (or another Streamlit `script`) on a free 127.0.0.1 port and yield it once it answers its
+    health check.
 
     The server's stdout and stderr go to `log` when given (else nowhere); the process, which this
     helper started, is terminated on exit.
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
     out = open(log, "wb") if log else subprocess.DEVNULL
