@@ -184,7 +184,8 @@ class LectureData:
     layer: int
     when: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    # The steps' Plotly figures once built, by (builder, layer): shared by every session (app/views/lecture.py).
+    # The steps' Plotly figures by (builder, layer), each a Future (built, or being built ahead): shared by every
+    # session (app/views/lecture.py).
     figures: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def missing(self, step: Step) -> list[str]:

@@ -18,7 +18,8 @@
    then a NEW session opens the page, and the script times opening Pruned channels until its Jaccard chart is drawn,
    and pressing "Compare all methods" until the comparison's chart is drawn.
 5. Yardstick: a new session's time to draw the smallest Streamlit page with one Plotly chart
-   (bench/yardstick_page.py) on a server of its own: how fast this machine's browser is today, apart from the app
+   (bench/yardstick_page.py) on a server of its own, before the app's starts: how fast this machine's browser is
+   today, apart from the app
    (1.75-1.9 s on 2026-12-01, 3.35-3.8 s on 2026-12-02 on the same 2-core machine).
 With --shots DIR it also saves a screenshot of each view (the README's pictures).
 
@@ -35,8 +36,8 @@ import time
 from pathlib import Path
 
 from app.state import Settings, calib_config
-from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, browser_page, chart_title, lecture_step, open_tab,
-                                streamlit_process, streamlit_server)
+from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, browser_page, chart_title, chromium, lecture_step,
+                                open_tab, streamlit_process, streamlit_server)
 
 
 def warm_cache() -> None:
@@ -115,7 +116,7 @@ def lecture_timings(browser, url: str, query: str = "", dwell: float = 3.0) -> d
                 time.sleep(wait)
                 steps.append(page.evaluate(_NEXT_JS, _step_id(k + 1)) / 1000)
                 lecture_step(page, k + 1, timeout_ms=30_000)  # no error element, and the figure is there
-            tag = "" if wait else "_no_dwell"
+            tag = "_no_dwell" if name.endswith("memory2_s") else ""
             out.update({f"lecture_next_median{tag}_s": statistics.median(steps),
                         f"lecture_next_max{tag}_s": max(steps), f"lecture_next{tag}_s": steps})
         page.close()
@@ -155,6 +156,8 @@ def main() -> None:
     signal.alarm(args.limit)  # bounded in time, whatever happens
     warm_cache()
     out: dict = {}
+    with chromium() as browser:  # before the app's server starts: nothing of the app's runs meanwhile
+        out["yardstick_s"] = yardstick(browser)  # this machine's speed today (bench/yardstick_page.py)
     with streamlit_server() as url, browser_page(height=1900) as page:
         t0 = time.perf_counter()
         page.goto(url)
@@ -174,7 +177,6 @@ def main() -> None:
         if not args.no_lecture:  # the server is running and has served a page: the lecture's condition
             warm_lecture()  # after the first result, so that its analysis is not the lecture's stored one
             out.update(lecture_timings(page.context.browser, url, dwell=args.dwell))
-        out["yardstick_s"] = yardstick(page.context.browser)  # this machine's speed today (bench/yardstick_page.py)
         if args.shots:
             shots(page, Path(args.shots))
     out["command"] = ".venv/bin/python -m bench.app_latency"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -179,37 +180,49 @@ def _whole(d: LectureData, layer: int) -> bool:
     return True
 
 
-Build = Callable[[LectureData, int], go.Figure]
+Build = Callable[[LectureData, int], Optional[go.Figure]]
 
 
-def _figure(d: LectureData, build: Build, layer: int = -1) -> go.Figure:
+def _figure(d: LectureData, build: Build, layer: int = -1) -> Optional[go.Figure]:
     """`build(d, layer)`, made once per lecture and layer on this server (`d.figures`) and shared by every session:
-    building a Plotly figure takes up to 0.4 s of a 2-core server, a redraw of the built one a few milliseconds."""
+    building a Plotly figure takes up to 0.4 s of a 2-core server, a redraw of the built one a few milliseconds.
+    Waits for a build `_prebuild` started; raises what `build` raises (and keeps nothing then)."""
     key = (build.__name__, layer)
-    fig = d.figures.get(key)
-    if fig is None:
-        fig = d.figures[key] = build(d, layer)
-    return fig
+    made = d.figures.get(key)
+    if made is None:
+        made = Future()
+        made.set_result(build(d, layer))
+        d.figures[key] = made
+    return made.result()
 
 
 def _chart(d: LectureData, build: Build, layer: int = -1) -> None:
     """The figure `build` makes at `layer` (-1: one that no layer changes), built once (`_figure`), drawn."""
-    st.plotly_chart(_figure(d, build, layer), width="stretch", key=f"lecture_{build.__name__}")
+    fig = _figure(d, build, layer)
+    if fig is not None:
+        st.plotly_chart(fig, width="stretch", key=f"lecture_{build.__name__}")
+
+
+@st.cache_resource(show_spinner=False)
+def _builder() -> ThreadPoolExecutor:
+    """The server's one thread that builds lecture figures ahead (`_prebuild`): builders are plain functions of the
+    shared data, with no Streamlit call."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lecture-figures")
 
 
 def _prebuild(d: LectureData, k: int, layer: int) -> None:
-    """Build step `k`'s figures at `layer` while the page shows the step before it, so that Next only draws. Quietly
-    does nothing where the step would draw no figure (a layer run whole, a failed part): the step says why then."""
+    """Start building step `k`'s figures at `layer` on the server's figure thread while the page shows the step
+    before it, so that Next only draws; this run does not wait for them (a click meanwhile is not held up). Nothing
+    where the step draws no figure (a layer run whole, a failed part): the step says why when shown."""
     if not 1 <= k <= len(STEPS) or d.missing(STEPS[k - 1]):
         return
     step = STEPS[k - 1]
     if step.layered and layer not in pruned_layers(d.result):
         return
     for build, layered in FIGURES[step.slug]:
-        try:
-            _figure(d, build, layer if layered else -1)
-        except Exception:  # noqa: BLE001 — the step itself, when shown, says what is wrong
-            return
+        key = (build.__name__, layer if layered else -1)
+        if key not in d.figures:
+            d.figures[key] = _builder().submit(build, d, key[1])
 
 
 # --- the steps' figures: (data, layer or -1, the text column for a sentence about this batch) ----------------------
@@ -234,13 +247,15 @@ def _warm_plotly() -> None:
     """An empty Plotly chart in a hidden container, so that the browser loads and starts Plotly (4.7 MB of
     JavaScript, about 2 s of a 2-core machine's browser) while the lecturer speaks over step 1, which draws no
     Plotly chart, rather than when Next is pressed. The first time in a session it is sent WARM_DELAY_S after the
-    step's visible content: sent with it, the browser started Plotly before it had painted the step, and step 1
-    took 4.5 s to appear instead of 2.5 s. A press on Next meanwhile stops the wait at once."""
+    step's visible content: sent with it, the browser often started Plotly before it had painted the step, and step
+    1 took 4.5 s to appear instead of 2.2 s. (A timed fragment rerun in place of the wait measured worse: 2.4-3.4 s.)
+    A full rerun (a sidebar widget) stops the wait at once; a Next, a fragment rerun, which Streamlit does not let
+    interrupt a running script, waits for the rest of it: at most WARM_DELAY_S, once per session."""
     if not st.session_state.get(WARM_SENT):
         wait, end = st.empty(), time.monotonic() + WARM_DELAY_S
         while time.monotonic() < end:
             time.sleep(0.1)
-            wait.empty()  # a Streamlit call: where a rerun asked for meanwhile (Next) stops this one
+            wait.empty()  # a Streamlit call: where a full rerun asked for meanwhile stops this one
         st.session_state[WARM_SENT] = True
     with st.container(key="lecture_warm"):
         st.plotly_chart(go.Figure(), key="lecture_warm_chart")
@@ -267,8 +282,12 @@ def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
     return rec
 
 
-def _importance_figure(d: LectureData, layer: int) -> go.Figure:
+# Builders: (data, layer) -> the figure, or None where the step draws none (it says why itself).
+
+def _importance_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
     a, rec = d.result.analysis, d.result.analysis.main.layers[layer].attn
+    if rec.importance is None:
+        return None
     return charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
                                      f"Layer {layer}, attention: how loud each word is (log colour scale)", log=True)
 
@@ -284,8 +303,10 @@ def _importance(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"positions, among them {words}{' …' if len(rec.probe_tokens) > 8 else ''}.")
 
 
-def _samples_figure(d: LectureData, layer: int) -> go.Figure:
+def _samples_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
     rec = d.result.analysis.main.layers[layer].attn
+    if rec.importance is None:
+        return None
     return charts.sample_bars(sample_scores(rec.importance, rec.probe_tokens), rec.probe_samples,
                               f"Layer {layer}: each sample's loudness at the probe's positions")
 
@@ -302,8 +323,9 @@ def _samples(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"positions: the probe is **{share:.1%}** of the batch's tokens.")
 
 
-def _history_figure(d: LectureData, layer: int) -> go.Figure:
-    return history.stage2_figure(d.result.analysis.main.layers[layer].attn, layer, "attn")
+def _history_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
+    rec = d.result.analysis.main.layers[layer].attn
+    return None if rec.energy_fused is None else history.stage2_figure(rec, layer, "attn")
 
 
 def _history(d: LectureData, layer: int, text: DeltaGenerator) -> None:
@@ -329,8 +351,10 @@ def _kept_map_figure(d: LectureData, layer: int) -> go.Figure:
                            "Heads kept by pp, every layer")
 
 
-def _scores_figure(d: LectureData, layer: int) -> go.Figure:
+def _scores_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
     attn = d.result.analysis.main.layers[layer].attn
+    if attn.scores is None:
+        return None
     return charts.scores_chart(attn.scores, attn.kept, "head", f"Layer {layer}: PPsp score of each head")
 
 
@@ -346,8 +370,10 @@ def _kept(d: LectureData, layer: int, text: DeltaGenerator) -> None:
                   f"{mlp.total}** MLP channels kept.")
 
 
-def _why_figure(d: LectureData, layer: int) -> go.Figure:
+def _why_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
     r = d.result
+    if first_pruned_unit(r, layer) is None:
+        return None
     sets = session.kept_sets({"pp": r.analysis.main, **(r.baselines or {})}, layer, "attn")
     return charts.kept_sets_grid(sets, r.analysis.main.layers[layer].attn.total, "head",
                                  f"Layer {layer}: heads kept by each method")
@@ -374,8 +400,10 @@ def _hurt_most(d: LectureData) -> tuple[Any, int]:
     return diff, int(diff.sum(1).argmax())
 
 
-def _outputs_figure(d: LectureData, layer: int) -> go.Figure:
+def _outputs_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
     a = d.result.analysis
+    if a.nll_dense is None or a.nll_pruned is None or a.nll_mask is None:
+        return None
     diff, b = _hurt_most(d)
     n = a.batch.lengths[b]
     return charts.diff_bars(a.batch.labels[b][1:n], [float(v) for v in diff[b, : n - 1]],
@@ -455,9 +483,8 @@ def _sweep(d: LectureData, layer: int, text: DeltaGenerator) -> None:
     _timed_note(d, "comparison")
 
 
-def _latency_figure(d: LectureData, layer: int) -> go.Figure:
-    assert d.result.latency is not None  # the step's `needs` guarantees it
-    return latency.per_layer_chart(d.result.latency)
+def _latency_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
+    return None if d.result.latency is None else latency.per_layer_chart(d.result.latency)
 
 
 def _latency(d: LectureData, layer: int, text: DeltaGenerator) -> None:
