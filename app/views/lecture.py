@@ -248,7 +248,7 @@ def _warm_plotly() -> None:
     JavaScript, about 2 s of a 2-core machine's browser) while the lecturer speaks over step 1, which draws no
     Plotly chart, rather than when Next is pressed. The first time in a session it is sent WARM_DELAY_S after the
     step's visible content: sent with it, the browser often started Plotly before it had painted the step, and step
-    1 took 4.5 s to appear instead of 2.2 s. (A timed fragment rerun in place of the wait measured worse: 2.4-3.4 s.)
+    1 took 4.5 s to appear instead of 2-2.5 s. (A timed fragment rerun in place of the wait measured worse: 2.4-3.4 s.)
     A full rerun (a sidebar widget) stops the wait at once; a Next, a fragment rerun, which Streamlit does not let
     interrupt a running script, waits for the rest of it: at most WARM_DELAY_S, once per session."""
     if not st.session_state.get(WARM_SENT):
