@@ -17,7 +17,7 @@ from .analysis import jaccard
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
 from .errors import DataError
-from .jsonfile import read_json_object, write_json
+from .jsonfile import read_json_object, run_seeds
 from .experiment import EvalSetup, prepare
 from .record import BLOCK_NAMES, BatchRecord
 from .scoring import score_batch, scored_runs, warm_up
@@ -83,17 +83,12 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
                             "another folder, or drop --resume")
         res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]
         res["seeds"] = [x for x in old["seeds"] if x in seeds]
-    for seed in seeds:
-        if seed in res["seeds"]:
-            if progress:
-                print(f"ablate {name} seed {seed}: kept from {json_path}", flush=True)
-            continue
+
+    def one_seed(seed: int) -> list[dict[str, Any]]:
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
-        res["rows"] += ablate_setup(s, name, labelled, seed, progress)
-        res["seeds"].append(seed)
-        if json_path:
-            write_json(json_path, res)
-    return res
+        return ablate_setup(s, name, labelled, seed, progress)
+
+    return run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress)
 
 
 def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,

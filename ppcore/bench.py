@@ -16,7 +16,7 @@ from .bench_report import Row
 from .config import CalibConfig, PruneConfig
 from .errors import DataError
 from .experiment import EvalSetup, prepare
-from .jsonfile import read_json_object, write_json
+from .jsonfile import read_json_object, run_seeds
 from .scoring import score, scored_runs
 
 OFFICIAL_BATCH_SIZE = 20  # the official run's eval and calibration batch size
@@ -91,16 +91,12 @@ def run_bench(cfgs: list[PruneConfig], seeds: list[int], *, calib: Optional[Cali
                             "one written before bench could resume: write to another --out-dir, or drop --resume")
         results["seeds"] = [x for x in old.get("seeds", []) if x in seeds]
         results["seeded"] = [r for r in old["seeded"] if r["seed"] in results["seeds"]]
-    for seed in seeds:
-        if seed in results["seeds"]:
-            if progress:
-                print(f"bench seed {seed}: kept from {json_path}", flush=True)
-            continue
+
+    def one_seed(seed: int) -> list[dict[str, Any]]:
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="bench")
-        results["seeded"] += bench_setup(s, cfgs, repeats, seed, progress)
-        results["seeds"].append(seed)
-        if json_path:
-            write_json(json_path, results)
+        return bench_setup(s, cfgs, repeats, seed, progress)
+
+    run_seeds(results, "seeded", seeds, one_seed, json_path=json_path, label="bench", progress=progress)
     if official_dir:
         ref = Path(official_dir)
         s = prepare(**{k: v for k, v in setup.items() if k in LOAD_ARGS}, batch_size=OFFICIAL_BATCH_SIZE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .errors import DataError
 
@@ -30,3 +30,21 @@ def read_json_object(path: str | Path, keys: tuple[str, ...], what: str,
     if missing:
         raise DataError(f"{path} is not {what} (it lacks {', '.join(missing)})" + (f": {hint}" if hint else ""))
     return obj
+
+
+def run_seeds(results: dict[str, Any], rows: str, seeds: list[int], run_seed: Callable[[int], list[dict[str, Any]]],
+              *, json_path: Optional[str], label: str, progress: bool) -> dict[str, Any]:
+    """Run `run_seed(seed)` for every seed of `seeds` not yet in `results["seeds"]` (those a resumed file already
+    holds are kept, with a line saying so), appending its rows to `results[rows]` and the seed to
+    `results["seeds"]`, and writing `results` to `json_path` after every seed, so a run stopped in its third seed
+    keeps its first two. `label` starts the progress lines ("bench", "ablate history"). Returns `results`."""
+    for seed in seeds:
+        if seed in results["seeds"]:
+            if progress:
+                print(f"{label} seed {seed}: kept from {json_path}", flush=True)
+            continue
+        results[rows] += run_seed(seed)
+        results["seeds"].append(seed)
+        if json_path:
+            write_json(json_path, results)
+    return results

@@ -22,16 +22,6 @@ from tests.conftest import TINY_VOCAB as VOCAB
 OFF = dict(compensate="off", error_score="off", allocation="uniform", recover="off")
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_lm):
-    return tiny_lm
-
-
-@pytest.fixture(scope="module")
-def calib(tiny_calib):
-    return tiny_calib
-
-
 def _batches(n=3, B=6, L=16):
     g = torch.Generator().manual_seed(2)
     out = [torch.randint(0, VOCAB, (B, L), generator=g) for _ in range(n)]
@@ -40,17 +30,17 @@ def _batches(n=3, B=6, L=16):
     return [(ids, mask if i == 1 else None) for i, ids in enumerate(out)]
 
 
-def _run(lm, calib, cfg, level="summary"):
-    pruner = build_pruner(lm.adapter, cfg, calib if cfg.needs_calibration else None)
-    return pruner, [walk(lm.adapter, pruner, ids, m, level=level, timing=False) for ids, m in _batches()]
+def _run(tiny_lm, tiny_calib, cfg, level="summary"):
+    pruner = build_pruner(tiny_lm.adapter, cfg, tiny_calib if cfg.needs_calibration else None)
+    return pruner, [walk(tiny_lm.adapter, pruner, ids, m, level=level, timing=False) for ids, m in _batches()]
 
 
 # --- every switch off is PP --------------------------------------------------------------------------------------
 
-def test_every_switch_off_is_pp_bit_for_bit(lm, calib):
+def test_every_switch_off_is_pp_bit_for_bit(tiny_lm, tiny_calib):
     base = dict(ratio=0.5, skip_layers=(0,))
-    _, pp = _run(lm, calib, PruneConfig(method="pp", **base))
-    _, plus = _run(lm, calib, PruneConfig(method="pp-plus", **base, **OFF))
+    _, pp = _run(tiny_lm, tiny_calib, PruneConfig(method="pp", **base))
+    _, plus = _run(tiny_lm, tiny_calib, PruneConfig(method="pp-plus", **base, **OFF))
     for a, b in zip(pp, plus):
         assert torch.equal(a.hidden, b.hidden) and a.flops == b.flops
         assert [[getattr(x, blk.name).kept for blk in BLOCKS] for x in a.record.layers] == \
@@ -82,13 +72,13 @@ def test_combinations_that_mean_nothing_are_refused(kwargs, message):
         PruneConfig(**kwargs)
 
 
-def test_without_calibration_or_its_windows_pp_plus_says_why(lm, calib):
+def test_without_calibration_or_its_windows_pp_plus_says_why(tiny_lm, tiny_calib):
     with pytest.raises(ConfigError, match="needs calibration statistics"):
-        Pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), use_history=False,
+        Pruner(tiny_lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), use_history=False,
                                        **dict(OFF, compensate="on")))
-    bare = replace(calib, source=None, fits={})
+    bare = replace(tiny_calib, source=None, fits={})
     with pytest.raises(ConfigError, match="do not carry them"):
-        build_pruner(lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,)), bare)
+        build_pruner(tiny_lm.adapter, PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,)), bare)
 
 
 # --- the formulas ------------------------------------------------------------------------------------------------
@@ -132,35 +122,35 @@ def test_the_batch_mean_leaves_out_the_first_position_and_pads():
     assert not bool(batch_mean_rest(z[:, :1], None)[1])
 
 
-def test_the_compensation_is_the_calibration_mean_then_an_ema_on_kept_channels(lm, calib):
+def test_the_compensation_is_the_calibration_mean_then_an_ema_on_kept_channels(tiny_lm, tiny_calib):
     cfg = PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), **dict(OFF, compensate="on"))
-    pruner = Pruner(lm.adapter, cfg, calib)
+    pruner = Pruner(tiny_lm.adapter, cfg, tiny_calib)
     (ids, _), (ids2, _) = _batches()[0], _batches()[2]
     cap = Capture()
-    walk(lm.adapter, pruner, ids, level="none", timing=False, capture=cap, update_history=False)
+    walk(tiny_lm.adapter, pruner, ids, level="none", timing=False, capture=cap, update_history=False)
     for layer in (1, 3):
-        w = lm.adapter.layer(layer)
+        w = tiny_lm.adapter.layer(layer)
         for block in BLOCKS:
             d = cap.decisions[layer][block.name]
-            kept = block.unit_channels(d.kept, lm.adapter.dims)
-            ref = compensation_bias(block.final_weight(w), calib.get(layer, block.name).mean_rest, kept)
+            kept = block.unit_channels(d.kept, tiny_lm.adapter.dims)
+            ref = compensation_bias(block.final_weight(w), tiny_calib.get(layer, block.name).mean_rest, kept)
             torch.testing.assert_close(d.bias, ref)
     before = {k: v.clone() for k, v in pruner.method.means.items()}
     cap = Capture()
-    walk(lm.adapter, pruner, ids2, level="none", timing=False, capture=cap)
+    walk(tiny_lm.adapter, pruner, ids2, level="none", timing=False, capture=cap)
     d = cap.decisions[2][MLP.name]
-    pruned = torch.ones(lm.adapter.dims.intermediate, dtype=torch.bool)
+    pruned = torch.ones(tiny_lm.adapter.dims.intermediate, dtype=torch.bool)
     pruned[d.kept] = False
     after = pruner.method.means[(2, MLP.name)]
     assert torch.equal(after[pruned], before[(2, MLP.name)][pruned])  # pruned channels keep their mean
     assert not torch.equal(after[~pruned], before[(2, MLP.name)][~pruned])
 
 
-def test_the_compensation_is_counted_in_the_pruned_flops(lm, calib):
+def test_the_compensation_is_counted_in_the_pruned_flops(tiny_lm, tiny_calib):
     base = PruneConfig(method="pp-plus", ratio=0.5, skip_layers=(0,), **OFF)
-    _, off = _run(lm, calib, base, level="summary")
-    _, on = _run(lm, calib, replace(base, compensate="on"), level="summary")
-    dims = lm.adapter.dims
+    _, off = _run(tiny_lm, tiny_calib, base, level="summary")
+    _, on = _run(tiny_lm, tiny_calib, replace(base, compensate="on"), level="summary")
+    dims = tiny_lm.adapter.dims
     rec = on[0].record
     for layer in range(1, 4):
         for block in BLOCKS:
@@ -194,15 +184,15 @@ def test_mlp_options_keep_a_multiple_and_heads_any_count():
 
 
 @pytest.fixture(scope="module")
-def fitted(lm, calib):
+def fitted(tiny_lm, tiny_calib):
     cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=1,
                       **dict(OFF, allocation="sensitivity"))
-    return cfg, _run(lm, calib, cfg, level="summary")
+    return cfg, _run(tiny_lm, tiny_calib, cfg, level="summary")
 
 
-def test_the_allocation_meets_pps_flops_and_respects_skipped_layers(lm, calib, fitted):
+def test_the_allocation_meets_pps_flops_and_respects_skipped_layers(tiny_lm, tiny_calib, fitted):
     cfg, (pruner, res) = fitted
-    _, pp = _run(lm, calib, replace(cfg, method="pp", allocation="auto"), level="none")
+    _, pp = _run(tiny_lm, tiny_calib, replace(cfg, method="pp", allocation="auto"), level="none")
     ours, theirs = flops_ratios(res[0].flops), flops_ratios(pp[0].flops)
     assert abs(ours["decoder_flops_ratio"] - theirs["decoder_flops_ratio"]) <= 0.01
     assert ours["decoder_probe_flops_ratio"] <= theirs["decoder_probe_flops_ratio"]
@@ -212,21 +202,21 @@ def test_the_allocation_meets_pps_flops_and_respects_skipped_layers(lm, calib, f
     for (layer, name), kept in pruner.kept_units.items():
         assert len(getattr(res[0].record.layers[layer], name).kept) == kept
     fit = pruner.method.fitted
-    assert fit["fitted_on"]["calibration"] == calib.meta["key"] and fit["fitted_on"]["windows"] == 4
+    assert fit["fitted_on"]["calibration"] == tiny_calib.meta["key"] and fit["fitted_on"]["windows"] == 4
     assert fit["kept"] == {f"{k[0]}.{k[1]}": v for k, v in sorted(pruner.kept_units.items())}
 
 
-def test_the_fit_is_made_once_and_cached_on_disk(lm, calib, fitted, tmp_path, monkeypatch):
+def test_the_fit_is_made_once_and_cached_on_disk(tiny_lm, tiny_calib, fitted, tmp_path, monkeypatch):
     cfg, _ = fitted
-    key = fit_key(cfg, calib)
-    assert key in calib.fits and key == fit_key(replace(cfg, ratio=0.2, compensate="on"), calib)
+    key = fit_key(cfg, tiny_calib)
+    assert key in tiny_calib.fits and key == fit_key(replace(cfg, ratio=0.2, compensate="on"), tiny_calib)
     import ppcore.allocation as allocation
     import ppcore.fitting as fitting
 
     windows = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(5))
-    cached = calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)
+    cached = calibrate(tiny_lm, windows, 4, cache_dir=tmp_path, progress=False)
     said = []
-    build_pruner(lm.adapter, cfg, cached, progress=lambda f, t: said.append((f, t)))
+    build_pruner(tiny_lm.adapter, cfg, cached, progress=lambda f, t: said.append((f, t)))
     path = allocation.fit_path(fit_key(cfg, cached), tmp_path)
     assert json.loads(path.read_text())["key"] == fit_key(cfg, cached)
     # Progress after every walk: one dense, then one per pruned block and fitted count (3 layers x 2 blocks here).
@@ -238,16 +228,16 @@ def test_the_fit_is_made_once_and_cached_on_disk(lm, calib, fitted, tmp_path, mo
         raise AssertionError("fitted again instead of reading the cached fit")
 
     monkeypatch.setattr(fitting, "walk", no_walk)
-    again = calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)
-    assert build_pruner(lm.adapter, cfg, again).kept_units == build_pruner(lm.adapter, cfg, cached).kept_units
+    again = calibrate(tiny_lm, windows, 4, cache_dir=tmp_path, progress=False)
+    assert build_pruner(tiny_lm.adapter, cfg, again).kept_units == build_pruner(tiny_lm.adapter, cfg, cached).kept_units
     # A Pruner built directly reads the fit the disk holds, and says how to make one when there is none.
-    assert Pruner(lm.adapter, cfg, calibrate(lm, windows, 4, cache_dir=tmp_path, progress=False)).kept_units
-    fresh = calibrate(lm, windows, 4, cache=False, progress=False)
+    assert Pruner(tiny_lm.adapter, cfg, calibrate(tiny_lm, windows, 4, cache_dir=tmp_path, progress=False)).kept_units
+    fresh = calibrate(tiny_lm, windows, 4, cache=False, progress=False)
     with pytest.raises(ConfigError, match="build_pruner"):
-        Pruner(lm.adapter, cfg, fresh)
+        Pruner(tiny_lm.adapter, cfg, fresh)
 
 
-def test_the_analysis_fits_first_and_says_so(lm, calib):
+def test_the_analysis_fits_first_and_says_so(tiny_lm, tiny_calib):
     """The app's analysis (ppcore.session.analyse) fits pp-plus's allocation before its timed walk, with progress in
     the first tenth of its bar; the walk then reads the fit (a second analysis fits nothing)."""
     import dataclasses
@@ -256,8 +246,8 @@ def test_the_analysis_fits_first_and_says_so(lm, calib):
     from ppcore.config import CalibConfig
     from tests.conftest import DecodeOnlyTokenizer
 
-    tok_lm = dataclasses.replace(lm, tokenizer=DecodeOnlyTokenizer())
-    fresh = calibrate(lm, torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(7)), 4,
+    tok_lm = dataclasses.replace(tiny_lm, tokenizer=DecodeOnlyTokenizer())
+    fresh = calibrate(tiny_lm, torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(7)), 4,
                       cache=False, progress=False)
     cal = session.Calibration(fresh, CalibConfig(windows=8, seq_len=16, batch_size=4), 0, {})
     ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(8))
@@ -308,10 +298,10 @@ def test_an_exchange_restores_the_best_block_and_the_cheapest_pay_for_it():
     assert exchange(removed, step, {(1, "mlp"): (0.01, 1.0)}, less, 0.0) == (removed, 0)
 
 
-def test_the_local_allocation_meets_pps_flops_where_it_operates(lm, calib):
+def test_the_local_allocation_meets_pps_flops_where_it_operates(tiny_lm, tiny_calib):
     cfg = PruneConfig(method="pp-plus", ratio=0.4, skip_layers=(0,), mlp_multiple=2, **dict(OFF, allocation="local"))
-    pruner, res = _run(lm, calib, cfg, level="summary")
-    _, pp = _run(lm, calib, replace(cfg, method="pp", **{k: "auto" for k in OFF}), level="none")
+    pruner, res = _run(tiny_lm, tiny_calib, cfg, level="summary")
+    _, pp = _run(tiny_lm, tiny_calib, replace(cfg, method="pp", **{k: "auto" for k in OFF}), level="none")
     ours, theirs = flops_ratios(res[0].flops), flops_ratios(pp[0].flops)
     assert ours["decoder_flops_ratio"] <= theirs["decoder_flops_ratio"] + 1e-9
     assert abs(ours["decoder_flops_ratio"] - theirs["decoder_flops_ratio"]) <= 0.01
@@ -323,11 +313,11 @@ def test_the_local_allocation_meets_pps_flops_where_it_operates(lm, calib):
     assert all(layer != 0 for layer, _ in pruner.kept_units)
     assert all(n % 2 == 0 for (_, b), n in pruner.kept_units.items() if b == "mlp")
     # The fit is made at the run's ratio and switches: another ratio is another fit.
-    assert fit_key(cfg, calib) != fit_key(replace(cfg, ratio=0.2), calib)
-    assert fit_key(cfg, calib) != fit_key(replace(cfg, compensate="on"), calib)
+    assert fit_key(cfg, tiny_calib) != fit_key(replace(cfg, ratio=0.2), tiny_calib)
+    assert fit_key(cfg, tiny_calib) != fit_key(replace(cfg, compensate="on"), tiny_calib)
 
 
-def test_the_uniform_line_drawn_beside_an_allocation_is_what_pp_keeps(lm, calib):
+def test_the_uniform_line_drawn_beside_an_allocation_is_what_pp_keeps(tiny_lm, tiny_calib):
     """The Pruned channels tab draws PP+'s kept fractions against PP's uniform allocation: that line is exactly what
     PP's own run keeps, layer by layer, skipped layers whole."""
     from ppcore.analysis import kept_fractions, uniform_kept_fractions
@@ -335,6 +325,6 @@ def test_the_uniform_line_drawn_beside_an_allocation_is_what_pp_keeps(lm, calib)
     for cfg in (PruneConfig(method="pp", ratio=0.4, skip_layers=(0,), mlp_multiple=8),
                 PruneConfig(method="pp", ratio=0.3, skip_layers=(0, 2), attn_ratio=0.4, mlp_ratio=0.2, mlp_multiple=1),
                 PruneConfig(method="pp", ratio=0.4, skip_layers=(1,), prune_attn=False)):
-        _, res = _run(lm, calib, cfg, level="summary")
+        _, res = _run(tiny_lm, tiny_calib, cfg, level="summary")
         for b in ("attn", "mlp"):
             assert uniform_kept_fractions(res[0].record, cfg, b) == kept_fractions(res[0].record, b), (cfg, b)
