@@ -152,3 +152,20 @@ def test_a_broken_file_to_resume_gets_one_message(tiny_setup, tmp_path, monkeypa
         with pytest.raises(DataError, match=message):
             ablate_run.run_ablation("fusion", [0.5], [0], base=PruneConfig(skip_layers=(0,)), progress=False,
                                     json_path=str(path), resume=True)
+
+
+def test_the_docs_tables_are_the_committed_jsons():
+    """docs/ablations.md shows every row of every grid measured so far (bench/results/ablations/NAME.json) exactly as
+    `markdown` makes it from the JSON, and names the seeds it holds (issue: the tables match their JSON)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "ablations.md").read_text()
+    found = sorted((root / "bench" / "results" / "ablations").glob("*.json"))
+    for path in found:
+        res = json.loads(path.read_text())
+        md = markdown(res)
+        rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+        missing = [line for line in rows if line not in doc]
+        assert not missing, f"docs/ablations.md lacks {path.name}'s rows: {missing[:2]}"
+        assert (root / "bench" / "results" / "ablations" / f"{res['ablation']}.md").read_text().strip() == md.strip()
