@@ -33,9 +33,10 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                                colorbar=dict(title="log10 ‖h‖" if log else "‖h‖"),
                                hovertemplate="sample %{y}, position %{x}<br>token %{customdata[0]}<br>"
                                              "importance %{customdata[1]:.4g}<extra></extra>"))
-    for t in probe_tokens:  # a red tick above each probe token column
-        fig.add_shape(type="rect", x0=t - 0.5, x1=t + 0.5, y0=1.0, y1=1.05, xref="x", yref="paper",
-                      fillcolor=PROBE, line_width=0)
+    # A red tick above each probe token column, all set at once: Plotly checks every shape again on each add_shape
+    # (32 probe tokens took 1.4 s of the first result's 2.7 s on the server).
+    fig.update_layout(shapes=[dict(type="rect", x0=t - 0.5, x1=t + 0.5, y0=1.0, y1=1.05, xref="x", yref="paper",
+                                   fillcolor=PROBE, line_width=0) for t in probe_tokens])
     cells = [(b, t) for b in probe_samples for t in probe_tokens]
     if cells:
         fig.add_trace(go.Scatter(x=[t for _, t in cells], y=[b for b, _ in cells], mode="markers", name="probe",

@@ -16,9 +16,13 @@ import streamlit as st
 from ppcore import PPCoreError
 from ppcore.session import ResultStore, Stored
 
+from .batch import LeftOut, TextBatch
 from .state import Settings, demo
 
 T = TypeVar("T")
+# The app's own records that stored results hold (an analysis of pasted text keeps its TextBatch): the store reads
+# back only the classes it is told of.
+STORED_APP_CLASSES = (TextBatch, LeftOut)
 
 
 def store() -> Optional[ResultStore]:
@@ -31,7 +35,7 @@ def store() -> Optional[ResultStore]:
 def _store(cache: str, megabytes: str) -> Optional[ResultStore]:
     """One store per (cache folder, bound): the arguments only key the cache; ResultStore reads the environment."""
     try:
-        s = ResultStore()
+        s = ResultStore(classes=STORED_APP_CLASSES)
     except (PPCoreError, OSError, ValueError):
         return None
     return s if s.max_bytes > 0 else None

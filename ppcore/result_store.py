@@ -8,21 +8,26 @@ that reuses one says when it was measured (`Stored.saved_at`).
 
 Entries are the engine's dataclasses with CPU tensors and numpy arrays, written with `torch.save` atomically under
 `cache_root()/results`, at most `max_bytes` in all: a `put` that goes over drops the least recently used entries
-first. They are read with `torch.load(weights_only=True)`, allowing only the globals `_allowed` names: ppcore's own
-classes (constructors of plain records), numpy's array and dtype rebuilders, torch's version string and a few
-harmless builtins, never a
-function that could run code. An entry naming anything else, a damaged or an unreadable one, is dropped and
-recomputed, never an error.
+first. They are read by `torch.load` through an unpickler whose `find_class` returns only the globals `_allowed`
+names: ppcore's own classes (constructors of plain records) and the record classes a front end names
+(`ResultStore(classes=...)`), numpy's array and dtype rebuilders, torch's tensor rebuilder and version string and a
+few harmless builtins, never a function that could run code (the "restricting globals" rule of Python's pickle
+documentation). It is the C unpickler: torch's `weights_only=True` unpickler enforces a like list in pure Python
+and took 4-5 times as long on an analysis (the app's first result waited seconds for it). An entry naming
+anything else, a damaged or an unreadable one, is dropped and recomputed, never an error.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
+import collections
 import functools
 import hashlib
 import importlib
 import io
 import json
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass
@@ -41,19 +46,29 @@ SAFE_BUILTINS = frozenset({"set", "frozenset", "complex", "slice", "range"})  # 
 
 
 @functools.lru_cache(maxsize=1)
-def _numpy_dtype_classes() -> list[type]:
-    """numpy's dtype classes (Float32DType...): a dtype's state names its class without listing it as a global."""
-    import numpy.dtypes
+def _torch_globals() -> dict[str, Any]:
+    """What `torch.save` names for a CPU tensor beside its storage (which torch's own loader resolves): the tensor
+    rebuilder, the empty OrderedDict of backward hooks and `_codecs.encode` (bytes in protocol 2)."""
+    import _codecs
 
-    return [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    import torch._utils
+
+    return {"torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+            "collections.OrderedDict": collections.OrderedDict, "_codecs.encode": _codecs.encode}
 
 
-def _allowed(name: str) -> Any:
+def _allowed(name: str, classes: tuple[type, ...] = ()) -> Any:
     """The object a stored entry may name as the global `name` ('module.Attr'), or None when it may not: a ppcore
-    class (records and configs: calling one builds a record), numpy's array, scalar and dtype rebuilders, or one of
-    SAFE_BUILTINS. No function of ours or of any library: a stored file cannot run code through them."""
+    class (records and configs: calling one builds a record) or one of `classes` (a front end's records), torch's
+    tensor rebuilder (`_torch_globals`) and version string, numpy's array, scalar and dtype rebuilders, or one of
+    SAFE_BUILTINS. No other function of ours or of any library: a stored file cannot run code through them."""
     module, _, attr = name.rpartition(".")
     try:
+        named = {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+        if name in named:
+            return named[name]
+        if name in _torch_globals():
+            return _torch_globals()[name]
         if module == "builtins":
             return getattr(builtins, attr) if attr in SAFE_BUILTINS else None
         if name == "torch.torch_version.TorchVersion":  # torch.__version__ in a protocol: a str
@@ -68,6 +83,24 @@ def _allowed(name: str) -> Any:
     except (ImportError, AttributeError, ValueError):
         return None
     return None
+
+
+def _restricted_pickle(classes: tuple[type, ...]) -> Any:
+    """A stand-in for the `pickle` module, for `torch.load`'s `pickle_module`: its Unpickler (the C one) resolves
+    only what `_allowed` allows (torch's loader resolves the storages itself, before asking it) and raises
+    pickle.UnpicklingError naming anything else."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            # torch.save writes protocol 2, which spells Python 3's names the Python 2 way (__builtin__.set).
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            obj = _allowed(f"{module}.{name}", classes)
+            if obj is None:
+                raise pickle.UnpicklingError(f"a stored result may not name {module}.{name}")
+            return obj
+
+    return type("restricted_pickle", (), {"Unpickler": Unpickler, "__name__": "restricted_pickle"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,10 +159,14 @@ class Stored:
 
 class ResultStore:
     """Finished results on disk under `root` (default `cache_root()/results`), at most `max_bytes` in all (default
-    $PPCORE_RESULT_CACHE_MB MiB, else DEFAULT_MAX_MB). Safe to share between threads and processes: every write is
-    a whole file renamed into place. Raises ConfigError (from cache_root) when the folder cannot be created."""
+    $PPCORE_RESULT_CACHE_MB MiB, else DEFAULT_MAX_MB). `classes`: record classes outside ppcore that entries may hold
+    (a front end's own dataclasses, e.g. the app's batch of pasted text); without them such an entry would be
+    dropped at every read. Safe to share between threads and processes: every write is a whole file renamed into
+    place. Raises ConfigError (from cache_root) when the folder cannot be created."""
 
-    def __init__(self, root: Optional[str | Path] = None, max_bytes: Optional[int] = None):
+    def __init__(self, root: Optional[str | Path] = None, max_bytes: Optional[int] = None,
+                 classes: tuple[type, ...] = ()):
+        self._pickle = _restricted_pickle(tuple(classes))
         self.root = Path(root) if root is not None else cache_root() / "results"
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if max_bytes is None:
@@ -164,12 +201,7 @@ class ResultStore:
         if not path.exists():
             return None
         try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            allowed = [_allowed(n) for n in names]
-            if any(a is None for a in allowed):
-                raise ValueError(f"names globals it may not: {[n for n, a in zip(names, allowed) if a is None]}")
-            with torch.serialization.safe_globals(allowed + _numpy_dtype_classes()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=self._pickle)
         except FileNotFoundError:
             return None
         except Exception:  # noqa: BLE001 — a damaged, stale or refused entry is recomputed, never an error

@@ -152,7 +152,8 @@ def test_demo_visitor_settings_are_not_written(app_store, monkeypatch):
 
 def test_every_kind_of_result_comes_back_from_disk(tmp_path):
     """What the app stores (an analysis, baselines, a comparison with its timings, latency, an ablation, side by
-    side) is rebuilt by `torch.load(weights_only=True)` from the allowed globals alone, equal to what was saved."""
+    side) is rebuilt through the store's restricted unpickler from the allowed globals alone, equal to what was
+    saved."""
     import dataclasses
 
     from ppcore import session
@@ -219,3 +220,30 @@ def test_leftovers_outside_the_bound_are_removed(tmp_path):
     os.utime(stale, (1, 1))
     ResultStore(root, max_bytes=1 << 20)
     assert not old.exists() and not stale.exists() and fresh.exists()
+
+
+def test_an_analysis_of_pasted_text_comes_back_through_the_apps_store(tmp_path, monkeypatch):
+    """The app's batch of pasted text (app.batch.TextBatch, with what it left out) is a class outside ppcore: the app's
+    store names it, so an analysis holding one is read back, not dropped at every read; a store told of no such
+    class drops the entry (and recomputes), as it drops anything it was not told of."""
+    import numpy as np
+
+    from app import stored
+    from app.batch import LeftOut, TextBatch
+
+    ids = torch.arange(12).reshape(2, 6)
+    batch = TextBatch(ids, None, "your pasted text", [["a"] * 6, ["b"] * 6],
+                      LeftOut(used=2, more=1, more_is_floor=False, cut=0, cut_tokens=0, batch_size=2, seq_len=6,
+                              where="your pasted text"))
+    value = {"batch": batch, "array": np.arange(3, dtype=np.float32), "bytes": b"\x00\xff", "set": {1, 2}}
+    monkeypatch.setenv("PPCORE_CACHE", str(tmp_path))
+    monkeypatch.setenv("PPCORE_RESULT_CACHE_MB", "64")
+    store = stored._store.__wrapped__(str(tmp_path), "64")
+    key = result_key("pasted")
+    store.put(key, value, 1.0)
+    back = store.get(key).value
+    assert type(back["batch"]) is TextBatch and torch.equal(back["batch"].ids, ids)
+    assert back["batch"].left_out == batch.left_out and back["batch"].tokens == batch.tokens
+    assert np.array_equal(back["array"], value["array"]) and back["bytes"] == value["bytes"] and back["set"] == {1, 2}
+    bare = ResultStore(store.root, max_bytes=64 << 20)
+    assert bare.get(key) is None and not store._path(key).exists()

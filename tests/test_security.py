@@ -93,12 +93,14 @@ def test_pickle_weights_load_only_weights_only(tmp_path):
 
 
 def test_no_unsafe_deserialisation_in_the_sources():
-    """Our own caches are safetensors / .npy without pickle; any torch.load must say weights_only=True."""
+    """Our own caches are safetensors / .npy without pickle; any torch.load must say weights_only=True, except the
+    result store's, which must go through its restricted unpickler (tests/test_result_store.py plants code in it)."""
     for p in [p for d in ("ppcore", "app") for p in (ROOT / d).rglob("*.py")]:
         text = p.read_text()
         assert "pickle.load" not in text and "allow_pickle=True" not in text, p
         for call in re.findall(r"torch\.load\([^)]*\)", text):
-            assert "weights_only=True" in call, (p, call)
+            restricted = p.name == "result_store.py" and "pickle_module=self._pickle" in call
+            assert "weights_only=True" in call or restricted, (p, call)
 
 
 def test_errors_are_ppcore_errors(tmp_path):
