@@ -14,7 +14,11 @@ PROBE = "#d62728"  # probe picks, everywhere
 
 
 def _show(tok: str) -> str:
-    return tok.replace("\n", "\\n") if tok.strip() else repr(tok)
+    """A token as a figure's tick or hover text: newlines visible, blank tokens quoted, and '&', '<' and '>' as
+    entities, since Plotly would apply a token such as '<b>' or '<a href=...>' as markup (Gemma's vocabulary holds
+    such tags as single tokens; a record's labels can hold anything)."""
+    shown = tok.replace("\n", "\\n") if tok.strip() else repr(tok)
+    return html.escape(shown, quote=False)
 
 
 def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]], probe_tokens: list[int],

@@ -122,6 +122,7 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
     With `in_background`, a computation not stored yet is queued on the server's worker (app/background.py) and the
     page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done. `exclusive` (a timed
     measurement) waits until no background computation runs, so that what it stores was measured alone."""
+    failure = None
     with st.status(f"{label}…", expanded=not in_background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
@@ -148,8 +149,10 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
                 f"done in {time.perf_counter() - t0:.1f} s"
             status.update(label=f"{label}: {done}", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
+            failure = messages.failure(e)
             status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
-            st.error(messages.failure(e))
+    if failure is not None:  # below the collapsed box, not inside it, where nobody would see it
+        st.error(failure)
 
 
 def page_id() -> str:
@@ -410,7 +413,7 @@ def _header(r: Result) -> None:
     a = r.analysis
     info = a.info
     # A replay's texts come from its file: each goes through messages.clean (no link, no server path in the demo).
-    txt = (lambda v: "?" if v is None else messages.clean(v)) if r.replayed else str
+    txt = (lambda v: "?" if v is None else messages.clean(messages.literal(v))) if r.replayed else str
     calib = _saved_calibration(a.protocol) if r.replayed else session.calibration_text(calib_config(r.settings))
     st.markdown(f"**{txt(info['name'])}** ({txt(info['model_type'])}, {info['layers']} layers, {info['heads']} heads "
                 f"over {txt(info['kv_heads'])} kv heads, MLP {info['intermediate']}) on {txt(info['device'])} / "

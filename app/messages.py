@@ -53,10 +53,29 @@ def scrub_paths(text: str) -> str:
     return _REL.sub(PLACEHOLDER, text)
 
 
+# What Markdown (GitHub's flavour, as Streamlit renders it) would turn into a link by itself: a URL with any scheme,
+# a www. address, an e-mail address.
+_AUTOLINK = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)(?:[^\s`'\"]*[^\s`'\".,;:!?)\]])?|\b[\w.+-]+@[\w-]+\.[\w.-]+")
+_PUNCT = re.compile(r"([!-#%-/:-@\[-`{-~])")  # ASCII punctuation but '$' (clean() escapes that one)
+
+
 def _plain(text: str) -> str:
     """Markdown that cannot become a link, an image or formula: st.error and st.warning render markdown,
-    and a shared URL's values end up in messages."""
-    return text.replace("](", "]\\(").replace("://", ":\\/\\/").replace("$", "\\$")
+    and a shared URL's values end up in messages. A URL or address is shown as code (never a link); elsewhere
+    '](' and '$' are escaped."""
+    out, last = [], 0
+    for m in _AUTOLINK.finditer(text):
+        out += [text[last:m.start()].replace("](", "]\\(").replace("$", "\\$"), f"`{m.group(0)}`"]
+        last = m.end()
+    out.append(text[last:].replace("](", "]\\(").replace("$", "\\$"))
+    return "".join(out)
+
+
+def literal(value: Any) -> str:
+    """A value from outside (a saved record's model name or date, a file name) as Markdown that shows it as it is:
+    every ASCII punctuation mark escaped, so that no '**', ':red[...]', link or heading in it takes effect. For a
+    value set inside a message that then goes through `clean`."""
+    return _PUNCT.sub(r"\\\1", str(value))
 
 
 def clean(text: Any) -> str:

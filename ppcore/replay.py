@@ -481,6 +481,11 @@ def rebuild(record: RunRecord, name: str = "", limits: RecordLimits = RecordLimi
     token's id, '⟨id⟩'), and what is lacking. Raises RecordError."""
     check_record(record, limits)
     main = _main_batch(record.batches)
+    for n, b in enumerate(record.batches):  # one batch index of one phase is one batch for every method
+        if b.phase == main.phase and b.index == main.index and b.input_ids != main.input_ids:
+            raise RecordError(f"batches[{n}] ({b.method}, {b.phase} batch {b.index}) holds other tokens than the "
+                              f"{main.method} batch it should share them with: the record was edited or is damaged; "
+                              "export it again")
     same = [b for b in record.batches if b is not main and b.phase == main.phase and b.input_ids == main.input_ids]
     dense = main if main.method == "dense" else next((b for b in same if b.method == "dense"), None)
     others: dict[str, BatchRecord] = {}

@@ -295,8 +295,16 @@ def test_local_messages_keep_paths(local_mode):
 
 def test_messages_cannot_become_links_or_images():
     out = messages.clean("URL parameter x='![a](https://evil.example/p.png)' and $x^2$")
-    assert "](" not in out and "://" not in out and "$x" not in out.replace("\\$", "")
+    assert "](" not in out and "`https://evil.example/p.png`" in out and "$x" not in out.replace("\\$", "")
     assert len(messages.clean("a" * 10_000)) <= messages.MAX_CHARS
+    # A bare URL, a www. address or an e-mail address would be linked by Markdown itself: each is shown as code.
+    out = messages.clean("Model 'http://evil.example/x' not found; www.evil.example, mail a@evil.example")
+    assert "'`http://evil.example/x`'" in out and "`www.evil.example`" in out and "`a@evil.example`" in out
+    # A saved record's own text: no markup of it takes effect (a link, Streamlit's colour, bold).
+    shown = messages.clean(messages.literal("[evil](http://evil.example) :red[RED] **M** $5"))
+    for markup in ("](", "://", ":red[", "**"):
+        assert markup not in shown, markup
+    assert shown.replace("\\", "") == "[evil](http://evil.example) :red[RED] **M** $5"  # shown as it is
 
 
 def test_engine_messages_start_as_sentences_but_names_keep_their_case(local_mode):

@@ -195,6 +195,9 @@ BAD = [
     ("token loss", lambda d: _edit(d, "batches.0.token_loss", [[1.0]]), "token_loss is not 2 x 7"),
     ("unknown field", lambda d: _edit(d, "batches.0.layers.0.attn.secret", 1), "unknown fields secret"),
     ("skip past the end", lambda d: _edit(d, "protocol.config.skip_layers", [9]), "do not fit its own batches"),
+    # dense's batch edited (a newcomer's try): it was silently dropped and the banner blamed the schema
+    ("dense's tokens edited", lambda d: _edit(d, "batches.1.input_ids.0.0", (d["batches"][1]["input_ids"][0][0] + 1)
+                                              % 128), "holds other tokens than the pp batch"),
 ]
 
 

@@ -214,6 +214,24 @@ def test_the_tab_runs_a_preset_and_keeps_it(page):
     at.number_input(key="sbs_ratio").set_value(r.analysis.ratio).run()
     ok(at)
     assert at.button(key="sbs_go").disabled and any("B would be A itself" in i.value for i in at.info)
+    # A B that cannot run (0.95 with 3 of 30 layers skipped): its message shows on the page, not inside the collapsed
+    # status box (a newcomer saw only "failed (the message is below)" with nothing below).
+    at.number_input(key="sbs_ratio").set_value(0.95).run()
+    at.button(key="sbs_go").click().run()
+    outside = _errors_outside_status(at.main)
+    assert any("use at most" in e for e in outside), outside
+
+
+def _errors_outside_status(node, inside: bool = False) -> list[str]:
+    """The texts of the st.error elements under `node` that no st.status box holds."""
+    out = []
+    if getattr(node, "type", None) == "error" and not inside:
+        out.append(node.value)
+    inside = inside or getattr(node, "type", None) == "status"
+    children = getattr(node, "children", None)
+    for child in (children.values() if isinstance(children, dict) else []):
+        out += _errors_outside_status(child, inside)
+    return out
 
 
 def _model_and_calib(r):

@@ -125,10 +125,11 @@ def banner(r: Result) -> None:
     if rep is None:
         return
     a = r.analysis
-    saved = f", saved {rep.saved.replace('T', ' ').replace('Z', ' UTC')}" if rep.saved else ""
-    name = f" (from {rep.name})" if rep.name else ""
+    # The record's own texts (file name, model name, date) are shown as they are: no markup of theirs takes effect.
+    saved = f", saved {messages.literal(rep.saved.replace('T', ' ').replace('Z', ' UTC'))}" if rep.saved else ""
+    name = f" (from {messages.literal(rep.name)})" if rep.name else ""
     text = messages.clean(f"Replay of a saved run{name}: **{a.cfg.method}** at ratio {a.ratio:.2f}, "
-                          f"{a.info['name']}{saved}. Views that need the model say so; {RUN_AGAIN}.")
+                          f"{messages.literal(a.info['name'])}{saved}. Views that need the model say so; {RUN_AGAIN}.")
     missing = rep.missing()
     if missing:
         text += "\n\nThis record holds no:\n" + "\n".join(f"- {m}" for m in missing)
