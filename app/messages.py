@@ -56,7 +56,9 @@ def scrub_paths(text: str) -> str:
 # What Markdown (GitHub's flavour, as Streamlit renders it) would turn into a link by itself: a URL with any scheme,
 # a www. address, an e-mail address.
 _AUTOLINK = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)(?:[^\s`'\"]*[^\s`'\".,;:!?)\]])?|\b[\w.+-]+@[\w-]+\.[\w.-]+")
-_PUNCT = re.compile(r"([!-#%-/:-@\[-`{-~])")  # ASCII punctuation but '$' (clean() escapes that one)
+# ASCII punctuation but '$' (clean() escapes that one), '.' and '-' (list markers only at a line's start, which a value
+# set inside a sentence never is; a www. address keeps its dots so that clean() shows it as code).
+_PUNCT = re.compile(r"([!-#%-,/:-@\[-`{-~])")
 
 
 def _plain(text: str) -> str:
