@@ -58,6 +58,7 @@ def scrub_paths(text: str) -> str:
 _AUTOLINK = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)(?:[^\s`'\"]*[^\s`'\".,;:!?)\]])?|\b[\w.+-]+@[\w-]+\.[\w.-]+")
 # ASCII punctuation but '$' (clean() escapes that one), '.' and '-' (list markers only at a line's start, which a value
 # set inside a sentence never is; a www. address keeps its dots so that clean() shows it as code).
+_CODE = re.compile(r"(`[^`]*`)")
 _PUNCT = re.compile(r"([!-#%-,/:-@\[-`{-~])")
 
 
@@ -65,19 +66,30 @@ def _plain(text: str) -> str:
     """Markdown that cannot become a link, an image or formula: st.error and st.warning render markdown,
     and a shared URL's values end up in messages. A URL or address is shown as code (never a link); elsewhere
     '](' and '$' are escaped."""
-    out, last = [], 0
-    for m in _AUTOLINK.finditer(text):
-        out += [text[last:m.start()].replace("](", "]\\(").replace("$", "\\$"), f"`{m.group(0)}`"]
-        last = m.end()
-    out.append(text[last:].replace("](", "]\\(").replace("$", "\\$"))
+    out = []
+    for n, part in enumerate(_CODE.split(text)):
+        if n % 2:  # a code span already (`literal`'s URLs): Markdown links nothing in it
+            out.append(part)
+            continue
+        last = 0
+        for m in _AUTOLINK.finditer(part):
+            out += [part[last:m.start()].replace("](", "]\\(").replace("$", "\\$"), f"`{m.group(0)}`"]
+            last = m.end()
+        out.append(part[last:].replace("](", "]\\(").replace("$", "\\$"))
     return "".join(out)
 
 
 def literal(value: Any) -> str:
     """A value from outside (a saved record's model name or date, a file name) as Markdown that shows it as it is:
-    every ASCII punctuation mark escaped, so that no '**', ':red[...]', link or heading in it takes effect. For a
-    value set inside a message that then goes through `clean`."""
-    return _PUNCT.sub(r"\\\1", str(value))
+    a URL or address in it as code (a backslash does not stop Streamlit's Markdown from linking 'http\\://x': seen
+    in a browser), elsewhere the ASCII punctuation escaped, so that no '**', ':red[...]' or heading takes effect.
+    For a value set inside a message that then goes through `clean`."""
+    text, out, last = str(value).replace("`", "'"), [], 0
+    for m in _AUTOLINK.finditer(text):
+        out += [_PUNCT.sub(r"\\\1", text[last:m.start()]), f"`{m.group(0)}`"]
+        last = m.end()
+    out.append(_PUNCT.sub(r"\\\1", text[last:]))
+    return "".join(out)
 
 
 def clean(text: Any) -> str:

@@ -302,9 +302,10 @@ def test_messages_cannot_become_links_or_images():
     assert "'`http://evil.example/x`'" in out and "`www.evil.example`" in out and "`a@evil.example`" in out
     # A saved record's own text: no markup of it takes effect (a link, Streamlit's colour, bold).
     shown = messages.clean(messages.literal("[evil](http://evil.example) :red[RED] **M** $5"))
-    for markup in ("](", "://", ":red[", "**"):
+    for markup in ("](", ":red[", "**"):
         assert markup not in shown, markup
-    assert shown.replace("\\", "") == "[evil](http://evil.example) :red[RED] **M** $5"  # shown as it is
+    assert "\\(`http://evil.example`\\)" in shown  # a backslash did not stop the browser's Markdown linking it; code does
+    assert shown.replace("\\", "").replace("`", "") == "[evil](http://evil.example) :red[RED] **M** $5"
 
 
 def test_engine_messages_start_as_sentences_but_names_keep_their_case(local_mode):
