@@ -14,7 +14,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -56,9 +56,9 @@ def scrub_paths(text: str) -> str:
 # What Markdown (GitHub's flavour, as Streamlit renders it) would turn into a link by itself: a URL with any scheme,
 # a www. address, an e-mail address.
 _AUTOLINK = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)(?:[^\s`'\"]*[^\s`'\".,;:!?)\]])?|\b[\w.+-]+@[\w-]+\.[\w.-]+")
+_CODE = re.compile(r"(`[^`]*`)")
 # ASCII punctuation but '$' (clean() escapes that one), '.' and '-' (list markers only at a line's start, which a value
 # set inside a sentence never is; a www. address keeps its dots so that clean() shows it as code).
-_CODE = re.compile(r"(`[^`]*`)")
 _PUNCT = re.compile(r"([!-#%-,/:-@\[-`{-~])")
 
 
@@ -71,11 +71,17 @@ def _plain(text: str) -> str:
         if n % 2:  # a code span already (`literal`'s URLs): Markdown links nothing in it
             out.append(part)
             continue
-        last = 0
-        for m in _AUTOLINK.finditer(part):
-            out += [part[last:m.start()].replace("](", "]\\(").replace("$", "\\$"), f"`{m.group(0)}`"]
-            last = m.end()
-        out.append(part[last:].replace("](", "]\\(").replace("$", "\\$"))
+        out.append(_urls_as_code(part, lambda t: t.replace("](", "]\\(").replace("$", "\\$")))
+    return "".join(out)
+
+
+def _urls_as_code(text: str, escape: Callable[[str], str]) -> str:
+    """`text` with every URL or address (`_AUTOLINK`) as a code span and `escape` applied to the rest."""
+    out, last = [], 0
+    for m in _AUTOLINK.finditer(text):
+        out += [escape(text[last:m.start()]), f"`{m.group(0)}`"]
+        last = m.end()
+    out.append(escape(text[last:]))
     return "".join(out)
 
 
@@ -84,12 +90,7 @@ def literal(value: Any) -> str:
     a URL or address in it as code (a backslash does not stop Streamlit's Markdown from linking 'http\\://x': seen
     in a browser), elsewhere the ASCII punctuation escaped, so that no '**', ':red[...]' or heading takes effect.
     For a value set inside a message that then goes through `clean`."""
-    text, out, last = str(value).replace("`", "'"), [], 0
-    for m in _AUTOLINK.finditer(text):
-        out += [_PUNCT.sub(r"\\\1", text[last:m.start()]), f"`{m.group(0)}`"]
-        last = m.end()
-    out.append(_PUNCT.sub(r"\\\1", text[last:]))
-    return "".join(out)
+    return _urls_as_code(str(value).replace("`", "'"), lambda t: _PUNCT.sub(r"\\\1", t))
 
 
 def clean(text: Any) -> str:
