@@ -304,7 +304,8 @@ def test_messages_cannot_become_links_or_images():
     shown = messages.clean(messages.literal("[evil](http://evil.example) :red[RED] **M** $5"))
     for markup in ("](", ":red[", "**"):
         assert markup not in shown, markup
-    assert "\\(`http://evil.example`\\)" in shown  # a backslash did not stop the browser's Markdown linking it; code does
+    # A backslash did not stop the browser's Markdown linking it; a code span does.
+    assert "\\(`http://evil.example`\\)" in shown
     assert shown.replace("\\", "").replace("`", "") == "[evil](http://evil.example) :red[RED] **M** $5"
 
 
