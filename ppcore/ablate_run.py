@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .ablations import ORACLE, ablation, carried, grid
 from .analysis import jaccard
+from .batch_checkpoint import BatchCheckpoint
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
 from .errors import DataError
@@ -63,8 +64,10 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
                  resume: bool = False, **setup: Any) -> dict[str, Any]:
     """Every variant of ablation `name` at every ratio, for every seed, on `prepare`'s windows (`setup`: model,
     device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
-    batch (`ablate_setup`). `json_path`: the result is written there after every seed; with `resume`, the seeds
-    a file there already holds for the same ablation, ratios, base config and setup are kept, not rerun.
+    batch (`ablate_setup`). `json_path`: the result is written there after every seed, and a checkpoint
+    (`ppcore.batch_checkpoint`, NAME.seedS.partial.pt beside it) after every batch, deleted once all seeds are in;
+    with `resume`, the seeds a file there already holds for the same ablation, ratios, base config and setup are
+    kept, not rerun, and a seed stopped mid-way continues from its checkpoint.
 
     Returns {"ablation", "question", "ratios", "seeds", "carried" (`ppcore.ablations.carried`), "setup", "rows"}
     (rows: `ablate_setup`'s). Raises ConfigError for an unknown ablation or a variant invalid at a ratio (before
@@ -84,28 +87,53 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
         res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]
         res["seeds"] = [x for x in old["seeds"] if x in seeds]
 
+    def checkpoint(seed: int) -> Optional[BatchCheckpoint]:
+        if not json_path:
+            return None
+        path = Path(json_path)
+        return BatchCheckpoint(path.with_name(f"{path.stem}.seed{seed}.partial.pt"),
+                               {**key, "seed": seed, "labels": [label for label, _ in labelled]})
+
     def one_seed(seed: int) -> list[dict[str, Any]]:
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
-        return ablate_setup(s, name, labelled, seed, progress)
+        ckpt = checkpoint(seed)
+        if ckpt is not None and not resume:
+            ckpt.drop()  # a fresh run: a checkpoint left by an earlier one is not this run's
+        return ablate_setup(s, name, labelled, seed, progress, checkpoint=ckpt)
 
-    return run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress)
+    out = run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress)
+    for seed in seeds:  # every seed's rows are in the JSON now
+        if (ckpt := checkpoint(seed)) is not None:
+            ckpt.drop()
+    return out
 
 
 def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,
-                 progress: bool = False) -> list[dict[str, Any]]:
+                 progress: bool = False, *, checkpoint: Optional[BatchCheckpoint] = None) -> list[dict[str, Any]]:
     """The (label, config) runs on one setup's windows, interleaved batch by batch after the official warm-up
     (docs/algorithm.md §9.4). One row per run: `ScoredRun.figures()`, label, variant, seed, config, `jaccard`
     ({"attn", "mlp"}: the mean over batches and pruned blocks of the keep-set's Jaccard with the oracle's on the
-    same batch, or None where the ablation compares none) and the protocol."""
+    same batch, or None where the ablation compares none) and the protocol.
+
+    `checkpoint`: saved after every batch and, where it already holds this run's first k batches, continued from
+    there (the warm-up, which leaves no state, is not rerun); the rows are then those of an uninterrupted run,
+    batch times apart. Raises DataError for a checkpoint of another run (`BatchCheckpoint.load`)."""
     a = ablation(name)
     cfgs = [c for _, c in labelled]
     runs = scored_runs(s.lm, cfgs, s.calibration() if any(c.needs_calibration for c in cfgs) else None, progress)
     bs = s.batch_size
-    for run in runs:
-        warm_up(s.lm, run, s.windows[:bs])
-    agree: dict[str, list[dict[str, Optional[float]]]] = {label: [] for label, _ in labelled}
     n = s.windows.shape[0] // bs
-    for b in range(n):
+    agree: dict[str, list[dict[str, Optional[float]]]] = {label: [] for label, _ in labelled}
+    saved = checkpoint.load(runs) if checkpoint is not None else None
+    start = 0
+    if saved is not None:
+        start, agree = saved[0], saved[1]["agree"]
+        if progress:
+            print(f"ablate {name} seed {seed}: batches 1-{start} of {n} kept from {checkpoint.path}", flush=True)
+    else:
+        for run in runs:
+            warm_up(s.lm, run, s.windows[:bs])
+    for b in range(start, n):
         ids = s.windows[b * bs:(b + 1) * bs]
         oracle: dict[float, Kept] = {}
         for (label, cfg), run in zip(labelled, runs):
@@ -118,6 +146,8 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
                 oracle[cfg.ratio] = kept
             else:
                 agree[label].append(_agreement(kept, oracle[cfg.ratio]))
+        if checkpoint is not None:
+            checkpoint.save(b + 1, runs, {"agree": agree})
         if progress:
             print(f"ablate {name} seed {seed}: batch {b + 1}/{n}", flush=True)
     interleaved = [label for label, _ in labelled]

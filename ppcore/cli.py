@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_args(ab)
     _add_calib_args(ab, True)
     ab.add_argument("--out-dir", default="bench/results/ablations", help="where NAME.json (written after every "
-                    "seed), NAME.md and NAME.html go")
-    ab.add_argument("--resume", action="store_true", help="keep the seeds NAME.json already holds for the same grid")
+                    "seed), NAME.md and NAME.html go, and NAME.seedS.partial.pt (a checkpoint after every batch, "
+                    "deleted at the end)")
+    ab.add_argument("--resume", action="store_true", help="keep the seeds NAME.json already holds for the same grid, "
+                    "and continue a stopped seed from its checkpoint")
     ab.add_argument("--quiet", action="store_true")
 
     g = sub.add_parser("generate", help="greedy continuation, pruning decided on the prompt; dense beside it")

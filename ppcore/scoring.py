@@ -65,6 +65,26 @@ class ScoredRun:
                 **({"fitted": fitted} if fitted is not None else {})}
 
 
+    def checkpoint(self) -> dict[str, Any]:
+        """What the scored batches so far left in this run, for `restore` in another process: the accumulators
+        (batch_loss, batch_seconds, tokens, flops, units), the pruner's `poisoned` and its method's `state()` (PP's
+        history; tensors, for `torch.save`). Raises ValueError while the run holds batch records, which a
+        checkpoint does not keep (score with level "none", or pop them as `ppcore.ablate_run` does)."""
+        if self.records:
+            raise ValueError("a checkpoint keeps no batch records: this run holds some (pop them after each batch)")
+        return {"batch_loss": list(self.batch_loss), "batch_seconds": list(self.batch_seconds), "tokens": self.tokens,
+                "flops": dict(self.flops), "units": dict(self.units), "poisoned": self.pruner.poisoned,
+                "state": self.pruner.method.state()}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from `checkpoint()` of a run of the same config, so the batches after it score exactly as in
+        one uninterrupted run. Raises DataError for a method state of another method, model or config."""
+        self.pruner.method.load_state(saved["state"])
+        self.batch_loss, self.batch_seconds = list(saved["batch_loss"]), list(saved["batch_seconds"])
+        self.tokens, self.flops, self.units = saved["tokens"], dict(saved["flops"]), dict(saved["units"])
+        self.pruner.poisoned = saved["poisoned"]
+
+
 def warm_up(lm: LoadedModel, run: ScoredRun, ids: Tensor, level: str = "none") -> None:
     """The official warm-up (docs/algorithm.md §9.4): `ids` (B, L) run once, LM head included,
     unscored, untimed and without a history update. Its record (level != none) joins `run.records`."""

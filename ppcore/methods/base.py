@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..adapters import LayerWeights
 from ..blocks import Block
+from ..errors import DataError
 from ..scores import FUSION_EPS
 from ..slices import Buffers, Slice
 from ..stats import History
@@ -106,6 +107,29 @@ class Method:
     def needs_calibration(cls, cfg: "PruneConfig") -> bool:
         """Whether a pruning run of this method with `cfg` reads calibration statistics (docs/algorithm.md §7)."""
         return False
+
+    def state(self) -> dict[str, dict[tuple[int, str], Tensor]]:
+        """What this run carries from one scored batch to the next, by name, per (layer, block name): PP's history
+        states ("history", (positions x channels) fp32, docs/algorithm.md §3.1); empty for a method without one.
+        The live tensors, not copies: a checkpoint saves them (`ppcore.scoring.ScoredRun.checkpoint`)."""
+        return {} if self.history is None else {"history": self.history.states}
+
+    def load_state(self, state: dict[str, dict[tuple[int, str], Tensor]]) -> None:
+        """Take `state` (what `state()` of a run of the same config gave, e.g. read from a checkpoint) as this
+        run's own, each tensor moved beside the one it replaces. Raises DataError when its names, blocks or
+        channel counts are not this run's (a checkpoint of another model or config)."""
+        own = self.state()
+        if set(state) != set(own):
+            raise DataError(f"the saved state holds {sorted(state)} but this run carries {sorted(own)}: it is from "
+                            "another method or config")
+        for name, tensors in own.items():
+            saved = state[name]
+            if set(saved) != set(tensors) or any(saved[k].dim() != t.dim() or saved[k].shape[-1] != t.shape[-1]
+                                                      for k, t in tensors.items()):
+                raise DataError(f"the saved {name} covers other blocks or channel counts than this run's: it is "
+                                "from another model or config")
+            for k, t in tensors.items():
+                tensors[k] = saved[k].to(device=t.device, dtype=t.dtype)
 
     def held_slices(self) -> list[Slice]:
         """The slices this run keeps between batches (a static method's decisions); none by default."""

@@ -86,6 +86,10 @@ class PPPlus(PP):
         """The history, the compensation's means and the allocation all start from calibration."""
         return cfg.use_history or cfg.compensate == "on" or cfg.allocation != "uniform" or cfg.recover == "on"
 
+    def state(self) -> dict[str, dict[tuple[int, str], Tensor]]:
+        """PP's history and, with `compensate`, the compensation's running means ("means", (C,) fp32)."""
+        return {**super().state(), **({"means": self.means} if self.means else {})}
+
     @property
     def ppsp_scored(self) -> bool:
         return not self.error_score and super().ppsp_scored
