@@ -177,6 +177,9 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
             except (json.JSONDecodeError, RecursionError) as e:
                 why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
                 raise DataError(f"{name}, line {n}: not valid JSON ({why})") from None
+            if not isinstance(row, (dict, str)):
+                raise DataError(f"{name}, line {n}: {_json_kind(row)}, not a text: each line must be a JSON object "
+                                "(such as {\"text\": \"...\"}) or a JSON string")
             rows.append(row if isinstance(row, dict) else {"text": row})
         cols = [c for c in dict.fromkeys(k for r in rows for k in r) if any(isinstance(r.get(c), str) for r in rows)]
     else:
@@ -187,8 +190,15 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
             # spaces after a closing quote at a line's end (a common quirk) are dropped first, as strict refuses them
             # (only there: a quoted field's own lines keep their spaces)
             reader = csv.DictReader((_QUOTE_THEN_SPACES.sub('"', line) + "\n" for line in iter_lines(text)),
-                                    strict=True)
-            rows = list(itertools.islice(reader, max_rows))
+                                    delimiter=csv_delimiter(text), strict=True)
+            rows = []
+            for row in itertools.islice(reader, max_rows):
+                if None in row:  # DictReader files the fields past the header's under None: they would be lost
+                    d = reader.reader.dialect.delimiter
+                    raise DataError(f"{name}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
+                                    f"fields under a header of {len(reader.fieldnames)}: a text holding the "
+                                    f"delimiter {d!r} must be quoted (\"like{d} this\")")
+                rows.append(row)
             cols = [c for c in (reader.fieldnames or []) if c is not None]
         except csv.Error as e:
             why = str(e)
@@ -203,6 +213,28 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
     if not cols:
         raise DataError(f"{name} holds no text column (no column has a string value)")
     return text_first(cols, rows), rows
+
+
+CSV_DELIMITERS = ",;\t|"  # what spreadsheets export as "CSV" (a semicolon where the comma is the decimal mark)
+
+
+def csv_delimiter(text: str) -> str:
+    """The delimiter of a CSV file: of `CSV_DELIMITERS`, the one its header line (the first non-blank line) holds
+    most often outside quotes; a comma when it holds none (one column) or on a tie with the comma."""
+    header = next((line for line in iter_lines(text) if line.strip()), "")
+    outside = re.sub(r'"[^"]*"', "", header)
+    counts = {d: outside.count(d) for d in CSV_DELIMITERS}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] > 0 else ","
+
+
+def _json_kind(v: Any) -> str:
+    """How a JSON value that is not text is named in a message: 'a number (42)', 'a list ([1, 2, 3])'."""
+    kind = ("true/false" if isinstance(v, bool) else "a number" if isinstance(v, (int, float)) else
+            "a list" if isinstance(v, list) else "an object" if isinstance(v, dict) else "null" if v is None else
+            "a value")
+    shown = json.dumps(v)
+    return f"{kind} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
 
 
 def text_first(cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
@@ -222,9 +254,13 @@ def iter_upload(name: str, data: bytes, column: str, split: str) -> Iterator[str
         yield from iter_samples(rows[0]["text"], split)
         return
     col = column if column in cols else cols[0]
-    for r in rows:
+    for n, r in enumerate(rows, 1):
         v = r.get(col)
-        v = "" if v is None else (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        if v is None:  # a row without this column, or null there: no sample, as an empty cell
+            continue
+        if not isinstance(v, str):
+            raise DataError(f"{name}, row {n}: column {col!r} holds {_json_kind(v)}, not a text: choose a text "
+                            "column, or make that value a string")
         if v.strip():
             yield v.strip()
 

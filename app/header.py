@@ -108,12 +108,28 @@ def _full_inference(blocks: Sequence[BlockTiming]) -> Optional[tuple[float, floa
     return sum(b.full_s for b in pruned) / dense_s, sum(b.flops_ratio * b.dense_full_s for b in pruned) / dense_s
 
 
+def _larger(B: int, L: int, largest: Optional[tuple[int, int]]) -> str:
+    """What would be larger than this B x L batch, within the `largest` (batch size, sequence length) one can ask
+    for here (None: no bound): the advice never names a size the app refuses."""
+    more_b, more_l = largest is None or B < largest[0], largest is None or L < largest[1]
+    if more_b and more_l:
+        return "Larger batches and longer sequences"
+    if more_b:
+        return f"Larger batches (up to {largest[0]} samples here)"
+    if more_l:
+        return f"Longer sequences (up to {largest[1]} tokens here)"
+    return ("This is the largest batch the app runs here; on the command line, `python -m ppcore speed` with a "
+            "larger --batch-size or --seq-len measures batches that")
+
+
 def speed_note(dense: Timing, run: Timing, device: str, batch: tuple[int, int],
-               blocks: Optional[Sequence[BlockTiming]] = None, short: bool = False) -> str:
+               blocks: Optional[Sequence[BlockTiming]] = None, short: bool = False,
+               largest: Optional[tuple[int, int]] = None) -> str:
     """One plain paragraph: did `run` take less time than `dense` on this batch of B x L tokens, against what its
     FLOPs predict (`predicted_ratio`), and, where it fell short of that, why, from the measurements: the share
     of its time spent probing and deciding, full inference on the kept weights against its FLOPs (`blocks`,
-    the Latency view's per-block timings), and the batch's size and device. `short`: the first sentence only."""
+    the Latency view's per-block timings), and the batch's size and device. `short`: the first sentence only.
+    `largest`: the largest (batch size, sequence length) the caller can run, so that no advice exceeds it."""
     B, L = batch
     measured, predicted = run.time_vs_dense, predicted_ratio(run.flops)
     head = (f"On this batch ({B} x {L} tokens) {run.method} at ratio {run.ratio:.2f} took {measured:.2f}x dense's "
@@ -161,7 +177,7 @@ def speed_note(dense: Timing, run: Timing, device: str, batch: tuple[int, int],
         measured > 1 - TIE) else "eat part of the arithmetic saved"
     if tokens < LARGE_BATCH:
         out.append(f"At {tokens:,} tokens per batch on {'a CPU' if cpu else device}, the fixed costs of {costs} "
-                   f"{weigh}. Larger batches and longer sequences spread those costs over more arithmetic"
+                   f"{weigh}. {_larger(B, L, largest)} spread those costs over more arithmetic"
                    + ("; a GPU with large batches is where the saved FLOPs become wall time." if cpu else "."))
     else:
         out.append(f"At {tokens:,} tokens per batch those fixed costs ({costs}) should be small next to the "

@@ -58,9 +58,16 @@ class LectureJob:
         self.data: Optional[lecture.LectureData] = None
         self.error: Optional[str] = None
         self.seconds: Optional[float] = None  # how long the preparation took, once done
+        self.started: Optional[float] = None  # time.perf_counter() when the running preparation was started
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._wanted = False  # a page asked for the lecture: a preload that finds a part missing computes it
+
+    @property
+    def elapsed(self) -> Optional[float]:
+        """Seconds since the preparation was started (None before, and once its data is there): shown while a page
+        waits."""
+        return time.perf_counter() - self.started if self.started is not None and self.data is None else None
 
     @property
     def running(self) -> bool:
@@ -75,6 +82,7 @@ class LectureJob:
             if self.data is not None or self.running:
                 return
             self.fraction, self.text, self.error = 0.0, "waiting for another lecture's preparation to finish", None
+            self.started = time.perf_counter()
             self._thread = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}{self.settings.key()}",
                                             daemon=True)
             self._thread.start()

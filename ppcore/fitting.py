@@ -52,6 +52,16 @@ def needs_fit(cfg: PruneConfig) -> bool:
     return cfg.prunes and (cfg.allocation in ("sensitivity", "local") or cfg.recover == "on")
 
 
+def fits_missing(cfg: PruneConfig, calib: CalibStats, allocation: bool = True) -> bool:
+    """Whether `fit_for` would compute a fit (one neither in memory nor in the disk cache): minutes of work that a
+    progress bar should give most of its length to."""
+    if not needs_fit(cfg):
+        return False
+    if cfg.recover == "on" and stored_recovery(cfg, calib) is None:
+        return True
+    return allocation and cfg.allocation in ("sensitivity", "local") and stored_fit(cfg, calib) is None
+
+
 def fit_for(adapter: Adapter, cfg: PruneConfig, calib: CalibStats, progress: Progress = silent,
             allocation: bool = True) -> None:
     """Every fit `cfg` needs (`needs_fit`), each from the cache when it was made before: recovery's covariances

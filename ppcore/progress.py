@@ -16,3 +16,10 @@ def layer_ticks(progress: Progress, lo: float, hi: float, label: str) -> Callabl
     def tick(done: int, total: int) -> None:
         progress(lo + (hi - lo) * done / total, f"{label}: {done} of {total} layers")
     return tick
+
+
+def within(progress: Progress, lo: float, hi: float) -> Progress:
+    """`progress` for one part of a longer computation: its fractions 0..1 reported as `lo`..`hi`."""
+    def part(fraction: float, text: str) -> None:
+        progress(lo + (hi - lo) * fraction, text)
+    return part

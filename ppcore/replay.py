@@ -38,6 +38,7 @@ __all__ = ["LACKS", "MODEL_SIZES", "RecordError", "RecordLimits", "Rebuilt", "Re
 
 # The model's sizes the export adds to protocol.model (LoadedModel.info()'s names); `layers` is what a replay checks
 # the batches against.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MODEL_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab")
 PROBING = tuple(name for name, cls in METHOD_CLASSES.items() if issubclass(cls, ProbeMethod))  # pp, fullbatch
 
@@ -238,6 +239,11 @@ def _grid(values: Any, what: str, kind: str = "iuf", ndim: Optional[int] = None,
     if arr.dtype.kind not in kind or (ndim is not None and arr.ndim != ndim):
         raise RecordError(f"{what} is not {'a list' if ndim == 1 else 'a grid'} of "
                           f"{'whole numbers' if kind == 'iu' else 'numbers'}")
+    if arr.dtype.kind == "f":  # the views read float32: a larger number would show as inf
+        big = np.abs(arr[np.isfinite(arr)])
+        if big.size and big.max() > FLOAT32_MAX:
+            raise RecordError(f"{what} holds {big.max():g}, beyond the float32 range (about {FLOAT32_MAX:.1e}) "
+                              "every number of a run record has: it was edited")
     return arr
 
 
@@ -347,7 +353,8 @@ def check_record(record: RunRecord, limits: RecordLimits = RecordLimits()) -> No
     """Everything a view relies on, within `limits`: each batch's ids, mask and per-token grids in shape, every
     kept unit, probe position and score inside its block, and one model: every batch with the same number of
     layers and the same heads and channels per block, and as many layers (and heads, MLP channels) as the protocol
-    says the model has, where it says. Raises RecordError naming the first problem."""
+    says the model has, and token ids below its vocabulary size, where it says. Raises RecordError naming the first
+    problem."""
     if not record.batches:
         raise RecordError("this run record holds no batch: there is nothing to show")
     if len(record.batches) > limits.batches:
@@ -382,6 +389,14 @@ def check_record(record: RunRecord, limits: RecordLimits = RecordLimits()) -> No
         if claim is not None and claim != have:
             raise RecordError(f"the record says its model has {claim!r} {what}, but its batches hold {have}: it was "
                               "edited, or put together from different models")
+    vocab = p.model.get("vocab")
+    if isinstance(vocab, int) and not isinstance(vocab, bool):
+        for i, b in enumerate(record.batches):
+            top = int(np.asarray(b.input_ids).max())
+            if top >= vocab:
+                raise RecordError(f"batch {i}: input_ids holds token id {top}, but the record says its model's "
+                                  f"vocabulary has {vocab} tokens (ids 0-{vocab - 1}): it was edited, or is from "
+                                  "another model")
 
 
 # --- replay ------------------------------------------------------------------------------------------------------

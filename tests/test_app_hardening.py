@@ -99,6 +99,9 @@ BAD_UPLOADS = [  # (case, file name, bytes, the message it must give)
     ("JSON lines, bad line", "bad.jsonl", b'{"text": "fine"}\n{not json\n', "line 2: not valid JSON"),
     ("JSON nested 100000 deep", "deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: not valid JSON"),
     ("JSON lines without strings", "nums.jsonl", b'{"a": 1}\n{"a": 2}\n', "no text column"),
+    # a bare number or list was read as the sample "42" / "[1, 2, 3]"
+    ("JSON line a number", "num.jsonl", b'"a text"\n42\n', "line 2: a number (42), not a text"),
+    ("JSON line a list", "list.jsonl", b'[1, 2, 3]\n', "line 1: a list ([1, 2, 3]), not a text"),
     ("CSV header only", "head.csv", b"id,text\n", "has no rows under its header"),
     # without strict parsing the rest of the file became one silent field
     ("CSV unclosed quote", "open.csv", b'id,text\n1,fine\n2,"never closed\n3,more\n', "line 3: not a readable CSV"),
@@ -126,10 +129,30 @@ def test_csv_quirks_that_are_not_errors(local_mode):
     assert upload_texts("ml.csv", b'id,text\n1,"multi  \nline"\n', "text", "line") == ["multi  \nline"]
 
 
+def test_a_non_text_value_in_the_text_column_is_named_and_other_delimiters_are_read(local_mode):
+    """Found by a newcomer: a number or a list in the chosen column became a sample ("42"), and a semicolon CSV (a
+    spreadsheet's export where the comma is the decimal mark) was read as one column."""
+    data = b'{"text": "one"}\n{"text": null}\n{"id": 3}\n{"text": [1, 2]}\n'
+    with pytest.raises(DataError, match=r"num.jsonl, row 4: column 'text' holds a list \(\[1, 2\]\), not a text"):
+        upload_texts("num.jsonl", data, "text", "line")
+    assert upload_texts("ok.jsonl", data[:-len(b'{"text": [1, 2]}\n')], "text", "line") == ["one"]  # null: no sample
+    assert read_upload("semi.csv", b"id;text\n1;a b, c\n")[0] == ["text", "id"]
+    assert upload_texts("semi.csv", b"id;text\n1;a, b\n2;c\n", "text", "line") == ["a, b", "c"]
+    assert upload_texts("tab.csv", b"id\ttext\n1\tx, y\n", "text", "line") == ["x, y"]
+    assert upload_texts("q.csv", b'"a;b",text\n1,x\n', "text", "line") == ["x"]  # inside quotes: not a delimiter
+    assert upload_texts("one.csv", b"text\nx; y\n", "text", "line") == ["x; y"]  # one column
+    # A row with more fields than the header lost the extra ones silently (an unquoted comma in a text).
+    with pytest.raises(DataError, match=r"more.csv, line 3: 3 fields under a header of 2"):
+        read_upload("more.csv", b"id,text\n1,fine\n2,a, b\n")
+    # An object in the text column is named too (it was sent to the model as its JSON text).
+    with pytest.raises(DataError, match=r"row 1: column 't' holds an object"):
+        upload_texts("j.jsonl", b'{"t": {"nested": 1}}\n{"t": "plain"}\n', "t", "line")
+
+
 def test_utf8_with_bom_and_crlf_reads_correctly(local_mode):
     assert upload_texts("bom.txt", "\ufeffone\r\ntwo\r\n".encode("utf-8"), "", "line") == ["one", "two"]
     assert upload_texts("q.csv", b'id,body\n1,"multi\nline"\n', "body", "line") == ["multi\nline"]
-    assert upload_texts("j.jsonl", b'{"t": {"nested": 1}}\n{"t": "plain"}\n', "t", "line") == ['{"nested": 1}', "plain"]
+    assert upload_texts("j.jsonl", b'{"t": "plain"}\n', "t", "line") == ["plain"]
 
 
 def test_200_mb_uploads_give_the_right_batch_and_tokenize_only_what_they_use(local_mode, default_lm):

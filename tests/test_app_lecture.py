@@ -43,6 +43,7 @@ def open_lecture(**params: str) -> tuple[AppTest, bool]:
     seen = bool(_preparing(at))
     deadline = time.monotonic() + PREPARE_S
     while _preparing(at):
+        assert all(" so far)" in t for t in _preparing(at)), _preparing(at)  # how long the wait has lasted
         assert time.monotonic() < deadline, "the lecture was not prepared in time"
         time.sleep(3)
         at.run()

@@ -198,6 +198,13 @@ BAD = [
     # dense's batch edited (a newcomer's try): it was silently dropped and the banner blamed the schema
     ("dense's tokens edited", lambda d: _edit(d, "batches.1.input_ids.0.0", (d["batches"][1]["input_ids"][0][0] + 1)
                                               % 128), "holds other tokens than the pp batch"),
+    # a number past float32's range showed as "inf" in the probe view's sink note (a newcomer's try)
+    ("importance past float32", lambda d: _edit(d, "batches.0.layers.1.attn.importance.0.0", 1e308),
+     "importance holds 1e\\+308, beyond the float32 range"),
+    # a token id past the model's vocabulary was accepted (a newcomer's try)
+    ("token id past the vocabulary", lambda d: _edit(json.loads(_edit(d, "protocol.model.vocab", 128)),
+                                                     "batches.0.input_ids.0.0", 128),
+     "holds token id 128, but the record says its model's vocabulary has 128 tokens"),
 ]
 
 

@@ -159,7 +159,7 @@ def _layers(at) -> pd.DataFrame:
     return next(d.value for d in at.dataframe if "only A keeps" in d.value.columns)
 
 
-def test_the_tab_runs_a_preset_and_keeps_it(page):
+def test_the_tab_runs_a_preset_and_keeps_it(page, monkeypatch):
     at = page
     r = at.session_state["result"]
     assert "Side by side" in TABS and TABS.index("Side by side") == TABS.index("Compare methods") + 1
@@ -214,12 +214,21 @@ def test_the_tab_runs_a_preset_and_keeps_it(page):
     at.number_input(key="sbs_ratio").set_value(r.analysis.ratio).run()
     ok(at)
     assert at.button(key="sbs_go").disabled and any("B would be A itself" in i.value for i in at.info)
-    # A B that cannot run (0.95 with 3 of 30 layers skipped): its message shows on the page, not inside the collapsed
-    # status box (a newcomer saw only "failed (the message is below)" with nothing below).
+    # A B that cannot run (0.95 with 3 of 30 layers skipped) is refused before anything runs, with the ratio to use.
     at.number_input(key="sbs_ratio").set_value(0.95).run()
+    assert at.button(key="sbs_go").disabled and any("use at most 0.89" in w.value for w in at.warning)
+    # A computation that fails: its message shows on the page, not inside the collapsed status box (a newcomer saw
+    # only "failed (the message is below)" with nothing below).
+    from ppcore.errors import DataError
+
+    def fails(*args, **kwargs):
+        raise DataError("the batch went wrong on purpose")
+
+    at.number_input(key="sbs_ratio").set_value(0.6).run()
+    monkeypatch.setattr(session, "side_by_side", fails)
     at.button(key="sbs_go").click().run()
     outside = _errors_outside_status(at.main)
-    assert any("use at most" in e for e in outside), outside
+    assert any("went wrong on purpose" in e for e in outside), outside
 
 
 def _errors_outside_status(node, inside: bool = False) -> list[str]:

@@ -92,6 +92,12 @@ def test_speed_note_when_pruning_is_slower_says_why_from_the_numbers():
     assert "should be small next to the arithmetic" in big and "more repeats" in big
     gpu = speed_note(DENSE, timing("pp", 1.2, 1.0, 0.73, 0.01), "cuda:0", (2, 16))
     assert "on cuda:0" in gpu and "launching kernels" in gpu and "a GPU with large batches" not in gpu
+    # The advice stays within what the app runs (found by a newcomer: "larger batches" at the largest batch size).
+    at_max = speed_note(DENSE, pp, "cpu", (64, 56), largest=(64, 1024))
+    assert "Larger batches" not in at_max and "Longer sequences (up to 1024 tokens here)" in at_max
+    both = speed_note(DENSE, pp, "cpu", (8, 128), largest=(8, 128))
+    assert "Larger" not in both and "Longer" not in both and "the largest batch the app runs here" in both
+    assert "Larger batches (up to 64 samples here)" in speed_note(DENSE, pp, "cpu", (4, 1024), largest=(64, 1024))
 
 
 def test_speed_note_when_flops_predict_no_saving():

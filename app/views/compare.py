@@ -40,7 +40,8 @@ def speed_notes(rows: list[session.CompareRow], method: str, device: str, batch:
     runs = [c.timing for c in rows if c.timing.method == name]
     if dense is None or not runs:
         return []
-    return [speed_note(dense, t, device, batch, short=k > 0) for k, t in enumerate(runs)]
+    return [speed_note(dense, t, device, batch, short=k > 0,
+                       largest=(limits().batch, limits().seq)) for k, t in enumerate(runs)]
 
 
 def render(r: Result, start_compare) -> None:

@@ -64,7 +64,8 @@ def latency_note(lat: session.Latency) -> Optional[str]:
     """The plain sentence under the Latency view's title: did the method beat dense, and why not (None for dense)."""
     if len(lat.runs) < 2:
         return None
-    return speed_note(lat.runs[0], lat.runs[-1], lat.device, lat.batch, lat.blocks)
+    return speed_note(lat.runs[0], lat.runs[-1], lat.device, lat.batch, lat.blocks,
+                      largest=(limits().batch, limits().seq))
 
 
 def render(r: Result, start_latency) -> None:

@@ -112,9 +112,17 @@ def _waiting(job: lecture_job.LectureJob) -> None:
     """The shared preparation's progress, looked at every POLL_S seconds; the whole page redraws once it is done."""
     if job.data is not None or job.error is not None:
         st.rerun(scope="app")
-    st.progress(job.fraction, text=f"Preparing the lecture, once for this server and every session: {job.text}")
+    elapsed = job.elapsed
+    took = f" ({_minutes(elapsed)} so far)" if elapsed is not None else ""
+    st.progress(job.fraction, text=f"Preparing the lecture, once for this server and every session: {job.text}{took}")
     st.caption("It is kept on the server's disk afterwards. Before class, prepare it with "
                "`python -m app.lecture_prepare` (docs/app.md, Lecture mode), and the lecture opens at once.")
+
+
+def _minutes(seconds: float) -> str:
+    """'42 s', '3 min 05 s': how long a wait has lasted, as a person reads it."""
+    s = int(seconds)
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
 
 
 def _go(delta: int) -> None:

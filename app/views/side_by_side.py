@@ -225,6 +225,7 @@ def render(r: Result, start: Callable[[str, PruneConfig, PruneConfig], None]) ->
     label = entry(preset, ratio)
     try:
         cfg_b: Optional[PruneConfig] = config_b(cfg_a, preset, ratio)
+        cfg_b.check_layers(len(a.main.layers))  # e.g. a ratio the skipped layers leave too little room for
         problem = None
     except ConfigError as e:  # a setting of A that B's method cannot take: said once, nothing runs
         cfg_b, problem = None, str(e)
