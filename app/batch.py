@@ -193,9 +193,10 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
                                     delimiter=csv_delimiter(text), strict=True)
             rows = []
             for row in itertools.islice(reader, max_rows):
-                if None in row:  # DictReader files the fields past the header's under None: they would be lost
+                extra = row.pop(None, None)  # DictReader files the fields past the header's under None
+                if extra is not None and any(v.strip() for v in extra):  # they would be lost: say so
                     d = reader.reader.dialect.delimiter
-                    raise DataError(f"{name}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
+                    raise DataError(f"{name}, line {reader.line_num}: {len(reader.fieldnames) + len(extra)} "
                                     f"fields under a header of {len(reader.fieldnames)}: a text holding the "
                                     f"delimiter {d!r} must be quoted (\"like{d} this\")")
                 rows.append(row)
@@ -216,16 +217,37 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
 
 
 CSV_DELIMITERS = ",;\t|"  # what spreadsheets export as "CSV" (a semicolon where the comma is the decimal mark)
+SNIFF_LINES = 200  # the lines a delimiter is judged on
+
+
+def _fields(row: list[str]) -> int:
+    """A CSV row's field count, empty fields at its end aside (some exports end every row with a delimiter)."""
+    n = len(row)
+    while n > 1 and not row[n - 1].strip():
+        n -= 1
+    return n
 
 
 def csv_delimiter(text: str) -> str:
-    """The delimiter of a CSV file: of `CSV_DELIMITERS`, the one its header line (the first non-blank line) holds
-    most often outside quotes; a comma when it holds none (one column) or on a tie with the comma."""
-    header = next((line for line in iter_lines(text) if line.strip()), "")
-    outside = re.sub(r'"[^"]*"', "", header)
-    counts = {d: outside.count(d) for d in CSV_DELIMITERS}
-    best = max(counts, key=lambda d: (counts[d], d == ","))
-    return best if counts[best] > 0 else ","
+    """The delimiter of a CSV file, of `CSV_DELIMITERS`: the one under which most of its first rows (up to
+    SNIFF_LINES lines) have as many fields as its header, the header split at least once; on a tie the comma, then
+    the one the header holds most often. A comma when none splits the header (one column)."""
+    lines = [_QUOTE_THEN_SPACES.sub('"', line) + "\n"
+             for line in itertools.islice((x for x in iter_lines(text) if x.strip()), SNIFF_LINES)]
+    best, best_key = ",", None
+    for d in CSV_DELIMITERS:
+        try:
+            rows = list(csv.reader(lines, delimiter=d))
+        except csv.Error:
+            continue
+        if not rows or _fields(rows[0]) < 2:
+            continue
+        width = _fields(rows[0])
+        agree = sum(_fields(r) == width for r in rows[1:]) / max(len(rows) - 1, 1)
+        key = (agree, d == ",", width)
+        if best_key is None or key > best_key:
+            best, best_key = d, key
+    return best
 
 
 def _json_kind(v: Any) -> str:
@@ -258,9 +280,9 @@ def iter_upload(name: str, data: bytes, column: str, split: str) -> Iterator[str
         v = r.get(col)
         if v is None:  # a row without this column, or null there: no sample, as an empty cell
             continue
-        if not isinstance(v, str):
-            raise DataError(f"{name}, row {n}: column {col!r} holds {_json_kind(v)}, not a text: choose a text "
-                            "column, or make that value a string")
+        if not isinstance(v, str):  # only JSON has such values: its records are its non-blank lines
+            raise DataError(f"{name}, record {n} (blank lines not counted): {col!r} holds {_json_kind(v)}, not a "
+                            "text: choose a text column, or make that value a string")
         if v.strip():
             yield v.strip()
 

@@ -65,7 +65,7 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
     """Every variant of ablation `name` at every ratio, for every seed, on `prepare`'s windows (`setup`: model,
     device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
     batch (`ablate_setup`). `json_path`: the result is written there after every seed, and a checkpoint
-    (`ppcore.batch_checkpoint`, NAME.seedS.partial.pt beside it) after every batch, deleted once all seeds are in;
+    (`ppcore.batch_checkpoint`, NAME.seedS.partial.pt beside it) after every batch, deleted once the seed is in;
     with `resume`, the seeds a file there already holds for the same ablation, ratios, base config and setup are
     kept, not rerun, and a seed stopped mid-way continues from its checkpoint.
 
@@ -101,11 +101,12 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
             ckpt.drop()  # a fresh run: a checkpoint left by an earlier one is not this run's
         return ablate_setup(s, name, labelled, seed, progress, checkpoint=ckpt)
 
-    out = run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress)
-    for seed in seeds:  # every seed's rows are in the JSON now
+    def written(seed: int) -> None:  # the seed's rows are in the JSON: its checkpoint is spent
         if (ckpt := checkpoint(seed)) is not None:
             ckpt.drop()
-    return out
+
+    return run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress,
+                     written=written)
 
 
 def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]], seed: int,
@@ -116,23 +117,22 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
     same batch, or None where the ablation compares none) and the protocol.
 
     `checkpoint`: saved after every batch and, where it already holds this run's first k batches, continued from
-    there (the warm-up, which leaves no state, is not rerun); the rows are then those of an uninterrupted run,
-    batch times apart. Raises DataError for a checkpoint of another run (`BatchCheckpoint.load`)."""
+    there after the warm-up; the rows are then those of an uninterrupted run, batch times apart. Raises DataError
+    for a checkpoint of another run (`BatchCheckpoint.load`)."""
     a = ablation(name)
     cfgs = [c for _, c in labelled]
     runs = scored_runs(s.lm, cfgs, s.calibration() if any(c.needs_calibration for c in cfgs) else None, progress)
     bs = s.batch_size
     n = s.windows.shape[0] // bs
     agree: dict[str, list[dict[str, Optional[float]]]] = {label: [] for label, _ in labelled}
-    saved = checkpoint.load(runs) if checkpoint is not None else None
+    saved = checkpoint.load(s.lm, runs) if checkpoint is not None else None
     start = 0
     if saved is not None:
         start, agree = saved[0], saved[1]["agree"]
         if progress:
             print(f"ablate {name} seed {seed}: batches 1-{start} of {n} kept from {checkpoint.path}", flush=True)
-    else:
-        for run in runs:
-            warm_up(s.lm, run, s.windows[:bs])
+    for run in runs:  # also on a resume: it leaves no state, but the next batch's time would include a cold start
+        warm_up(s.lm, run, s.windows[:bs])
     for b in range(start, n):
         ids = s.windows[b * bs:(b + 1) * bs]
         oracle: dict[float, Kept] = {}
@@ -147,7 +147,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
             else:
                 agree[label].append(_agreement(kept, oracle[cfg.ratio]))
         if checkpoint is not None:
-            checkpoint.save(b + 1, runs, {"agree": agree})
+            checkpoint.save(s.lm, b + 1, runs, {"agree": agree})
         if progress:
             print(f"ablate {name} seed {seed}: batch {b + 1}/{n}", flush=True)
     interleaved = [label for label, _ in labelled]

@@ -33,11 +33,13 @@ def read_json_object(path: str | Path, keys: tuple[str, ...], what: str,
 
 
 def run_seeds(results: dict[str, Any], rows: str, seeds: list[int], run_seed: Callable[[int], list[dict[str, Any]]],
-              *, json_path: Optional[str], label: str, progress: bool) -> dict[str, Any]:
+              *, json_path: Optional[str], label: str, progress: bool,
+              written: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """Run `run_seed(seed)` for every seed of `seeds` not yet in `results["seeds"]` (those a resumed file already
     holds are kept, with a line saying so), appending its rows to `results[rows]` and the seed to
     `results["seeds"]`, and writing `results` to `json_path` after every seed, so a run stopped in its third seed
-    keeps its first two. `label` starts the progress lines ("bench", "ablate history"). Returns `results`."""
+    keeps its first two. `label` starts the progress lines ("bench", "ablate history"); `written(seed)`, where
+    given, is called once a seed's rows are written. Returns `results`."""
     for seed in seeds:
         if seed in results["seeds"]:
             if progress:
@@ -47,4 +49,6 @@ def run_seeds(results: dict[str, Any], rows: str, seeds: list[int], run_seed: Ca
         results["seeds"].append(seed)
         if json_path:
             write_json(json_path, results)
+        if written is not None:
+            written(seed)
     return results

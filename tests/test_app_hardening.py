@@ -133,7 +133,8 @@ def test_a_non_text_value_in_the_text_column_is_named_and_other_delimiters_are_r
     """Found by a newcomer: a number or a list in the chosen column became a sample ("42"), and a semicolon CSV (a
     spreadsheet's export where the comma is the decimal mark) was read as one column."""
     data = b'{"text": "one"}\n{"text": null}\n{"id": 3}\n{"text": [1, 2]}\n'
-    with pytest.raises(DataError, match=r"num.jsonl, row 4: column 'text' holds a list \(\[1, 2\]\), not a text"):
+    with pytest.raises(DataError, match=r"num.jsonl, record 4 \(blank lines not counted\): 'text' holds a list "
+                                         r"\(\[1, 2\]\), not a text"):
         upload_texts("num.jsonl", data, "text", "line")
     assert upload_texts("ok.jsonl", data[:-len(b'{"text": [1, 2]}\n')], "text", "line") == ["one"]  # null: no sample
     assert read_upload("semi.csv", b"id;text\n1;a b, c\n")[0] == ["text", "id"]
@@ -141,11 +142,16 @@ def test_a_non_text_value_in_the_text_column_is_named_and_other_delimiters_are_r
     assert upload_texts("tab.csv", b"id\ttext\n1\tx, y\n", "text", "line") == ["x, y"]
     assert upload_texts("q.csv", b'"a;b",text\n1,x\n', "text", "line") == ["x"]  # inside quotes: not a delimiter
     assert upload_texts("one.csv", b"text\nx; y\n", "text", "line") == ["x; y"]  # one column
+    # A header with another delimiter in a column's name is read by the one its rows agree with (a reviewer's case).
+    data = b'id,comment (pos; neg; mixed)\n1,great film\n2,"bad, really"\n'
+    assert upload_texts("mixed.csv", data, "comment (pos; neg; mixed)", "line") == ["great film", "bad, really"]
+    # Empty fields past the header's (an export ending every row with a delimiter) are not text: nothing is lost.
+    assert upload_texts("trail.csv", b"text,label\nhello,pos,\nbye,neg,\n", "text", "line") == ["hello", "bye"]
     # A row with more fields than the header lost the extra ones silently (an unquoted comma in a text).
     with pytest.raises(DataError, match=r"more.csv, line 3: 3 fields under a header of 2"):
         read_upload("more.csv", b"id,text\n1,fine\n2,a, b\n")
     # An object in the text column is named too (it was sent to the model as its JSON text).
-    with pytest.raises(DataError, match=r"row 1: column 't' holds an object"):
+    with pytest.raises(DataError, match=r"record 1 \(blank lines not counted\): 't' holds an object"):
         upload_texts("j.jsonl", b'{"t": {"nested": 1}}\n{"t": "plain"}\n', "t", "line")
 
 

@@ -391,3 +391,14 @@ def test_lecture_in_a_real_browser(prepared):
         page.get_by_role("button", name="◀ Previous").click()
         lecture_step(page, len(STEPS) - 1, timeout_ms=30_000)
     assert sorted(p.name for p, _, _ in prepared.store.entries()) == before
+
+
+def test_a_waiting_page_says_how_long_the_preparation_has_run():
+    """A newcomer waited about 30 minutes on a loaded machine with no sign of time passing."""
+    job = lecture_job.LectureJob(Settings())
+    assert job.elapsed is None  # not started
+    job.started = time.perf_counter() - 185
+    assert 184 < job.elapsed < 190 and lecture_view._minutes(job.elapsed).startswith("3 min 0")
+    assert lecture_view._minutes(42.7) == "42 s" and lecture_view._minutes(60) == "1 min 00 s"
+    job.data = object()  # done: nothing to say
+    assert job.elapsed is None
