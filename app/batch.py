@@ -201,6 +201,10 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
                                     f"delimiter {d!r} must be quoted (\"like{d} this\")")
                 rows.append(row)
             cols = [c for c in (reader.fieldnames or []) if c is not None]
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if twice:  # DictReader keeps the last of same-named columns: the others would be lost
+                raise DataError(f"{name}: the header names {', '.join(repr(c) for c in twice)} more than once; give "
+                                "each column its own name")
         except csv.Error as e:
             why = str(e)
             hint = ("a quote (\") opened there is never closed" if "end of data" in why else

@@ -103,6 +103,7 @@ BAD_UPLOADS = [  # (case, file name, bytes, the message it must give)
     ("JSON line a number", "num.jsonl", b'"a text"\n42\n', "line 2: a number (42), not a text"),
     ("JSON line a list", "list.jsonl", b'[1, 2, 3]\n', "line 1: a list ([1, 2, 3]), not a text"),
     ("CSV header only", "head.csv", b"id,text\n", "has no rows under its header"),
+    ("CSV column named twice", "twice.csv", b"text,text\n1,2\n", "names 'text' more than once"),
     # without strict parsing the rest of the file became one silent field
     ("CSV unclosed quote", "open.csv", b'id,text\n1,fine\n2,"never closed\n3,more\n', "line 3: not a readable CSV"),
     ("CSV text after a closing quote", "after.csv", b'id,text\n1,"quoted"tail\n', "line 2: not a readable CSV"),
