@@ -9,6 +9,7 @@ the same batch (attention heads and MLP channels apart).
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -133,6 +134,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
             print(f"ablate {name} seed {seed}: batches 1-{start} of {n} kept from {checkpoint.path}", flush=True)
     for run in runs:  # also on a resume: it leaves no state, but the next batch's time would include a cold start
         warm_up(s.lm, run, s.windows[:bs])
+    t0 = time.perf_counter()
     for b in range(start, n):
         ids = s.windows[b * bs:(b + 1) * bs]
         oracle: dict[float, Kept] = {}
@@ -149,7 +151,9 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
         if checkpoint is not None:
             checkpoint.save(s.lm, b + 1, runs, {"agree": agree})
         if progress:
-            print(f"ablate {name} seed {seed}: batch {b + 1}/{n}", flush=True)
+            per = (time.perf_counter() - t0) / (b + 1 - start)  # this process's batches: the machine as it is now
+            print(f"ablate {name} seed {seed}: batch {b + 1}/{n} ({per / 60:.1f} min a batch, about "
+                  f"{per * (n - b - 1) / 60:.0f} min left in this seed)", flush=True)
     interleaved = [label for label, _ in labelled]
     rows = []
     for (label, cfg), run in zip(labelled, runs):
