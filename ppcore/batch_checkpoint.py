@@ -79,10 +79,11 @@ class BatchCheckpoint:
         except Exception as e:  # a truncated or foreign file: torch raises several kinds
             raise DataError(f"{self.path} cannot be read as a checkpoint ({e}): delete it to start the seed "
                             "over") from None
-        if not isinstance(obj, dict) or "computed_with" not in obj:
+        if not isinstance(obj, dict) or "runs" not in obj:
             raise DataError(f"{self.path} is not a checkpoint of `ppcore ablate`: delete it or write to another "
                             "folder")
-        if obj["computed_with"] != computed_with(lm):  # first: an upgrade may change the key's settings too
+        # First: an upgrade may change the key's settings too. A checkpoint without the note is an older version's.
+        if obj.get("computed_with") != computed_with(lm):
             print(f"{self.path}: computed with another version of the engine, torch or the model; this seed starts "
                   "over", file=sys.stderr)
             return None

@@ -125,6 +125,11 @@ def test_another_runs_or_a_broken_checkpoint_gets_one_message_and_another_engine
     assert BatchCheckpoint(path, {"seed": 0}).load(lm, runs) is None
     assert BatchCheckpoint(path, {"seed": 0, "new_setting": 1}).load(lm, runs) is None
     assert "starts over" in capsys.readouterr().err
+    torch.save({"key": "{}", "engine": "x", "done": 1, "runs": [], "extra": {}}, path)  # the first version's format
+    assert BatchCheckpoint(path, {"seed": 0}).load(lm, runs) is None
+    torch.save([1, 2], path)
+    with pytest.raises(DataError, match="not a checkpoint of `ppcore ablate`"):
+        BatchCheckpoint(path, {"seed": 0}).load(lm, runs)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="cannot be read as a checkpoint"):
         BatchCheckpoint(path, {"seed": 0}).load(lm, runs)
