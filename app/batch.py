@@ -197,8 +197,8 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
                 if extra is not None and any(v.strip() for v in extra):  # they would be lost: say so
                     d = reader.reader.dialect.delimiter
                     raise DataError(f"{name}, line {reader.line_num}: {len(reader.fieldnames) + len(extra)} "
-                                    f"fields under a header of {len(reader.fieldnames)}: a text holding the "
-                                    f"delimiter {d!r} must be quoted (\"like{d} this\")")
+                                    f"fields under a header of {len(reader.fieldnames)}: a text holding "
+                                    f"{DELIMITER_NAMES[d]}, this file's delimiter, must be in double quotes")
                 rows.append(row)
             cols = [c for c in (reader.fieldnames or []) if c is not None]
             twice = sorted({c for c in cols if cols.count(c) > 1})
@@ -221,6 +221,7 @@ def read_upload(name: str, data: bytes, max_rows: Optional[int] = None) -> tuple
 
 
 CSV_DELIMITERS = ",;\t|"  # what spreadsheets export as "CSV" (a semicolon where the comma is the decimal mark)
+DELIMITER_NAMES = {",": "a comma", ";": "a semicolon", "\t": "a tab", "|": "a bar (|)"}
 SNIFF_LINES = 200  # the lines a delimiter is judged on
 
 

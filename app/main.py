@@ -91,7 +91,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             res = Result(key, s, analysis)
         except Exception as e:  # noqa: BLE001 — every failure becomes one message; the page stays usable
             notes["running"] = False
-            st.session_state["error"] = messages.failure(e)
+            st.session_state["error"], st.session_state["error_key"] = messages.failure(e), key
             status.update(label="The run failed (see the message above the views)", state="error", expanded=False)
             return
         except BaseException:  # Streamlit stopping the run (Stop, or a widget used mid-run): note it, let it pass
@@ -295,15 +295,22 @@ def main() -> None:
         st.warning(messages.clean(f"Run stopped{why} (at: {notes.pop('stopped')}). "
                                   + ("The previous result is kept. " if st.session_state.get("result") else "")
                                   + "Press **Run** to start again."))
-    if st.session_state.get("error"):
-        st.error(st.session_state["error"])  # cleaned once, when it was stored (messages.failure)
+    # The last Run's failure, while the settings (and file) it failed on are still the sidebar's: once they change,
+    # its message names what is no longer there (a newcomer saw an old file's error above a fresh result).
+    failed = st.session_state.get("error") if st.session_state.get("error_key") == key else None
+    if failed:
+        st.error(failed)  # cleaned once, when it was stored (messages.failure)
+    waiting_for_file = s.source == "upload" and upload is None
     r = st.session_state.get("result")
     if r is None:
-        st.info("No result yet: fix the input above and press **Run** in the sidebar.")
+        st.info("No result yet: " + ("upload a file in the sidebar" if waiting_for_file else "fix the input above")
+                + " and press **Run** in the sidebar.")
         return
     if r.key != key:
         st.info("The result below is from earlier settings: the last Run failed (the message above); fix the input "
-                "and press **Run**." if st.session_state.get("error") else
+                "and press **Run**." if failed else
+                "The result below is from earlier settings: upload a file in the sidebar (.txt, .jsonl or .csv), "
+                "then press **Run**." if waiting_for_file else
                 "The sidebar settings differ from this result's: press **Run** to apply them.")
     # Tracked tabs: the open tab survives reruns (a button press keeps you in its view), and only the
     # open tab's content runs, so switching views is quick.

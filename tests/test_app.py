@@ -234,6 +234,11 @@ def test_bad_inputs_show_one_message_and_recover(tmp_path):
     assert len(at.error) == 1 and at.session_state["result"] is r
     assert [i.value for i in at.info if "earlier settings" in i.value] and not [
         i.value for i in at.info if "press **Run** to apply them" in i.value]
+    # Once the input changes, the failure's message (about input no longer there) goes; the page says what to do.
+    at.text_area(key="s_text").set_value("Another text now.").run()
+    assert not at.error and [i.value for i in at.info if "press **Run** to apply them" in i.value]
+    at.radio(key="s_source").set_value("upload").run()  # no file yet: it says to upload one, not just to press Run
+    assert not at.error and [i.value for i in at.info if "upload a file in the sidebar" in i.value]
 
 
 def test_unreadable_upload_is_reported():

@@ -151,6 +151,8 @@ def test_a_non_text_value_in_the_text_column_is_named_and_other_delimiters_are_r
     # A row with more fields than the header lost the extra ones silently (an unquoted comma in a text).
     with pytest.raises(DataError, match=r"more.csv, line 3: 3 fields under a header of 2"):
         read_upload("more.csv", b"id,text\n1,fine\n2,a, b\n")
+    with pytest.raises(DataError, match="a text holding a tab, this file's delimiter, must be in double quotes"):
+        read_upload("tabs.csv", b"id\ttext\n1\tfine\n2\ta\tb\n")
     # An object in the text column is named too (it was sent to the model as its JSON text).
     with pytest.raises(DataError, match=r"record 1 \(blank lines not counted\): 't' holds an object"):
         upload_texts("j.jsonl", b'{"t": {"nested": 1}}\n{"t": "plain"}\n', "t", "line")

@@ -225,10 +225,14 @@ def render(r: Result, start: Callable[[str, PruneConfig, PruneConfig], None]) ->
     label = entry(preset, ratio)
     try:
         cfg_b: Optional[PruneConfig] = config_b(cfg_a, preset, ratio)
-        cfg_b.check_layers(len(a.main.layers))  # e.g. a ratio the skipped layers leave too little room for
         problem = None
     except ConfigError as e:  # a setting of A that B's method cannot take: said once, nothing runs
-        cfg_b, problem = None, str(e)
+        cfg_b, problem = None, f"B cannot be built from this analysis's settings: {e}"
+    if cfg_b is not None:
+        try:
+            cfg_b.check_layers(len(a.main.layers))  # e.g. a ratio the skipped layers leave too little room for
+        except ConfigError as e:
+            cfg_b, problem = None, f"B cannot run on this model: {e}"
     st.markdown(f"**A**: {describe(cfg_a)}  ·  **B**: {describe(cfg_b) if cfg_b is not None else '?'}",
                 help=explain(*TERMS[preset]))
     same = cfg_b is not None and cfg_b == cfg_a
@@ -239,7 +243,7 @@ def render(r: Result, start: Callable[[str, PruneConfig, PruneConfig], None]) ->
                          if walk_s else "")) and cfg_b is not None:
         start(label, cfg_a, cfg_b)
     if problem is not None:
-        st.warning(f"B cannot be built from this analysis's settings: {problem}", icon="⚠️")
+        st.warning(problem, icon="⚠️")
         return
     if same:
         st.info(f"B would be A itself ({describe(cfg_a)}): choose another configuration B.")
