@@ -286,8 +286,10 @@ def iter_upload(name: str, data: bytes, column: str, split: str) -> Iterator[str
         if v is None:  # a row without this column, or null there: no sample, as an empty cell
             continue
         if not isinstance(v, str):  # only JSON has such values: its records are its non-blank lines
+            fix = "choose another text column, or make that value a string" if len(cols) > 1 else (
+                "make that value a string")
             raise DataError(f"{name}, record {n} (blank lines not counted): {col!r} holds {_json_kind(v)}, not a "
-                            "text: choose a text column, or make that value a string")
+                            f"text: {fix}")
         if v.strip():
             yield v.strip()
 
