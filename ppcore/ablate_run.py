@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from .ablations import ORACLE, ablation, carried, grid
 from .analysis import jaccard
-from .batch_checkpoint import BatchCheckpoint
+from .batch_checkpoint import BatchCheckpoint, computed_with
 from .bench_report import mean_se
 from .config import CalibConfig, PruneConfig
 from .errors import DataError
@@ -115,7 +115,8 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
     """The (label, config) runs on one setup's windows, interleaved batch by batch after the official warm-up
     (docs/algorithm.md §9.4). One row per run: `ScoredRun.figures()`, label, variant, seed, config, `jaccard`
     ({"attn", "mlp"}: the mean over batches and pruned blocks of the keep-set's Jaccard with the oracle's on the
-    same batch, or None where the ablation compares none) and the protocol.
+    same batch, or None where the ablation compares none), the protocol and `computed_with` (the note of
+    `ppcore.batch_checkpoint.computed_with`: engine and loop source, versions, model).
 
     `checkpoint`: saved after every batch and, where it already holds this run's first k batches, continued from
     there after the warm-up; the rows are then those of an uninterrupted run, batch times apart. Raises DataError
@@ -155,6 +156,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
             print(f"ablate {name} seed {seed}: batch {b + 1}/{n} ({per / 60:.1f} min a batch, about "
                   f"{per * (n - b - 1) / 60:.0f} min left in this seed)", flush=True)
     interleaved = [label for label, _ in labelled]
+    note = computed_with(s.lm)  # engine and loop source, versions, model: what another grid may reuse a row by
     rows = []
     for (label, cfg), run in zip(labelled, runs):
         jac = None
@@ -162,7 +164,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
             jac = {k: (statistics.fmean(x[k] for x in agree[label] if x[k] is not None)
                        if any(x[k] is not None for x in agree[label]) else None) for k in BLOCK_NAMES}
         rows.append({**run.figures(), "label": label, "variant": label.rsplit(" @ ", 1)[0], "seed": seed,
-                     "config": cfg.to_dict(), "jaccard": jac,
+                     "config": cfg.to_dict(), "jaccard": jac, "computed_with": note,
                      "protocol": s.protocol.replace(config=cfg.to_dict(), interleaved=interleaved,
                                                     settings={"ablation": name}).to_dict()})
     return rows
