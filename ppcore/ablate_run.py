@@ -9,10 +9,12 @@ the same batch (attention heads and MLP channels apart).
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from .ablate_reuse import as_row, reusable, same_run
 from .ablations import ORACLE, ablation, carried, grid
 from .analysis import jaccard
 from .batch_checkpoint import BatchCheckpoint, computed_with
@@ -44,31 +46,17 @@ def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
     return out
 
 
-def same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether an ablation JSON's `key` (`old`) is the run `new` describes: the same name, ratios, setup and
-    calibration, and the same base config once the fields at today's PruneConfig defaults are left out on both
-    sides. So a file written before a new setting existed (the field absent, i.e. at its default) resumes, and one
-    whose base differs from today's in any setting does not."""
-    defaults = PruneConfig().to_dict()
-
-    def trimmed(key: dict[str, Any]) -> dict[str, Any]:
-        base = key.get("base")
-        if not isinstance(base, dict):
-            return key
-        return {**key, "base": {k: v for k, v in base.items() if k not in defaults or v != defaults[k]}}
-
-    return trimmed(old) == trimmed(new)
-
-
 def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: PruneConfig = PruneConfig(),
                  calib: Optional[CalibConfig] = None, progress: bool = True, json_path: Optional[str] = None,
-                 resume: bool = False, **setup: Any) -> dict[str, Any]:
+                 resume: bool = False, reuse: bool = True, **setup: Any) -> dict[str, Any]:
     """Every variant of ablation `name` at every ratio, for every seed, on `prepare`'s windows (`setup`: model,
     device, dtype, seq_len, batch_size, batches, cache_dir, placement, calib_len_follows), interleaved batch by
     batch (`ablate_setup`). `json_path`: the result is written there after every seed, and a checkpoint
     (`ppcore.batch_checkpoint`, NAME.seedS.partial.pt beside it) after every batch, deleted once the seed is in;
     with `resume`, the seeds a file there already holds for the same ablation, ratios, base config and setup are
-    kept, not rerun, and a seed stopped mid-way continues from its checkpoint.
+    kept, not rerun, and a seed stopped mid-way continues from its checkpoint. With `reuse` (and `json_path`), a run
+    another grid's JSON in the same folder holds for the same config, seed, protocol and code is taken from it, not
+    computed again (`ppcore.ablate_reuse`; the row says `reused_from`).
 
     Returns {"ablation", "question", "ratios", "seeds", "carried" (`ppcore.ablations.carried`), "setup", "rows"}
     (rows: `ablate_setup`'s). Raises ConfigError for an unknown ablation or a variant invalid at a ratio (before
@@ -88,22 +76,44 @@ def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: Prun
         res["rows"] = [r for r in old["rows"] if r["seed"] in seeds]
         res["seeds"] = [x for x in old["seeds"] if x in seeds]
 
-    def checkpoint(seed: int) -> Optional[BatchCheckpoint]:
+    def checkpoint(seed: int, labels: list[str]) -> Optional[BatchCheckpoint]:
         if not json_path:
             return None
         path = Path(json_path)
-        return BatchCheckpoint(path.with_name(f"{path.stem}.seed{seed}.partial.pt"),
-                               {**key, "seed": seed, "labels": [label for label, _ in labelled]})
+        return BatchCheckpoint(path.with_name(f"{path.stem}.seed{seed}.partial.pt"), {**key, "seed": seed,
+                                                                                       "labels": labels})
 
     def one_seed(seed: int) -> list[dict[str, Any]]:
         s = prepare(**setup, seed=seed, calib=calib, progress=progress, front_end="ablate")
-        ckpt = checkpoint(seed)
-        if ckpt is not None and not resume:
-            ckpt.drop()  # a fresh run: a checkpoint left by an earlier one is not this run's
-        return ablate_setup(s, name, labelled, seed, progress, checkpoint=ckpt)
+        taken = (reusable(Path(json_path).parent, name, key, s.protocol.to_dict(), computed_with(s.lm), labelled,
+                          seed) if reuse and json_path else {})
+        everything = [label for label, _ in labelled]
+        stored = checkpoint(seed, everything)
+        if stored is not None and not resume:
+            stored.drop()  # a fresh run: a checkpoint left by an earlier one is not this run's
+        elif stored is not None and (saved := stored.stored_key()) is not None:
+            # A stopped seed continues with the runs it was computing, where the rest can still be taken.
+            ran = saved.get("labels")
+            if {**saved, "labels": None} == {**stored.key, "labels": None} and isinstance(ran, list):
+                if set(ran) <= set(everything) and set(everything) - set(ran) <= set(taken):
+                    taken = {label: hit for label, hit in taken.items() if label not in ran}
+                else:  # a row it relied on is gone (a grid rerun elsewhere): its runs are not this run's
+                    print(f"{stored.path}: computed other runs than this seed now needs; this seed starts over",
+                          file=sys.stderr)
+                    stored.drop()
+        runs = [(label, cfg) for label, cfg in labelled if label not in taken]
+        if taken and progress:
+            print(f"ablate {name} seed {seed}: {len(taken)} of {len(labelled)} runs taken from "
+                  f"{', '.join(sorted({f'{h.source}.json' for h in taken.values()}))} (same config, seed, protocol "
+                  "and code); computing the rest", flush=True)
+        done = {row["label"]: row for row in (ablate_setup(s, name, runs, seed, progress,
+                                                           checkpoint=checkpoint(seed, [lab for lab, _ in runs]))
+                                              if runs else [])}
+        return [done[label] if label in done else as_row(taken[label], label, name, a.jaccard)
+                for label in everything]
 
     def written(seed: int) -> None:  # the seed's rows are in the JSON: its checkpoint is spent
-        if (ckpt := checkpoint(seed)) is not None:
+        if (ckpt := checkpoint(seed, [])) is not None:
             ckpt.drop()
 
     return run_seeds(res, "rows", seeds, one_seed, json_path=json_path, label=f"ablate {name}", progress=progress,

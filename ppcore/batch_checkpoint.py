@@ -94,6 +94,18 @@ class BatchCheckpoint:
             run.restore(saved)
         return int(obj["done"]), obj["extra"]
 
+    def stored_key(self) -> Optional[dict[str, Any]]:
+        """The key the file was saved under, or None where there is no readable checkpoint (read memory-mapped:
+        cheap even for a large file). For a caller whose set of runs may differ from the stored one's."""
+        if not self.path.is_file():
+            return None
+        try:
+            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            key = json.loads(obj["key"])
+        except Exception:  # unreadable: `load` says so
+            return None
+        return key if isinstance(key, dict) else None
+
     def drop(self) -> None:
         """Delete the file (its seed's rows are in the result file)."""
         self.path.unlink(missing_ok=True)

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "deleted at the end)")
     ab.add_argument("--resume", action="store_true", help="keep the seeds NAME.json already holds for the same grid, "
                     "and continue a stopped seed from its checkpoint")
+    ab.add_argument("--no-reuse", action="store_true", help="compute every run, even one another grid's JSON in "
+                    "OUT_DIR holds for the same config, seed, protocol and code (by default taken from it)")
     ab.add_argument("--quiet", action="store_true")
 
     g = sub.add_parser("generate", help="greedy continuation, pruning decided on the prompt; dense beside it")

@@ -347,7 +347,7 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     except OSError as e:
         raise PPCoreError(f"--out-dir {a.out_dir}: cannot create it ({e.strerror or e})") from None
     res = run_ablation(a.ablation, ratios, seeds, base=base, calib=_calib_config(a), progress=not a.quiet,
-                       json_path=str(out / f"{a.ablation}.json"), resume=a.resume,
+                       json_path=str(out / f"{a.ablation}.json"), resume=a.resume, reuse=not a.no_reuse,
                        calib_len_follows=_follows(a), model=a.model, device=a.device, dtype=a.dtype,
                        seq_len=a.seq_len, batch_size=a.batch_size, batches=a.batches, cache_dir=a.cache_dir,
                        placement=_placement(a))
