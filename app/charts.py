@@ -13,92 +13,16 @@ from plotly.subplots import make_subplots
 PROBE = "#d62728"  # probe picks, everywhere
 
 
+def visible(tok: str) -> str:
+    """A token as a chart's tick or tooltip text: newlines visible, blank tokens quoted."""
+    return tok.replace("\n", "\\n") if tok.strip() else repr(tok)
+
+
 def _show(tok: str) -> str:
-    """A token as a figure's tick or hover text: newlines visible, blank tokens quoted, and '&', '<' and '>' as
-    entities, since Plotly would apply a token such as '<b>' or '<a href=...>' as markup (Gemma's vocabulary holds
-    such tags as single tokens; a record's labels can hold anything)."""
-    shown = tok.replace("\n", "\\n") if tok.strip() else repr(tok)
-    return html.escape(shown, quote=False)
-
-
-def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]], probe_tokens: list[int],
-                       probe_samples: list[int], title: str, log: bool = False,
-                       hidden: Sequence[int] = ()) -> go.Figure:
-    """Residual importance, samples x tokens; probe token columns marked above, probe sample rows named in red
-    on the axis. `log`: colour by log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token
-    positions left blank (attention sinks), so that the colour scale spreads over the others."""
-    z = np.asarray(grid, dtype=float).copy()
-    B, L = z.shape
-    if len(hidden):
-        z[:, list(hidden)] = np.nan
-    shown = np.log10(np.where(z > 0, z, np.nan)) if log else z  # pads (0) blank: they would stretch the scale
-    text = [[_show(tokens[b][t]) if t < len(tokens[b]) else "" for t in range(L)] for b in range(B)]
-    fig = go.Figure(go.Heatmap(z=shown, customdata=np.dstack([np.array(text, dtype=object), z]), colorscale="Viridis",
-                               colorbar=dict(title="log10 ‖h‖" if log else "‖h‖"),
-                               hovertemplate="sample %{y}, position %{x}<br>token %{customdata[0]}<br>"
-                                             "importance %{customdata[1]:.4g}<extra></extra>"))
-    # A red tick above each probe token column, all set at once: Plotly checks every shape again on each add_shape
-    # (32 probe tokens took 1.4 s of the first result's 2.7 s on the server).
-    fig.update_layout(shapes=[dict(type="rect", x0=t - 0.5, x1=t + 0.5, y0=1.0, y1=1.05, xref="x", yref="paper",
-                                   fillcolor=PROBE, line_width=0) for t in probe_tokens])
-    cells = [(b, t) for b in probe_samples for t in probe_tokens]
-    if cells:
-        fig.add_trace(go.Scatter(x=[t for _, t in cells], y=[b for b, _ in cells], mode="markers", name="probe",
-                                 marker=dict(symbol="square-open", color=PROBE, size=9, line_width=2),
-                                 customdata=[text[b][t] for b, t in cells],
-                                 hovertemplate="probe: sample %{y}, position %{x}<br>token %{customdata}"
-                                               "<extra></extra>"))
-    # Probe rows are named on the axis itself (a marker drawn over the labels hid the sample number).
-    ticks = list(range(B))
-    labels = [f'<span style="color:{PROBE}"><b>probe ▸ {b}</b></span>' if b in probe_samples else str(b)
-              for b in ticks]
-    fig.update_layout(title=title, height=260 + 16 * B, margin=dict(l=90, r=20, t=70, b=40), showlegend=False,
-                      font=dict(size=14))
-    fig.update_yaxes(title="sample", autorange="reversed", tickvals=ticks if B <= 32 else None,
-                     ticktext=labels if B <= 32 else None)
-    fig.update_xaxes(title="token position")
-    return fig
-
-
-def token_strip(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str,
-                batch_scores: Optional[Sequence[float]] = None, hidden: Sequence[int] = ()) -> go.Figure:
-    """One sample's importance per token, with the token text on the axis; probe tokens in red. With
-    `batch_scores`, a panel above shows the batch-wide token score (the L2 norm of every sample's importance at
-    that position), which is what picks the probe tokens. `hidden` positions are left out of both."""
-    n = len([t for t in tokens if t != ""]) or len(tokens)
-    keep = [i for i in range(n) if i not in set(hidden)]
-    labels = [f"{i}:{_show(tokens[i])}" for i in keep]
-    probe = set(probe_tokens)
-    colors = [PROBE if i in probe else "#7f7f7f" for i in keep]
-    vals = list(values)
-    bar = go.Bar(x=labels, y=[vals[i] for i in keep], marker_color=colors, name="this sample",
-                 hovertemplate="%{x}<br>importance %{y:.4g}<extra>this sample</extra>")
-    if batch_scores is None:
-        fig = go.Figure(bar)
-        fig.update_layout(title=title, height=340, margin=dict(l=50, r=20, t=50, b=120), font=dict(size=14))
-        fig.update_xaxes(tickangle=-60, tickfont=dict(size=13))
-        return fig
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.4, 0.6],
-                        subplot_titles=("Batch-wide token score: picks the probe tokens",
-                                        "This sample's own importance"))
-    bs = list(batch_scores)
-    fig.add_trace(go.Bar(x=labels, y=[bs[i] for i in keep], marker_color=colors, name="batch-wide",
-                         hovertemplate="%{x}<br>batch-wide score %{y:.4g}<extra></extra>"), row=1, col=1)
-    fig.add_trace(bar, row=2, col=1)
-    fig.update_layout(title=title, height=520, margin=dict(l=50, r=20, t=80, b=120), showlegend=False,
-                      font=dict(size=14))
-    fig.update_xaxes(tickangle=-60, tickfont=dict(size=13), row=2, col=1)
-    return fig
-
-
-def pick_by_layer(m: np.ndarray, title: str) -> go.Figure:
-    """Layers x token positions: which tokens the probe picked in each layer."""
-    fig = go.Figure(go.Heatmap(z=m, colorscale=[[0, "#f0f0f0"], [1, PROBE]], showscale=False,
-                               hovertemplate="layer %{y}, position %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title=title, height=360, margin=dict(l=50, r=20, t=50, b=40))
-    fig.update_yaxes(title="layer", autorange="reversed")
-    fig.update_xaxes(title="token position")
-    return fig
+    """`visible`, with '&', '<' and '>' as entities, since Plotly would apply a token such as '<b>' or
+    '<a href=...>' as markup (Gemma's vocabulary holds such tags as single tokens; a record's labels can hold
+    anything)."""
+    return html.escape(visible(tok), quote=False)
 
 
 def kept_map(m: np.ndarray, unit: str, title: str) -> go.Figure:

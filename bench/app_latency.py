@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 from app.state import Settings, calib_config
-from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, browser_page, chart_title, chromium, lecture_step,
-                                open_tab, streamlit_process, streamlit_server)
+from tests.browser_util import (FIGURE_TITLE, LECTURE_FIGURES, VEGA_CHART, VEGA_DRAWN, browser_page, chart_title,
+                                chromium, lecture_step, open_tab, streamlit_process, streamlit_server, title_text)
 
 
 def warm_cache() -> None:
@@ -65,7 +65,9 @@ def warm_lecture(query: str = "") -> None:
 # polling took 0.2-0.4 s of the browser's time per step, which no lecturer's browser spends.
 _DRAWN_JS = """([title, figure]) => new Promise(done => {
   const seen = () => [...document.querySelectorAll('h2')].some(h => h.textContent.startsWith(title)) &&
-    [...document.querySelectorAll('""" + FIGURE_TITLE + """')].some(f => f.textContent.includes(figure));
+    ([...document.querySelectorAll('""" + FIGURE_TITLE + """')].some(f => f.textContent.includes(figure)) ||
+     [...document.querySelectorAll('""" + VEGA_CHART + """')].some(f =>
+       (f.getAttribute('aria-label') || '').includes(figure) && f.querySelector('""" + VEGA_DRAWN + """')));
   const painted = () => requestAnimationFrame(() => setTimeout(() => done(performance.now()), 0));
   if (seen()) { painted(); return; }
   const watch = new MutationObserver(() => { if (seen()) { watch.disconnect(); painted(); } });
@@ -176,7 +178,7 @@ def main() -> None:
         page.goto(url)
         title = chart_title(page, "residual importance", timeout_ms=180_000)
         out["first_result_s"] = time.perf_counter() - t0
-        start = int(title.text_content().split(",")[0].split()[1])
+        start = int(title_text(title).split(",")[0].split()[1])
         switches = []
         for i in range(1, args.clicks + 1):
             t = time.perf_counter()

@@ -6,6 +6,7 @@ cannot download here, so the browser is always /usr/bin/chromium.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -110,14 +111,24 @@ def browser_page(width: int = 1500, height: int = 1000):
 
 
 FIGURE_TITLE = ".js-plotly-plot .gtitle, .pp-strip-title"  # a Plotly chart's title, or app/model_strip.py's
+# A Vega-Lite chart (app/probe_charts.py) is named by its container's accessible name (the spec's description, which
+# repeats its title); it is drawn once the container holds its SVG or canvas (Streamlit picks canvas for large data).
+VEGA_CHART = '[data-testid="stVegaLiteChart"]'
+VEGA_DRAWN = "svg, canvas"
 
 
 def chart_title(page, text: str, timeout_ms: float):
-    """Wait until a drawn figure's title contains `text`: a Plotly chart's, or the lecture's HTML model overview's
-    (app/model_strip.py); returns its locator."""
-    loc = page.locator(FIGURE_TITLE, has_text=text).first
+    """Wait until a drawn figure's title contains `text`: a Plotly chart's, a Vega-Lite chart's, or the lecture's
+    HTML model overview's (app/model_strip.py); returns its locator (`title_text` reads the title from it)."""
+    vega = page.locator(f"{VEGA_CHART}[aria-label*={json.dumps(text)}]").filter(has=page.locator(VEGA_DRAWN))
+    loc = page.locator(FIGURE_TITLE, has_text=text).or_(vega).first
     loc.wait_for(state="visible", timeout=timeout_ms)
     return loc
+
+
+def title_text(loc) -> str:
+    """The title of the figure `chart_title` found."""
+    return loc.get_attribute("aria-label") or loc.text_content()
 
 
 def open_tab(page, label: str) -> None:

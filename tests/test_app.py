@@ -43,11 +43,33 @@ def finish(at: AppTest) -> AppTest:
 
 
 def charts(at: AppTest) -> list[dict]:
+    """The Plotly figures on the page, as their JSON."""
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
+def vega_charts(at: AppTest) -> list[dict]:
+    """The Vega-Lite charts on the page (the probe view's: app/probe_charts.py), as their specs with the tables
+    Streamlit sent beside them put back under `datasets` (lists of records)."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    out = []
+    for c in at.get("vega_lite_chart"):
+        spec = json.loads(c.proto.spec)
+        spec["datasets"] = {d.name: convert_arrow_bytes_to_pandas_df(d.data.data).to_dict("records")
+                            for d in c.proto.datasets}
+        out.append(spec)
+    return out
+
+
+def vega_chart(at: AppTest, prefix: str) -> dict:
+    """The Vega-Lite chart whose title starts with `prefix`."""
+    return next(c for c in vega_charts(at) if c.get("title", "").startswith(prefix))
+
+
 def titles(at: AppTest) -> list[str]:
-    return [(c.get("layout", {}).get("title") or {}).get("text", "") for c in charts(at)]
+    """Every chart's title, Plotly's then Vega-Lite's."""
+    return ([(c.get("layout", {}).get("title") or {}).get("text", "") for c in charts(at)]
+            + [c.get("title", "") for c in vega_charts(at)])
 
 
 def test_every_view_on_the_default_model():
@@ -70,8 +92,11 @@ def test_every_view_on_the_default_model():
     t = titles(at)
     # Probe view: the heat map with the probe drawn, and the pick across layers.
     assert any(s.startswith("Layer 3, Attention: residual importance") for s in t)
-    heat = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Layer 3"))
-    assert any(d.get("name") == "probe" for d in heat["data"]) and heat["layout"]["shapes"]
+    heat = vega_chart(at, "Layer 3")
+    rec = a.main.layers[3].attn
+    assert {(c["sample"], c["position"]) for c in heat["datasets"]["probe"]} == {
+        (b, t) for b in rec.probe_samples for t in rec.probe_tokens}
+    assert sorted(c["position"] for c in heat["datasets"]["ticks"]) == sorted(rec.probe_tokens)
     assert any("token pick moves" in s for s in t)
 
     # Changing the layer redraws from the stored record: the same result object, no new run.

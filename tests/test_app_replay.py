@@ -26,7 +26,7 @@ from ppcore import PruneConfig, Pruner, RunRecord, session, walk
 from ppcore.config import CalibConfig
 from ppcore.protocol import Protocol
 from tests.conftest import tiny_llama
-from tests.test_app import charts, ok, start, tab, titles
+from tests.test_app import charts, ok, start, tab, titles, vega_charts
 
 CALIB = CalibConfig(windows=4, seq_len=32, batch_size=2)
 
@@ -235,7 +235,7 @@ def _page(at: AppTest) -> dict:
     for view in VIEWS + ("Outputs",):
         tab(at, view)
         ok(at)
-        out[view] = {"charts": charts(at), "tables": [d.value.to_dict() for d in at.dataframe],
+        out[view] = {"charts": charts(at) + vega_charts(at), "tables": [d.value.to_dict() for d in at.dataframe],
                      "metrics": [(m.label, m.value) for m in at.metric]}
     out["Outputs"]["charts"] = [c for c in out["Outputs"]["charts"]
                                 if "loss difference" in c["layout"]["title"]["text"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app.glossary import GLOSSARY, explain
 from app.views.unit_why import SCORE_NAMES, headline, picked, verdict_table
 from ppcore import why
-from tests.test_app import charts, ok, start, tab, titles
+from tests.test_app import charts, ok, start, tab, titles, vega_chart
 from tests.test_gemma3 import needs_gemma
 
 MODELS = ["default", pytest.param("gemma3-270m", marks=needs_gemma)]
@@ -124,14 +125,18 @@ def test_probe_view_reads_deep_layers(app):
     at.toggle(key="probe_log").set_value(True)
     at.toggle(key="probe_hide_sinks").set_value(True).run()
     ok(at)
-    heat = _chart(at, f"Layer {n - 2}, Attention: residual importance")
-    z = arr(heat["data"][0]["z"]).astype(float)
-    assert np.isnan(z[:, sinks]).all() and heat["data"][0]["colorbar"]["title"]["text"] == "log10 ‖h‖"
-    ticks = heat["layout"]["yaxis"]["ticktext"]
-    assert all(("probe ▸" in ticks[b]) == (b in rec.probe_samples) for b in range(len(ticks)))
-    strip = _chart(at, "Sample")
-    assert len(strip["data"]) == 2  # the batch-wide score above the sample's own bars
-    assert strip["layout"]["annotations"][0]["text"].startswith("Batch-wide token score")
+    heat = vega_chart(at, f"Layer {n - 2}, Attention: residual importance")
+    cells = heat["datasets"]["cells"]
+    assert cells and not {c["position"] for c in cells} & set(sinks)  # the sinks' columns are left blank
+    shown = next(c for c in cells if c["importance"] > 0)
+    assert shown["shown"] == pytest.approx(np.log10(shown["importance"]))
+    colour = heat["layer"][0]["encoding"]["color"]
+    assert colour["title"] == "log10 ‖h‖"
+    assert json.dumps(sorted(rec.probe_samples)) in heat["layer"][0]["encoding"]["y"]["axis"]["labelExpr"]
+    batch = vega_chart(at, "Batch-wide token score")  # the score that picks the probe tokens, above the sample's
+    sample = vega_chart(at, "Sample")
+    assert [c["position"] for c in batch["datasets"]["bars"]] == [c["position"] for c in sample["datasets"]["bars"]]
+    assert {c["position"] for c in sample["datasets"]["bars"] if c["probe"]} <= set(rec.probe_tokens)
 
 
 def test_glossary_covers_the_terms_the_pages_use():

@@ -172,7 +172,7 @@ def test_installed_parts_are_checked_against_their_records(tmp_path):
 @needs_gemma
 def test_the_app_on_gemma(gemma_lm):
     """Probe, channels and outputs views on the real Gemma-3-270M, its licence beside the model choice."""
-    from tests.test_app import charts, ok, start, tab, titles
+    from tests.test_app import ok, start, tab, titles, vega_chart
 
     at = start(model="gemma3-270m")
     ok(at)
@@ -180,8 +180,8 @@ def test_the_app_on_gemma(gemma_lm):
     assert any("Gemma Terms of Use" in c.value for c in at.caption)
     a = at.session_state["result"].analysis
     assert a.info["family"] == "gemma3" and a.info["layers"] == 18 and a.batch.ids.shape == (4, 48)
-    heat = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Layer 3, Attention"))
-    assert any(d.get("name") == "probe" for d in heat["data"])
+    heat = vega_chart(at, "Layer 3, Attention")
+    assert heat["datasets"]["probe"] and heat["datasets"]["cells"]
     tab(at, "Pruned channels")
     ok(at)
     assert any("Heads kept by pp" in s for s in titles(at)) and any("MLP channels kept by pp" in s for s in titles(at))

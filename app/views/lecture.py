@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -22,9 +22,10 @@ from streamlit.delta_generator import DeltaGenerator
 from ppcore import session
 from ppcore.record import BlockRecord
 
-from .. import charts, lecture_job, messages
+from .. import charts, lecture_job, messages, probe_charts
 from ..header import header_metrics
 from ..model_strip import model_strip_html
+from ..probe_charts import Spec
 from ..lecture import (STEPS, URL_PARAMS, LectureData, first_pruned_unit, kept_strip, lecture_settings, pruned_layers,
                        sample_scores, step_number, step_text)
 from ..state import MAX_SKIP_INDEX, Settings
@@ -188,10 +189,11 @@ def _whole(d: LectureData, layer: int) -> bool:
     return True
 
 
-Build = Callable[[LectureData, int], Optional[go.Figure]]
+Figure = Union[go.Figure, Spec]  # a Plotly figure, or a Vega-Lite spec (the importance step: app/probe_charts.py)
+Build = Callable[[LectureData, int], Optional[Figure]]
 
 
-def _figure(d: LectureData, build: Build, layer: int = -1) -> Optional[go.Figure]:
+def _figure(d: LectureData, build: Build, layer: int = -1) -> Optional[Figure]:
     """`build(d, layer)`, made once per lecture and layer on this server (`d.figures`) and shared by every session:
     building a Plotly figure takes up to 0.4 s of a 2-core server, a redraw of the built one a few milliseconds.
     Waits for a build `_prebuild` started; raises what `build` raises (and keeps nothing then)."""
@@ -207,7 +209,9 @@ def _figure(d: LectureData, build: Build, layer: int = -1) -> Optional[go.Figure
 def _chart(d: LectureData, build: Build, layer: int = -1) -> None:
     """The figure `build` makes at `layer` (-1: one that no layer changes), built once (`_figure`), drawn."""
     fig = _figure(d, build, layer)
-    if fig is not None:
+    if isinstance(fig, dict):
+        probe_charts.draw(fig, f"lecture_{build.__name__}")
+    elif fig is not None:
         st.plotly_chart(fig, width="stretch", key=f"lecture_{build.__name__}")
 
 
@@ -252,13 +256,14 @@ def _model(d: LectureData, layer: int, text: DeltaGenerator) -> None:
 
 
 def _warm_plotly() -> None:
-    """An empty Plotly chart in a hidden container, so that the browser loads and starts Plotly (4.7 MB of
-    JavaScript, about 2 s of a 2-core machine's browser) while the lecturer speaks over step 1, which draws no
-    Plotly chart, rather than when Next is pressed. The first time in a session it is sent WARM_DELAY_S after the
-    step's visible content: sent with it, the browser often started Plotly before it had painted the step, and step
-    1 took 4.5 s to appear instead of 2-2.5 s. (A timed fragment rerun in place of the wait measured worse: 2.4-3.4 s.)
-    A full rerun (a sidebar widget) stops the wait at once; a Next, a fragment rerun, which Streamlit does not let
-    interrupt a running script, waits for the rest of it: at most WARM_DELAY_S, once per session."""
+    """An empty Plotly chart and an empty Vega-Lite one in a hidden container, so that the browser loads and starts
+    Plotly (4.7 MB of JavaScript, about 2 s of a 2-core machine's browser) and Vega-Lite (step 2's heat map) while
+    the lecturer speaks over step 1, which draws neither, rather than when Next is pressed. The first time in a
+    session it is sent WARM_DELAY_S after the step's visible content: sent with it, the browser often started
+    Plotly before it had painted the step, and step 1 took 4.5 s to appear instead of 2-2.5 s. (A timed fragment
+    rerun in place of the wait measured worse: 2.4-3.4 s.) A full rerun (a sidebar widget) stops the wait at once;
+    a Next, a fragment rerun, which Streamlit does not let interrupt a running script, waits for the rest of it: at
+    most WARM_DELAY_S, once per session."""
     if not st.session_state.get(WARM_SENT):
         wait, end = st.empty(), time.monotonic() + WARM_DELAY_S
         while time.monotonic() < end:
@@ -267,6 +272,7 @@ def _warm_plotly() -> None:
         st.session_state[WARM_SENT] = True
     with st.container(key="lecture_warm"):
         st.plotly_chart(go.Figure(), key="lecture_warm_chart")
+        st.vega_lite_chart({"data": {"values": []}, "mark": "point"}, key="lecture_warm_vega")
 
 
 def batch_table(texts: list[str]) -> str:
@@ -292,11 +298,11 @@ def _attn_with_importance(d: LectureData, layer: int) -> Optional[BlockRecord]:
 
 # Builders: (data, layer) -> the figure, or None where the step draws none (it says why itself).
 
-def _importance_figure(d: LectureData, layer: int) -> Optional[go.Figure]:
+def _importance_figure(d: LectureData, layer: int) -> Optional[Spec]:
     a, rec = d.result.analysis, d.result.analysis.main.layers[layer].attn
     if rec.importance is None:
         return None
-    return charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
+    return probe_charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
                                      f"Layer {layer}, attention: how loud each word is (log colour scale)", log=True)
 
 

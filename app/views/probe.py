@@ -6,7 +6,7 @@ import streamlit as st
 
 from ppcore import session
 
-from .. import charts
+from .. import probe_charts
 from ..glossary import explain
 from ..result import Result
 from ..viewlink import show_place
@@ -93,23 +93,24 @@ def _panel(r: Result) -> None:
                    f"{float(np.median(scores)):,.0f}): {top}" + (". Left out of the charts below." if hide else
                                                                  ". They dominate a linear colour scale."))
     title = f"Layer {layer}, {BLOCK_TEXT[block].short}: residual importance ({a.cfg.method})"
-    st.plotly_chart(charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title,
-                                              log=log, hidden=hidden),
-                    width="stretch", key="probe_heatmap")
+    probe_charts.draw(probe_charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples,
+                                                      title, log=log, hidden=hidden), "probe_heatmap")
     default = rec.probe_samples[0] if rec.probe_samples else 0
     b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
-    st.plotly_chart(charts.token_strip(rec.importance[b], tokens[b], rec.probe_tokens,
-                                       f"Sample {b}: importance per token (red: probe tokens)",
-                                       batch_scores=scores, hidden=hidden),
-                    width="stretch", key="probe_strip")
+    probe_charts.draw(probe_charts.token_bars(scores, tokens[b], rec.probe_tokens,
+                                              "Batch-wide token score: picks the probe tokens (red)",
+                                              "batch-wide score", hidden=hidden, labels=False), "probe_batch_scores")
+    probe_charts.draw(probe_charts.token_bars(rec.importance[b], tokens[b], rec.probe_tokens,
+                                              f"Sample {b}: importance per token (red: probe tokens)", "importance",
+                                              hidden=hidden), "probe_strip")
     st.caption("Why is a red bar not always this sample's tallest? The probe tokens are chosen once for the whole "
                "batch, by the top panel's batch-wide score (every sample's importance at that position combined), "
                "not by any one sample's bars. One exception: when the probe holds 10 tokens or fewer, position 0 "
                "is always one of them.")
-    st.plotly_chart(charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
-                                         f"How the probe's token pick moves across layers ({BLOCK_TEXT[block].short})"),
-                    width="stretch", key="probe_moves")
+    probe_charts.draw(probe_charts.pick_by_layer(session.probe_token_matrix(a.main, block, a.batch.ids.shape[1]),
+                                                 f"How the probe's token pick moves across layers "
+                                                 f"({BLOCK_TEXT[block].short})"), "probe_moves")
 
 
 def _tok(tokens: list[list[str]], t: int) -> str:

@@ -1,0 +1,146 @@
+"""The probe view's charts as Vega-Lite specs (`st.vega_lite_chart`), not Plotly figures.
+
+Why not Plotly here: the probe view is what a new session opens on, and the browser's main thread, not the server,
+decides how soon it appears. Streamlit's Plotly module (4.7 MB of JavaScript) is evaluated before a first Plotly
+chart can be drawn; its Vega-Lite module is a fraction of that. Measured on 2026-12-02 (`bench.app_latency
+--first-only 5`, three runs each): a new session's first result 2.51-2.56 s (medians) with these charts against
+3.26-3.32 s with the same charts in Plotly (docs/results.md, "Seventh look"). The other views, opened later, keep
+Plotly.
+
+Each builder returns a spec dict whose tables are pandas DataFrames under `datasets` (Streamlit sends them as
+Arrow); `description` repeats the title, so a browser test finds a drawn chart by its accessible name whichever
+renderer Streamlit picks (SVG, or canvas for large grids).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from .charts import PROBE, visible
+
+Spec = dict[str, Any]
+GREY = "#7f7f7f"
+AXIS_WIDTH = 70  # pixels for the y axis of both token-strip panels, so that their bars line up
+
+
+def _spec(title: str, **body: Any) -> Spec:
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": title, "description": title,
+            "config": {"font": "sans-serif", "axis": {"labelFontSize": 13, "titleFontSize": 14},
+                       "title": {"fontSize": 16, "anchor": "start"}}, **body}
+
+
+def _in(values: Sequence[int], field: str = "datum.value") -> str:
+    """A Vega expression: whether `field` is one of `values` (integers only: nothing user-typed enters it)."""
+    return f"indexof({json.dumps([int(v) for v in values])}, {field}) >= 0"
+
+
+def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]], probe_tokens: list[int],
+                       probe_samples: list[int], title: str, log: bool = False, hidden: Sequence[int] = ()) -> Spec:
+    """Residual importance, samples (rows) x token positions (columns), Viridis; a red tick above each probe token
+    column, a red outline on each probe cell, probe sample rows named in red ("probe ▸ b"). `log`: colour by
+    log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token positions left blank (attention sinks),
+    so that the colour scale spreads over the others. Pads (importance 0) are blank. The tooltip gives sample,
+    position, token and importance."""
+    z = np.asarray(grid, dtype=float)
+    B, L = z.shape
+    shown = z.copy()
+    shown[:, list(hidden)] = np.nan
+    shown[shown <= 0] = np.nan  # pads: they would stretch the scale
+    if log:
+        shown = np.log10(shown)
+    b, t = np.meshgrid(np.arange(B), np.arange(L), indexing="ij")
+    cells = pd.DataFrame({"sample": b.ravel(), "position": t.ravel(), "importance": z.ravel(),
+                          "shown": shown.ravel(),
+                          "token": [visible(tokens[i][j]) if j < len(tokens[i]) else "" for i, j in
+                                    zip(b.ravel(), t.ravel())]})
+    cells = cells[np.isfinite(cells["shown"])]
+    probe = pd.DataFrame([(i, j) for i in probe_samples for j in probe_tokens], columns=["sample", "position"])
+    x = {"field": "position", "type": "ordinal", "title": "token position", "scale": {"domain": list(range(L))},
+         "axis": {"labelOverlap": True, "labelAngle": 0}}
+    y = {"field": "sample", "type": "ordinal", "title": "sample", "scale": {"domain": list(range(B))},
+         "axis": {"labelOverlap": B > 32, "labelFontSize": 12,
+                  "labelExpr": f"{_in(probe_samples)} ? 'probe ▸ ' + datum.label : datum.label",
+                  "labelColor": {"condition": {"test": _in(probe_samples), "value": PROBE}, "value": "black"},
+                  "labelFontWeight": {"condition": {"test": _in(probe_samples), "value": "bold"},
+                                      "value": "normal"}}}
+    layers: list[Spec] = [
+        {"data": {"name": "cells"}, "mark": {"type": "rect"},
+         "encoding": {"x": x, "y": y,
+                      "color": {"field": "shown", "type": "quantitative", "scale": {"scheme": "viridis"},
+                                "title": "log10 ‖h‖" if log else "‖h‖"},
+                      "tooltip": [{"field": "sample"}, {"field": "position"}, {"field": "token"},
+                                  {"field": "importance", "format": ".4g"}]}},
+        {"data": {"name": "ticks"}, "mark": {"type": "rect", "color": PROBE, "y": -9, "y2": -3},
+         "encoding": {"x": x}},
+    ]
+    if len(probe):
+        layers.append({"data": {"name": "probe"}, "mark": {"type": "rect", "filled": False, "stroke": PROBE,
+                                                           "strokeWidth": 2},
+                       "encoding": {"x": x, "y": y}})
+    return _spec(title, height={"step": 24 if B <= 16 else 16 if B <= 32 else 8}, width="container",
+                 datasets={"cells": cells, "ticks": pd.DataFrame({"position": list(probe_tokens)}), "probe": probe},
+                 layer=layers)
+
+
+def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str, what: str,
+               hidden: Sequence[int] = (), labels: bool = True) -> Spec:
+    """One bar per token position of one sample (`tokens`; pads, "", left out), probe tokens in red: `values` is
+    what the bars show, named `what` on the axis ("importance": the sample's own; "batch-wide score": the L2 norm
+    of every sample's importance at that position, which picks the probe tokens). `labels`: 'position:token'
+    under the bars (off for a panel drawn right above another with them). The y axis has a fixed width, so that
+    two panels drawn one above the other line up. `hidden` positions are left out."""
+    n = len([t for t in tokens if t != ""]) or len(tokens)
+    keep = [i for i in range(n) if i not in set(hidden)]
+    vals = list(values)
+    bars = pd.DataFrame({"position": keep, "label": [f"{i}:{visible(tokens[i])}" for i in keep],
+                         "value": [float(vals[i]) for i in keep], "probe": [i in set(probe_tokens) for i in keep]})
+    x = {"field": "label", "type": "ordinal", "sort": None, "title": None,
+         "axis": {"labelAngle": -60, "labelLimit": 160} if labels else {"labels": False, "ticks": False}}
+    return _spec(title, height=300 if labels else 190, width="container",
+                 datasets={"bars": bars}, data={"name": "bars"}, mark={"type": "bar"},
+                 encoding={"x": x,
+                           "y": {"field": "value", "type": "quantitative", "title": what,
+                                 "axis": {"minExtent": AXIS_WIDTH, "maxExtent": AXIS_WIDTH}},
+                           "color": {"condition": {"test": "datum.probe", "value": PROBE}, "value": GREY},
+                           "tooltip": [{"field": "label", "title": "token"},
+                                       {"field": "value", "title": what, "format": ".4g"}]})
+
+
+def pick_by_layer(m: np.ndarray, title: str) -> Spec:
+    """Layers (rows) x token positions (columns): red where the probe picked that position in that layer."""
+    m = np.asarray(m)
+    n_layers, L = m.shape
+    li, t = np.meshgrid(np.arange(n_layers), np.arange(L), indexing="ij")
+    cells = pd.DataFrame({"layer": li.ravel(), "position": t.ravel(), "picked": m.ravel().astype(int)})
+    return _spec(title, height={"step": 8}, width="container", datasets={"cells": cells},
+                 data={"name": "cells"}, mark={"type": "rect"},
+                 encoding={"x": {"field": "position", "type": "ordinal", "title": "token position",
+                                 "axis": {"labelOverlap": True, "labelAngle": 0}},
+                           "y": {"field": "layer", "type": "ordinal", "title": "layer",
+                                 "axis": {"labelOverlap": True}},
+                           "color": {"field": "picked", "type": "nominal", "legend": None,
+                                     "scale": {"domain": [0, 1], "range": ["#f0f0f0", PROBE]}},
+                           "tooltip": [{"field": "layer"}, {"field": "position"},
+                                       {"field": "picked", "title": "picked (1 = yes)"}]})
+
+
+def draw(spec: Spec, key: str) -> None:
+    """Draw `spec` across the page. A whole-chart height in pixels (an int `height`) is given to Streamlit, not
+    left in the spec: there Streamlit fits the plot into it and cuts the title; a per-row height
+    ({"step": px}) stays in the spec."""
+    height = spec.get("height")
+    if isinstance(height, int):
+        spec = {k: v for k, v in spec.items() if k != "height"}
+        st.vega_lite_chart(spec, width="stretch", height=height, key=key)
+    else:
+        st.vega_lite_chart(spec, width="stretch", key=key)
+
+
+def title_of(spec: Spec) -> str:
+    """The chart's title text."""
+    title = spec.get("title", "")
+    return title.get("text", "") if isinstance(title, dict) else str(title)

@@ -1,0 +1,76 @@
+"""The probe view's Vega-Lite charts (app/probe_charts.py): each cell, bar and probe mark is the record's, blank
+cells are left out rather than drawn as zero, token text goes in as typed (Vega draws text, not markup), and a
+whole-chart height goes to Streamlit, not into the spec."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app import probe_charts
+from app.probe_charts import importance_heatmap, pick_by_layer, token_bars
+
+GRID = np.array([[5.0, 1.0, 2.0, 0.0],  # sample 0: three tokens and a pad
+                 [4.0, 3.0, 8.0, 6.0]])
+TOKENS = [["<s>", "<b>bold", "\n", ""], ["a", "b", "c", "d"]]
+
+
+def _cells(spec):
+    return spec["datasets"]["cells"].to_dict("records")
+
+
+def test_the_heat_map_holds_every_shown_cell_and_the_probe():
+    spec = importance_heatmap(GRID, TOKENS, probe_tokens=[0, 2], probe_samples=[1], title="Layer 3: t", hidden=[2])
+    cells = {(c["sample"], c["position"]): c for c in _cells(spec)}
+    assert set(cells) == {(0, 0), (0, 1), (1, 0), (1, 1), (1, 3)}  # position 2 hidden, the pad (0) blank
+    assert cells[(1, 3)]["importance"] == 6.0 and cells[(1, 3)]["shown"] == 6.0
+    assert cells[(0, 1)]["token"] == "<b>bold"  # as typed: Vega shows text, never markup
+    assert spec["datasets"]["probe"].to_dict("records") == [{"sample": 1, "position": 0}, {"sample": 1, "position": 2}]
+    assert spec["datasets"]["ticks"]["position"].tolist() == [0, 2]
+    assert spec["title"] == spec["description"] == "Layer 3: t"  # browser tests find the chart by its name
+    axis = spec["layer"][0]["encoding"]["y"]["axis"]
+    assert "[1]" in axis["labelExpr"] and "probe ▸" in axis["labelExpr"]
+    assert spec["layer"][0]["encoding"]["color"]["title"] == "‖h‖"
+
+
+def test_the_log_scale_colours_by_log10_and_keeps_the_raw_value():
+    spec = importance_heatmap(GRID, TOKENS, [0], [0], "t", log=True)
+    for c in _cells(spec):
+        assert c["shown"] == pytest.approx(np.log10(c["importance"]))
+    assert spec["layer"][0]["encoding"]["color"]["title"] == "log10 ‖h‖"
+    assert len(_cells(spec)) == 7  # only the pad is blank
+
+
+def test_newlines_and_blank_tokens_are_visible():
+    spec = importance_heatmap(GRID, TOKENS, [], [], "t")
+    assert len(spec["layer"]) == 2  # no probe cells to outline
+    tokens = {(c["sample"], c["position"]): c["token"] for c in _cells(spec)}
+    assert tokens[(0, 2)] == "'\\n'"  # a blank token quoted, its newline shown
+    bars = token_bars([1.0, 2.0, 3.0], [" ", "x\ny", "z"], [1], "t", "importance")
+    assert bars["datasets"]["bars"]["label"].tolist() == ["0:' '", "1:x\\ny", "2:z"]
+
+
+def test_token_bars_leave_out_pads_and_hidden_positions_and_mark_the_probe():
+    spec = token_bars(GRID[0], TOKENS[0], probe_tokens=[1, 2], title="Sample 0", what="importance", hidden=[2])
+    bars = spec["datasets"]["bars"].to_dict("records")
+    assert [(b["position"], b["value"], b["probe"]) for b in bars] == [(0, 5.0, False), (1, 1.0, True)]
+    assert spec["encoding"]["y"]["title"] == "importance"
+    above = token_bars([9.0, 8.0, 7.0], TOKENS[0], [1], "batch", "batch-wide score", labels=False)
+    assert above["encoding"]["x"]["axis"]["labels"] is False
+    assert above["encoding"]["y"]["axis"] == spec["encoding"]["y"]["axis"]  # same width: the two panels line up
+
+
+def test_pick_by_layer_is_the_matrix():
+    m = np.array([[1, 0, 0], [0, 1, 1]])
+    cells = _cells(pick_by_layer(m, "t"))
+    assert {(c["layer"], c["position"]) for c in cells if c["picked"]} == {(0, 0), (1, 1), (1, 2)}
+    assert len(cells) == 6
+
+
+def test_draw_gives_a_whole_chart_height_to_streamlit(monkeypatch):
+    calls = []
+    monkeypatch.setattr(probe_charts.st, "vega_lite_chart", lambda spec, **kw: calls.append((spec, kw)))
+    probe_charts.draw(token_bars([1.0], ["a"], [], "t", "importance"), "k1")
+    probe_charts.draw(importance_heatmap(GRID, TOKENS, [], [], "t"), "k2")
+    (bars, kw1), (heat, kw2) = calls
+    assert "height" not in bars and kw1 == {"width": "stretch", "height": 300, "key": "k1"}
+    assert heat["height"] == {"step": 24} and kw2 == {"width": "stretch", "key": "k2"}
