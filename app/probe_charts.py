@@ -57,7 +57,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                           "shown": shown.ravel(),
                           "token": [visible(tokens[i][j]) if j < len(tokens[i]) else "" for i, j in
                                     zip(b.ravel(), t.ravel())]})
-    cells = cells[np.isfinite(cells["shown"])]
+    cells["probe"] = cells["sample"].isin(probe_samples) & cells["position"].isin(probe_tokens)
+    cells = cells[np.isfinite(cells["shown"])].reset_index(drop=True)
     probe = pd.DataFrame([(i, j) for i in probe_samples for j in probe_tokens], columns=["sample", "position"])
     x = {"field": "position", "type": "ordinal", "title": "token position", "scale": {"domain": list(range(L))},
          "axis": {"labelOverlap": True, "labelAngle": 0}}
@@ -73,7 +74,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                       "color": {"field": "shown", "type": "quantitative", "scale": {"scheme": "viridis"},
                                 "title": "log10 ‖h‖" if log else "‖h‖"},
                       "tooltip": [{"field": "sample"}, {"field": "position"}, {"field": "token"},
-                                  {"field": "importance", "format": ".4g"}]}},
+                                  {"field": "importance", "format": ".4g"},
+                                  {"field": "probe", "title": "in the probe"}]}},
         {"data": {"name": "ticks"}, "mark": {"type": "rect", "color": PROBE, "y": -9, "y2": -3},
          "encoding": {"x": x}},
     ]
@@ -99,7 +101,9 @@ def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[in
     bars = pd.DataFrame({"position": keep, "label": [f"{i}:{visible(tokens[i])}" for i in keep],
                          "value": [float(vals[i]) for i in keep], "probe": [i in set(probe_tokens) for i in keep]})
     x = {"field": "label", "type": "ordinal", "sort": None, "title": None,
-         "axis": {"labelAngle": -60, "labelLimit": 160} if labels else {"labels": False, "ticks": False}}
+         # labelLimit: a rotated label reaches at most half its length left of its bar, within the fixed axis width
+         "axis": {"labelAngle": -60, "labelLimit": 2 * AXIS_WIDTH - 20} if labels else {"labels": False,
+                                                                                       "ticks": False}}
     return _spec(title, height=300 if labels else 190, width="container",
                  datasets={"bars": bars}, data={"name": "bars"}, mark={"type": "bar"},
                  encoding={"x": x,
@@ -116,7 +120,8 @@ def pick_by_layer(m: np.ndarray, title: str) -> Spec:
     n_layers, L = m.shape
     li, t = np.meshgrid(np.arange(n_layers), np.arange(L), indexing="ij")
     cells = pd.DataFrame({"layer": li.ravel(), "position": t.ravel(), "picked": m.ravel().astype(int)})
-    return _spec(title, height={"step": 8}, width="container", datasets={"cells": cells},
+    return _spec(title, height={"step": max(8, min(24, 240 // max(n_layers, 1)))}, width="container",
+                 datasets={"cells": cells},
                  data={"name": "cells"}, mark={"type": "rect"},
                  encoding={"x": {"field": "position", "type": "ordinal", "title": "token position",
                                  "axis": {"labelOverlap": True, "labelAngle": 0}},
@@ -138,9 +143,3 @@ def draw(spec: Spec, key: str) -> None:
         st.vega_lite_chart(spec, width="stretch", height=height, key=key)
     else:
         st.vega_lite_chart(spec, width="stretch", key=key)
-
-
-def title_of(spec: Spec) -> str:
-    """The chart's title text."""
-    title = spec.get("title", "")
-    return title.get("text", "") if isinstance(title, dict) else str(title)

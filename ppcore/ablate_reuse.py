@@ -5,8 +5,8 @@ run's rows are a function of its config, the seed's windows and calibration, the
 runs interleaved with it (tests/test_ablate.py checks each against the run alone), so a row that another grid's
 JSON in the same folder holds for the same config and seed, under the same base config, setup and calibration, with
 the same protocol (model, windows, calibration windows, dtype, device) and the same `computed_with` note (engine and
-loop source, torch, transformers, matmul settings, model weights) is that run's row. Rows written before the note
-existed are never reused.
+loop source, torch, transformers, matmul settings, model weights) and `rows_version` (how the rows are made from the
+runs) is that run's row. Rows written before the note existed are never reused.
 
 In a grid that compares keep-sets with the oracle, a row is reusable only where its own grid compared it with the
 same oracle (its Jaccard is there), and the oracle at a ratio only where nothing at that ratio still has to be
@@ -24,6 +24,13 @@ from .config import PruneConfig
 
 # The protocol's parts a reused row must share with this run (its `config`, `seed` and `interleaved` are the row's).
 SAME_PROTOCOL = ("model", "data", "calibration", "device", "dtype", "warmup", "ppl")
+# What a row must hold to be taken (the report reads the rest of `ScoredRun.figures()` only where present).
+ROW_FIELDS = frozenset({"method", "ratio", "ppl", "decoder_flops_ratio", "decoder_probe_flops_ratio", "batch_loss",
+                        "seed", "config", "protocol", "jaccard"})
+# How `ablate_setup` makes a row beyond the run's own figures (the keep-set agreement with the oracle and its mean):
+# `computed_with` covers the engine and the scoring loop, not this. tests/test_ablate_reuse.py pins the source of
+# those functions, so that a change to them fails until this is raised; rows without `rows_version` are version 1.
+ROWS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ def reusable(folder: Path, name: str, key: dict[str, Any], protocol: dict[str, A
     (`run_ablation`); `protocol`: the seed's protocol (`EvalSetup.protocol.to_dict()`); `note`: `computed_with` for
     the loaded model. Files that cannot be read, or are not ablation results, are passed over."""
     want = _protocol_part(protocol)
-    found: dict[str, Reused] = {}
+    found: dict[str, list[Reused]] = {}
     for path in sorted(folder.glob("*.json")):
         try:
             obj = json.loads(path.read_text())
@@ -82,19 +89,19 @@ def reusable(folder: Path, name: str, key: dict[str, Any], protocol: dict[str, A
             continue
         for row in obj["rows"]:
             if not (isinstance(row, dict) and row.get("seed") == seed and row.get("computed_with") == note
-                    and isinstance(row.get("config"), dict) and _protocol_part(row.get("protocol")) == want):
+                    and row.get("rows_version", 1) == ROWS_VERSION and ROW_FIELDS <= row.keys()
+                    and isinstance(row["config"], dict) and _protocol_part(row["protocol"]) == want):
                 continue
-            found.setdefault(_config_key(row["config"]), Reused(str(source), row))
+            found.setdefault(_config_key(row["config"]), []).append(Reused(str(source), row))
     compares = ablation(name).jaccard
     out: dict[str, Reused] = {}
     for label, cfg in labelled:
-        hit = found.get(_config_key(cfg.to_dict()))
-        if hit is None:
-            continue
-        compared = cfg.method == "dense" or label.startswith(ORACLE) or hit.row.get("jaccard") is not None
-        if compares and not compared:
-            continue  # its grid did not compare it with the oracle: this one must
-        out[label] = hit
+        # Of the grids that hold the run, one that compared it with the oracle where this grid compares keep-sets.
+        needs_jaccard = compares and cfg.method != "dense" and not label.startswith(ORACLE)
+        hit = next((h for h in found.get(_config_key(cfg.to_dict()), ())
+                    if not needs_jaccard or h.row.get("jaccard") is not None), None)
+        if hit is not None:
+            out[label] = hit
     if compares:  # the oracle runs wherever a run at its ratio is still compared with it
         for label, cfg in labelled:
             if label.startswith(ORACLE) and any(
@@ -108,10 +115,11 @@ def as_row(hit: Reused, label: str, name: str, compares: bool) -> dict[str, Any]
     """The reused row as this grid's: its label and variant, `reused_from` (the grid that computed it) and, where
     this grid compares no keep-sets, no Jaccard. Perplexity, FLOPs, batch losses and times are the source's."""
     row = dict(hit.row)
-    row.update(label=label, variant=label.rsplit(" @ ", 1)[0], reused_from=hit.source)
+    source = row.get("reused_from") or hit.source  # a row taken twice names the grid that computed it
+    row.update(label=label, variant=label.rsplit(" @ ", 1)[0], reused_from=source)
     if not compares:
         row["jaccard"] = None
     protocol = dict(row.get("protocol") or {})
-    protocol["settings"] = {**(protocol.get("settings") or {}), "ablation": name, "computed_in": hit.source}
+    protocol["settings"] = {**(protocol.get("settings") or {}), "ablation": name, "computed_in": source}
     row["protocol"] = protocol
     return row

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .ablate_reuse import as_row, reusable, same_run
+from .ablate_reuse import ROWS_VERSION, as_row, reusable, same_run
 from .ablations import ORACLE, ablation, carried, grid
 from .analysis import jaccard
 from .batch_checkpoint import BatchCheckpoint, computed_with
@@ -44,6 +44,15 @@ def _agreement(kept: Kept, oracle: Kept) -> dict[str, Optional[float]]:
         vals = [jaccard(k, oracle[key]) for key, k in kept.items() if key[1] == name and key in oracle]
         out[name] = statistics.fmean(vals) if vals else None
     return out
+
+
+def _mean_agreement(per_batch: list[dict[str, Optional[float]]]) -> Optional[dict[str, Optional[float]]]:
+    """A run's Jaccard over its batches: per block kind, the mean of the batches that decided one (None where
+    none did); None where the run was not compared at all."""
+    if not per_batch:
+        return None
+    return {k: (statistics.fmean(x[k] for x in per_batch if x[k] is not None)
+                if any(x[k] is not None for x in per_batch) else None) for k in BLOCK_NAMES}
 
 
 def run_ablation(name: str, ratios: list[float], seeds: list[int], *, base: PruneConfig = PruneConfig(),
@@ -169,12 +178,9 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
     note = computed_with(s.lm)  # engine and loop source, versions, model: what another grid may reuse a row by
     rows = []
     for (label, cfg), run in zip(labelled, runs):
-        jac = None
-        if agree[label]:
-            jac = {k: (statistics.fmean(x[k] for x in agree[label] if x[k] is not None)
-                       if any(x[k] is not None for x in agree[label]) else None) for k in BLOCK_NAMES}
+        jac = _mean_agreement(agree[label])
         rows.append({**run.figures(), "label": label, "variant": label.rsplit(" @ ", 1)[0], "seed": seed,
-                     "config": cfg.to_dict(), "jaccard": jac, "computed_with": note,
+                     "config": cfg.to_dict(), "jaccard": jac, "computed_with": note, "rows_version": ROWS_VERSION,
                      "protocol": s.protocol.replace(config=cfg.to_dict(), interleaved=interleaved,
                                                     settings={"ablation": name}).to_dict()})
     return rows

@@ -114,13 +114,14 @@ FIGURE_TITLE = ".js-plotly-plot .gtitle, .pp-strip-title"  # a Plotly chart's ti
 # A Vega-Lite chart (app/probe_charts.py) is named by its container's accessible name (the spec's description, which
 # repeats its title); it is drawn once the container holds its SVG or canvas (Streamlit picks canvas for large data).
 VEGA_CHART = '[data-testid="stVegaLiteChart"]'
-VEGA_DRAWN = "svg, canvas"
+VEGA_DRAWN = "svg.marks, canvas.marks"  # Vega's drawing surface (not an icon's SVG)
 
 
 def chart_title(page, text: str, timeout_ms: float):
     """Wait until a drawn figure's title contains `text`: a Plotly chart's, a Vega-Lite chart's, or the lecture's
     HTML model overview's (app/model_strip.py); returns its locator (`title_text` reads the title from it)."""
-    vega = page.locator(f"{VEGA_CHART}[aria-label*={json.dumps(text)}]").filter(has=page.locator(VEGA_DRAWN))
+    vega = page.locator(f"{VEGA_CHART}[aria-label*={json.dumps(text, ensure_ascii=False)}]").filter(
+        has=page.locator(VEGA_DRAWN))
     loc = page.locator(FIGURE_TITLE, has_text=text).or_(vega).first
     loc.wait_for(state="visible", timeout=timeout_ms)
     return loc

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ppcore import PruneConfig
-from ppcore.ablate_reuse import reusable
+from ppcore.ablate_reuse import ROWS_VERSION, reusable
 from ppcore.ablations import ORACLE, grid
 from ppcore.batch_checkpoint import computed_with
 from tests.test_bench import tiny_eval_setup
@@ -81,11 +81,12 @@ def test_no_reuse_computes_every_run(ablate_run, tmp_path):
 
 
 def test_the_oracle_runs_while_a_run_still_has_to_be_compared_with_it(ablate_run, tiny_setup, tmp_path):
+    _run(ablate_run, "fusion", tmp_path)  # read first (by name), its PP row without Jaccard: passed over for history's
     history = _run(ablate_run, "history", tmp_path)
     probe = _run(ablate_run, "probe", tmp_path)
     oracle = f"{ORACLE} @ 0.5"
     pp_probe = "tokens 50% x samples 5% (PP) @ 0.5"
-    assert oracle in ablate_run.computed[1] and pp_probe not in ablate_run.computed[1]
+    assert oracle in ablate_run.computed[2] and pp_probe not in ablate_run.computed[2]
     taken = {r["label"]: r for r in probe["rows"]}[pp_probe]
     assert taken["jaccard"] == {r["label"]: r for r in history["rows"]}[PP]["jaccard"] is not None
     # Where everything compared at a ratio is taken, the oracle is taken too.
@@ -112,6 +113,35 @@ def test_a_row_of_other_code_other_windows_or_without_keep_sets_is_computed_agai
     (tmp_path / "fusion.json").unlink()
     _run(ablate_run, "fusion", tmp_path)
     assert ablate_run.computed[2] == [label for label, _ in grid("fusion", [0.5], BASE)]
+    # Rows made another way (a later ROWS_VERSION) are not taken either.
+    (tmp_path / "fusion.json").unlink()
+    obj = json.loads(path.read_text())
+    for row in obj["rows"]:
+        row.update(computed_with=computed_with(ablate_run.prepare(0).lm), rows_version=ROWS_VERSION + 1)
+        row["protocol"]["data"] = obj["rows"][0]["protocol"]["data"]
+    path.write_text(json.dumps(obj))
+    _run(ablate_run, "fusion", tmp_path)
+    assert ablate_run.computed[3] == [label for label, _ in grid("fusion", [0.5], BASE)]
+
+
+def test_a_row_taken_twice_names_the_grid_that_computed_it(ablate_run, tmp_path):
+    _run(ablate_run, "history", tmp_path)
+    _run(ablate_run, "fusion", tmp_path)  # takes dense and PP from history
+    score = _run(ablate_run, "score", tmp_path)  # finds them in fusion.json first
+    dense = {r["label"]: r for r in score["rows"]}["dense"]
+    assert dense["reused_from"] == "history" and dense["protocol"]["settings"]["computed_in"] == "history"
+
+
+def test_the_row_code_is_pinned_to_rows_version():
+    """Changing how a row's keep-set agreement is made changes what a reused row would mean: raise ROWS_VERSION in
+    ppcore/ablate_reuse.py, then put the new hash here."""
+    import hashlib
+    import inspect
+
+    from ppcore import ablate_run
+
+    src = "".join(inspect.getsource(f) for f in (ablate_run._kept, ablate_run._agreement, ablate_run._mean_agreement))
+    assert (ROWS_VERSION, hashlib.sha256(src.encode()).hexdigest()[:16]) == (1, "6c2cf418e916a72e")
 
 
 def test_a_stopped_seed_resumes_with_the_runs_it_was_computing(ablate_run, tmp_path, monkeypatch):
@@ -138,3 +168,45 @@ def test_a_stopped_seed_resumes_with_the_runs_it_was_computing(ablate_run, tmp_p
     assert ablate_run.computed[-1] == [r["label"] for r in whole["rows"]]  # the checkpoint's runs, all of them
     assert not any("reused_from" in r for r in resumed["rows"])
     assert [_figures(r) for r in resumed["rows"]] == [_figures(r) for r in whole["rows"]]
+
+
+def _stop_in_second_batch(ablate_run, monkeypatch, runs: int):
+    class Stop(Exception):
+        pass
+
+    real, calls = ablate_run.score_batch, [0]
+
+    def stopping(*a, **k):
+        calls[0] += 1
+        if calls[0] > runs + 1:
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(ablate_run, "score_batch", stopping)
+    return Stop, real
+
+
+def test_a_seed_stopped_while_taking_rows_resumes_taking_them(ablate_run, tmp_path, monkeypatch, capsys):
+    _run(ablate_run, "history", tmp_path)
+    whole = _run(ablate_run, "fusion", tmp_path / "whole")  # alone: every run computed
+    taken_labels = ["dense", "importance-scaled (PP) @ 0.5"]
+    own = [label for label, _ in grid("fusion", [0.5], BASE) if label not in taken_labels]
+    stop, real = _stop_in_second_batch(ablate_run, monkeypatch, len(own))
+    with pytest.raises(stop):
+        _run(ablate_run, "fusion", tmp_path)
+    assert ablate_run.computed[-1] == own and (tmp_path / "fusion.seed0.partial.pt").is_file()
+    monkeypatch.setattr(ablate_run, "score_batch", real)
+    resumed = _run(ablate_run, "fusion", tmp_path, resume=True)
+    assert ablate_run.computed[-1] == own
+    assert [_figures(r) for r in resumed["rows"]] == [_figures(r) for r in whole["rows"]]
+    # Stopped again, and then the rows it took are gone: the seed starts over, computing everything.
+    (tmp_path / "fusion.json").unlink()
+    stop, real = _stop_in_second_batch(ablate_run, monkeypatch, len(own))
+    with pytest.raises(stop):
+        _run(ablate_run, "fusion", tmp_path)
+    monkeypatch.setattr(ablate_run, "score_batch", real)
+    (tmp_path / "history.json").unlink()
+    again = _run(ablate_run, "fusion", tmp_path, resume=True)
+    assert "this seed starts over" in capsys.readouterr().err
+    assert ablate_run.computed[-1] == [label for label, _ in grid("fusion", [0.5], BASE)]
+    assert [_figures(r) for r in again["rows"]] == [_figures(r) for r in whole["rows"]]

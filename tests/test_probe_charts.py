@@ -38,6 +38,7 @@ def test_the_log_scale_colours_by_log10_and_keeps_the_raw_value():
         assert c["shown"] == pytest.approx(np.log10(c["importance"]))
     assert spec["layer"][0]["encoding"]["color"]["title"] == "log10 ‖h‖"
     assert len(_cells(spec)) == 7  # only the pad is blank
+    assert [c["probe"] for c in _cells(spec)].count(True) == 1  # sample 0, position 0: in the tooltip
 
 
 def test_newlines_and_blank_tokens_are_visible():
@@ -74,3 +75,10 @@ def test_draw_gives_a_whole_chart_height_to_streamlit(monkeypatch):
     (bars, kw1), (heat, kw2) = calls
     assert "height" not in bars and kw1 == {"width": "stretch", "height": 300, "key": "k1"}
     assert heat["height"] == {"step": 24} and kw2 == {"width": "stretch", "key": "k2"}
+
+
+def test_a_short_model_still_gets_rows_tall_enough_to_see():
+    assert pick_by_layer(np.zeros((4, 3)), "t")["height"] == {"step": 24}
+    assert pick_by_layer(np.zeros((30, 3)), "t")["height"] == {"step": 8}
+    cells = importance_heatmap(GRID, TOKENS, [0], [0], "t")["datasets"]["cells"]
+    assert list(cells.index) == list(range(len(cells)))  # no stray index column sent to the browser
