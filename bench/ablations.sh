@@ -3,7 +3,9 @@
 # grids, one per CPU core, each `python -m ppcore ablate NAME --resume`. Stop it at any time (Ctrl-C, or the machine
 # going away) and run it again: finished seeds are kept from NAME.json, a seed in progress continues from its
 # checkpoint (NAME.seedS.partial.pt). On this 2-core machine a batch of 20 x 512 tokens takes about 10 minutes per
-# grid on one core (11 to 17 runs), so a seed takes 2 to 3 hours and the whole set about 30 hours of one core.
+# grid on one core (11 to 17 runs), so a seed takes 2 to 3 hours and the whole set about 30 hours of one core, about a
+# quarter less where a grid takes the runs another grid's JSON in OUT_DIR already holds (dense, PP, the oracle,
+# calibration-only: `ablate` does so by default, docs/ablations.md).
 # Usage: bench/ablations.sh [OUT_DIR]   (default bench/results/ablations; logs OUT_DIR/queue0.log, queue1.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
