@@ -165,6 +165,8 @@ def test_every_view_on_the_default_model():
                                                              "tokens table (CSV)", "latency table (CSV)",
                                                              "latency summary table (CSV)",
                                                              "methods table (CSV)"}
+    # Each file is made when its button is clicked (the record is several MB), not on every rerun of the tab.
+    assert all(b.proto.deferred_file_id and not b.proto.url for b in at.get("download_button"))
     rec = RunRecord.from_dict(json.loads(json.dumps(result.run_record().to_dict())))
     assert rec.batches[0].method == "pp" and len(rec.batches[0].layers) == 30
     assert [b.method for b in rec.batches] == ["pp", "dense", "fullbatch", "wanda-sp", "flap", "ppsp-calib"]
