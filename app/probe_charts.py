@@ -14,7 +14,7 @@ renderer Streamlit picks (SVG, or canvas for large grids).
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,8 @@ def _in(values: Sequence[int], field: str = "datum.value") -> str:
 def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]], probe_tokens: list[int],
                        probe_samples: list[int], title: str, log: bool = False, hidden: Sequence[int] = ()) -> Spec:
     """Residual importance, samples (rows) x token positions (columns), Viridis; a red tick above each probe token
-    column, a red outline on each probe cell, probe sample rows named in red ("probe ▸ b"). `log`: colour by
+    column, a red outline on each probe cell (both only where a cell is drawn), probe sample rows named in red
+    ("probe ▸ b"). `log`: colour by
     log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token positions left blank (attention sinks),
     so that the colour scale spreads over the others. Pads (importance 0) are blank. The tooltip gives sample,
     position, token and importance."""
@@ -59,7 +60,10 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                                     zip(b.ravel(), t.ravel())]})
     cells["probe"] = cells["sample"].isin(probe_samples) & cells["position"].isin(probe_tokens)
     cells = cells[np.isfinite(cells["shown"])].reset_index(drop=True)
-    probe = pd.DataFrame([(i, j) for i in probe_samples for j in probe_tokens], columns=["sample", "position"])
+    # Probe marks where a cell is drawn: not on a pad of a probe sample, not over a left-out sink column.
+    probe = cells.loc[cells["probe"], ["sample", "position"]].reset_index(drop=True)
+    ticks = pd.DataFrame({"position": [t for t in probe_tokens if t not in set(hidden)]})
+    step = 24 if B <= 16 else 16 if B <= 32 else 8
     x = {"field": "position", "type": "ordinal", "title": "token position", "scale": {"domain": list(range(L))},
          "axis": {"labelOverlap": True, "labelAngle": 0}}
     y = {"field": "sample", "type": "ordinal", "title": "sample", "scale": {"domain": list(range(B))},
@@ -72,7 +76,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
         {"data": {"name": "cells"}, "mark": {"type": "rect"},
          "encoding": {"x": x, "y": y,
                       "color": {"field": "shown", "type": "quantitative", "scale": {"scheme": "viridis"},
-                                "title": "log10 ‖h‖" if log else "‖h‖"},
+                                "title": "log10 ‖h‖" if log else "‖h‖",
+                                "legend": {"gradientLength": max(40, min(200, step * B))}},
                       "tooltip": [{"field": "sample"}, {"field": "position"}, {"field": "token"},
                                   {"field": "importance", "format": ".4g"},
                                   {"field": "probe", "title": "in the probe"}]}},
@@ -83,27 +88,35 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
         layers.append({"data": {"name": "probe"}, "mark": {"type": "rect", "filled": False, "stroke": PROBE,
                                                            "strokeWidth": 2},
                        "encoding": {"x": x, "y": y}})
-    return _spec(title, height={"step": 24 if B <= 16 else 16 if B <= 32 else 8}, width="container",
-                 datasets={"cells": cells, "ticks": pd.DataFrame({"position": list(probe_tokens)}), "probe": probe},
-                 layer=layers)
+    return _spec(title, height={"step": step}, width="container",
+                 datasets={"cells": cells, "ticks": ticks, "probe": probe}, layer=layers)
 
 
 def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str, what: str,
-               hidden: Sequence[int] = (), labels: bool = True) -> Spec:
-    """One bar per token position of one sample (`tokens`; pads, "", left out), probe tokens in red: `values` is
-    what the bars show, named `what` on the axis ("importance": the sample's own; "batch-wide score": the L2 norm
-    of every sample's importance at that position, which picks the probe tokens). `labels`: 'position:token'
-    under the bars (off for a panel drawn right above another with them). The y axis has a fixed width, so that
-    two panels drawn one above the other line up. `hidden` positions are left out."""
+               hidden: Sequence[int] = (), labels: bool = True, span: Optional[int] = None) -> Spec:
+    """One bar per position 0..len(values)-1 (but `hidden`), probe tokens in red: `values` is what the bars show,
+    named `what` on the axis ("importance": one sample's own, cut at its length; "batch-wide score": the L2 norm
+    of every sample's importance at that position, which picks the probe tokens, over the whole batch). `span`:
+    the positions the axis covers (default: the bars'), labelled 'position:token' from `tokens` (one sample's;
+    'position:' past its end); `labels`: the labels shown (off for a panel drawn right above another with them).
+    Two panels with the same `span`, `tokens` and `hidden` line up: same positions, same fixed y-axis width. Every
+    label is shown up to 96 positions; beyond that Vega leaves out those that would overlap (the tooltip names
+    each bar)."""
+    span = len(values) if span is None else span
+    gone = set(hidden)
     n = len([t for t in tokens if t != ""]) or len(tokens)
-    keep = [i for i in range(n) if i not in set(hidden)]
-    vals = list(values)
-    bars = pd.DataFrame({"position": keep, "label": [f"{i}:{visible(tokens[i])}" for i in keep],
-                         "value": [float(vals[i]) for i in keep], "probe": [i in set(probe_tokens) for i in keep]})
-    x = {"field": "label", "type": "ordinal", "sort": None, "title": None,
+
+    def label(i: int) -> str:
+        return f"{i}:{visible(tokens[i])}" if i < n else f"{i}:"
+
+    axis = [i for i in range(span) if i not in gone]
+    drawn = [i for i in axis if i < len(values)]
+    bars = pd.DataFrame({"position": drawn, "label": [label(i) for i in drawn],
+                         "value": [float(values[i]) for i in drawn], "probe": [i in set(probe_tokens) for i in drawn]})
+    x = {"field": "label", "type": "ordinal", "title": None, "scale": {"domain": [label(i) for i in axis]},
          # labelLimit: a rotated label reaches at most half its length left of its bar, within the fixed axis width
-         "axis": {"labelAngle": -60, "labelLimit": 2 * AXIS_WIDTH - 20} if labels else {"labels": False,
-                                                                                       "ticks": False}}
+         "axis": {"labelAngle": -60, "labelLimit": 2 * AXIS_WIDTH - 20, "labelOverlap": len(axis) > 96,
+                  "labelFontSize": 12 if len(axis) <= 64 else 10} if labels else {"labels": False, "ticks": False}}
     return _spec(title, height=300 if labels else 190, width="container",
                  datasets={"bars": bars}, data={"name": "bars"}, mark={"type": "bar"},
                  encoding={"x": x,

@@ -24,8 +24,12 @@ def test_the_heat_map_holds_every_shown_cell_and_the_probe():
     assert set(cells) == {(0, 0), (0, 1), (1, 0), (1, 1), (1, 3)}  # position 2 hidden, the pad (0) blank
     assert cells[(1, 3)]["importance"] == 6.0 and cells[(1, 3)]["shown"] == 6.0
     assert cells[(0, 1)]["token"] == "<b>bold"  # as typed: Vega shows text, never markup
-    assert spec["datasets"]["probe"].to_dict("records") == [{"sample": 1, "position": 0}, {"sample": 1, "position": 2}]
-    assert spec["datasets"]["ticks"]["position"].tolist() == [0, 2]
+    # probe marks only where a cell is drawn: position 2 is a hidden sink column
+    assert spec["datasets"]["probe"].to_dict("records") == [{"sample": 1, "position": 0}]
+    assert spec["datasets"]["ticks"]["position"].tolist() == [0]
+    on_pad = importance_heatmap(GRID, TOKENS, probe_tokens=[1, 3], probe_samples=[0], title="t")
+    assert on_pad["datasets"]["probe"].to_dict("records") == [{"sample": 0, "position": 1}]  # (0, 3) is a pad
+    assert on_pad["datasets"]["ticks"]["position"].tolist() == [1, 3]
     assert spec["title"] == spec["description"] == "Layer 3: t"  # browser tests find the chart by its name
     axis = spec["layer"][0]["encoding"]["y"]["axis"]
     assert "[1]" in axis["labelExpr"] and "probe ▸" in axis["labelExpr"]
@@ -51,13 +55,22 @@ def test_newlines_and_blank_tokens_are_visible():
 
 
 def test_token_bars_leave_out_pads_and_hidden_positions_and_mark_the_probe():
-    spec = token_bars(GRID[0], TOKENS[0], probe_tokens=[1, 2], title="Sample 0", what="importance", hidden=[2])
+    # sample 0 cut at its length (3 tokens), on an axis spanning the batch's 4 positions
+    spec = token_bars(GRID[0][:3], TOKENS[0], probe_tokens=[1, 3], title="Sample 0", what="importance", hidden=[2],
+                      span=4)
     bars = spec["datasets"]["bars"].to_dict("records")
     assert [(b["position"], b["value"], b["probe"]) for b in bars] == [(0, 5.0, False), (1, 1.0, True)]
+    assert spec["encoding"]["x"]["scale"]["domain"] == ["0:<s>", "1:<b>bold", "3:"]  # past its end: no token
     assert spec["encoding"]["y"]["title"] == "importance"
-    above = token_bars([9.0, 8.0, 7.0], TOKENS[0], [1], "batch", "batch-wide score", labels=False)
+    # the batch-wide panel above it: every position of the batch, probe token 3 included
+    above = token_bars([9.0, 8.0, 7.0, 6.0], TOKENS[0], [1, 3], "batch", "batch-wide score", hidden=[2],
+                       labels=False, span=4)
+    assert [(b["position"], b["probe"]) for b in above["datasets"]["bars"].to_dict("records")] == [
+        (0, False), (1, True), (3, True)]
     assert above["encoding"]["x"]["axis"]["labels"] is False
-    assert above["encoding"]["y"]["axis"] == spec["encoding"]["y"]["axis"]  # same width: the two panels line up
+    # same positions and y-axis width: the two panels line up
+    assert above["encoding"]["x"]["scale"] == spec["encoding"]["x"]["scale"]
+    assert above["encoding"]["y"]["axis"] == spec["encoding"]["y"]["axis"]
 
 
 def test_pick_by_layer_is_the_matrix():

@@ -98,12 +98,14 @@ def _panel(r: Result) -> None:
     default = rec.probe_samples[0] if rec.probe_samples else 0
     b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
+    span = len(scores)  # both panels over the whole batch's positions, so that they line up
     probe_charts.draw(probe_charts.token_bars(scores, tokens[b], rec.probe_tokens,
                                               "Batch-wide token score: picks the probe tokens (red)",
-                                              "batch-wide score", hidden=hidden, labels=False), "probe_batch_scores")
-    probe_charts.draw(probe_charts.token_bars(rec.importance[b], tokens[b], rec.probe_tokens,
+                                              "batch-wide score", hidden=hidden, labels=False, span=span),
+                      "probe_batch_scores")
+    probe_charts.draw(probe_charts.token_bars(rec.importance[b][: a.batch.lengths[b]], tokens[b], rec.probe_tokens,
                                               f"Sample {b}: importance per token (red: probe tokens)", "importance",
-                                              hidden=hidden), "probe_strip")
+                                              hidden=hidden, span=span), "probe_strip")
     st.caption("Why is a red bar not always this sample's tallest? The probe tokens are chosen once for the whole "
                "batch, by the top panel's batch-wide score (every sample's importance at that position combined), "
                "not by any one sample's bars. One exception: when the probe holds 10 tokens or fewer, position 0 "
