@@ -1,12 +1,13 @@
 """Runs an ablation seed can take from another grid's JSON instead of computing them again (docs/ablations.md).
 
 The grids share runs: dense and PP are in every grid, the full-batch oracle in two, calibration-only PPsp in two. A
-run's rows are a function of its config, the seed's windows and calibration, the model and the code, not of the
-runs interleaved with it (tests/test_ablate.py checks each against the run alone), so a row that another grid's
-JSON in the same folder holds for the same config and seed, under the same base config, setup and calibration, with
-the same protocol (model, windows, calibration windows, dtype, device) and the same `computed_with` note (engine and
-loop source, torch, transformers, matmul settings, model weights) and `rows_version` (how the rows are made from the
-runs) is that run's row. Rows written before the note existed are never reused.
+run's rows are a function of its config, the seed's windows and calibration, the model, the code and the number of
+CPU threads, not of the runs interleaved with it (tests/test_ablate_reuse.py computes a grid both ways), so a row
+that another grid's JSON in the same folder holds for the same config and seed, under the same base config, setup
+and calibration, with the same protocol (model, windows, calibration windows, dtype, device, CPU threads, GPU), the
+same `computed_with` note (engine and loop source, torch, transformers, matmul settings, model weights) and the same
+`rows_version` (how the rows are made from the runs) is that run's row. Rows written before the note existed are
+never reused.
 
 In a grid that compares keep-sets with the oracle, a row is reusable only where its own grid compared it with the
 same oracle (its Jaccard is there), and the oracle at a ratio only where nothing at that ratio still has to be
@@ -62,7 +63,13 @@ def _config_key(config: dict[str, Any]) -> str:
 
 
 def _protocol_part(protocol: Any) -> dict[str, Any]:
-    return {k: protocol.get(k) for k in SAME_PROTOCOL} if isinstance(protocol, dict) else {}
+    if not isinstance(protocol, dict):
+        return {}
+    env = protocol.get("environment") if isinstance(protocol.get("environment"), dict) else {}
+    # The thread count changes fp32 sums in the 5th-6th significant digit (CPU kernels split reductions by thread):
+    # measured on this project's rows, the same run with 2 threads and with 1 differed there.
+    return {**{k: protocol.get(k) for k in SAME_PROTOCOL}, "cpu_threads": env.get("cpu_threads"),
+            "gpu": env.get("gpu")}
 
 
 def _same_base(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -103,8 +103,8 @@ def test_a_row_of_other_code_other_windows_or_without_keep_sets_is_computed_agai
     path = tmp_path / "history.json"
     obj = json.loads(path.read_text())
     for row in obj["rows"]:
-        if row["label"] == "dense":
-            row["computed_with"] = "another engine"
+        if row["label"] == "dense":  # another thread count (other fp32 sums)
+            row["protocol"]["environment"] = {**row["protocol"].get("environment", {}), "cpu_threads": 99}
         elif row["label"] == PP:
             row["protocol"]["data"]["windows_sha256_16"] = "0" * 16
         else:
@@ -122,6 +122,14 @@ def test_a_row_of_other_code_other_windows_or_without_keep_sets_is_computed_agai
     path.write_text(json.dumps(obj))
     _run(ablate_run, "fusion", tmp_path)
     assert ablate_run.computed[3] == [label for label, _ in grid("fusion", [0.5], BASE)]
+    # And rows of other code (another `computed_with` note), everything else equal.
+    (tmp_path / "fusion.json").unlink()
+    for row in obj["rows"]:
+        row.update(rows_version=ROWS_VERSION, computed_with="another engine")
+        row["protocol"]["environment"] = obj["rows"][1]["protocol"].get("environment", {})
+    path.write_text(json.dumps(obj))
+    _run(ablate_run, "fusion", tmp_path)
+    assert ablate_run.computed[4] == [label for label, _ in grid("fusion", [0.5], BASE)]
 
 
 def test_a_row_taken_twice_names_the_grid_that_computed_it(ablate_run, tmp_path):
