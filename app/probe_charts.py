@@ -42,10 +42,9 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                        probe_samples: list[int], title: str, log: bool = False, hidden: Sequence[int] = ()) -> Spec:
     """Residual importance, samples (rows) x token positions (columns), Viridis; a red tick above each probe token
     column, a red outline on each probe cell (both only where a cell is drawn), probe sample rows named in red
-    ("probe ▸ b"). `log`: colour by
-    log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token positions left blank (attention sinks),
-    so that the colour scale spreads over the others. Pads (importance 0) are blank. The tooltip gives sample,
-    position, token and importance."""
+    ("probe ▸ b"). `log`: colour by log10 (deep layers' sink tokens reach ~100x the rest); `hidden`: token positions
+    left blank (attention sinks), so that the colour scale spreads over the others. Pads (importance 0) are blank.
+    The tooltip gives sample, position, token, importance and whether the cell is in the probe."""
     z = np.asarray(grid, dtype=float)
     B, L = z.shape
     shown = z.copy()
@@ -103,16 +102,15 @@ def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[in
     label is shown up to 96 positions; beyond that Vega leaves out those that would overlap (the tooltip names
     each bar)."""
     span = len(values) if span is None else span
-    gone = set(hidden)
-    n = len([t for t in tokens if t != ""]) or len(tokens)
+    gone, probe = set(hidden), set(probe_tokens)
 
-    def label(i: int) -> str:
-        return f"{i}:{visible(tokens[i])}" if i < n else f"{i}:"
+    def label(i: int) -> str:  # a pad ("") or a position past the sample's tokens: the position only
+        return f"{i}:{visible(tokens[i])}" if i < len(tokens) and tokens[i] != "" else f"{i}:"
 
     axis = [i for i in range(span) if i not in gone]
     drawn = [i for i in axis if i < len(values)]
     bars = pd.DataFrame({"position": drawn, "label": [label(i) for i in drawn],
-                         "value": [float(values[i]) for i in drawn], "probe": [i in set(probe_tokens) for i in drawn]})
+                         "value": [float(values[i]) for i in drawn], "probe": [i in probe for i in drawn]})
     x = {"field": "label", "type": "ordinal", "title": None, "scale": {"domain": [label(i) for i in axis]},
          # labelLimit: a rotated label reaches at most half its length left of its bar, within the fixed axis width
          "axis": {"labelAngle": -60, "labelLimit": 2 * AXIS_WIDTH - 20, "labelOverlap": len(axis) > 96,

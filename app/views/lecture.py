@@ -303,7 +303,8 @@ def _importance_figure(d: LectureData, layer: int) -> Optional[Spec]:
     if rec.importance is None:
         return None
     return probe_charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
-                                     f"Layer {layer}, attention: how loud each word is (log colour scale)", log=True)
+                                           f"Layer {layer}, attention: how loud each word is (log colour scale)",
+                                           log=True)
 
 
 def _importance(d: LectureData, layer: int, text: DeltaGenerator) -> None:
