@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import LayerWeights, ModelDims
-from .linear import linear
 
 
 def head_channels(heads: Tensor, head_dim: int) -> Tensor:
@@ -38,14 +37,19 @@ Buffers = dict[str, Tensor]  # a run's reusable slice tensors by weight name: on
 def _gather(src: Tensor, dim: int, idx: Tensor, buffers: Optional[Buffers], name: str) -> Tensor:
     """src.index_select(dim, idx): written into buffers[name] when that has the result's shape, dtype and device
     (no allocation), else a new tensor, kept in `buffers` for the next slice. The model's tensors are only read."""
+    # Columns of a (rows, C) weight (o_proj, down_proj): torch.gather with the index broadcast over rows copies the
+    # same elements as index_select along dim 1, about 1.4x faster on the CPU (0.38 ms against 0.53 ms for
+    # down_proj's 576 x 896 on 2 cores, 2026-12-02).
+    columns = dim == 1 and src.dim() == 2
     if buffers is None:
-        return src.index_select(dim, idx)
+        return torch.gather(src, 1, idx.expand(src.shape[0], -1)) if columns else src.index_select(dim, idx)
     buf = buffers.get(name)
     shape = src.shape[:dim] + (idx.numel(),) + src.shape[dim + 1:]
-    if buf is not None and buf.shape == shape and buf.dtype == src.dtype and buf.device == src.device:
-        return torch.index_select(src, dim, idx, out=buf)
-    buffers[name] = out = src.index_select(dim, idx)
-    return out
+    if not (buf is not None and buf.shape == shape and buf.dtype == src.dtype and buf.device == src.device):
+        buffers[name] = buf = src.new_empty(shape)
+    if columns:
+        return torch.gather(src, 1, idx.expand(src.shape[0], -1), out=buf)
+    return torch.index_select(src, dim, idx, out=buf)
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,8 @@ class AttnSlice:
     o_w: Tensor  # (D_out, n_heads * d)
     o_b: Optional[Tensor]
     # (n_heads,) long: the key/value head of each kept query head, or None when SDPA's own grouping holds
-    # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are cached per key/value
-    # head and expanded to one per kept query head just before attention (an index_select, no sync).
+    # (query head i reads key/value head i // (n_heads / n_kv)). Keys and values are expanded to one per kept
+    # query head as soon as they are computed (an index_select, no sync), and cached that way.
     kv_index: Optional[Tensor]
     # Per-head RMSNorms on q and k over d (Gemma 3), applied before rotary; the model's modules (shared by every
     # head, so a slice needs no copy of them), or None.
@@ -144,8 +148,8 @@ def attn_front(
     `x` (B, L, D) normed block input; `rot` the rotary (cos, sin), each (B, L, d), or None; `mask` a
     boolean (B or 1, 1, L, L_keys) mask (True = attend) or None: plain causal attention when the keys are
     this call's own, else attention to every key. `store` (a `KVStore`, the layer): where this call's
-    rotated keys and values go (one per key/value head of the slice), and which keys the queries see
-    (cached ones included); a slice's `kv_index` expands them to one per kept query head afterwards.
+    rotated keys and values go (one per key/value head of the slice, or, with a `kv_index`, already one per
+    kept query head), and which keys the queries see (cached ones included).
     `scale` multiplies q.k (None: 1 / sqrt(d)); a slice's q/k norms run on each head before rotary.
     With no head kept, the input is (B, L, 0).
     docs/algorithm.md §2.4, §5. Raises RuntimeError (from torch) on shapes that do not fit the slice.
@@ -157,23 +161,26 @@ def attn_front(
             empty = x.new_zeros(B, 0, L, head_dim)
             store[0].extend(store[1], empty, empty)
         return x.new_zeros(B, L, 0)
-    q = linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim)
-    k = linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim)
+    q = F.linear(x, s.q_w, s.q_b).view(B, L, s.n_heads, head_dim)
+    k = F.linear(x, s.k_w, s.k_b).view(B, L, s.n_kv, head_dim)
     if s.q_norm is not None:  # over d, per head and token: the same before or after the transpose
         q = s.q_norm(q)
     if s.k_norm is not None:
         k = s.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
-    v = linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
+    v = F.linear(x, s.v_w, s.v_b).view(B, L, s.n_kv, head_dim).transpose(1, 2)
     if rot is not None:
         cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
         # q * cos + rotate_half(q) * sin, the same operations in the same order, in place where the tensor is ours.
         q = q.mul(cos).add_(rotate_half(q).mul_(sin))
         k = k.mul(cos).add_(rotate_half(k).mul_(sin))
-    if store is not None:  # cached as computed: one per key/value head, as small as a dense cache
-        k, v = store[0].extend(store[1], k, v)
     if s.kv_index is not None:
+        # One key/value head per kept query head, before caching: a decode step then expands only its own new
+        # column, not every cached one again (that copy grew with the continuation: O(n^2) in all). A pruned
+        # layer's cache holds the kept query heads' count (at most the query heads'), dense's the key/value heads'.
         k, v = k.index_select(1, s.kv_index), v.index_select(1, s.kv_index)
+    if store is not None:
+        k, v = store[0].extend(store[1], k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == L,
                                          enable_gqa=k.shape[1] != s.n_heads, scale=scale).transpose(1, 2)
     return out.reshape(B, L, s.n_heads * head_dim)
@@ -190,7 +197,7 @@ def project_out(w: Tensor, b: Optional[Tensor], z: Tensor, extra_bias: Optional[
         if b is not None:
             out = out + b
     else:
-        out = linear(z, w, b)
+        out = F.linear(z, w, b)
     return out if extra_bias is None else out + extra_bias
 
 
@@ -235,11 +242,11 @@ def mlp_front(s: MlpSlice, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor
 
     `x` (B, L, D) -> (B, L, kept). docs/algorithm.md §2.4, §5. Raises nothing beyond torch.
     """
-    up = linear(x, s.up_w, s.up_b)
+    up = F.linear(x, s.up_w, s.up_b)
     if s.gate_w is None:
         return act(up)
     # In place on tensors computed here: the same arithmetic as act(gate) * up, without two more allocations.
-    return act(linear(x, s.gate_w, s.gate_b)).mul_(up)
+    return act(F.linear(x, s.gate_w, s.gate_b)).mul_(up)
 
 
 def mlp_out(s: MlpSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Tensor:

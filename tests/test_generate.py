@@ -73,3 +73,37 @@ def test_eos_rows_end_at_their_eos_and_later_steps_are_ignored():
     assert len(got.tokens[0]) == free[0].index(eos) + 1 <= 3
     # The loop stops only at a check (after a multiple of EOS_CHECK_EVERY steps) or after all 11 steps.
     assert got.decode_steps == 11 or got.decode_steps % EOS_CHECK_EVERY == 0
+
+
+def test_a_decode_step_copies_only_its_own_keys_and_values():
+    """A pruned grouped-query layer caches its keys and values already expanded to the kept query heads, so a decode
+    step expands only the new column: no index_select over the cached ones (a copy that grew with every token)."""
+    from ppcore import generate as gen_mod
+
+    lm = tiny_llama()  # 6 query heads over 2 key/value heads
+    cfg = PruneConfig(method="pp", ratio=0.5, use_history=False, skip_layers=(0,), mlp_multiple=8)
+    pruner = Pruner(lm.adapter, cfg)
+    calls: list[tuple[int, ...]] = []
+    real = torch.Tensor.index_select
+
+    def spy(t, dim, index):
+        calls.append(tuple(t.shape))
+        return real(t, dim, index)
+
+    step = gen_mod.decode_one_token
+
+    def counted(*args, **kwargs):
+        torch.Tensor.index_select = spy
+        try:
+            return step(*args, **kwargs)
+        finally:
+            torch.Tensor.index_select = real
+
+    gen_mod.decode_one_token = counted
+    try:
+        gen = generate(lm.adapter, pruner, [[5, 6, 7, 8, 9, 10, 11, 12]], max_new_tokens=5)
+    finally:
+        gen_mod.decode_one_token = step
+    kv = [c for c in calls if len(c) == 4]  # (B, heads, keys, d): keys and values
+    assert kv and all(c[2] == 1 for c in kv)  # only each step's own column
+    assert any(len(lay.attn.kept) < lay.attn.total for lay in gen.record.layers)

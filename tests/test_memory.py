@@ -76,24 +76,3 @@ def test_extra_weight_bytes_counts_a_copy_kept_beside_the_model():
     w = lm.adapter.layer(0).down_w
     lm.adapter.transposed_down = w.t().contiguous()  # what a re-laid-out copy per model would look like
     assert lm.info()["extra_weight_bytes"] == w.numel() * 4
-
-
-@pytest.mark.parametrize("shape", [(2, 2, 16), (3, 16), (1, 16), (16,), (0, 16), (3, 5, 16), (70, 16)])
-@pytest.mark.parametrize("bias", [False, True])
-def test_linear_equals_f_linear(shape, bias):
-    """The skinny path (few rows on the CPU) computes F.linear's product; more rows are F.linear itself."""
-    import torch.nn.functional as F
-
-    from ppcore.linear import linear
-
-    g = torch.Generator().manual_seed(6)
-    x, w = torch.randn(*shape, generator=g), torch.randn(24, 16, generator=g)
-    b = torch.randn(24, generator=g) if bias else None
-    got, ref = linear(x, w, b), F.linear(x, w, b)
-    assert got.shape == ref.shape and got.is_contiguous()
-    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
-    xt = torch.randn(16, 4, generator=g).t()  # a non-contiguous input
-    assert torch.allclose(linear(xt, w, b), F.linear(xt, w, b), atol=1e-5, rtol=1e-5)
-    for dtype in (torch.bfloat16, torch.float16):
-        assert torch.allclose(linear(x.to(dtype), w.to(dtype)).float(), F.linear(x.to(dtype), w.to(dtype)).float(),
-                              atol=0.05, rtol=0.05)

@@ -64,7 +64,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..linear import linear
 
 Rotaries = dict[str, tuple[Tensor, Tensor]]  # rotary kind -> (cos, sin), each (B, L, head_dim)
 
@@ -240,11 +239,7 @@ class Adapter:
         return ("default",) * self.dims.num_layers
 
     def _head(self, h: Tensor) -> Tensor:
-        head = self.lm_head
-        plain = not (hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks)
-        if type(head) is nn.Linear and plain:  # a plain, resident LM head with no hooks
-            return linear(h, head.weight, head.bias)  # fast for a decode step's few rows on the CPU
-        return head(h)
+        return self.lm_head(h)
 
     def _windows(self) -> tuple[Optional[int], ...]:
         """Per layer, the sliding window of its attention (None = full causal attention)."""
