@@ -91,6 +91,11 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
                  datasets={"cells": cells, "ticks": ticks, "probe": probe}, layer=layers)
 
 
+def cells_drawn(heatmap: Spec) -> int:
+    """How many cells an `importance_heatmap` colours (0: every one is a pad or a left-out sink)."""
+    return len(heatmap["datasets"]["cells"])
+
+
 def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str, what: str,
                hidden: Sequence[int] = (), labels: bool = True, span: Optional[int] = None) -> Spec:
     """One bar per position 0..len(values)-1 (but `hidden`), probe tokens in red: `values` is what the bars show,

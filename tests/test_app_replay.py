@@ -393,3 +393,15 @@ def test_bad_view_values_warn_and_are_ignored():
     assert not at.exception and not at.error
     shown = [w.value for w in at.warning]
     assert len(shown) == 3 and shown[0].startswith("URL parameter tab='nope' is not one of probe, history")
+
+
+def test_a_grid_with_no_cell_to_colour_says_so(saved):
+    """A record whose importance grid is all pads (0) gets one note naming why, not an empty chart."""
+    _, data, _ = saved
+    raw = json.loads(data)
+    grid = raw["batches"][0]["layers"][3]["attn"]["importance"]
+    at = start(source="upload")
+    _open(at, _edit(raw, "batches.0.layers.3.attn.importance", [[0.0] * len(row) for row in grid]))
+    ok(at)
+    assert not any(t.startswith("Layer 3, Attention: residual importance") for t in titles(at))
+    assert any("no cell to colour; every one is a pad" in i.value for i in at.info)

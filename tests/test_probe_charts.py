@@ -95,3 +95,8 @@ def test_a_short_model_still_gets_rows_tall_enough_to_see():
     assert pick_by_layer(np.zeros((30, 3)), "t")["height"] == {"step": 8}
     cells = importance_heatmap(GRID, TOKENS, [0], [0], "t")["datasets"]["cells"]
     assert list(cells.index) == list(range(len(cells)))  # no stray index column sent to the browser
+
+
+def test_cells_drawn_counts_what_the_heat_map_colours():
+    assert probe_charts.cells_drawn(importance_heatmap(GRID, TOKENS, [0], [0], "t", hidden=[2])) == 5
+    assert probe_charts.cells_drawn(importance_heatmap(np.zeros((2, 4)), TOKENS, [0], [0], "t")) == 0

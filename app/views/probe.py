@@ -93,8 +93,13 @@ def _panel(r: Result) -> None:
                    f"{float(np.median(scores)):,.0f}): {top}" + (". Left out of the charts below." if hide else
                                                                  ". They dominate a linear colour scale."))
     title = f"Layer {layer}, {BLOCK_TEXT[block].short}: residual importance ({a.cfg.method})"
-    probe_charts.draw(probe_charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples,
-                                                      title, log=log, hidden=hidden), "probe_heatmap")
+    heatmap = probe_charts.importance_heatmap(rec.importance, tokens, rec.probe_tokens, rec.probe_samples, title,
+                                              log=log, hidden=hidden)
+    if probe_charts.cells_drawn(heatmap):
+        probe_charts.draw(heatmap, "probe_heatmap")
+    else:  # an empty chart would look like a rendering failure
+        st.info(f"{title}: no cell to colour; every one is a pad (importance 0)"
+                + (" or a left-out attention sink: turn off *Leave out attention-sink tokens*." if hide else "."))
     default = rec.probe_samples[0] if rec.probe_samples else 0
     b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
