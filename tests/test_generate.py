@@ -75,7 +75,7 @@ def test_eos_rows_end_at_their_eos_and_later_steps_are_ignored():
     assert got.decode_steps == 11 or got.decode_steps % EOS_CHECK_EVERY == 0
 
 
-def test_a_decode_step_copies_only_its_own_keys_and_values():
+def test_a_decode_step_copies_only_its_own_keys_and_values(monkeypatch):
     """A pruned grouped-query layer caches its keys and values already expanded to the kept query heads, so a decode
     step expands only the new column: no index_select over the cached ones (a copy that grew with every token)."""
     from ppcore import generate as gen_mod
@@ -84,26 +84,33 @@ def test_a_decode_step_copies_only_its_own_keys_and_values():
     cfg = PruneConfig(method="pp", ratio=0.5, use_history=False, skip_layers=(0,), mlp_multiple=8)
     pruner = Pruner(lm.adapter, cfg)
     calls: list[tuple[int, ...]] = []
-    real = torch.Tensor.index_select
+    caches = []
+    method, function = torch.Tensor.index_select, torch.index_select
 
-    def spy(t, dim, index):
+    def spy_method(t, dim, index):
         calls.append(tuple(t.shape))
-        return real(t, dim, index)
+        return method(t, dim, index)
+
+    def spy_function(t, dim, index, **kw):
+        calls.append(tuple(t.shape))
+        return function(t, dim, index, **kw)
 
     step = gen_mod.decode_one_token
 
-    def counted(*args, **kwargs):
-        torch.Tensor.index_select = spy
-        try:
-            return step(*args, **kwargs)
-        finally:
-            torch.Tensor.index_select = real
+    def counted(adapter, p, state, tokens):
+        caches.append(state.cache)
+        with monkeypatch.context() as m:  # only inside a decode step: the prefill slices weights
+            m.setattr(torch.Tensor, "index_select", spy_method)
+            m.setattr(torch, "index_select", spy_function)
+            return step(adapter, p, state, tokens)
 
-    gen_mod.decode_one_token = counted
-    try:
-        gen = generate(lm.adapter, pruner, [[5, 6, 7, 8, 9, 10, 11, 12]], max_new_tokens=5)
-    finally:
-        gen_mod.decode_one_token = step
+    monkeypatch.setattr(gen_mod, "decode_one_token", counted)
+    gen = generate(lm.adapter, pruner, [[5, 6, 7, 8, 9, 10, 11, 12]], max_new_tokens=5)
     kv = [c for c in calls if len(c) == 4]  # (B, heads, keys, d): keys and values
     assert kv and all(c[2] == 1 for c in kv)  # only each step's own column
+    # The cache holds one entry per kept query head in a pruned layer, the model's key/value heads elsewhere.
+    dims = lm.adapter.dims
+    for layer, lay in enumerate(gen.record.layers):
+        heads = len(lay.attn.kept) if len(lay.attn.kept) < lay.attn.total else dims.num_kv_heads
+        assert caches[-1].k[layer].shape[1] == caches[-1].v[layer].shape[1] == heads
     assert any(len(lay.attn.kept) < lay.attn.total for lay in gen.record.layers)

@@ -302,9 +302,10 @@ def _importance_figure(d: LectureData, layer: int) -> Optional[Spec]:
     a, rec = d.result.analysis, d.result.analysis.main.layers[layer].attn
     if rec.importance is None:
         return None
-    return probe_charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
-                                           f"Layer {layer}, attention: how loud each word is (log colour scale)",
-                                           log=True)
+    fig = probe_charts.importance_heatmap(rec.importance, a.batch.labels, rec.probe_tokens, rec.probe_samples,
+                                          f"Layer {layer}, attention: how loud each word is (log colour scale)",
+                                          log=True)
+    return fig if probe_charts.cells_drawn(fig) else None  # all pads: no empty chart (the step's text still says)
 
 
 def _importance(d: LectureData, layer: int, text: DeltaGenerator) -> None:

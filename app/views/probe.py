@@ -99,7 +99,7 @@ def _panel(r: Result) -> None:
         probe_charts.draw(heatmap, "probe_heatmap")
     else:  # an empty chart would look like a rendering failure
         st.info(f"{title}: no cell to colour; every one is a pad (importance 0)"
-                + (" or a left-out attention sink: turn off *Leave out attention-sink tokens*." if hide else "."))
+                + (" or a left-out attention sink: turn off *Leave out attention-sink tokens*." if hidden else "."))
     default = rec.probe_samples[0] if rec.probe_samples else 0
     b = st.selectbox("Sample shown with its tokens", list(range(len(tokens))), index=default, key="probe_sample",
                      format_func=lambda i: f"{i}" + (" (probe)" if i in rec.probe_samples else ""))
