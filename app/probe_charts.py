@@ -24,7 +24,7 @@ from .charts import PROBE, visible
 
 Spec = dict[str, Any]
 GREY = "#7f7f7f"
-AXIS_WIDTH = 70  # pixels for the y axis of both token-strip panels, so that their bars line up
+AXIS_WIDTH = 80  # pixels for the y axis of every Probe-tab panel (heat map, bars, pick map): their columns line up
 
 
 def _spec(title: str, **body: Any) -> Spec:
@@ -66,7 +66,8 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
     x = {"field": "position", "type": "ordinal", "title": "token position", "scale": {"domain": list(range(L))},
          "axis": {"labelOverlap": True, "labelAngle": 0}}
     y = {"field": "sample", "type": "ordinal", "title": "sample", "scale": {"domain": list(range(B))},
-         "axis": {"labelOverlap": B > 32, "labelFontSize": 12,
+         "axis": {"labelOverlap": B > 32, "labelFontSize": 12, "minExtent": AXIS_WIDTH, "maxExtent": AXIS_WIDTH,
+                  "labelLimit": AXIS_WIDTH - 8,
                   "labelExpr": f"{_in(probe_samples)} ? 'probe ▸ ' + datum.label : datum.label",
                   "labelColor": {"condition": {"test": _in(probe_samples), "value": PROBE}, "value": "black"},
                   "labelFontWeight": {"condition": {"test": _in(probe_samples), "value": "bold"},
@@ -76,7 +77,10 @@ def importance_heatmap(grid: Sequence[Sequence[float]], tokens: list[list[str]],
          "encoding": {"x": x, "y": y,
                       "color": {"field": "shown", "type": "quantitative", "scale": {"scheme": "viridis"},
                                 "title": "log10 ‖h‖" if log else "‖h‖",
-                                "legend": {"gradientLength": max(40, min(200, step * B))}},
+                                # above the map, not beside it: the plot then spans the width the panels
+                                # below it span, position under position
+                                "legend": {"orient": "top", "direction": "horizontal", "gradientLength": 200,
+                                           "titleOrient": "left"}},
                       "tooltip": [{"field": "sample"}, {"field": "position"}, {"field": "token"},
                                   {"field": "importance", "format": ".4g"},
                                   {"field": "probe", "title": "in the probe"}]}},
@@ -140,9 +144,9 @@ def pick_by_layer(m: np.ndarray, title: str) -> Spec:
                  datasets={"cells": cells},
                  data={"name": "cells"}, mark={"type": "rect"},
                  encoding={"x": {"field": "position", "type": "ordinal", "title": "token position",
-                                 "axis": {"labelOverlap": True, "labelAngle": 0}},
+                                 "scale": {"domain": list(range(L))}, "axis": {"labelOverlap": True, "labelAngle": 0}},
                            "y": {"field": "layer", "type": "ordinal", "title": "layer",
-                                 "axis": {"labelOverlap": True}},
+                                 "axis": {"labelOverlap": True, "minExtent": AXIS_WIDTH, "maxExtent": AXIS_WIDTH}},
                            "color": {"field": "picked", "type": "nominal", "legend": None,
                                      "scale": {"domain": [0, 1], "range": ["#f0f0f0", PROBE]}},
                            "tooltip": [{"field": "layer"}, {"field": "position"},

@@ -100,3 +100,17 @@ def test_a_short_model_still_gets_rows_tall_enough_to_see():
 def test_cells_drawn_counts_what_the_heat_map_colours():
     assert probe_charts.cells_drawn(importance_heatmap(GRID, TOKENS, [0], [0], "t", hidden=[2])) == 5
     assert probe_charts.cells_drawn(importance_heatmap(np.zeros((2, 4)), TOKENS, [0], [0], "t")) == 0
+
+
+def test_the_panels_line_up_position_under_position():
+    """Heat map, bars and pick map: the same y-axis width, the heat map's legend above it (not beside it, which would
+    narrow its plot), and the same token positions across, so that a column in one is the same column in the others."""
+    heat = importance_heatmap(GRID, TOKENS, [0], [1], "t")
+    bars = token_bars([5.0, 1.0, 2.0, 6.0], TOKENS[1], [0], "b", "score")
+    picks = pick_by_layer(np.eye(3, 4), "p")
+    ys = [heat["layer"][0]["encoding"]["y"]["axis"], bars["encoding"]["y"]["axis"], picks["encoding"]["y"]["axis"]]
+    assert all(y["minExtent"] == y["maxExtent"] == probe_charts.AXIS_WIDTH for y in ys)
+    assert heat["layer"][0]["encoding"]["color"]["legend"]["orient"] == "top"
+    assert heat["layer"][0]["encoding"]["x"]["scale"]["domain"] == picks["encoding"]["x"]["scale"]["domain"] == [
+        0, 1, 2, 3]
+    assert len(bars["encoding"]["x"]["scale"]["domain"]) == 4
