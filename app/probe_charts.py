@@ -102,9 +102,9 @@ def cells_drawn(heatmap: Spec) -> int:
 
 def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[int], title: str, what: str,
                hidden: Sequence[int] = (), labels: bool = True, span: Optional[int] = None) -> Spec:
-    """One bar per position 0..len(values)-1 (but `hidden`), probe tokens in red: `values` is what the bars show,
-    named `what` on the axis ("importance": one sample's own, cut at its length; "batch-wide score": the L2 norm
-    of every sample's importance at that position, which picks the probe tokens, over the whole batch). `span`:
+    """One bar per position 0..len(values)-1 (`hidden` ones left empty), probe tokens in red: `values` is what the
+    bars show, named `what` on the axis ("importance": one sample's own, cut at its length; "batch-wide score": the
+    L2 norm of every sample's importance at that position, which picks the probe tokens, over the whole batch). `span`:
     the positions the axis covers (default: the bars'), labelled 'position:token' from `tokens` (one sample's;
     'position:' past its end); `labels`: the labels shown (off for a panel drawn right above another with them).
     Two panels with the same `span`, `tokens` and `hidden` line up: same positions, same fixed y-axis width. Every
@@ -116,8 +116,8 @@ def token_bars(values: Sequence[float], tokens: list[str], probe_tokens: list[in
     def label(i: int) -> str:  # a pad ("") or a position past the sample's tokens: the position only
         return f"{i}:{visible(tokens[i])}" if i < len(tokens) and tokens[i] != "" else f"{i}:"
 
-    axis = [i for i in range(span) if i not in gone]
-    drawn = [i for i in axis if i < len(values)]
+    axis = list(range(span))  # a hidden position stays an empty column, as in the heat map: the panels line up
+    drawn = [i for i in axis if i < len(values) and i not in gone]
     bars = pd.DataFrame({"position": drawn, "label": [label(i) for i in drawn],
                          "value": [float(values[i]) for i in drawn], "probe": [i in probe for i in drawn]})
     x = {"field": "label", "type": "ordinal", "title": None, "scale": {"domain": [label(i) for i in axis]},

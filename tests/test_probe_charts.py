@@ -60,7 +60,8 @@ def test_token_bars_leave_out_pads_and_hidden_positions_and_mark_the_probe():
                       span=4)
     bars = spec["datasets"]["bars"].to_dict("records")
     assert [(b["position"], b["value"], b["probe"]) for b in bars] == [(0, 5.0, False), (1, 1.0, True)]
-    assert spec["encoding"]["x"]["scale"]["domain"] == ["0:<s>", "1:<b>bold", "3:"]  # past its end: no token
+    # the hidden position an empty column (as in the heat map), past its end: no token
+    assert spec["encoding"]["x"]["scale"]["domain"] == ["0:<s>", "1:<b>bold", "2:'\\n'", "3:"]
     assert spec["encoding"]["y"]["title"] == "importance"
     # the batch-wide panel above it: every position of the batch, probe token 3 included
     above = token_bars([9.0, 8.0, 7.0, 6.0], TOKENS[0], [1, 3], "batch", "batch-wide score", hidden=[2],

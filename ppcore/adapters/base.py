@@ -64,7 +64,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 Rotaries = dict[str, tuple[Tensor, Tensor]]  # rotary kind -> (cos, sin), each (B, L, head_dim)
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
