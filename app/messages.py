@@ -170,5 +170,7 @@ def done_text(method: str, ratio: float, shape: tuple[int, ...], padded: bool, s
     head, took = ("Shown again", f" ({reused})") if reused else ("Done", f" in {seconds:.1f} s")
     if method == "dense":
         return f"{head}: ran {what} through the unpruned (dense) model{took}"
+    if ratio == 0:  # nothing removed: "pruned" would mislead
+        return f"{head}: ran {what} through {method} at ratio 0 (nothing pruned) and through the unpruned model{took}"
     return (f"{head}: pruned {what} with {method} at ratio {ratio:.2f}, and ran the unpruned model on them for "
             f"comparison{'' if reused else ','}{took}")

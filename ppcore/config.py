@@ -248,9 +248,9 @@ class PruneConfig:
                 # the largest ratio whose per-layer share rounds below 1
                 usable = math.floor(kept / num_layers * 0.995 * 100) / 100
                 raise ConfigError(
-                    f"{name} {ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped means pruning "
-                    f"{r_eff:g} of each of the other {kept}: use at most {usable:.2f} for {name}, or skip fewer "
-                    "layers")
+                    f"{name} {ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped would remove "
+                    f"{r_eff:.0%} of the units of each of the other {kept} layers (at most 100 % exist): use at most "
+                    f"{usable:.2f} for {name}, or skip fewer layers")
 
     def as_method(self, method: str, ratio: float) -> "PruneConfig":
         """This config for another method and ratio, with the ablation settings that method does not take set back to

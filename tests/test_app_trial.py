@@ -376,6 +376,9 @@ def test_status_lines_in_plain_words():
         "comparison, in 28.7 s")
     assert messages.done_text("dense", 0.0, (1, 64), False, 3.0) == (
         "Done: ran 1 sample of 64 tokens through the unpruned (dense) model in 3.0 s")
+    assert messages.done_text("pp", 0.0, (8, 56), True, 2.0) == (
+        "Done: ran 8 samples of up to 56 tokens through pp at ratio 0 (nothing pruned) and through the unpruned "
+        "model in 2.0 s")
     reused = "computed on 2026-12-01 11:08 UTC in 39.0 s, kept on this server"
     assert messages.done_text("pp", 0.4, (8, 56), True, 0.1, reused) == (
         "Shown again: pruned 8 samples of up to 56 tokens with pp at ratio 0.40, and ran the unpruned model on them "

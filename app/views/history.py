@@ -22,7 +22,7 @@ from ..result import Result
 from ..state import limits
 from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio, count_and_button
-from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
+from .probe import first_pruned_layer, nothing_pruned, nothing_pruned_text
 from .replay import lacking, needs_model
 
 
@@ -57,7 +57,7 @@ def render(r: Result, start_stability: Optional[Callable[[int], None]]) -> None:
     method = r.analysis.cfg.method
     why_not = nothing_pruned(r)
     if why_not:
-        st.info(NOTHING_PRUNED.format(why=why_not))
+        st.info(nothing_pruned_text(why_not))
         return
     if not has_stage2(r) and r.replayed is not None and "energies" in r.replayed.lacks:
         st.info(lacking("stage-2 energies (it was saved at level summary)"))

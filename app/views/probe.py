@@ -15,7 +15,15 @@ from .replay import lacking
 
 
 NOTHING_PRUNED = ("Nothing was pruned in this run ({why}): no probe ran, no history was fused and nothing was "
-                  "scored. Choose pp with a ratio above 0 in the sidebar and press **Run**.")
+                  "scored. {fix}")
+
+
+def nothing_pruned_text(why: str) -> str:
+    """The message for a run that pruned nothing, with what to change in the sidebar for `nothing_pruned`'s reason."""
+    fix = ("Choose pp (or another pruning method) in the sidebar and press **Run**." if why == "method dense" else
+           "Set the ratio above 0 in the sidebar and press **Run**." if why == "ratio 0" else
+           "Skip fewer layers, or switch pruning of attention or MLP back on, in the sidebar, and press **Run**.")
+    return NOTHING_PRUNED.format(why=why, fix=fix)
 
 
 def nothing_pruned(r: Result) -> str:
@@ -45,7 +53,7 @@ def render(r: Result) -> None:
     first = r.analysis.main.layers[first_pruned_layer(r)]
     why_not = nothing_pruned(r)
     if why_not:
-        st.info(NOTHING_PRUNED.format(why=why_not) + " The map shows residual importance only.")
+        st.info(nothing_pruned_text(why_not) + " The map shows residual importance only.")
     elif not first.attn.probe_tokens and not first.mlp.probe_tokens:
         st.info(f"Method '{r.analysis.cfg.method}' uses no probe: the map shows residual importance only. "
                 "Choose pp or fullbatch to see probe picks.")

@@ -17,7 +17,7 @@ from ..glossary import explain
 from ..result import Result
 from ..viewlink import show_place
 from .controls import BLOCK_TEXT, block_radio
-from .probe import NOTHING_PRUNED, first_pruned_layer, nothing_pruned
+from .probe import first_pruned_layer, nothing_pruned, nothing_pruned_text
 from .replay import lacking
 
 
@@ -83,7 +83,7 @@ def render(r: Result) -> None:
                help=explain("PPsp", "weight factor", "cut-off", "oracle", "Wanda-sp", "FLAP", "ppsp-calib"))
     why_not = nothing_pruned(r)
     if why_not:
-        st.info(NOTHING_PRUNED.format(why=why_not))
+        st.info(nothing_pruned_text(why_not))
         return
     if r.baselines is None:
         st.info(lacking("baselines: the other methods' decisions are not shown") if r.replayed else
