@@ -249,7 +249,7 @@ class PruneConfig:
                 usable = math.floor(kept / num_layers * 0.995 * 100) / 100
                 raise ConfigError(
                     f"{name} {ratio:g} with {len(self.skip_layers)} of {num_layers} layers skipped would remove "
-                    f"{r_eff:.0%} of the units of each of the other {kept} layers (at most 100 % exist): use at most "
+                    f"{r_eff:.0%} of the units of each of the other {kept} layers, more than they have: use at most "
                     f"{usable:.2f} for {name}, or skip fewer layers")
 
     def as_method(self, method: str, ratio: float) -> "PruneConfig":
