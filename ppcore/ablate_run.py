@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from .ablate_reuse import ROWS_VERSION, as_row, reusable, same_run
 from .ablations import ORACLE, ablation, carried, grid
+from .heap import release_freed_heap
 from .analysis import jaccard
 from .batch_checkpoint import BatchCheckpoint, computed_with
 from .bench_report import mean_se
@@ -154,6 +155,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
             print(f"ablate {name} seed {seed}: batches 1-{start} of {n} kept from {checkpoint.path}", flush=True)
     for run in runs:  # also on a resume: it leaves no state, but the next batch's time would include a cold start
         warm_up(s.lm, run, s.windows[:bs])
+        release_freed_heap()  # a dozen runs' freed activations would otherwise stay resident (ppcore.heap)
     t0 = time.perf_counter()
     for b in range(start, n):
         ids = s.windows[b * bs:(b + 1) * bs]
@@ -161,6 +163,7 @@ def ablate_setup(s: EvalSetup, name: str, labelled: list[tuple[str, PruneConfig]
         for (label, cfg), run in zip(labelled, runs):
             compare = a.jaccard and cfg.method != "dense"
             score_batch(s.lm, run, ids, b, level="summary" if compare else "none")
+            release_freed_heap()  # after the run's timed batch, before the next run's
             if not compare:
                 continue
             kept = _kept(run.records.pop())  # keep-sets only: the records are not kept
