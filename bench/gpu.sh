@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A complete GPU benchmark on one GPU, in under 5 minutes: the default model (speed, one
+# A complete GPU benchmark on one GPU, sized for under 5 minutes (not yet timed on a GPU): the default model (speed, one
 # perplexity run, generation), Gemma-3-270M (speed) and a Llama with LLaMA-2-7B shapes and random
 # weights (speed).
 # Usage: bench/gpu.sh [OUT_DIR]   (needs `make setup` first, or PY pointing at a python with ppcore's deps)

@@ -38,8 +38,8 @@ def markdown(res: dict[str, Any]) -> str:
     entries = summary(res)
     dense = next((e for e in entries if e["method"] == "dense"), None)
     jac = any(e["jaccard"] for e in entries)
-    head = ("| variant | ppl | ppl − PP | decoder FLOPs | probe FLOPs |" + (" Jaccard heads | Jaccard channels |"
-                                                                           if jac else ""))
+    head = ("| variant | ppl | ppl − PP | FLOPs / dense (decoder) | probe FLOPs (decoder) |"
+            + (" Jaccard heads | Jaccard channels |" if jac else ""))
     rule = "|---|---:|---:|---:|---:|" + ("---:|---:|" if jac else "")
     parts = [f"**{res['ablation']}**: {res['question']}", ""]
     if res.get("carried"):
