@@ -86,9 +86,11 @@ class Block:
         raise NotImplementedError
 
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
-              buffers: Optional[Buffers] = None) -> Slice:
+              buffers: Optional[Buffers] = None, final_t: Optional[Tensor] = None) -> Slice:
         """The weights restricted to the ascending (n,) kept units; None: all, without a copy. `buffers`: a run's
-        reusable tensors for the copies, whose previous slice no longer runs (docs/algorithm.md §5)."""
+        reusable tensors for the copies, whose previous slice no longer runs; `final_t`: the final projection's
+        weight transposed and contiguous (`Adapter.transposed`), so that its kept columns are copied as rows, or
+        None (docs/algorithm.md §5)."""
         raise NotImplementedError
 
     def window(self, adapter: Adapter, layer: int) -> Optional[int]:
@@ -169,8 +171,8 @@ class AttnBlock(Block):
         return replace(sl, o_w=weight)
 
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
-              buffers: Optional[Buffers] = None) -> AttnSlice:
-        return slice_attn(w, dims, kept, buffers)
+              buffers: Optional[Buffers] = None, final_t: Optional[Tensor] = None) -> AttnSlice:
+        return slice_attn(w, dims, kept, buffers, final_t)
 
     def window(self, adapter: Adapter, layer: int) -> Optional[int]:
         return adapter.windows[layer]
@@ -238,8 +240,8 @@ class MlpBlock(Block):
         return replace(sl, down_w=weight)
 
     def slice(self, w: LayerWeights, dims: ModelDims, kept: Optional[Tensor],
-              buffers: Optional[Buffers] = None) -> MlpSlice:
-        return slice_mlp(w, kept, buffers)
+              buffers: Optional[Buffers] = None, final_t: Optional[Tensor] = None) -> MlpSlice:
+        return slice_mlp(w, kept, buffers, final_t)
 
     def front(self, adapter: Adapter, sl: MlpSlice, x: Tensor, rot: Rotary, mask: Optional[Tensor],
               store: Optional[tuple[KVStore, int]] = None) -> Tensor:

@@ -128,8 +128,9 @@ class LoadedModel:
             "max_positions": d.max_positions,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
-            # Tensors the engine keeps beside the model (none today: it reads the model's own); what a run
-            # copies (its kept slices) is `Pruner.held_bytes()`, reported by `ppcore speed`.
+            # Tensors the engine keeps beside the model (the transposed final projections a per-batch slicing run
+            # made, `Adapter.transposed`; none before); what a run copies (its kept slices) is
+            # `Pruner.held_bytes()`, reported by `ppcore speed`.
             "extra_weight_bytes": self.extra_weight_bytes(),
             # The licence of an embedded model (shown where it is chosen); None for a model the user brought.
             "licence": getattr(embedded_model(self.name), "licence", None),

@@ -54,9 +54,10 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
     LM head) on `ids` (B, L). `between(fraction done, text)` runs after each run, outside every timed region (a
     progress bar; one that raises stops the measurement there).
 
-    Returns {"batch", "repeats", "device", "dtype", "threads", "hf_forward_s", "runs"}: one run per config
+    Returns {"batch", "repeats", "device", "dtype", "threads", "hf_forward_s", "model_extra_bytes", "runs"}: the
+    bytes of copies kept per loaded model after the runs (`LoadedModel.extra_weight_bytes`), and one run per config
     (dense first, added when missing) with seconds end to end, time_vs_dense, the four FLOPs ratios,
-    embed_s, head_s and per block (layer, attn|mlp) probe_s, decide_s and full_s. Times in seconds.
+    embed_s, head_s, held_bytes and per block (layer, attn|mlp) probe_s, decide_s and full_s. Times in seconds.
     """
     ad, dev = lm.adapter, lm.device
     if not any(c.method == "dense" for c in cfgs):
@@ -109,6 +110,7 @@ def measure(lm: LoadedModel, cfgs: list[PruneConfig], ids: Tensor, calib: Option
                            "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                            "hf_forward_s": statistics.median(hf_t) if hf else None, "runs": []}
     held = [p.held_bytes() for p in pruners]  # after the runs: static slices and per-batch buffers exist
+    out["model_extra_bytes"] = lm.extra_weight_bytes()  # and the per-model copies per-batch slicing made
     dense_blocks = _block_medians(records[0])
     dense_s = statistics.median(e2e[0])
     for cfg, times, recs, held_bytes in zip(cfgs, e2e, records, held):
@@ -229,7 +231,10 @@ def summary_markdown(res: dict[str, Any]) -> str:
                      f"{eff.get('attn', '-')}, {eff.get('mlp', '-')} |")
     held = ", ".join(f"{r['method']} {r['held_bytes'] / 2**20:.1f} MiB" for r in res["runs"] if "held_bytes" in r)
     if held:
-        lines += ["", f"weight copies held per run (the loaded model holds none): {held}"]
+        model = res.get("model_extra_bytes")
+        shared = "" if model is None else (f"; per loaded model, shared by every run (transposed o_proj/down_proj "
+                                           f"for per-batch slicing): {model / 2**20:.1f} MiB")
+        lines += ["", f"weight copies held per run: {held}{shared}"]
     return "\n".join(lines)
 
 

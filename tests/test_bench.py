@@ -78,6 +78,10 @@ def test_speed_measure_reports_every_block():
     assert any(b["probe_s"] > 0 for b in pp["blocks"] if b["pruned"])
     assert pp["flops_ratio"] < 1 and res["hf_forward_s"] > 0 and pp["head_s"] > 0 and pp["embed_s"] > 0
     assert "| pp | 50% |" in summary_markdown(res)
+    # PP's per-batch slicing made the per-model transposes of the pruned layers; the summary says how large.
+    assert res["model_extra_bytes"] == setup.lm.extra_weight_bytes() > 0
+    assert f"per loaded model, shared by every run (transposed o_proj/down_proj for per-batch slicing): " \
+           f"{res['model_extra_bytes'] / 2**20:.1f} MiB" in summary_markdown(res)
     # Achieved next to nominal: layer 0 skipped, r_eff = round(0.5 * L / (L - 1), 2) in the others.
     dims, n = setup.lm.adapter.dims, setup.lm.adapter.dims.num_layers
     r_eff = round(0.5 * n / (n - 1), 2)

@@ -1,5 +1,6 @@
-"""What the engine holds besides the model: no copy per loaded model; per run, a static method's kept
-slices, and for PP one reusable set of slice tensors per block kind (reported by `Pruner.held_bytes`)."""
+"""What the engine holds besides the model: per loaded model, the transposed final projections of the layers
+a per-batch method sliced (`Adapter.transposed`, reported by `info`); per run, a static method's kept slices, and
+for PP one reusable set of slice tensors per block kind (reported by `Pruner.held_bytes`)."""
 from __future__ import annotations
 
 import pytest
@@ -37,6 +38,35 @@ def test_pp_holds_one_slice_per_block_kind_whatever_the_batches():
     assert pruner.held_bytes() == 4 * (attn + mlp)
 
 
+def test_info_reports_the_transposed_final_projections_per_batch_slicing_made():
+    """PP's per-batch slices copy o_proj's and down_proj's kept columns as rows of a transpose made once per loaded
+    model, for the layers it pruned only; `info` counts them, and a second run makes none."""
+    lm = tiny_llama()
+    dims, calib = lm.adapter.dims, _calib(lm)
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(5))
+    for _ in range(2):
+        walk(lm.adapter, Pruner(lm.adapter, PruneConfig(method="pp", ratio=0.4, skip_layers=(0,)), calib), ids,
+             level="none")
+        per_layer = dims.hidden * (dims.num_heads * dims.head_dim + dims.intermediate)  # o_proj and down_proj
+        assert lm.info()["extra_weight_bytes"] == 4 * 3 * per_layer  # layers 1-3, in fp32
+
+
+def test_transposed_slices_compute_the_same_bits_as_column_gathers(monkeypatch):
+    """The transposed layout is a speed change only: a PP walk gives bit-identical hidden states without it."""
+    lm = tiny_llama()
+    calib = _calib(lm)
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(6))
+
+    def run():
+        pruner = Pruner(lm.adapter, PruneConfig(method="pp", ratio=0.4, skip_layers=(0,)), calib)
+        return walk(lm.adapter, pruner, ids, level="none").hidden
+
+    with_t = run()
+    assert lm.info()["extra_weight_bytes"] > 0
+    monkeypatch.setattr(lm.adapter, "transposed", lambda *a: None)  # column gathers from the model's own tensors
+    assert torch.equal(run(), with_t)
+
+
 def test_static_methods_hold_their_kept_slices_and_generation_no_buffers():
     lm = tiny_llama()
     dims, calib = lm.adapter.dims, _calib(lm)
@@ -70,9 +100,9 @@ def test_kv_cache_writes_in_place_and_refuses_to_overflow():
 
 
 def test_extra_weight_bytes_counts_a_copy_kept_beside_the_model():
-    """`info`'s extra_weight_bytes is measured: a tensor the engine kept beside the model would show."""
+    """`info`'s extra_weight_bytes is measured: any tensor the engine kept beside the model would show."""
     lm = tiny_llama()
     assert lm.info()["extra_weight_bytes"] == 0
     w = lm.adapter.layer(0).down_w
-    lm.adapter.transposed_down = w.t().contiguous()  # what a re-laid-out copy per model would look like
+    lm.adapter.some_copy = w.t().contiguous()  # a copy held in an attribute of its own, not in `transposed`'s dict
     assert lm.info()["extra_weight_bytes"] == w.numel() * 4

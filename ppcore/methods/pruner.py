@@ -152,7 +152,8 @@ class Pruner:
 
     def held_bytes(self) -> int:
         """Bytes of weight copies this run holds now: a static method's kept slices, and the one reusable set of
-        per-batch slice tensors per block kind (`slice_buffers`). The loaded model itself holds no copies."""
+        per-batch slice tensors per block kind (`slice_buffers`). The copies kept per loaded model
+        (`Adapter.transposed`, shared by every run) are `LoadedModel.extra_weight_bytes`, not counted here."""
         buffers = sum(t.numel() * t.element_size() for b in self._buffers.values() for t in b.values())
         return buffers + sum(copied_bytes(sl) for sl in self.method.held_slices())
 
