@@ -246,26 +246,52 @@ def _dispatch_kwargs(p: Placement, root: Path, fingerprint: str) -> dict[str, An
     return out
 
 
-RANDOM_SHAPES = {
-    # LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads) for speed measurements only.
+def _gemma3_layer_types(n: int) -> list[str]:
+    """Gemma 3's pattern: every sixth layer attends globally, the others through a sliding window."""
+    return ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+
+
+# Real models' shapes with random weights, for speed measurements only (no tokenizer, no download: they run where the
+# weights cannot travel, e.g. a lent GPU machine). A Llama unless "family" says otherwise.
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    # LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads).
     "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                      num_hidden_layers=32, vocab_size=32000, max_position_embeddings=4096),
+    # The default model's (SmolLM2-135M: 30 layers, 9 query over 3 key/value heads, MLP 1536, tied LM head).
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                         num_hidden_layers=30, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+    # Gemma-3-270M's (18 layers, every sixth global, a 512-token window elsewhere, 4 query heads of 256 over 1).
+    "gemma3-270m": dict(family="gemma3", hidden_size=640, intermediate_size=2048, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, num_hidden_layers=18,
+                        layer_types=_gemma3_layer_types(18), sliding_window=512, vocab_size=262144,
+                        max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0,
+                        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
 }
 
 
 def random_model(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """'random:llama-7b[:LAYERS]': a Llama with real shapes and random weights (no tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """'random:NAME[:LAYERS]' (NAME a key of `RANDOM_SHAPES`): that model's shapes with random weights (no
+    tokenizer), its first LAYERS decoder layers when given. Raises ModelLoadError for another spec."""
     parts = spec.split(":")
     shape = RANDOM_SHAPES.get(parts[1]) if len(parts) > 1 else None
     if shape is None or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
         raise ModelLoadError(f"unknown random model {spec!r}; use random:{'|'.join(RANDOM_SHAPES)}[:LAYERS]")
-    cfg = LlamaConfig(**{**shape, **({"num_hidden_layers": int(parts[2])} if len(parts) == 3 else {})})
+    kw = {k: v for k, v in shape.items() if k != "family"}
+    if len(parts) == 3:
+        kw["num_hidden_layers"] = int(parts[2])
+        if "layer_types" in kw:
+            kw["layer_types"] = _gemma3_layer_types(int(parts[2]))
+    if shape.get("family") == "gemma3":
+        from transformers import Gemma3ForCausalLM as Model, Gemma3TextConfig as Config
+    else:
+        from transformers import LlamaConfig as Config, LlamaForCausalLM as Model
+    cfg = Config(**kw)
     seed = 0
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+        model = Model(cfg).to(dtype)
     model.eval()
     return LoadedModel(model, None, make_adapter(model, spec), spec, "random",
                        random_fingerprint(spec, cfg, device, seed), device, dtype)

@@ -27,9 +27,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `--dist loadfile` hands files to the two workers in collection order, so these go first and the short files fill
 # in at the end; in alphabetical order a 3-minute file came last and one worker idled for minutes.
 LONGEST_FIRST = ("test_zeroshot.py", "test_official_windows_pp.py", "test_app_lecture.py", "test_app_load.py",
-                 "test_app.py", "test_gemma3.py", "test_app_hardening.py", "test_app_why.py", "test_app_browser.py",
-                 "test_zeroshot_grid.py", "test_app_replay.py", "test_official_windows.py", "test_result_store.py",
-                 "test_bench.py", "test_cli.py", "test_background.py")
+                 "test_app.py", "test_gemma3.py", "test_app_hardening.py", "test_app_why.py", "test_gpu_script.py",
+                 "test_app_browser.py", "test_zeroshot_grid.py", "test_app_replay.py", "test_official_windows.py",
+                 "test_result_store.py", "test_bench.py", "test_cli.py", "test_background.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
