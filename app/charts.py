@@ -109,8 +109,10 @@ def latency_bars(df: pd.DataFrame, title: str) -> go.Figure:
 
 # One colour per method in every chart (Plotly's own would follow each chart's row order, so a method would change
 # colour from one lecture step to the next).
+# One colour per method of ppcore.config.METHODS, none shared (ppsp-calib had none and took Plotly's next, wanda-sp's
+# orange, in a newcomer's compare chart).
 METHOD_COLORS = {"dense": "#7f7f7f", "pp": "#1f77b4", "pp-plus": "#17becf", "fullbatch": "#9467bd",
-                 "wanda-sp": "#ff7f0e", "flap": "#2ca02c"}
+                 "wanda-sp": "#ff7f0e", "flap": "#2ca02c", "ppsp-calib": "#8c564b"}
 
 
 def compare_scatter(df: pd.DataFrame) -> go.Figure:

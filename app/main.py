@@ -257,6 +257,15 @@ def parse_ratios(text: str) -> list[float]:
     return vals
 
 
+def sweep_ratios(text: Optional[str], a: session.Analysis) -> list[float]:
+    """The comparison's ratios: the sweep's (`text`), or the analysis's ratio; every config they make is checked
+    here, before the comparison is queued (a newcomer's 1.5 failed only after minutes of the ratios before it).
+    Raises PPCoreError (a ConfigError naming the ratio and what to use)."""
+    vals = parse_ratios(text) if text else [a.ratio]
+    session.comparison_configs(a, vals, a.info["layers"])
+    return vals
+
+
 def main() -> None:
     if demo():  # an unexpected exception shows no traceback (and so no server path) to a visitor
         st.set_option("client.showErrorDetails", "none")
@@ -386,8 +395,8 @@ def _view(label: str, r: Result) -> None:
     elif label == "Compare methods":
         compare.render(r, lambda ratios, reps, fresh=False: _on_request(
             r, "comparison", "Comparing methods",
-            lambda lm, c, p: session.comparison(lm, c, a, parse_ratios(ratios) if ratios else [a.ratio], reps, p),
-            lambda: {"ratios": parse_ratios(ratios) if ratios else [a.ratio], "repeats": reps}, fresh=fresh,
+            lambda lm, c, p: session.comparison(lm, c, a, sweep_ratios(ratios, a), reps, p),
+            lambda: {"ratios": sweep_ratios(ratios, a), "repeats": reps}, fresh=fresh,
             in_background=True))
         ablation.render(r, lambda name: _on_request(  # every ablation run so far stays, by name
             r, "ablations", f"Running the ablation '{name}' on this batch",

@@ -173,15 +173,21 @@ def perplexity(nll: Tensor, mask: Tensor) -> float:
     return math.exp(masked_mean(nll, mask))
 
 
-def prr(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float) -> Optional[float]:
+# Times within 3 % of each other count as equal: below what repeats on a busy CPU tell apart (the app's words about
+# a run's time and the PRR it shows for one batch both use it).
+TIME_TIE = 0.03
+
+
+def prr(ppl: float, ppl_dense: float, seconds: float, seconds_dense: float, min_saved: float = 0.0) -> Optional[float]:
     """PRR, performance degradation per unit of runtime reduction: (ppl - ppl_dense) / (1 - seconds /
     seconds_dense), the perplexity added per unit fraction of dense runtime saved (lower is better).
 
     Perplexities are unitless, seconds are wall seconds of the same batches. Returns None when the run
-    saved no time (the ratio is undefined there).
+    saved no time, or no more than `min_saved` (a fraction: `TIME_TIE` for one batch's timings, whose noise
+    would otherwise divide by almost nothing and print PRRs in the thousands).
     """
     saved = 1.0 - seconds / seconds_dense if seconds_dense > 0 else 0.0
-    if saved <= 0:
+    if saved <= max(min_saved, 0.0):
         return None
     return (ppl - ppl_dense) / saved
 

@@ -55,7 +55,7 @@ from .record import BLOCK_NAMES, BatchRecord, RunRecord
 from .stats import CalibStats
 from .token_text import token_text
 from .session_timing import (COMPARED_METHODS, BlockTiming, CompareRow, Latency, Timing, comparison,  # the timed ones
-                             latency)
+                             comparison_configs, latency)
 from .session_ablation import AblationResult, AblationRow, ablation  # a named ablation on one batch
 from .session_pair import LayerDiff, SideBySide, side_by_side  # two configurations on one batch
 from .replay import LACKS, RecordError, RecordLimits, Replayed, export_record, read_record, rebuild  # replay
@@ -70,10 +70,9 @@ from .why import (SINK_FACTOR, HistoryEffect, Stage2, UnitWhy, Verdict, history_
 __all__ = [
     "BASELINES", "COMPARED_METHODS", "DEVICES", "METHODS", "TOP_K", "Analysis", "Batch", "BlockTiming", "Calibration",
     "CompareRow", "Continuation", "GenerationPair", "Latency", "Progress", "Stability", "Timing", "TopK", "analyse",
-    "baselines",
-    "calibration", "calibration_text", "comparison", "corpus_windows", "generation", "kept_matrix", "latency",
-    "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix", "stability",
-    "uniform_kept_fractions",
+    "baselines", "calibration", "calibration_text", "comparison", "comparison_configs", "corpus_windows", "generation",
+    "kept_matrix", "latency", "layer_table", "licence", "named_models", "open_model", "prepare", "probe_token_matrix",
+    "stability", "uniform_kept_fractions",
     # explaining one decision (ppcore.why)
     "SINK_FACTOR", "HistoryEffect", "Stage2", "UnitWhy", "Verdict", "history_changes", "history_effect", "kept_sets",
     "sink_positions", "stage2", "token_scores", "unit_why",

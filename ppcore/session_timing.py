@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .analysis import perplexity, prr
+from .analysis import TIME_TIE, perplexity, prr
 from .config import METHODS, PLUS_METHOD, PruneConfig
 from .flops import RATIO_NAMES
 from .fitting import build_pruner
@@ -91,7 +91,7 @@ def latency(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, repeats:
 @dataclass
 class CompareRow:
     """One method at one ratio: its Timing, perplexity on the batch, the increase over dense's, and PRR
-    (`ppcore.analysis.prr`, None for dense and for a method that saved no time)."""
+    (`ppcore.analysis.prr`, None for dense and for a method that saved no more than `TIME_TIE` of dense's time)."""
 
     timing: Timing
     ppl: float
@@ -105,20 +105,34 @@ class CompareRow:
                 "seconds": t.seconds, "time_vs_dense": t.time_vs_dense, **t.flops, "prr": self.prr}
 
 
+def comparison_configs(a: Analysis, ratios: list[float], num_layers: int) -> list[list[PruneConfig]]:
+    """The configs `comparison` runs, per ratio: every compared method but dense at that ratio, the analysis's
+    other settings kept. Checked here, all of them, before any runs: raises ConfigError for a ratio outside [0, 1)
+    or one the model's unskipped layers cannot take (a sweep found it only after minutes of the ratios before it)."""
+    compared = COMPARED_METHODS + ((a.cfg.method,) if a.cfg.method not in COMPARED_METHODS else ())
+    out = []
+    for ratio in ratios:
+        cfgs = [a.cfg.as_method(m, ratio) for m in compared if m != "dense"]
+        for c in cfgs:
+            c.check_layers(num_layers)
+        out.append(cfgs)
+    return out
+
+
 def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratios: list[float], repeats: int,
                progress: Optional[Callable[[float, str], None]] = None) -> list[CompareRow]:
     """Every pruning method at each ratio on the analysis's batch (its other settings kept), timed
     together with dense (`repeats` repeats), then dense once: perplexity, median wall seconds, FLOPs ratios
     and PRR. `progress(fraction, text)` between runs (one that raises stops the comparison there). Raises
-    ConfigError for a ratio the model cannot take, NonFiniteError when activations overflow."""
+    ConfigError for a ratio the model cannot take (`comparison_configs`, before anything runs), NonFiniteError
+    when activations overflow."""
     ad, ids, mask = lm.adapter, a.batch.ids, a.batch.mask
     stats = calib.stats if calib is not None else None
     dense_ppl = perplexity(a.nll_dense, a.nll_mask)
     rows: list[CompareRow] = []
     progress = progress or (lambda fraction, text: None)
-    for k, ratio in enumerate(ratios):
-        compared = COMPARED_METHODS + ((a.cfg.method,) if a.cfg.method not in COMPARED_METHODS else ())
-        cfgs = [a.cfg.as_method(m, ratio) for m in compared if m != "dense"]
+    per_ratio = comparison_configs(a, ratios, ad.dims.num_layers)
+    for k, (ratio, cfgs) in enumerate(zip(ratios, per_ratio)):
         lo, span = k / len(ratios), 1 / len(ratios)
         progress(lo, f"ratio {ratio:.2f}: timing {len(cfgs) + 1} methods")
         timings = _timings(measure(lm, cfgs, ids, stats, repeats=repeats, hf=False, between=lambda f, text: progress(
@@ -128,7 +142,7 @@ def comparison(lm: LoadedModel, calib: Optional[Calibration], a: Analysis, ratio
             progress(lo + span * (0.8 + 0.2 * j / len(cfgs)), f"ratio {ratio:.2f}: perplexity of {c.method}")
             res = walk(ad, build_pruner(ad, c, stats), ids, mask, level="none")
             ppl = perplexity(*token_nll(ad, res.hidden, ids, res.valid))
-            rows.append(CompareRow(t, ppl, ppl - dense_ppl, prr(ppl, dense_ppl, t.seconds, dense.seconds)))
+            rows.append(CompareRow(t, ppl, ppl - dense_ppl, prr(ppl, dense_ppl, t.seconds, dense.seconds, TIME_TIE)))
         if k == 0:
             rows.append(CompareRow(replace(dense, ratio=0.0, time_vs_dense=1.0), dense_ppl, 0.0, None))
     progress(1.0, "done")

@@ -88,3 +88,6 @@ def test_top_k_and_perplexity(runs):
 def test_prr():
     assert prr(12.0, 10.0, 0.5, 1.0) == pytest.approx(4.0)
     assert prr(12.0, 10.0, 1.2, 1.0) is None
+    # One batch's timings: a 2 % saving is noise, not a PRR of 100 (a newcomer saw 9742.62 beside "saved no time").
+    assert prr(12.0, 10.0, 0.98, 1.0) == pytest.approx(100.0) and prr(12.0, 10.0, 0.98, 1.0, min_saved=0.03) is None
+    assert prr(12.0, 10.0, 0.5, 1.0, min_saved=0.03) == pytest.approx(4.0)

@@ -25,7 +25,7 @@ from app.state import Settings, demo_changes, limits, link_notes
 from app.views.compare import shown_table, speed_notes
 from app.views.latency import SUMMARY_FORMATS, latency_note, summary_table
 from app.views.outputs import generation_times
-from ppcore import ModelLoadError, Pruner, PruneConfig
+from ppcore import ConfigError, ModelLoadError, Pruner, PruneConfig
 from ppcore.config import CalibConfig
 from ppcore.generate import generate
 from ppcore.session import BlockTiming, CompareRow, Latency, Timing
@@ -112,6 +112,40 @@ def test_speed_note_when_flops_predict_no_saving():
     assert speed_note(DENSE, full, "cpu", (8, 64), short=True).endswith("it was slower than dense, by 20%.")
     same = speed_note(DENSE, timing("pp", 1.01, 1.0, 0.9, 0.01), "cpu", (8, 64), short=True)
     assert same.endswith("it took about as long as dense: pruning saved no time.")
+
+
+def test_speed_note_does_not_call_a_time_far_below_the_flops_about_what_they_predict():
+    """A newcomer saw "That is about what its FLOPs predict." beside 0.61x measured for 0.76x predicted, and at ratio 0
+    an explanation about the arithmetic saved when nothing was pruned."""
+    fast = speed_note(DENSE, timing("pp", 0.61, 1.0, 0.733, 0.029, probe_decide_s=0.1), "cpu", (8, 64))
+    assert "its FLOPs predict 0.76x" in fast and "about what its FLOPs predict" not in fast
+    assert "faster than its FLOPs predict" in fast and "Measure again" in fast
+    near = speed_note(DENSE, timing("pp", 0.70, 1.0, 0.733, 0.029, probe_decide_s=0.1), "cpu", (8, 64))
+    assert near.endswith("That is about what its FLOPs predict.")  # within 10 % below: the arithmetic holds
+    for seconds in (0.9, 1.0, 1.2):  # ratio 0: nothing pruned, whatever the clock said
+        zero = speed_note(DENSE, timing("pp", seconds, 1.0, 1.0, 0.0, ratio=0.0), "cpu", (8, 64), blocks(1, 1, 1))
+        assert "It pruned nothing at this ratio" in zero
+        assert "arithmetic saved" not in zero and "odd-shaped" not in zero and "probing" not in zero
+
+
+def test_every_method_has_its_own_colour():
+    """ppsp-calib had none and drew in Wanda-sp's orange (a newcomer's compare chart)."""
+    from app.charts import METHOD_COLORS
+    from ppcore.config import METHODS
+
+    assert set(METHOD_COLORS) == set(METHODS) and len(set(METHOD_COLORS.values())) == len(METHODS)
+
+
+def test_a_sweep_ratio_the_model_cannot_take_is_refused_before_anything_is_queued():
+    """A newcomer's sweep "0.2, 1.5" ran four minutes before saying 1.5 was out of range; 0.95 likewise."""
+    from app.main import sweep_ratios
+
+    a = type("A", (), dict(cfg=PruneConfig(method="pp", ratio=0.4), ratio=0.4, info={"layers": 30}))()
+    assert sweep_ratios("0.2, 0.6", a) == [0.2, 0.6] and sweep_ratios(None, a) == [0.4]
+    with pytest.raises(ConfigError, match="must lie in"):
+        sweep_ratios("0.2, 1.5", a)
+    with pytest.raises(ConfigError, match="use at most 0.89"):
+        sweep_ratios("0, 0.95", a)
 
 
 def test_latency_and_compare_carry_the_same_note():

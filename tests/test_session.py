@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ppcore import PruneConfig, Pruner, session, token_nll, walk
+from ppcore import ConfigError, PruneConfig, Pruner, session, token_nll, walk
+from ppcore import session_timing
 from ppcore.analysis import logit_agreement, perplexity, top_k_next
 from ppcore.config import CalibConfig
 
@@ -59,7 +60,7 @@ def test_analysis_is_the_engines_numbers(run):
     assert session.calibration_text(CALIB) == "4 windows of 32 tokens from wiki-vital, in 2 batches of 2"
 
 
-def test_on_request_computations_are_typed(run):
+def test_on_request_computations_are_typed(run, monkeypatch):
     lm, calib, a, _ = run
     base = session.baselines(lm, calib, a)
     assert list(base) == list(session.BASELINES)  # pp is the analysed method: not repeated
@@ -97,6 +98,15 @@ def test_on_request_computations_are_typed(run):
     assert pp["ppl"] == pytest.approx(a.summary()["ppl_pruned"], rel=1e-6) and dense["prr"] is None
     assert list(pp) == ["method", "ratio", "ppl", "ppl_increase", "seconds", "time_vs_dense", "flops_ratio",
                         "decoder_flops_ratio", "probe_flops_ratio", "decoder_probe_flops_ratio", "prr"]
+
+    # A sweep's every ratio is checked before anything runs (a newcomer's 0.2, 1.5 failed after minutes of 0.2).
+    calls = []
+    monkeypatch.setattr(session_timing, "measure", lambda *a, **k: calls.append(1))
+    for bad, said in ((1.5, "must lie in"), (0.95, "use at most")):
+        with pytest.raises(ConfigError, match=said):
+            session.comparison(lm, calib, a, [0.2, bad], 1)
+    assert calls == []
+    assert [len(c) for c in session.comparison_configs(a, [0.2, 0.6], 30)] == [5, 5]
 
 
 def test_dense_analysis_compares_dense_with_itself(run):

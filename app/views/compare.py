@@ -49,7 +49,8 @@ def render(r: Result, start_compare) -> None:
                "(flops_ratio over the whole model, LM head included; decoder_flops_ratio over the decoder layers "
                "only, as the paper counts them; the probe's share likewise), and the perplexity added per unit "
                f"fraction of runtime saved (PRR: lower is better; {NA} for dense and for a method that saved no "
-               "time).", help=explain("perplexity", "FLOPs", "PRR", "oracle", "Wanda-sp", "FLAP", "ppsp-calib"))
+               "time, or under 3 %, within the timings' noise).",
+               help=explain("perplexity", "FLOPs", "PRR", "oracle", "Wanda-sp", "FLAP", "ppsp-calib"))
     c1, c2, c3 = st.columns([1, 2, 1])
     sweep = c1.checkbox("Ratio sweep", key="cmp_sweep")
     ratios_text = c2.text_input("Ratios", "0.2, 0.4, 0.6", key="cmp_ratios", disabled=not sweep)
