@@ -123,6 +123,9 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
     page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done. `exclusive` (a timed
     measurement) waits until no background computation runs, so that what it stores was measured alone."""
     failure = None
+    # Marked while it runs on this page: a view or widget changed meanwhile stops it (Streamlit stops the page's
+    # run), and the next page run says so (`_collect`) instead of showing the button as if never pressed.
+    inflight = st.session_state.setdefault("_inflight", {})
     with st.status(f"{label}…", expanded=not in_background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
@@ -139,16 +142,19 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
                 if exclusive and background_busy():
                     bar.progress(0.0, text="waiting for the server's background computation to finish, so that this "
                                            "measurement runs alone")
+                inflight[entry or name] = label
                 with background.COMPUTE_LOCK if exclusive else contextlib.nullcontext():
                     value, _ = stored.remembered(
                         key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
                                                                              text=messages.clean(t))),
                         write, fresh=True)
             _keep(r, name, entry, hit.value if hit is not None else value, hit)
+            inflight.pop(entry or name, None)
             done = f"reused ({stored.reused_note(hit)})" if hit is not None else \
                 f"done in {time.perf_counter() - t0:.1f} s"
             status.update(label=f"{label}: {done}", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
+            inflight.pop(entry or name, None)
             failure = messages.failure(e)
             status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
     if failure is not None:  # below the collapsed box, not inside it, where nobody would see it
@@ -199,6 +205,10 @@ def _collect(r: Result) -> None:
     """Keep the values of this result's background computations that finished; one message for each that failed."""
     for note in st.session_state.pop("_job_notes", []):
         st.info(note)
+    for label in st.session_state.pop("_inflight", {}).values():  # left by a page run that was stopped mid-way
+        st.warning(messages.clean(f"{label}: stopped, because the page changed while it ran (another view or a "
+                                  "setting was chosen), so nothing was kept. Press its button again and stay on "
+                                  "that view until it finishes."))
     jobs = engine.get_jobs()
     for slot, p in list(r.pending.items()):
         job = jobs.get(p.key)

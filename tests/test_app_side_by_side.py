@@ -229,6 +229,20 @@ def test_the_tab_runs_a_preset_and_keeps_it(page, monkeypatch):
     at.button(key="sbs_go").click().run()
     outside = _errors_outside_status(at.main)
     assert any("went wrong on purpose" in e for e in outside), outside
+    assert at.session_state["_inflight"] == {}  # finished or failed: nothing marked as running
+
+
+def test_a_run_stopped_by_leaving_the_view_says_so_once(page):
+    """A newcomer pressed Run side by side, opened another view and came back to "Press Run side by side", as if never
+    pressed: Streamlit had stopped the page's run. The mark a stopped computation leaves becomes one warning."""
+    at = page
+    assert at.session_state["_inflight"] == {}  # the runs above finished: their marks are gone
+    at.session_state["_inflight"] = {"PP without history": "Running A and B side by side (PP without history)"}
+    at = tab(at, "Export")
+    said = [w.value for w in at.warning if "stopped, because the page changed while it ran" in w.value]
+    assert len(said) == 1 and said[0].startswith("Running A and B side by side (PP without history): stopped")
+    at = tab(at, "Side by side")
+    assert not any("stopped, because the page changed" in w.value for w in at.warning)
 
 
 def _errors_outside_status(node, inside: bool = False) -> list[str]:
