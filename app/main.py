@@ -49,6 +49,7 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
     """One run. The previous result stays until this one succeeds; a failure leaves one message, and a
     Stop press (or any other widget use, which makes Streamlit stop the run) leaves a note."""
     notes = st.session_state.setdefault("_notes", {})  # a plain dict: written without Streamlit calls
+    t_start = time.perf_counter()
     run_id = notes["run"] = notes.get("run", 0) + 1
     notes.update(running=True, step="checking the settings")
     notes.pop("stopped", None)
@@ -104,7 +105,8 @@ def run_analysis(s: Settings, upload: Optional[tuple[str, bytes]], key: str) -> 
             release_all(st.session_state["result"])  # its background computations: nobody here waits for them now
         st.session_state["result"], st.session_state["error"] = res, None
         done = messages.done_text(cfg.method, cfg.ratio, tuple(batch.ids.shape), batch.mask is not None,
-                                  sum(analysis.seconds.values()), stored.reused_note(hit) if hit else None)
+                                  sum(analysis.seconds.values()), stored.reused_note(hit) if hit else None,
+                                  total=time.perf_counter() - t_start)
         status.update(label=messages.clean(done), state="complete", expanded=False)
     note = left_out_note(batch)
     if note:
@@ -460,7 +462,10 @@ def _header(r: Result) -> None:
         st.caption(replay.lacking("per-token losses: perplexity, KL and top-1 agreement are not shown"))
     for row in (metrics[i: i + 4] for i in range(0, len(metrics), 4)):
         for col, m in zip(st.columns(4), row):
-            col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)
+            # A change that rounds to zero (ratio 0) is grey, arrowless: a red up arrow read as "worse" to a newcomer.
+            still = m.delta is not None and m.delta.lstrip("+-") == "0.00"
+            col.metric(m.label, m.value, m.delta, delta_color="off" if still else "inverse" if m.delta else "normal",
+                       delta_arrow="off" if still else "auto", help=m.help)
 
 
 main()

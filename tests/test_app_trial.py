@@ -10,6 +10,7 @@ fail at once (a ratio of 1.5 from the link) so they cost no model work.
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -236,6 +237,11 @@ def test_generation_warms_up_alternates_and_writes_what_one_greedy_run_writes(de
     assert "median of 2 runs each after a warm-up, dense and pp alternating" in caption
     assert f"{g.pruned.prefill_s / g.dense.prefill_s:.2f}x dense's time" in caption
     assert "one run each after a warm-up" in generation_times(d, "dense")
+    # One new token: it comes out of reading the prompt, so there is no writing time to set against dense's.
+    one = dataclasses.replace(g, dense=dataclasses.replace(g.dense, tokens=1, decode_s=1e-5),
+                              pruned=dataclasses.replace(g.pruned, tokens=1, decode_s=1.2e-5))
+    assert "there is no writing time to compare" in generation_times(one, "pp")
+    assert "Writing the new tokens" not in generation_times(one, "pp")
 
 
 # --- item 6: the link carries pasted text only when its sender chooses ----------------------------------------
@@ -413,6 +419,10 @@ def test_status_lines_in_plain_words():
     assert messages.done_text("pp", 0.0, (8, 56), True, 2.0) == (
         "Done: ran 8 samples of up to 56 tokens through pp at ratio 0 (nothing pruned) and through the unpruned "
         "model in 2.0 s")
+    # A first load's wait is said beside the runs' own time; a short extra wait is not.
+    assert messages.done_text("pp", 0.4, (8, 64), False, 1.9, total=45.2).endswith(
+        "for comparison, in 45.2 s (1.9 s of it the runs; the rest loading the model and its calibration)")
+    assert messages.done_text("pp", 0.4, (8, 64), False, 1.9, total=2.3).endswith("for comparison, in 1.9 s")
     reused = "computed on 2026-12-01 11:08 UTC in 39.0 s, kept on this server"
     assert messages.done_text("pp", 0.4, (8, 56), True, 0.1, reused) == (
         "Shown again: pruned 8 samples of up to 56 tokens with pp at ratio 0.40, and ran the unpruned model on them "

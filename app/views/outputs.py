@@ -80,8 +80,13 @@ def generation_times(g: session.GenerationPair, method: str) -> str:
     def vs(p: float, d: float) -> str:
         return f" ({p / d:.2f}x dense's time)" if d > 0 else ""
 
-    return (f"Reading the prompt (where {method} decides what to prune): dense {g.dense.prefill_s:.3f} s, {method} "
-            f"{g.pruned.prefill_s:.3f} s{vs(g.pruned.prefill_s, g.dense.prefill_s)}. Writing the new tokens: dense "
+    read = (f"Reading the prompt (where {method} decides what to prune): dense {g.dense.prefill_s:.3f} s, {method} "
+            f"{g.pruned.prefill_s:.3f} s{vs(g.pruned.prefill_s, g.dense.prefill_s)}.")
+    if max(g.dense.tokens, g.pruned.tokens) <= 1:  # the first token comes out of reading the prompt: nothing to time
+        # (a newcomer read "dense 0.000 s, pp 0.000 s (1.19x dense's time)" for one new token)
+        return f"{read} The one new token comes with reading the prompt: there is no writing time to compare. " \
+               f"Times: {how}."
+    return (f"{read} Writing the new tokens: dense "
             f"{g.dense.decode_s:.3f} s, {method} {g.pruned.decode_s:.3f} s{vs(g.pruned.decode_s, g.dense.decode_s)}. "
             f"Times: {how}.")
 
