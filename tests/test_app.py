@@ -132,6 +132,10 @@ def test_every_view_on_the_default_model():
     ok(at)
     assert result.generation.dense.tokens >= 1 and result.generation.prompt == a.prompt
     assert at.session_state["view"] == "Outputs"  # a button press keeps the view open
+    earlier = "continuation below is of an earlier prompt"
+    assert not any(earlier in c.value for c in at.caption)
+    at.text_area(key="gen_prompt").set_value("Another prompt").run()  # typed, not generated yet (or it failed)
+    assert any(earlier in c.value for c in at.caption) and result.generation.prompt == a.prompt
 
     # Latency.
     tab(at, "Latency")

@@ -63,6 +63,9 @@ def render(r: Result, start_generation) -> None:
                            lambda n: start_generation(prompt, n))
     g = r.generation
     if g is not None:
+        if g.prompt != prompt:  # e.g. after a generation of the new prompt failed: say whose continuation this is
+            out.caption("The continuation below is of an earlier prompt; press **Generate with both** for the one "
+                        "in the box.")
         out.markdown(f"**Prompt:** {g.prompt}")
         out.markdown(f"**Dense:** …{g.dense.text}")
         out.markdown(f"**{r.analysis.cfg.method}:** …{g.pruned.text}")
