@@ -125,9 +125,7 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
     page goes on: `_pending_panel` shows its progress and `_collect` keeps its value once done. `exclusive` (a timed
     measurement) waits until no background computation runs, so that what it stores was measured alone."""
     failure = None
-    # Marked while it runs on this page: a view or widget changed meanwhile stops it (Streamlit stops the page's
-    # run), and the next page run says so (`_collect`) instead of showing the button as if never pressed.
-    inflight = st.session_state.setdefault("_inflight", {})
+    computing = kept = False
     with st.status(f"{label}…", expanded=not in_background) as status:
         bar = st.progress(0.0, text="starting")
         t0 = time.perf_counter()
@@ -144,21 +142,28 @@ def _on_request(r: Result, name: str, label: str, fn: Callable[[Any, session.Cal
                 if exclusive and background_busy():
                     bar.progress(0.0, text="waiting for the server's background computation to finish, so that this "
                                            "measurement runs alone")
-                inflight[entry or name] = label
+                computing = True
                 with background.COMPUTE_LOCK if exclusive else contextlib.nullcontext():
                     value, _ = stored.remembered(
                         key, lambda: fn(lm, calib, lambda v, t: bar.progress(min(max(v, 0.0), 1.0),
                                                                              text=messages.clean(t))),
                         write, fresh=True)
             _keep(r, name, entry, hit.value if hit is not None else value, hit)
-            inflight.pop(entry or name, None)
+            kept = True
             done = f"reused ({stored.reused_note(hit)})" if hit is not None else \
                 f"done in {time.perf_counter() - t0:.1f} s"
             status.update(label=f"{label}: {done}", state="complete", expanded=False)
         except Exception as e:  # noqa: BLE001
-            inflight.pop(entry or name, None)
             failure = messages.failure(e)
             status.update(label=f"{label}: failed (the message is below)", state="error", expanded=False)
+        except BaseException:
+            # Streamlit stopping this page's run mid-computation (another view or a setting chosen, or Stop): say so
+            # on the next page (`_collect`), where the view would otherwise show its button as if never pressed.
+            if computing and not kept:
+                st.session_state.setdefault("_job_notes", []).append(messages.clean(
+                    f"{label}: stopped before it finished, because the page changed or was stopped while it ran, so "
+                    "nothing was kept. Press its button again and stay on that view until it finishes."))
+            raise
     if failure is not None:  # below the collapsed box, not inside it, where nobody would see it
         st.error(failure)
 
@@ -207,10 +212,6 @@ def _collect(r: Result) -> None:
     """Keep the values of this result's background computations that finished; one message for each that failed."""
     for note in st.session_state.pop("_job_notes", []):
         st.info(note)
-    for label in st.session_state.pop("_inflight", {}).values():  # left by a page run that was stopped mid-way
-        st.warning(messages.clean(f"{label}: stopped, because the page changed while it ran (another view or a "
-                                  "setting was chosen), so nothing was kept. Press its button again and stay on "
-                                  "that view until it finishes."))
     jobs = engine.get_jobs()
     for slot, p in list(r.pending.items()):
         job = jobs.get(p.key)
@@ -462,10 +463,9 @@ def _header(r: Result) -> None:
         st.caption(replay.lacking("per-token losses: perplexity, KL and top-1 agreement are not shown"))
     for row in (metrics[i: i + 4] for i in range(0, len(metrics), 4)):
         for col, m in zip(st.columns(4), row):
-            # A change that rounds to zero (ratio 0) is grey, arrowless: a red up arrow read as "worse" to a newcomer.
-            still = m.delta is not None and m.delta.lstrip("+-") == "0.00"
-            col.metric(m.label, m.value, m.delta, delta_color="off" if still else "inverse" if m.delta else "normal",
-                       delta_arrow="off" if still else "auto", help=m.help)
+            # A change that rounds to zero (ratio 0) is left out: a red up arrow read as "worse" to a newcomer.
+            delta = None if m.delta is not None and m.delta.lstrip("+-") == "0.00" else m.delta
+            col.metric(m.label, m.value, delta, delta_color="inverse" if delta else "normal", help=m.help)
 
 
 main()

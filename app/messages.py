@@ -164,14 +164,15 @@ def done_text(method: str, ratio: float, shape: tuple[int, ...], padded: bool, s
               reused: str | None = None, total: float | None = None) -> str:
     """A finished run's status line, in plain words: 'Done: pruned 8 samples of up to 56 tokens with pp at ratio
     0.20, and ran the unpruned model on them for comparison, in 28.7 s' (`padded`: the samples differ in length).
-    `seconds`: the runs themselves; `total`: the whole wait, when loading the model or its calibration made it
-    longer (a newcomer read "in 1.9 s" after waiting 45 s for the first load), said beside them.
+    `seconds`: the two runs themselves; `total`: the whole wait, when loading the model, its calibration (or a
+    method's fits) and the analysis around the runs made it longer (a newcomer read "in 1.9 s" after waiting 45 s
+    for the first load), said beside them.
     With `reused` (when an identical earlier run was computed, app/stored.py), 'Shown again: ... (computed on ...)'."""
     B, L = shape[0], shape[1]
     what = f"{B} sample{'s' * (B != 1)} of {'up to ' if padded else ''}{L} tokens"
     took = f" in {seconds:.1f} s"
     if total is not None and total - seconds >= max(1.0, 0.5 * seconds):
-        took = f" in {total:.1f} s ({seconds:.1f} s of it the runs; the rest loading the model and its calibration)"
+        took = f" in {total:.1f} s ({seconds:.1f} s of it the two runs; the rest loading, calibrating and analysing)"
     head, took = ("Shown again", f" ({reused})") if reused else ("Done", took)
     if method == "dense":
         return f"{head}: ran {what} through the unpruned (dense) model{took}"

@@ -59,45 +59,46 @@ SPEED=(-m ppcore speed --methods pp,wanda-sp,flap --ratio 0.4 --quiet)
 
 { date -u +%FT%TZ; git rev-parse HEAD 2>/dev/null || echo "no git"
   if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
-  $PY -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__,
+  "$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'transformers', transformers.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/machine.txt"
 
 # No host-device sync in the layer loop for any method, nor in a decode step: CUDA's sync debug mode raises at
 # the first one (the test skips itself without a GPU).
 if [ "$DEVICE" = cuda ]; then
-    run syncs $PY -m pytest -q -p no:cacheprovider tests/test_syncs.py -k gpu
+    run syncs "$PY" -m pytest -q -p no:cacheprovider tests/test_syncs.py -k gpu
 fi
 # Speed: the default model's shapes at the app's batch (and decoding) and at the protocol's; Gemma-3-270M's; and
 # LLaMA-2-7B's at 20 x 1024, where the products dominate as in the paper.
 # shellcheck disable=SC2086  # the size strings are word lists on purpose
-run speed_default_8x64 $PY "${SPEED[@]}" --model "$DEFAULT_SHAPES" "${DT[@]}" "${SKIP[@]}" $SMALL --generate $GEN \
+run speed_default_8x64 "$PY" "${SPEED[@]}" --model "$DEFAULT_SHAPES" "${DT[@]}" "${SKIP[@]}" $SMALL --generate $GEN \
     --json "$OUT/speed_default_8x64.json"
 # shellcheck disable=SC2086
-run speed_default_20x512 $PY "${SPEED[@]}" --model "$DEFAULT_SHAPES" "${DT[@]}" "${SKIP[@]}" $BIG \
+run speed_default_20x512 "$PY" "${SPEED[@]}" --model "$DEFAULT_SHAPES" "${DT[@]}" "${SKIP[@]}" $BIG \
     --json "$OUT/speed_default_20x512.json"
 # shellcheck disable=SC2086
-run speed_gemma3 $PY "${SPEED[@]}" --model "$GEMMA_SHAPES" "${DT[@]}" "${SKIP[@]}" $BIG --json "$OUT/speed_gemma3.json"
+run speed_gemma3 "$PY" "${SPEED[@]}" --model "$GEMMA_SHAPES" "${DT[@]}" "${SKIP[@]}" $BIG --json "$OUT/speed_gemma3.json"
 # shellcheck disable=SC2086
-run speed_llama7b $PY "${SPEED[@]}" --model "$LLAMA_SHAPES" "${DT[@]}" "${LLAMA_SKIP[@]}" $LLAMA \
+run speed_llama7b "$PY" "${SPEED[@]}" --model "$LLAMA_SHAPES" "${DT[@]}" "${LLAMA_SKIP[@]}" $LLAMA \
     --json "$OUT/speed_llama7b_shapes.json"
 
 # With the real default model only: PP's perplexity, a generation, and accelerate's placement (part of the model
 # offloaded; its perplexity must equal the plain run's, the walk materialising offloaded layers one at a time).
-if $PY -m ppcore info --model default "${DT[@]}" >/dev/null 2>&1; then
+if "$PY" -m ppcore info --model default "${DT[@]}" >/dev/null 2>"$OUT/info_default.txt"; then
     # shellcheck disable=SC2086
-    run eval_pp $PY -m ppcore eval "${DT[@]}" --method pp --ratio 0.4 $EVAL --quiet --json "$OUT/eval_pp.json"
+    run eval_pp "$PY" -m ppcore eval "${DT[@]}" --method pp --ratio 0.4 $EVAL --quiet --json "$OUT/eval_pp.json"
     # shellcheck disable=SC2086
-    run generate $PY -m ppcore generate "${DT[@]}" --method pp --ratio 0.4 --max-new-tokens $GEN $GEN_CALIB --quiet \
+    run generate "$PY" -m ppcore generate "${DT[@]}" --method pp --ratio 0.4 --max-new-tokens $GEN $GEN_CALIB --quiet \
         --prompt "The history of the printing press" --prompt "Photosynthesis is the process" \
         --json "$OUT/generate.json"
     if [ "$DEVICE" = cuda ]; then MEM=0=150MB,cpu=150MB; else MEM=cpu=150MB; fi
     # shellcheck disable=SC2086
-    run eval_pp_offloaded $PY -m ppcore eval --device-map auto --max-memory $MEM "${DT[@]:2}" --method pp \
+    run eval_pp_offloaded "$PY" -m ppcore eval --device-map auto --max-memory $MEM "${DT[@]:2}" --method pp \
         --ratio 0.4 $EVAL --quiet --json "$OUT/eval_pp_offloaded.json"
 else
-    echo "the real default model does not load here (no model files on the device): perplexity, generation and" \
-         "offloading checks skipped" | tee "$OUT/skipped.txt"
+    { echo "the real default model did not load here (on the device: no model files), so the perplexity," \
+           "generation and offloading checks were skipped; what 'ppcore info --model default' said:"
+      tail -5 "$OUT/info_default.txt"; } | tee "$OUT/skipped.txt"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -106,8 +106,9 @@ class LoadedModel:
         own = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers()]}
         found: dict[int, int] = {}
         for holder in (self, self.adapter):
-            for value in vars(holder).values():
-                items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+            for value in list(vars(holder).values()):
+                # list(...) copies a dict another thread may be adding to (the adapter's transposes) in one step
+                items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
                     else (value,)
                 for t in items:
                     if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own:
@@ -116,7 +117,8 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What `ppcore info` prints: name, family, fingerprint, device, dtype, sizes (`ModelDims`), the
-        parameter count and bytes, the bytes of weight copies the engine keeps per loaded model (none) and,
+        parameter count and bytes, the bytes of weight copies the engine keeps per loaded model (the transposes a
+        per-batch slicing run made in this process, `Adapter.transposed`; 0 before any) and,
         when dispatched, how many modules sit on each device."""
         d = self.adapter.dims
         placement = getattr(self.model, "hf_device_map", None)

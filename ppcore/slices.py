@@ -37,7 +37,8 @@ Buffers = dict[str, Tensor]  # a run's reusable slice tensors by weight name: on
 def _columns(w: Tensor, w_t: Optional[Tensor], idx: Tensor, buffers: Optional[Buffers], name: str) -> Tensor:
     """Columns `idx` of `w` (out, in) as an (out, n) tensor: gathered from `w` itself, or, given `w_t` = w.T
     contiguous (in, out), as whole rows of it, returned as their transposed view (a row copy is 3 to 4 times
-    faster than a strided column gather on a CPU; `F.linear` gives the same bits on either layout)."""
+    faster than a strided column gather on a CPU; `F.linear` on either layout computes the same sums, equal up to
+    float rounding)."""
     if w_t is None:
         return _gather(w, 1, idx, buffers, name)
     return _gather(w_t, 0, idx, buffers, name + "_t").t()
@@ -217,7 +218,8 @@ def attn_out(s: AttnSlice, z: Tensor, extra_bias: Optional[Tensor] = None) -> Te
 class MlpSlice:
     """MLP weights restricted to a set of intermediate channels (docs/algorithm.md §5).
 
-    gate_w and up_w (kept, D) (gate None on OPT: no gated MLP), down_w (D_out, kept), contiguous.
+    gate_w and up_w (kept, D) (gate None on OPT: no gated MLP), contiguous; down_w (D_out, kept), contiguous or the
+    transposed view of a (kept, D_out) copy (`slice_mlp`'s `down_t`).
     """
 
     channels: Optional[Tensor]  # kept intermediate channels (None = all)

@@ -229,20 +229,27 @@ def test_the_tab_runs_a_preset_and_keeps_it(page, monkeypatch):
     at.button(key="sbs_go").click().run()
     outside = _errors_outside_status(at.main)
     assert any("went wrong on purpose" in e for e in outside), outside
-    assert at.session_state["_inflight"] == {}  # finished or failed: nothing marked as running
+    assert not any("stopped before it finished" in i.value for i in at.info)  # a failure is no stop
 
 
-def test_a_run_stopped_by_leaving_the_view_says_so_once(page):
+def test_a_run_stopped_by_leaving_the_view_says_so_once(page, monkeypatch):
     """A newcomer pressed Run side by side, opened another view and came back to "Press Run side by side", as if never
-    pressed: Streamlit had stopped the page's run. The mark a stopped computation leaves becomes one warning."""
+    pressed: Streamlit had stopped the page's run mid-computation. The stopped computation leaves one note."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    def stopped(*args, **kwargs):  # what Streamlit raises at the computation's next progress update
+        raise StopException()
+
     at = page
-    assert at.session_state["_inflight"] == {}  # the runs above finished: their marks are gone
-    at.session_state["_inflight"] = {"PP without history": "Running A and B side by side (PP without history)"}
+    at.radio(key="sbs_preset").set_value(view.OTHER_RATIO).run()
+    at.number_input(key="sbs_ratio").set_value(0.3).run()
+    monkeypatch.setattr(session, "side_by_side", stopped)
+    at.button(key="sbs_go").click().run()
     at = tab(at, "Export")
-    said = [w.value for w in at.warning if "stopped, because the page changed while it ran" in w.value]
-    assert len(said) == 1 and said[0].startswith("Running A and B side by side (PP without history): stopped")
+    said = [i.value for i in at.info if "stopped before it finished" in i.value]
+    assert len(said) == 1 and said[0].startswith("Running A and B side by side") and "0.3" in said[0]
     at = tab(at, "Side by side")
-    assert not any("stopped, because the page changed" in w.value for w in at.warning)
+    assert not any("stopped before it finished" in i.value for i in at.info)  # said once
 
 
 def _errors_outside_status(node, inside: bool = False) -> list[str]:

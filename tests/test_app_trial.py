@@ -421,7 +421,7 @@ def test_status_lines_in_plain_words():
         "model in 2.0 s")
     # A first load's wait is said beside the runs' own time; a short extra wait is not.
     assert messages.done_text("pp", 0.4, (8, 64), False, 1.9, total=45.2).endswith(
-        "for comparison, in 45.2 s (1.9 s of it the runs; the rest loading the model and its calibration)")
+        "for comparison, in 45.2 s (1.9 s of it the two runs; the rest loading, calibrating and analysing)")
     assert messages.done_text("pp", 0.4, (8, 64), False, 1.9, total=2.3).endswith("for comparison, in 1.9 s")
     reused = "computed on 2026-12-01 11:08 UTC in 39.0 s, kept on this server"
     assert messages.done_text("pp", 0.4, (8, 56), True, 0.1, reused) == (

@@ -160,12 +160,10 @@ def test_views_when_nothing_was_pruned():
         ok(at)
         assert any("Nothing was pruned in this run (ratio 0)" in i.value for i in at.info), view
     assert at.session_state["result"].baselines is None
-    # The perplexity change of a run that pruned nothing is grey, with no arrow (it showed a red up arrow).
-    from streamlit.proto.Metric_pb2 import Metric
-
+    # A run that pruned nothing shows no perplexity change (it showed a red up arrow beside "+0.00").
     change = next(m for m in at.metric if m.label == "Perplexity, pp")
-    assert change.proto.delta.lstrip("+-") == "0.00" and change.proto.color == Metric.MetricColor.GRAY
-    assert change.proto.direction == Metric.MetricDirection.NONE
+    assert change.value == next(m for m in at.metric if m.label == "Perplexity, dense").value
+    assert change.proto.delta == ""
 
 
 def test_chart_clicks_pick_a_unit():

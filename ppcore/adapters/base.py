@@ -199,8 +199,10 @@ class Adapter:
         self._lock = threading.RLock()
         self._any_offloaded = any(_offloaded(m) for m in model.modules())
         # Per-batch slicing's layout of the final projections (`transposed`): contiguous transposes, made on first
-        # use and shared by every run and thread on this model; `LoadedModel.extra_weight_bytes` counts them.
+        # use and shared by every run and thread on this model; `LoadedModel.extra_weight_bytes` counts them. Each
+        # with the (storage, version) of the weight it was made from, so that a weight changed in place is redone.
         self._transposed: dict[tuple[int, str], Tensor] = {}
+        self._transposed_of: dict[tuple[int, str], tuple[int, int]] = {}
         self._transposed_lock = threading.Lock()
 
     # --- to override: the config ---------------------------------------------------------------
@@ -339,25 +341,32 @@ class Adapter:
         return self.weights_of(module) if _offloaded(module) else contextlib.nullcontext()
 
     def transposed(self, layer: int, name: str, weight: Tensor) -> Optional[Tensor]:
-        """A contiguous copy of `weight`.T, (in, out), kept for this model under (layer, name), or None for an
-        offloaded layer (a copy would pin its weights in memory).
+        """`weight`.T as a contiguous (in, out) tensor for a per-batch slice of a final projection on the CPU: kept
+        for this model under (layer, name), or, for an offloaded layer, made for this call only (keeping it would
+        pin the layer's weights in memory); None on another device (the slice gathers columns as before).
 
         Why: a per-batch slice of a final projection (o_proj, down_proj: (out, in)) keeps some of its *columns*,
-        a strided gather; from the transpose it is a copy of whole rows, 3 to 4 times faster on a CPU, and
-        `F.linear` on the slice's transposed view gives the same bits (`ppcore.slices.slice_attn`). Costs the
-        copies' memory once per loaded model (about 139 MiB on the default model), made when a run first slices
-        per batch. Thread-safe; the model is only read.
+        a strided gather; from the transpose it is a copy of whole rows, 3 to 4 times faster on this CPU. The
+        product on the slice's transposed view computes the same sums, equal to the column-gathered slice's up to
+        float rounding (bit for bit at the batch shapes measured, docs/results.md). Costs the copies' memory once
+        per loaded model (125 MiB on the default model at the default skip list), made when a run first slices per
+        batch. Not on a GPU: no speed measured there, and its memory is scarcer (about 4 GB at LLaMA-7B's shapes
+        in bf16). Thread-safe; the model is only read; a weight changed in place gets a new transpose.
         """
-        if self._offloaded[layer]:
+        if weight.device.type != "cpu":
             return None
-        key = (layer, name)
+        if self._offloaded[layer]:
+            with torch.inference_mode(False):
+                return weight.detach().t().contiguous()
+        key, made_from = (layer, name), (weight.untyped_storage().data_ptr(), _version(weight))
         t = self._transposed.get(key)
-        if t is None:
+        if t is None or self._transposed_of.get(key) != made_from:
             with self._transposed_lock:
                 t = self._transposed.get(key)
-                if t is None:
+                if t is None or self._transposed_of.get(key) != made_from:
                     with torch.inference_mode(False):  # a plain tensor, usable in and out of inference mode
-                        t = self._transposed[key] = weight.detach().t().contiguous()
+                        t = weight.detach().t().contiguous()
+                    self._transposed[key], self._transposed_of[key] = t, made_from
         return t
 
     @property
@@ -370,6 +379,15 @@ class Adapter:
         from a (B, L) 0/1 attention mask."""
         pos = torch.cumsum(attention_mask, dim=1) * attention_mask - 1
         return pos.clamp_min(0).long()
+
+
+def _version(t: Tensor) -> int:
+    """The tensor's in-place write counter (0 for an inference tensor, which keeps none and cannot be written to
+    outside inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return 0
 
 
 def execution_device(module: nn.Module) -> torch.device:
