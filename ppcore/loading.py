@@ -118,7 +118,8 @@ class LoadedModel:
     def info(self) -> dict[str, Any]:
         """What `ppcore info` prints: name, family, fingerprint, device, dtype, sizes (`ModelDims`), the
         parameter count and bytes, the bytes of weight copies the engine keeps per loaded model (the transposes a
-        per-batch slicing run made in this process, `Adapter.transposed`; 0 before any) and,
+        per-batch slicing run made in this process, `Adapter.transposed`; 0 before any) and the most such a run
+        adds (`pp_extra_weight_bytes_max`) and,
         when dispatched, how many modules sit on each device."""
         d = self.adapter.dims
         placement = getattr(self.model, "hf_device_map", None)
@@ -134,6 +135,9 @@ class LoadedModel:
             # made, `Adapter.transposed`; none before); what a run copies (its kept slices) is
             # `Pruner.held_bytes()`, reported by `ppcore speed`.
             "extra_weight_bytes": self.extra_weight_bytes(),
+            # What PP's per-batch slicing adds at most, once per loaded model (every layer pruned; the default skip
+            # list leaves out three): the transposes `extra_weight_bytes` then counts.
+            "pp_extra_weight_bytes_max": self.adapter.transposes_bytes(),
             # The licence of an embedded model (shown where it is chosen); None for a model the user brought.
             "licence": getattr(embedded_model(self.name), "licence", None),
             "device_map": _count_devices(placement) if placement else None,

@@ -49,6 +49,7 @@ def test_info_reports_the_transposed_final_projections_per_batch_slicing_made():
              level="none")
         per_layer = dims.hidden * (dims.num_heads * dims.head_dim + dims.intermediate)  # o_proj and down_proj
         assert lm.info()["extra_weight_bytes"] == 4 * 3 * per_layer  # layers 1-3, in fp32
+        assert lm.info()["pp_extra_weight_bytes_max"] == 4 * 4 * per_layer  # every layer: what info says beforehand
 
 
 def test_transposed_slices_compute_what_column_gathers_do(monkeypatch):

@@ -369,6 +369,17 @@ class Adapter:
                     self._transposed[key], self._transposed_of[key] = t, made_from
         return t
 
+    def transposes_bytes(self) -> int:
+        """Bytes `transposed` would keep if a run sliced every layer per batch: o_proj's and down_proj's weights of
+        each layer held whole on the CPU (what PP adds to this model's memory at most; 0 on a GPU)."""
+        total = 0
+        for i in range(self.dims.num_layers):
+            if self._offloaded[i] or self._layer_devices[i].type != "cpu":
+                continue
+            w = self.layer(i)
+            total += sum(t.numel() * t.element_size() for t in (w.o_w, w.down_w))
+        return total
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the LM head weight (the model's compute dtype)."""
