@@ -63,13 +63,20 @@ def text_table(df: pd.DataFrame, formats: Mapping[str, str]) -> pd.DataFrame:
     return out
 
 
+def _change(d: float) -> Optional[str]:
+    """A perplexity change as the header shows it, or None when it rounds to zero (at ratio 0 a newcomer saw a red
+    up arrow beside "+0.00" and read it as worse)."""
+    text = f"{d:+.2f}"
+    return None if text.lstrip("+-") == "0.00" else text
+
+
 def header_metrics(s: dict[str, Any], method: str) -> list[Metric]:
     """From `ppcore.session.Analysis.summary()`: perplexities (with the change), KL, top-1 agreement, then the four
     FLOPs figures of `ppcore.flops.flops_ratios` (pruned and probe FLOPs over dense, counted over the whole
     model and over the decoder layers only). Decoder figures of an old record without a `head` count: n/a."""
     return [
         Metric("Perplexity, dense", f"{s['ppl_dense']:.2f}", help=explain("perplexity")),
-        Metric(f"Perplexity, {method}", f"{s['ppl_pruned']:.2f}", f"{s['ppl_pruned'] - s['ppl_dense']:+.2f}",
+        Metric(f"Perplexity, {method}", f"{s['ppl_pruned']:.2f}", _change(s['ppl_pruned'] - s['ppl_dense']),
                help=explain("perplexity")),
         Metric("KL(dense ‖ pruned)", f"{s['kl']:.4f}",
                help="nats, mean over the batch's real positions\n\n" + explain("KL")),

@@ -463,9 +463,7 @@ def _header(r: Result) -> None:
         st.caption(replay.lacking("per-token losses: perplexity, KL and top-1 agreement are not shown"))
     for row in (metrics[i: i + 4] for i in range(0, len(metrics), 4)):
         for col, m in zip(st.columns(4), row):
-            # A change that rounds to zero (ratio 0) is left out: a red up arrow read as "worse" to a newcomer.
-            delta = None if m.delta is not None and m.delta.lstrip("+-") == "0.00" else m.delta
-            col.metric(m.label, m.value, delta, delta_color="inverse" if delta else "normal", help=m.help)
+            col.metric(m.label, m.value, m.delta, delta_color="inverse" if m.delta else "normal", help=m.help)
 
 
 main()
