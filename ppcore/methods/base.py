@@ -155,8 +155,9 @@ class Method:
         run = self.run
         if kept.numel() == block.units(run.dims):
             return Decision(slice=run.full_slice(layer, block, w), pruned=True, **fields)
-        # A per-batch slice copies the final projection's kept columns as rows of its transpose (faster; the same
-        # bits); a slice kept for many batches (a static method's, generation's) copies them once, from the model.
+        # A per-batch slice copies the final projection's kept columns as rows of its transpose on the CPU (faster;
+        # equal up to rounding, `Adapter.transposed`); a slice kept for many batches (a static method's, generation's)
+        # copies them once, from the model.
         final_t = None if buffers is None else run.adapter.transposed(layer, block.name, block.final_weight(w))
         return Decision(slice=block.slice(w, run.dims, kept, buffers, final_t), kept=kept, bias=bias, pruned=True,
                         **fields)
